@@ -31,6 +31,7 @@ DEFAULT_UID = b"1234567812345678"
 SM4_KEY_SIZE = 16
 SM4_BLOCK = 16
 _COORD = 32
+_N = gmalg.sm2._ecdlp.fpn.p  # noqa: SLF001  (order n of the SM2 base point G)
 
 
 class CryptoError(Exception):
@@ -158,6 +159,10 @@ class SM2PrivateKey:
     def __post_init__(self) -> None:
         if len(self.secret) != _COORD:
             raise CryptoError("an SM2 private key is 32 bytes")
+        # GB/T 32918.1 6.1: d in [1, n-2]; d = n-1 makes 1+d vanish mod n and
+        # every "signature" invalid, d >= n is a non-canonical alias of d mod n.
+        if not 1 <= int.from_bytes(self.secret, "big") <= _N - 2:
+            raise CryptoError("an SM2 private key must lie in [1, n-2]")
         if self.public_key is None:
             pk = gmalg.SM2().generate_pk(self.secret)
             object.__setattr__(self, "public_key", SM2PublicKey(pk))
@@ -168,7 +173,8 @@ class SM2PrivateKey:
 
 def generate_keypair() -> SM2PrivateKey:
     sk, pk = gmalg.SM2().generate_keypair()
-    return SM2PrivateKey(sk, SM2PublicKey(pk))
+    # gmalg returns d in as few bytes as it fits: about one key in 256 is shorter than 32.
+    return SM2PrivateKey(sk.rjust(_COORD, b"\x00"), SM2PublicKey(pk))
 
 
 class _FastSM3(gmalg.base.Hash):
@@ -223,20 +229,31 @@ class SM2DigestHasher:
         return self._h.digest()
 
 
-def sm2_sign_digest(key: SM2PrivateKey, e: bytes, *, der: bool = False) -> bytes:
-    """SM2 signature (GB/T 32918.2 section 6.1, steps A3-A7) of a precomputed e."""
+def sm2_sign_digest(key: SM2PrivateKey, e: bytes, *, der: bool = False,
+                    k: int | None = None) -> bytes:
+    """SM2 signature (GB/T 32918.2 section 6.1, steps A3-A7) of a precomputed e.
+
+    *k* is a test-vector hook only: it fixes the per-signature nonce so the
+    worked example of GB/T 32918.5 / GM/T 0003.5 can be reproduced. Never pass
+    it in production: a repeated or predictable k reveals the private key.
+    """
     core = _core()
     ecdlp, fpn = core.ecdlp, core.ecdlp.fpn
     d = int.from_bytes(key.secret, "big")
     ei = int.from_bytes(e, "big")
+    fixed_k = k
+    if fixed_k is not None and not 1 <= fixed_k <= fpn.p - 1:
+        raise CryptoError("the test nonce k must lie in [1, n-1]")
     while True:
-        k = core._randint(1, fpn.p - 1)  # noqa: SLF001  (secrets.randbits underneath)
+        if fixed_k is None:
+            k = core._randint(1, fpn.p - 1)  # noqa: SLF001  (secrets.randbits underneath)
         x, _ = ecdlp.kG(k)
         r = fpn.add(ei, x)
-        if fpn.iszero(r) or fpn.iszero(fpn.add(r, k)):
-            continue
         s = fpn.mul(fpn.sub(k, fpn.mul(r, d)), fpn.inv(1 + d))
-        if fpn.iszero(s):
+        if fpn.iszero(r) or fpn.iszero(fpn.add(r, k)) or fpn.iszero(s):
+            if fixed_k is not None:
+                # A fixed k cannot be redrawn; looping would never end.
+                raise CryptoError("the test nonce k gives r = 0, r + k = n or s = 0")
             continue
         break
     if der:
@@ -267,14 +284,16 @@ def sm2_verify_digest(key: SM2PublicKey, e: bytes, signature: bytes, *, der: boo
     return fpn.add(int.from_bytes(e, "big"), x) == r
 
 
-def sm2_sign(key: SM2PrivateKey, data: bytes, uid: bytes = DEFAULT_UID, *, der: bool = False) -> bytes:
+def sm2_sign(key: SM2PrivateKey, data: bytes, uid: bytes = DEFAULT_UID, *, der: bool = False,
+             k: int | None = None) -> bytes:
     """SM2-with-SM3 signature of *data* under signer ID *uid* (GB/T 32918.2).
 
     Returns raw r||s (64 bytes) or, with der=True, the DER SEQUENCE of r and s.
+    *k* is the test-vector hook of sm2_sign_digest; never pass it in production.
     """
     h = SM2DigestHasher(key.public_key, uid)
     h.update(data)
-    return sm2_sign_digest(key, h.e(), der=der)
+    return sm2_sign_digest(key, h.e(), der=der, k=k)
 
 
 def sm2_verify(key: SM2PublicKey, data: bytes, signature: bytes, uid: bytes = DEFAULT_UID,
