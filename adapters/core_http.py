@@ -1,0 +1,269 @@
+"""The reference core adapter: the core system's HTTP/JSON API (core-api.md, "Core API").
+
+Polls funded orders, streams an order's NDJSON items with back-pressure (the
+body is handed on in chunks and the socket is paused while the consumer works,
+so memory does not grow with the order), and pushes results and order states.
+5xx answers, timeouts and dropped connections are retried with capped,
+jittered exponential backoff; a 4xx is a contract fault, raised as
+`CoreContractError` for the caller to journal and alarm.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from typing import Callable
+from urllib.parse import quote, urlencode
+
+from twisted.internet import defer, error as ierror, protocol
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+from twisted.web import client, http
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IBodyProducer
+from zope.interface import implementer
+
+log = Logger()
+
+
+class CoreError(Exception):
+    """The core could not be reached or answered badly; retried, then given up until next time."""
+
+
+class CoreContractError(CoreError):
+    """The core answered 4xx: one side broke the contract. Journal and alarm; do not retry blindly."""
+
+    def __init__(self, method: str, url: str, status: int, body: bytes):
+        self.method, self.url, self.status, self.body = method, url, status, body
+        super().__init__(f"core answered {status} to {method} {url}: {body[:300]!r}")
+
+
+@dataclass
+class Exchange:
+    """One request and its answer, for the journal."""
+
+    method: str
+    url: str
+    request: bytes
+    status: int
+    response: bytes
+
+
+@implementer(IBodyProducer)
+class _Bytes:
+    def __init__(self, data: bytes):
+        self.data, self.length = data, len(data)
+
+    def startProducing(self, consumer):  # noqa: N802
+        consumer.write(self.data)
+        return defer.succeed(None)
+
+    def pauseProducing(self):  # noqa: N802
+        pass
+
+    def stopProducing(self):  # noqa: N802
+        pass
+
+
+class _Collect(protocol.Protocol):
+    def __init__(self, done: defer.Deferred, limit: int):
+        self.done, self.limit, self.buf, self.size = done, limit, [], 0
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        self.size += len(data)
+        if self.size > self.limit:
+            self.transport.stopProducing()
+            return
+        self.buf.append(data)
+
+    def connectionLost(self, reason) -> None:  # noqa: N802
+        if self.size > self.limit:
+            self.done.errback(CoreError(f"core answer exceeds {self.limit} bytes"))
+        elif reason.check(client.ResponseDone, http.PotentialDataLoss):
+            self.done.callback(b"".join(self.buf))
+        else:
+            self.done.errback(reason)
+
+
+class _Stream(protocol.Protocol):
+    """Hands the body on in chunks of about `chunk` bytes; pauses while the consumer is busy."""
+
+    def __init__(self, done: defer.Deferred, consume: Callable[[bytes], defer.Deferred], chunk: int):
+        self.done, self.consume, self.chunk = done, consume, chunk
+        self.buf: list[bytes] = []
+        self.size = 0
+        self.busy: defer.Deferred | None = None
+        self.failed = None
+        self.total = 0
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        self.buf.append(data)
+        self.size += len(data)
+        self.total += len(data)
+        if self.size >= self.chunk and self.busy is None:
+            self._flush()
+
+    def _flush(self) -> defer.Deferred:
+        data, self.buf, self.size = b"".join(self.buf), [], 0
+        self.transport.pauseProducing()
+        d = self.busy = defer.maybeDeferred(self.consume, data)
+
+        def resume(r):
+            self.busy = None
+            try:
+                self.transport.resumeProducing()
+            except Exception:  # the connection may be finished already
+                pass
+            if self.size >= self.chunk:
+                self._flush()
+            return r
+
+        def failed(f):
+            self.failed = f
+            self.busy = None
+            self.transport.stopProducing()
+        d.addCallbacks(resume, failed)
+        return d
+
+    @defer.inlineCallbacks
+    def _finish(self, reason):
+        while self.busy is not None:
+            yield self.busy
+        if self.failed is not None:
+            return self.failed
+        if not reason.check(client.ResponseDone):
+            return reason
+        if self.size:
+            yield self._flush()
+            if self.failed is not None:
+                return self.failed
+        return self.total
+
+    def connectionLost(self, reason) -> None:  # noqa: N802
+        self._finish(reason).chainDeferred(self.done)
+
+
+class CoreClient:
+    """Calls the core's HTTP API with retries; one instance per daemon."""
+
+    def __init__(self, reactor, base_url: str, token: str, *, timeout_s: float = 60,
+                 max_delay_s: float = 60, attempts: int = 6, rng: random.Random | None = None):
+        self.reactor = reactor
+        self.base = base_url.rstrip("/")
+        self._auth = f"Bearer {token}".encode()
+        self.timeout = timeout_s
+        self.max_delay = max_delay_s
+        self.attempts = attempts
+        self.rng = rng or random.Random()
+        self.pool = client.HTTPConnectionPool(reactor, persistent=True)
+        self.pool.maxPersistentPerHost = 4
+        self.agent = client.Agent(reactor, pool=self.pool, connectTimeout=timeout_s)
+
+    def close(self) -> defer.Deferred:
+        return self.pool.closeCachedConnections()
+
+    def _headers(self, json_body: bool) -> Headers:
+        h = Headers({b"Authorization": [self._auth], b"Accept": [b"application/json"]})
+        if json_body:
+            h.addRawHeader(b"Content-Type", b"application/json")
+        return h
+
+    async def _once(self, method: str, url: str, body: bytes | None, read: Callable):
+        d = self.agent.request(method.encode(), url.encode(), self._headers(body is not None),
+                               _Bytes(body) if body is not None else None)
+        d.addTimeout(self.timeout, self.reactor)
+        resp = await d
+        return resp.code, await read(resp)
+
+    async def _call(self, method: str, url: str, body: bytes | None, read: Callable):
+        delay = 0.5
+        for attempt in range(1, self.attempts + 1):
+            try:
+                code, result = await self._once(method, url, body, read)
+            except (defer.TimeoutError, defer.CancelledError, ierror.ConnectError,
+                    ierror.ConnectionLost, ierror.ConnectionDone, client.ResponseFailed,
+                    client.ResponseNeverReceived, http.PotentialDataLoss, CoreError) as e:
+                problem = f"{type(e).__name__}: {e}"
+            else:
+                if code < 300:
+                    return code, result
+                if 400 <= code < 500:
+                    raise CoreContractError(method, url, code, result if isinstance(result, bytes) else b"")
+                problem = f"HTTP {code}"
+            if attempt == self.attempts:
+                raise CoreError(f"{method} {url} failed {attempt} times, last: {problem}")
+            wait = min(delay, self.max_delay) * (0.5 + self.rng.random())
+            log.warn("core call {method} {url} failed ({problem}); retry {attempt} in {wait:.1f}s",
+                     method=method, url=url, problem=problem, attempt=attempt, wait=wait)
+            await deferLater(self.reactor, wait, lambda: None)
+            delay *= 2
+        raise AssertionError("unreachable")
+
+    def _read_all(self, limit: int = 64 * 1024 * 1024):
+        def read(resp):
+            d = defer.Deferred()
+            resp.deliverBody(_Collect(d, limit))
+            return d
+        return read
+
+    async def get_json(self, path: str) -> tuple[dict, Exchange]:
+        url = self.base + path
+        code, raw = await self._call("GET", url, None, self._read_all())
+        try:
+            return json.loads(raw), Exchange("GET", url, b"", code, raw)
+        except ValueError as e:
+            raise CoreContractError("GET", url, code, raw) from e
+
+    async def list_funded(self, bank_id: str) -> tuple[list[dict], list[Exchange]]:
+        """Every funded order for *bank_id*, following the cursor."""
+        orders, exchanges, after = [], [], None
+        while True:
+            q = {"state": "funded", "bank": bank_id}
+            if after is not None:
+                q["after"] = after
+            page, ex = await self.get_json("/api/orders?" + urlencode(q))
+            exchanges.append(ex)
+            if not isinstance(page, dict) or not isinstance(page.get("orders"), list):
+                raise CoreContractError("GET", ex.url, ex.status, ex.response)
+            orders.extend(page["orders"])
+            after = page.get("next")
+            if not after:
+                return orders, exchanges
+
+    async def stream_items(self, order_no: str, consume: Callable[[bytes], defer.Deferred],
+                           chunk: int = 1 << 20) -> int:
+        """Stream the order's NDJSON to *consume* in chunks (not split on lines); total bytes.
+
+        Not retried here: a broken stream leaves the order to be loaded again from the start.
+        """
+        url = f"{self.base}/api/orders/{quote(order_no, safe='')}/items"
+
+        def read(resp):
+            if resp.code != 200:
+                return self._read_all(1 << 20)(resp)
+            d = defer.Deferred()
+            resp.deliverBody(_Stream(d, consume, chunk))
+            return d
+        d = self.agent.request(b"GET", url.encode(), self._headers(False), None)
+        d.addTimeout(self.timeout, self.reactor)
+        resp = await d
+        result = await read(resp)
+        if resp.code != 200:
+            if 400 <= resp.code < 500:
+                raise CoreContractError("GET", url, resp.code, result)
+            raise CoreError(f"GET {url} answered {resp.code}")
+        return result
+
+    async def post_json(self, path: str, payload: dict) -> Exchange:
+        url = self.base + path
+        body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        code, raw = await self._call("POST", url, body, self._read_all(1 << 20))
+        return Exchange("POST", url, body, code, raw)
+
+    def push_results(self, order_no: str, results: list[dict]):
+        return self.post_json(f"/api/orders/{quote(order_no, safe='')}/results", {"results": results})
+
+    def push_state(self, order_no: str, state: str, detail):
+        return self.post_json(f"/api/orders/{quote(order_no, safe='')}/state",
+                              {"state": state, "detail": detail})

@@ -1,0 +1,404 @@
+"""The daemon's configuration: read, validated whole, and frozen before anything starts.
+
+One TOML file for the daemon (`conf/gateway.toml`) and one per bank
+(`conf/banks/*.toml`). Every error is collected and reported together, each
+naming its file and key; unknown keys are errors, so a typo never silently
+falls back to a default. Relative paths are relative to the directory of the
+file that names them. Secrets are read from files and never appear in repr.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+# --- schema helpers ----------------------------------------------------------
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; `errors` lists every problem as 'file: key: message'."""
+
+    def __init__(self, errors: list[str]):
+        self.errors = errors
+        super().__init__("configuration is invalid:\n  " + "\n  ".join(errors))
+
+
+class _Missing:
+    def __repr__(self) -> str:
+        return "REQUIRED"
+
+
+REQUIRED: Any = _Missing()
+
+
+@dataclass
+class _Field:
+    kind: type | tuple
+    default: Any = REQUIRED
+    check: Callable[[Any], str | None] | None = None
+    path: bool = False  # resolve relative to the file's directory
+
+
+class _Reader:
+    """Reads one TOML table against a schema, collecting errors instead of raising."""
+
+    def __init__(self, file: Path, errors: list[str]):
+        self.file = file
+        self.base = file.parent
+        self.errors = errors
+
+    def err(self, key: str, msg: str) -> None:
+        self.errors.append(f"{self.file}: {key}: {msg}")
+
+    def table(self, data: Any, prefix: str, schema: dict[str, _Field]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if not isinstance(data, dict):
+            self.err(prefix or "(top)", "must be a table")
+            data = {}
+        for key in data:
+            if key not in schema:
+                self.err(_join(prefix, key), f"unknown key (known: {', '.join(sorted(schema))})")
+        for key, f in schema.items():
+            name = _join(prefix, key)
+            if key not in data:
+                if f.default is REQUIRED:
+                    self.err(name, "is required")
+                    out[key] = None
+                else:
+                    out[key] = f.default
+                continue
+            value = data[key]
+            kinds = f.kind if isinstance(f.kind, tuple) else (f.kind,)
+            if isinstance(value, bool) and bool not in kinds:
+                ok = False
+            elif float in kinds and isinstance(value, int) and not isinstance(value, bool):
+                ok, value = True, float(value)
+            else:
+                ok = isinstance(value, kinds)
+            if not ok:
+                want = " or ".join(k.__name__ for k in kinds)
+                self.err(name, f"must be {want}, got {type(value).__name__} {value!r}")
+                out[key] = None
+                continue
+            if f.check is not None:
+                problem = f.check(value)
+                if problem:
+                    self.err(name, problem)
+            if f.path and isinstance(value, str):
+                value = str((self.base / value).resolve()) if not os.path.isabs(value) else value
+            out[key] = value
+        return out
+
+
+def _join(prefix: str, key: str) -> str:
+    return f"{prefix}.{key}" if prefix else key
+
+
+def _positive(v: Any) -> str | None:
+    return None if v > 0 else "must be greater than 0"
+
+
+def _port(v: int) -> str | None:
+    return None if 0 < v < 65536 else "must be a TCP port 1-65535"
+
+
+def _one_of(*choices: str) -> Callable[[Any], str | None]:
+    def check(v: Any) -> str | None:
+        return None if v in choices else f"must be one of {', '.join(choices)}, got {v!r}"
+    return check
+
+
+def _pattern(rx: str, what: str) -> Callable[[Any], str | None]:
+    c = re.compile(rx)
+
+    def check(v: Any) -> str | None:
+        return None if c.fullmatch(v) else f"must be {what}, got {v!r}"
+    return check
+
+
+def _http_url(v: str) -> str | None:
+    return None if re.fullmatch(r"https?://[^\s/]+(/[^\s]*)?", v) else f"must be an http(s) URL, got {v!r}"
+
+
+# --- the configuration types -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Secret:
+    """A secret read from a file; repr and str never show it."""
+
+    value: str = field(repr=False)
+    source: str = ""
+
+    def __repr__(self) -> str:
+        return f"Secret(<redacted>, from {self.source})"
+
+    __str__ = __repr__
+
+
+@dataclass(frozen=True)
+class TcpSettings:
+    host: str
+    port: int
+    connect_timeout_s: float
+    read_timeout_s: float
+    max_frame_bytes: int
+
+
+@dataclass(frozen=True)
+class SftpSettings:
+    host: str
+    port: int
+    username: str
+    client_key: str
+    host_key: str
+    in_dir: str
+    out_dir: str
+    remove_uploads: bool
+    connect_timeout_s: float
+    idle_timeout_s: float
+    max_file_bytes: int
+
+
+@dataclass(frozen=True)
+class CnBankSettings:
+    """The per-bank choices of the cnbank dialect (cnbank.md, items marked *(per bank)*)."""
+
+    length_width: int
+    encoding: str
+    sm2_cipher_order: str
+    signature_encoding: str
+    user_id: str
+    amount_unit: str
+    allow_plaintext: bool
+    max_clock_skew_s: int
+    late_return_window_days: int
+    status_poll_s: float
+
+
+@dataclass(frozen=True)
+class BankConfig:
+    """One agent bank (代发金融机构): its dialect, endpoints, keys and settings."""
+
+    file: str
+    bank_id: str
+    name: str
+    dialect: str
+    sender_id: str
+    receiver_id: str
+    payer_acct: str
+    payer_name: str
+    our_private_key: str
+    bank_public_key: str
+    tcp: TcpSettings
+    sftp: SftpSettings
+    cnbank: CnBankSettings
+
+
+@dataclass(frozen=True)
+class CoreSettings:
+    base_url: str
+    token: Secret
+    poll_interval_s: float
+    timeout_s: float
+    results_chunk: int
+    retry_max_delay_s: float
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    file: str
+    database_url: str
+    db_threads: int
+    work_dir: str
+    journal_archive_dir: str
+    journal_inline_max_bytes: int
+    core: CoreSettings
+    banks: dict[str, BankConfig]
+    log_format: str
+    crash_after: str  # test hook: "" or a named point, see gateway/faults.py
+
+
+_GATEWAY_TOP = {
+    "database": _Field(dict),
+    "core": _Field(dict),
+    "journal": _Field(dict),
+    "work": _Field(dict),
+    "banks": _Field(dict),
+    "log": _Field(dict, {}),
+    "testing": _Field(dict, {}),
+}
+_DATABASE = {"url": _Field(str), "threads": _Field(int, 1, _positive)}
+_CORE = {
+    "base_url": _Field(str, check=_http_url),
+    "token_file": _Field(str, path=True),
+    "poll_interval_s": _Field(float, 10.0, _positive),
+    "timeout_s": _Field(float, 60.0, _positive),
+    "results_chunk": _Field(int, 5000, _positive),
+    "retry_max_delay_s": _Field(float, 60.0, _positive),
+}
+_JOURNAL = {"archive_dir": _Field(str, path=True), "inline_max_bytes": _Field(int, 65536, _positive)}
+_WORK = {"dir": _Field(str, path=True)}
+_BANKS = {"dir": _Field(str, path=True)}
+_LOG = {"format": _Field(str, "auto", _one_of("auto", "text", "json"))}
+_TESTING = {"crash_after": _Field(str, "")}
+
+_ID = _pattern(r"[A-Za-z0-9][A-Za-z0-9_-]{0,31}", "letters, digits, '_' or '-' (at most 32)")
+
+_BANK_TOP = {
+    "bank_id": _Field(str, check=_ID),
+    "name": _Field(str),
+    "dialect": _Field(str, check=_one_of("cnbank")),
+    "sender_id": _Field(str, check=_ID),
+    "receiver_id": _Field(str, check=_ID),
+    "payer_acct": _Field(str, check=_pattern(r"[0-9]{8,32}", "8 to 32 digits")),
+    "payer_name": _Field(str),
+    "keys": _Field(dict),
+    "tcp": _Field(dict),
+    "sftp": _Field(dict),
+    "cnbank": _Field(dict, {}),
+}
+_KEYS = {"our_private": _Field(str, path=True), "bank_public": _Field(str, path=True)}
+_TCP = {
+    "host": _Field(str),
+    "port": _Field(int, check=_port),
+    "connect_timeout_s": _Field(float, 10.0, _positive),
+    "read_timeout_s": _Field(float, 60.0, _positive),
+    "max_frame_bytes": _Field(int, 16 * 1024 * 1024, _positive),
+}
+_SFTP = {
+    "host": _Field(str),
+    "port": _Field(int, check=_port),
+    "username": _Field(str),
+    "client_key": _Field(str, path=True),
+    "host_key": _Field(str),
+    "in_dir": _Field(str, "/in"),
+    "out_dir": _Field(str, "/out"),
+    "remove_uploads": _Field(bool, True),
+    "connect_timeout_s": _Field(float, 10.0, _positive),
+    "idle_timeout_s": _Field(float, 120.0, _positive),
+    "max_file_bytes": _Field(int, 2 * 1024 ** 3, _positive),
+}
+_CNBANK = {
+    "length_width": _Field(int, 8, _positive),
+    "encoding": _Field(str, "gb18030", _one_of("gb18030")),
+    "sm2_cipher_order": _Field(str, "C1C3C2", _one_of("C1C3C2", "C1C2C3")),
+    "signature_encoding": _Field(str, "raw", _one_of("raw", "der")),
+    "user_id": _Field(str, "1234567812345678"),
+    "amount_unit": _Field(str, "yuan", _one_of("yuan", "fen")),
+    "allow_plaintext": _Field(bool, False),
+    "max_clock_skew_s": _Field(int, 300, _positive),
+    "late_return_window_days": _Field(int, 30, _positive),
+    "status_poll_s": _Field(float, 5.0, _positive),
+}
+
+
+def _load_toml(path: Path, errors: list[str]) -> dict | None:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        errors.append(f"{path}: file not found")
+    except tomllib.TOMLDecodeError as e:
+        errors.append(f"{path}: not valid TOML: {e}")
+    except OSError as e:
+        errors.append(f"{path}: cannot read: {e.strerror}")
+    return None
+
+
+def _check_file(r: _Reader, key: str, path: str | None) -> None:
+    if path and not os.path.isfile(path):
+        r.err(key, f"file {path} does not exist")
+
+
+def load_bank(path: Path, errors: list[str]) -> BankConfig | None:
+    data = _load_toml(path, errors)
+    if data is None:
+        return None
+    r = _Reader(path, errors)
+    n_before = len(errors)
+    top = r.table(data, "", _BANK_TOP)
+    keys = r.table(top["keys"] or {}, "keys", _KEYS)
+    tcp = r.table(top["tcp"] or {}, "tcp", _TCP)
+    sftp = r.table(top["sftp"] or {}, "sftp", _SFTP)
+    cn = r.table(top["cnbank"] or {}, "cnbank", _CNBANK)
+    _check_file(r, "keys.our_private", keys.get("our_private"))
+    _check_file(r, "keys.bank_public", keys.get("bank_public"))
+    _check_file(r, "sftp.client_key", sftp.get("client_key"))
+    if len(errors) > n_before:
+        return None
+    return BankConfig(
+        file=str(path), bank_id=top["bank_id"], name=top["name"], dialect=top["dialect"],
+        sender_id=top["sender_id"], receiver_id=top["receiver_id"],
+        payer_acct=top["payer_acct"], payer_name=top["payer_name"],
+        our_private_key=keys["our_private"], bank_public_key=keys["bank_public"],
+        tcp=TcpSettings(**tcp), sftp=SftpSettings(**sftp), cnbank=CnBankSettings(**cn),
+    )
+
+
+def load(path: str | os.PathLike) -> GatewayConfig:
+    """Read and validate the daemon's file and every bank file; raise ConfigError listing all errors."""
+    path = Path(path).resolve()
+    errors: list[str] = []
+    data = _load_toml(path, errors)
+    if data is None:
+        raise ConfigError(errors)
+    r = _Reader(path, errors)
+    top = r.table(data, "", _GATEWAY_TOP)
+    db = r.table(top["database"] or {}, "database", _DATABASE)
+    core = r.table(top["core"] or {}, "core", _CORE)
+    journal = r.table(top["journal"] or {}, "journal", _JOURNAL)
+    work = r.table(top["work"] or {}, "work", _WORK)
+    banks_t = r.table(top["banks"] or {}, "banks", _BANKS)
+    log = r.table(top["log"] or {}, "log", _LOG)
+    testing = r.table(top["testing"] or {}, "testing", _TESTING)
+
+    token = None
+    if core.get("token_file"):
+        try:
+            token = Secret(Path(core["token_file"]).read_text().strip(), core["token_file"])
+            if not token.value:
+                r.err("core.token_file", f"{core['token_file']} is empty")
+        except OSError as e:
+            r.err("core.token_file", f"cannot read {core['token_file']}: {e.strerror}")
+
+    banks: dict[str, BankConfig] = {}
+    bank_dir = banks_t.get("dir")
+    if bank_dir:
+        files = sorted(Path(bank_dir).glob("*.toml")) if os.path.isdir(bank_dir) else []
+        if not os.path.isdir(bank_dir):
+            r.err("banks.dir", f"directory {bank_dir} does not exist")
+        elif not files:
+            r.err("banks.dir", f"no bank files (*.toml) in {bank_dir}")
+        for f in files:
+            b = load_bank(f, errors)
+            if b is None:
+                continue
+            if b.bank_id in banks:
+                errors.append(f"{f}: bank_id: {b.bank_id!r} is also used by {banks[b.bank_id].file}")
+            banks[b.bank_id] = b
+
+    if errors:
+        raise ConfigError(errors)
+    return GatewayConfig(
+        file=str(path), database_url=resolve_database_url(db["url"] or "", path.parent), db_threads=db["threads"],
+        work_dir=work["dir"], journal_archive_dir=journal["archive_dir"],
+        journal_inline_max_bytes=journal["inline_max_bytes"],
+        core=CoreSettings(base_url=core["base_url"].rstrip("/"), token=token,
+                          poll_interval_s=core["poll_interval_s"], timeout_s=core["timeout_s"],
+                          results_chunk=core["results_chunk"],
+                          retry_max_delay_s=core["retry_max_delay_s"]),
+        banks=banks, log_format=log["format"], crash_after=testing["crash_after"],
+    )
+
+
+def resolve_database_url(url: str, base: Path) -> str:
+    """Make a relative SQLite path relative to *base* (the config file's directory)."""
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and not url.startswith(prefix + "/") and ":memory:" not in url:
+        return prefix + str((base / url[len(prefix):]).resolve())
+    return url

@@ -1,0 +1,103 @@
+"""Database access off the reactor thread, and the migration gate.
+
+All database work runs on a dedicated thread pool through `Database.run`,
+each call one transaction: a state change and the journal entry that caused
+it commit together or not at all. SQLite runs in WAL mode with full fsync;
+PostgreSQL is chosen by URL. The daemon refuses to start on a database whose
+schema is not at the migrations' head, and says which command migrates it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, TypeVar
+
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, Engine, create_engine, event
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.threadpool import ThreadPool
+
+T = TypeVar("T")
+
+
+class NotMigrated(Exception):
+    """The database schema is not at the head revision of the migrations."""
+
+
+def make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn, _record):  # noqa: ANN001
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=FULL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+def alembic_config(url: str) -> AlembicConfig:
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", "gateway:migrations")
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return cfg
+
+
+def head_revision() -> str:
+    return ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+
+
+def current_revision(engine: Engine) -> str | None:
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def upgrade(url: str) -> None:
+    """Bring the schema to head (`gatewayctl db upgrade`)."""
+    command.upgrade(alembic_config(url), "head")
+
+
+def check_migrated(engine: Engine, config_file: str) -> None:
+    have, want = current_revision(engine), head_revision()
+    if have != want:
+        raise NotMigrated(
+            f"database {engine.url.render_as_string(hide_password=True)} is at schema revision "
+            f"{have or '(none: empty database)'}, the daemon needs {want}. "
+            f"Migrate it with: gatewayctl --config {config_file} db upgrade"
+        )
+
+
+class Database:
+    """An engine and the thread pool its work runs on."""
+
+    def __init__(self, reactor, engine: Engine, threads: int = 1):
+        self.reactor = reactor
+        self.engine = engine
+        self.pool = ThreadPool(minthreads=1, maxthreads=threads, name="gateway-db")
+
+    def start(self) -> None:
+        self.pool.start()
+
+    def stop(self) -> None:
+        self.pool.stop()
+        self.engine.dispose()
+
+    def run(self, fn: Callable[..., T], *args: Any, **kw: Any):
+        """Run fn(conn, *args, **kw) in one transaction on the pool; a Deferred of its result."""
+        def work() -> T:
+            with self.engine.begin() as conn:
+                return fn(conn, *args, **kw)
+        return deferToThreadPool(self.reactor, self.pool, work)
+
+    def run_plain(self, fn: Callable[..., T], *args: Any, **kw: Any):
+        """Run fn(*args) on the pool without a connection (file work that must stay in order)."""
+        return deferToThreadPool(self.reactor, self.pool, fn, *args, **kw)
+
+
+def begin(engine: Engine) -> Connection:
+    return engine.begin()

@@ -1,0 +1,187 @@
+"""The gateway's durable state: orders, items, batches, journal and alarms.
+
+Declared with SQLAlchemy 2; the schema itself is created only by the Alembic
+migrations in `gateway/migrations/`. Money columns are integers of fen.
+Times are ISO 8601 strings with offset (+08:00), as the core and banks write
+them, so the journal's hash chain sees exactly the text that was stored.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import BigInteger, Integer, LargeBinary, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class OrderState:
+    FUNDED = "FUNDED"          # header seen at the core, details not loaded yet
+    LOADING = "LOADING"        # details being pulled and validated
+    INVALID = "INVALID"        # failed validation: nothing of it is sent
+    LOADED = "LOADED"          # details stored and valid
+    DISPATCHED = "DISPATCHED"  # a batch of it was accepted by the bank
+    SETTLED = "SETTLED"        # every item PAID or REFUNDED
+
+    LIVE = (FUNDED, LOADING, LOADED, DISPATCHED)
+
+
+class ItemStatus:
+    PENDING = "PENDING"
+    SENT = "SENT"
+    PAID = "PAID"
+    FAILED = "FAILED"
+    CORRECTED = "CORRECTED"
+    REFUND_PENDING = "REFUND_PENDING"
+    REFUNDED = "REFUNDED"
+
+    ALL = (PENDING, SENT, PAID, FAILED, CORRECTED, REFUND_PENDING, REFUNDED)
+    # What the core is told about (core-api.md results).
+    REPORTED = (PAID, FAILED, REFUNDED)
+
+
+class BatchState:
+    BUILDING = "BUILDING"      # files being written locally
+    BUILT = "BUILT"            # files ready in the work dir
+    UPLOADED = "UPLOADED"      # files on the bank's SFTP
+    SUBMITTING = "SUBMITTING"  # BP01 journaled as sent; outcome unknown until a reply or BQ01
+    ACCEPTED = "ACCEPTED"      # BP01 answered 0000
+    REFUSED = "REFUSED"        # BP01 answered an E code: not remembered by the bank
+    DONE = "DONE"              # results applied
+    RJCT = "RJCT"              # the bank refused the whole batch after accepting it
+
+    LIVE = (BUILDING, BUILT, UPLOADED, SUBMITTING, ACCEPTED)
+
+
+class Order(Base):
+    """A disbursement order (发放单) pulled from the core."""
+
+    __tablename__ = "orders"
+    order_no: Mapped[str] = mapped_column(String(64), primary_key=True)
+    bank_id: Mapped[str] = mapped_column(String(32), index=True)
+    budget_unit: Mapped[str] = mapped_column(String(200))
+    project_code: Mapped[str] = mapped_column(String(64))
+    project_name: Mapped[str] = mapped_column(String(200))
+    project_short: Mapped[str] = mapped_column(String(16))
+    region: Mapped[str] = mapped_column(String(16))
+    total_amount: Mapped[int] = mapped_column(BigInteger)
+    total_count: Mapped[int] = mapped_column(Integer)
+    funded_at: Mapped[str] = mapped_column(String(40))
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    detail: Mapped[str | None] = mapped_column(Text)          # JSON: why INVALID, etc.
+    core_state_pushed: Mapped[str | None] = mapped_column(String(16))
+    results_pending: Mapped[int] = mapped_column(Integer, default=0)  # 1: results to push to the core
+    created_at: Mapped[str] = mapped_column(String(40))
+    updated_at: Mapped[str] = mapped_column(String(40))
+
+
+class Item(Base):
+    """One recipient line of an order (发放明细)."""
+
+    __tablename__ = "items"
+    order_no: Mapped[str] = mapped_column(String(64), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100))
+    id_number: Mapped[str] = mapped_column(String(18))
+    account_no: Mapped[str] = mapped_column(String(32))
+    account_bank: Mapped[str] = mapped_column(String(200))
+    amount: Mapped[int] = mapped_column(BigInteger)
+    remark: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16))
+    batch_no: Mapped[str | None] = mapped_column(String(64))
+    reason_code: Mapped[str | None] = mapped_column(String(8))
+    reason_text: Mapped[str | None] = mapped_column(String(200))
+    bank_serial: Mapped[str | None] = mapped_column(String(64))
+    result_at: Mapped[str | None] = mapped_column(String(40))
+    pushed: Mapped[str | None] = mapped_column(String(16))    # status last pushed to the core
+
+
+class Batch(Base):
+    """One transmission to a bank (发放批次): PAY, RETRY or REFUND."""
+
+    __tablename__ = "batches"
+    batch_no: Mapped[str] = mapped_column(String(64), primary_key=True)
+    order_no: Mapped[str] = mapped_column(String(64), index=True)
+    bank_id: Mapped[str] = mapped_column(String(32), index=True)
+    kind: Mapped[str] = mapped_column(String(8))
+    seq: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    total_count: Mapped[int] = mapped_column(Integer)
+    total_amount: Mapped[int] = mapped_column(BigInteger)
+    file_name: Mapped[str | None] = mapped_column(String(100))
+    file_sm3: Mapped[str | None] = mapped_column(String(64))
+    file_enc_key: Mapped[str | None] = mapped_column(Text)    # SM2-enveloped key||iv, base64
+    bank_batch_no: Mapped[str | None] = mapped_column(String(64))
+    result_file: Mapped[str | None] = mapped_column(String(100))
+    reject_code: Mapped[str | None] = mapped_column(String(8))
+    reject_msg: Mapped[str | None] = mapped_column(String(500))
+    succ_cnt: Mapped[int | None] = mapped_column(Integer)
+    succ_amt: Mapped[int | None] = mapped_column(BigInteger)
+    fail_cnt: Mapped[int | None] = mapped_column(Integer)
+    fail_amt: Mapped[int | None] = mapped_column(BigInteger)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[str] = mapped_column(String(40))
+    updated_at: Mapped[str] = mapped_column(String(40))
+    next_check_at: Mapped[float | None] = mapped_column(BigInteger)  # reactor seconds, whole
+
+
+class JournalEntry(Base):
+    """One message or file exchanged, or one operator-visible event (报文日志).
+
+    Append-only and hash-chained: `hash` covers every column and `prev_hash`,
+    so an edited or deleted entry breaks the chain at that point.
+    """
+
+    __tablename__ = "journal"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[str] = mapped_column(String(40))
+    direction: Mapped[str] = mapped_column(String(8))         # in / out / event
+    peer: Mapped[str] = mapped_column(String(64))
+    channel: Mapped[str] = mapped_column(String(16))          # tcp / sftp / http / rpc / daemon
+    tx_code: Mapped[str] = mapped_column(String(32))
+    msg_id: Mapped[str | None] = mapped_column(String(64))
+    order_no: Mapped[str | None] = mapped_column(String(64), index=True)
+    batch_no: Mapped[str | None] = mapped_column(String(64), index=True)
+    verified: Mapped[str] = mapped_column(String(200))
+    payload: Mapped[bytes | None] = mapped_column(LargeBinary)  # small payloads, as on the wire
+    payload_ref: Mapped[str | None] = mapped_column(String(200))  # big payloads: archive file name
+    payload_size: Mapped[int] = mapped_column(BigInteger)
+    payload_sm3: Mapped[str] = mapped_column(String(64))
+    decoded: Mapped[str] = mapped_column(Text)                # masked, human-readable view
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class JournalHead(Base):
+    """One row: the last journal entry's id and hash; locking it serialises appends."""
+
+    __tablename__ = "journal_head"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    last_id: Mapped[int] = mapped_column(Integer)
+    last_hash: Mapped[str] = mapped_column(String(64))
+
+
+class Alarm(Base):
+    """Something an operator must look at: a contract fault, a rejected file, a double payment."""
+
+    __tablename__ = "alarms"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[str] = mapped_column(String(40))
+    severity: Mapped[str] = mapped_column(String(8))          # warning / critical
+    kind: Mapped[str] = mapped_column(String(40))
+    bank_id: Mapped[str | None] = mapped_column(String(32))
+    order_no: Mapped[str | None] = mapped_column(String(64))
+    batch_no: Mapped[str | None] = mapped_column(String(64))
+    message: Mapped[str] = mapped_column(Text)
+    journal_id: Mapped[int | None] = mapped_column(Integer)
+    acknowledged_by: Mapped[str | None] = mapped_column(String(64))
+
+
+
+orders = Order.__table__
+items = Item.__table__
+batches = Batch.__table__
+journal = JournalEntry.__table__
+journal_head = JournalHead.__table__
+alarms = Alarm.__table__
