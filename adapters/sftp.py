@@ -31,6 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from cryptography.hazmat.primitives import serialization
 from twisted.conch.ssh import channel, common, connection, keys, transport, userauth
 from twisted.conch.ssh import filetransfer
 from twisted.conch.ssh.filetransfer import (
@@ -495,6 +496,16 @@ class _ClientFactory(protocol.ClientFactory):
         self.attempt.fail(SFTPError(f"cannot connect to {ep.host}:{ep.port}: {reason.getErrorMessage()}"))
 
 
+def _load_private_key(path: str) -> keys.Key:
+    """An unencrypted OpenSSH, traditional PEM or PKCS#8 PEM private key."""
+    with open(path, "rb") as f:
+        data = f.read()
+    if data.lstrip().startswith(b"-----BEGIN PRIVATE KEY-----"):
+        # Conch reads OpenSSH and traditional PEM but not PKCS#8.
+        return keys.Key(serialization.load_pem_private_key(data, password=None))
+    return keys.Key.fromString(data)
+
+
 class SFTPClient:
     """Opens SFTP sessions to one bank endpoint.
 
@@ -517,8 +528,8 @@ class SFTPClient:
         # Configuration errors surface here, at start-up, not at the first transfer.
         self.pin = _Pin(endpoint.host_key)
         try:
-            self.key = keys.Key.fromFile(endpoint.client_key_path)
-        except (OSError, keys.BadKeyError, keys.EncryptedKeyError, ValueError) as e:
+            self.key = _load_private_key(endpoint.client_key_path)
+        except (OSError, keys.BadKeyError, keys.EncryptedKeyError, ValueError, TypeError) as e:
             raise ValueError(f"client_key_path {endpoint.client_key_path}: {e}") from e
         if self.key.isPublic() or self.key.type() not in ("Ed25519", "EC", "RSA"):
             raise ValueError(

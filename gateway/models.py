@@ -114,6 +114,8 @@ class Batch(Base):
     file_enc_key: Mapped[str | None] = mapped_column(Text)    # SM2-enveloped key||iv, base64
     bank_batch_no: Mapped[str | None] = mapped_column(String(64))
     result_file: Mapped[str | None] = mapped_column(String(100))
+    result_sm3: Mapped[str | None] = mapped_column(String(64))
+    result_enc_key: Mapped[str | None] = mapped_column(Text)
     reject_code: Mapped[str | None] = mapped_column(String(8))
     reject_msg: Mapped[str | None] = mapped_column(String(500))
     succ_cnt: Mapped[int | None] = mapped_column(Integer)

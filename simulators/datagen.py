@@ -354,6 +354,24 @@ def order_totals(spec: OrderSpec) -> tuple[int, int]:
     return spec.count, sum(item_amount(spec, p) for p in range(1, spec.count + 1))
 
 
+def order_profile(spec: OrderSpec) -> dict[str, Any]:
+    """One pass over the order: {"count", "amount", "outcomes": {code: {"count", "amount"}}}.
+
+    ``count``/``amount`` are :func:`order_totals`; ``outcomes`` splits them by
+    the reason code each item's account is aimed at ('0000' for success), so a
+    caller can check the bank failed exactly the items it should have.
+    """
+    outcomes: dict[str, dict[str, int]] = {}
+    total = 0
+    for position in range(1, spec.count + 1):
+        amount = item_amount(spec, position)
+        total += amount
+        o = outcomes.setdefault(intended_outcome(spec, position), {"count": 0, "amount": 0})
+        o["count"] += 1
+        o["amount"] += amount
+    return {"count": spec.count, "amount": total, "outcomes": dict(sorted(outcomes.items()))}
+
+
 def order_header(spec: OrderSpec, totals: tuple[int, int] | None = None) -> dict[str, Any]:
     """The order header as the core publishes it (corruptions applied).
 
@@ -508,5 +526,5 @@ def load_seed(path: str | Path) -> list[OrderSpec]:
 __all__ = [
     "CORRUPTIONS", "OrderSpec", "SeedError", "corrupt_position", "intended_outcome",
     "is_gb18030_only", "item", "luhn_check_digit", "item_amount", "items", "load_seed", "order_header",
-    "order_totals", "spec_problems",
+    "order_profile", "order_totals", "spec_problems",
 ]

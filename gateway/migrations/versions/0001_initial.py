@@ -42,6 +42,8 @@ def upgrade() -> None:
     sa.Column('file_enc_key', sa.Text(), nullable=True),
     sa.Column('bank_batch_no', sa.String(length=64), nullable=True),
     sa.Column('result_file', sa.String(length=100), nullable=True),
+    sa.Column('result_sm3', sa.String(length=64), nullable=True),
+    sa.Column('result_enc_key', sa.Text(), nullable=True),
     sa.Column('reject_code', sa.String(length=8), nullable=True),
     sa.Column('reject_msg', sa.String(length=500), nullable=True),
     sa.Column('succ_cnt', sa.Integer(), nullable=True),

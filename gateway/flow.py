@@ -1,0 +1,786 @@
+"""The disbursement flow for one bank: funded order -> batch -> results -> core.
+
+Every step reads its starting point from the database and commits its outcome
+together with the journal entry that caused it, so the daemon resumes from the
+database alone after a crash at any instant (domain.md rule 5):
+
+    order:  FUNDED -> LOADING -> LOADED | INVALID -> DISPATCHED -> SETTLED
+    batch:  BUILDING -> BUILT -> UPLOADED -> SUBMITTING -> ACCEPTED -> DONE
+                                     ^            |                 \\-> RJCT
+                                     +-- E007 ----+   (BQ01 first: no blind resend, rule 3)
+
+A batch in SUBMITTING has had its BP01 journaled as sent; whether the bank
+got it is unknown until a reply or a BQ01, so BQ01 always comes first. Nothing
+from the bank changes state before it is decrypted, verified and parsed whole
+(rule 4); a result file is applied in one transaction or not at all.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+from typing import Any
+
+from sqlalchemy import Connection, and_, bindparam, delete, func, insert, or_, select, update
+from twisted.internet.threads import deferToThread
+from twisted.logger import Logger
+
+from adapters import tcp
+from adapters.cnbank.link import CnBankLink, Incoming, LinkError, Outgoing
+from adapters.core_http import CoreClient, CoreContractError, CoreError, Exchange
+from gateway.config import BankConfig, GatewayConfig
+from gateway.db import Database
+from gateway.faults import Faults
+from gateway.journal import Entry, Journal
+from gateway.masking import mask
+from gateway.models import (BatchState, ItemStatus, OrderState, alarms, batches, items, orders)
+from gateway.validation import OrderValidator, header_problems
+from protocols import cnbank_files as files
+from protocols.money import format_yuan
+
+log = Logger()
+CST = datetime.timezone(datetime.timedelta(hours=8))
+RETRYABLE_REFUSALS = ("E008", "E009")   # MsgId reused, clock skew: send again with a new MsgId
+INSERT_CHUNK = 5000
+APPLY_CHUNK = 10000
+
+
+class ConservationError(Exception):
+    """A change would break rule 1 (funded = paid + refunded + in flight); refused, not written."""
+
+
+class ResultRejected(Exception):
+    """A result file or reply that does not match our batch; applied not at all."""
+
+
+def iso(seconds: float) -> str:
+    return datetime.datetime.fromtimestamp(seconds, CST).isoformat(timespec="seconds")
+
+
+def raise_alarm(conn: Connection, at: str, severity: str, kind: str, message: str, *,
+                bank_id=None, order_no=None, batch_no=None, journal_id=None) -> None:
+    conn.execute(insert(alarms).values(at=at, severity=severity, kind=kind, bank_id=bank_id,
+                                       order_no=order_no, batch_no=batch_no, message=message,
+                                       journal_id=journal_id))
+    log.error("ALARM {kind} [{severity}] {message}", kind=kind, severity=severity, message=message)
+
+
+def check_conservation(conn: Connection, order_no: str) -> dict[str, tuple[int, int]]:
+    """Rule 1 for one order, from the items themselves; returns count and amount per status."""
+    o = conn.execute(select(orders.c.total_amount, orders.c.total_count)
+                     .where(orders.c.order_no == order_no)).one()
+    per = {r.status: (r.n, int(r.amt or 0)) for r in conn.execute(
+        select(items.c.status, func.count().label("n"), func.sum(items.c.amount).label("amt"))
+        .where(items.c.order_no == order_no).group_by(items.c.status))}
+    unknown = set(per) - set(ItemStatus.ALL)
+    n = sum(v[0] for v in per.values())
+    amt = sum(v[1] for v in per.values())
+    if unknown or n != o.total_count or amt != o.total_amount:
+        raise ConservationError(
+            f"order {order_no}: items hold {n} items / {amt} fen in states {sorted(per)}, "
+            f"funded {o.total_count} items / {o.total_amount} fen")
+    return per
+
+
+def _s(v: Any, n: int = 200) -> str:
+    return v[:n] if isinstance(v, str) else ""
+
+
+def _i(v: Any) -> int:
+    return v if isinstance(v, int) and not isinstance(v, bool) else 0
+
+
+class _Loader:
+    """Turns the NDJSON byte stream of one order into validated item rows (runs on the DB thread)."""
+
+    def __init__(self, header: dict, raw_path: str):
+        self.v = OrderValidator(header)
+        self.rest = b""
+        self.line_no = 0
+        self.raw = open(raw_path, "wb")  # noqa: SIM115  (closed in finish/abort)
+        self.raw_path = raw_path
+        self.bytes = 0
+
+    def feed(self, conn: Connection, chunk: bytes) -> None:
+        self.raw.write(chunk)
+        self.bytes += len(chunk)
+        data = self.rest + chunk
+        lines = data.split(b"\n")
+        self.rest = lines.pop()
+        self._rows(conn, lines)
+
+    def _rows(self, conn: Connection, lines: list[bytes]) -> None:
+        rows = []
+        for line in lines:
+            self.line_no += 1
+            if not line.strip():
+                self.v._reason(f"line {self.line_no}: empty line")
+                continue
+            try:
+                obj = json.loads(line)
+            except ValueError as e:
+                self.v.count += 1
+                self.v.bad_items += 1
+                self.v._reason(f"line {self.line_no}: not JSON ({e.msg})")
+                continue
+            if not isinstance(obj, dict):
+                self.v.count += 1
+                self.v._reason(f"line {self.line_no}: not a JSON object")
+                continue
+            row = self.v.check_item(obj, self.line_no)
+            if row is not None:
+                rows.append(row)
+        for i in range(0, len(rows), INSERT_CHUNK):
+            conn.execute(insert(items), rows[i:i + INSERT_CHUNK])
+
+    def finish(self, conn: Connection) -> list[str]:
+        if self.rest.strip():
+            self._rows(conn, [self.rest])
+        self.raw.close()
+        return self.v.finish()
+
+    def abort(self) -> None:
+        self.raw.close()
+        try:
+            os.unlink(self.raw_path)
+        except FileNotFoundError:
+            pass
+
+
+class BankFlow:
+    """Drives the orders and batches of one bank; `tick` does whatever is due, then returns."""
+
+    def __init__(self, reactor, cfg: GatewayConfig, bank: BankConfig, db: Database, journal: Journal,
+                 core: CoreClient, link: CnBankLink, faults: Faults):
+        self.reactor = reactor
+        self.cfg = cfg
+        self.bank = bank
+        self.db = db
+        self.journal = journal
+        self.core = core
+        self.link = link
+        self.faults = faults
+        self.bank_id = bank.bank_id
+        self.last_poll = float("-inf")
+        self.wake_poll = False
+
+    # --- helpers ------------------------------------------------------------
+
+    def now(self) -> float:
+        return self.reactor.seconds()
+
+    def at(self) -> str:
+        return iso(self.now())
+
+    def _journal(self, conn: Connection, e: Entry) -> int:
+        return self.journal.append(conn, e, self.at())
+
+    def _alarm(self, conn: Connection, severity: str, kind: str, message: str, **kw) -> None:
+        raise_alarm(conn, self.at(), severity, kind, message, bank_id=self.bank_id, **kw)
+
+    def _core_entries(self, conn: Connection, ex: Exchange, tx: str, order_no=None) -> None:
+        self._journal(conn, Entry("out", "core", "http", tx, f"{ex.method} {ex.url}",
+                                  payload=ex.request, order_no=order_no))
+        self._journal(conn, Entry("in", "core", "http", tx, f"HTTP {ex.status}",
+                                  payload=ex.response, order_no=order_no))
+
+    async def _contract_fault(self, e: CoreContractError, order_no=None) -> None:
+        def rec(conn):
+            jid = self._journal(conn, Entry("in", "core", "http", f"{e.method} {e.status}",
+                                            f"contract fault: {e.method} {e.url} answered {e.status}",
+                                            payload=e.body, order_no=order_no,
+                                            verified=f"failed: HTTP {e.status}"))
+            self._alarm(conn, "critical", "core-contract",
+                        f"core answered {e.status} to {e.method} {e.url}", order_no=order_no,
+                        journal_id=jid)
+        await self.db.run(rec)
+
+    # --- the tick -------------------------------------------------------------
+
+    async def tick(self) -> None:
+        """One pass over everything due for this bank; each step's failure is contained."""
+        if self.wake_poll or self.now() - self.last_poll >= self.cfg.core.poll_interval_s:
+            self.wake_poll = False
+            await self._guard("poll the core", self.poll_core())
+            self.last_poll = self.now()
+        for order_no in await self.db.run(self._orders_in, (OrderState.FUNDED, OrderState.LOADING)):
+            await self._guard(f"load order {order_no}", self.load_order(order_no))
+        for order_no in await self.db.run(self._orders_needing_batch):
+            await self._guard(f"batch order {order_no}", self.create_pay_batch(order_no))
+        for b in await self.db.run(self._live_batches):
+            await self._guard(f"advance batch {b['batch_no']}", self.advance(b))
+        await self._guard("push results", self.push_results())
+        await self._guard("push order states", self.push_states())
+
+    async def _guard(self, what: str, coro) -> None:
+        try:
+            await coro
+        except CoreContractError as e:
+            await self._contract_fault(e)
+        except (CoreError, tcp.ExchangeError) as e:
+            log.warn("{bank}: {what}: {error}; will try again", bank=self.bank_id, what=what, error=e)
+        except Exception:
+            log.failure("{bank}: {what} failed", bank=self.bank_id, what=what)
+
+    def _orders_in(self, conn: Connection, states) -> list[str]:
+        return list(conn.execute(select(orders.c.order_no).where(
+            orders.c.bank_id == self.bank_id, orders.c.state.in_(states))
+            .order_by(orders.c.created_at, orders.c.order_no)).scalars())
+
+    def _orders_needing_batch(self, conn: Connection) -> list[str]:
+        live = select(batches.c.batch_no).where(batches.c.order_no == orders.c.order_no,
+                                                batches.c.state.in_(BatchState.LIVE + (BatchState.REFUSED,)))
+        return list(conn.execute(select(orders.c.order_no).where(
+            orders.c.bank_id == self.bank_id, orders.c.state == OrderState.LOADED,
+            ~live.exists()).order_by(orders.c.created_at, orders.c.order_no)).scalars())
+
+    def _live_batches(self, conn: Connection) -> list[dict]:
+        return [dict(r) for r in conn.execute(select(batches).where(
+            batches.c.bank_id == self.bank_id, batches.c.state.in_(BatchState.LIVE))
+            .order_by(batches.c.created_at, batches.c.batch_no)).mappings()]
+
+    # --- core: poll and load --------------------------------------------------
+
+    async def poll_core(self) -> None:
+        found, exchanges = await self.core.list_funded(self.bank_id)
+
+        def record(conn: Connection) -> None:
+            nos = [o.get("order_no") for o in found if isinstance(o, dict)]
+            known = set(conn.execute(select(orders.c.order_no).where(
+                orders.c.order_no.in_([n for n in nos if isinstance(n, str)]))).scalars())
+            new = [o for o in found if isinstance(o, dict) and o.get("order_no") not in known]
+            if not new and len(nos) == len(found):
+                return   # an empty or known poll is not worth a journal entry every few seconds
+            for ex in exchanges:
+                self._core_entries(conn, ex, "GET orders")
+            at = self.at()
+            for h in found:
+                no = h.get("order_no") if isinstance(h, dict) else None
+                if not isinstance(no, str) or not no or len(no) > 64:
+                    self._alarm(conn, "critical", "core-contract",
+                                f"funded order without a usable order_no: {str(h)[:200]}")
+                    continue
+                if no in known:
+                    continue
+                known.add(no)
+                problems = header_problems(h, self.bank_id)
+                conn.execute(insert(orders).values(
+                    order_no=no, bank_id=self.bank_id, budget_unit=_s(h.get("budget_unit")),
+                    project_code=_s(h.get("project_code"), 64),
+                    project_name=_s(h.get("project_name")),
+                    project_short=_s(h.get("project_short"), 16), region=_s(h.get("region"), 16),
+                    total_amount=_i(h.get("total_amount")), total_count=_i(h.get("total_count")),
+                    funded_at=_s(h.get("funded_at"), 40),
+                    state=OrderState.INVALID if problems else OrderState.FUNDED,
+                    detail=json.dumps({"reasons": problems}, ensure_ascii=False) if problems else None,
+                    created_at=at, updated_at=at, results_pending=0))
+                self._journal(conn, Entry("event", "core", "daemon", "order-seen",
+                                          f"order {no} funded for {h.get('total_count')} items, "
+                                          f"{h.get('total_amount')} fen"
+                                          + (f"; INVALID: {problems}" if problems else ""),
+                                          order_no=no))
+                log.info("{bank}: order {order} seen at the core{invalid}", bank=self.bank_id,
+                         order=no, invalid=" (INVALID header)" if problems else "")
+        await self.db.run(record)
+
+    async def load_order(self, order_no: str) -> None:
+        def start(conn: Connection) -> dict:
+            o = conn.execute(select(orders).where(orders.c.order_no == order_no)).mappings().one()
+            conn.execute(delete(items).where(items.c.order_no == order_no))
+            conn.execute(update(orders).where(orders.c.order_no == order_no)
+                         .values(state=OrderState.LOADING, updated_at=self.at()))
+            return dict(o)
+        header = await self.db.run(start)
+        os.makedirs(self.cfg.work_dir, exist_ok=True)
+        loader = _Loader(header, os.path.join(self.cfg.work_dir, f"{order_no}.items.ndjson"))
+        try:
+            size = await self.core.stream_items(order_no, lambda chunk: self.db.run(loader.feed, chunk))
+        except BaseException:
+            await self.db.run_plain(loader.abort)
+            raise
+
+        def finish(conn: Connection) -> list[str]:
+            reasons = loader.finish(conn)
+            state = OrderState.INVALID if reasons else OrderState.LOADED
+            if not reasons:
+                check_conservation(conn, order_no)
+            jid = self._journal(conn, Entry(
+                "in", "core", "http", "GET items",
+                f"order {order_no}: {loader.v.count} items, {size} bytes; "
+                + (f"INVALID ({len(reasons)} reasons): {reasons[:20]}" if reasons else "valid"),
+                payload_file=loader.raw_path, order_no=order_no,
+                verified="ok" if not reasons else f"failed: {len(reasons)} reasons"))
+            conn.execute(update(orders).where(orders.c.order_no == order_no).values(
+                state=state, updated_at=self.at(),
+                detail=json.dumps({"reasons": reasons}, ensure_ascii=False) if reasons else None))
+            if reasons:
+                self._alarm(conn, "warning", "order-invalid",
+                            f"order {order_no} is INVALID: {'; '.join(reasons[:5])}",
+                            order_no=order_no, journal_id=jid)
+            return reasons
+        reasons = await self.db.run(finish)
+        os.unlink(loader.raw_path)   # archived in the journal
+        log.info("{bank}: order {order} loaded: {n} items, {state}", bank=self.bank_id,
+                 order=order_no, n=loader.v.count, state="INVALID" if reasons else "valid")
+
+    # --- batches ----------------------------------------------------------------
+
+    async def create_pay_batch(self, order_no: str) -> None:
+        def create(conn: Connection) -> str | None:
+            n = conn.execute(select(func.count()).where(batches.c.order_no == order_no,
+                                                        batches.c.kind == "PAY")).scalar_one()
+            batch_no = f"{order_no}-P{n + 1:02d}"
+            pending = and_(items.c.order_no == order_no, items.c.status == ItemStatus.PENDING,
+                           items.c.batch_no.is_(None))
+            cnt, amt = conn.execute(select(func.count(), func.sum(items.c.amount)).where(pending)).one()
+            if not cnt:
+                return None
+            at = self.at()
+            conn.execute(insert(batches).values(
+                batch_no=batch_no, order_no=order_no, bank_id=self.bank_id, kind="PAY", seq=n + 1,
+                state=BatchState.BUILDING, total_count=cnt, total_amount=int(amt), attempts=0,
+                created_at=at, updated_at=at))
+            conn.execute(update(items).where(pending).values(batch_no=batch_no))
+            self._journal(conn, Entry("event", self.bank_id, "daemon", "batch-created",
+                                      f"PAY batch {batch_no}: {cnt} items, {amt} fen",
+                                      order_no=order_no, batch_no=batch_no))
+            return batch_no
+        batch_no = await self.db.run(create)
+        if batch_no:
+            log.info("{bank}: created batch {batch}", bank=self.bank_id, batch=batch_no)
+
+    async def advance(self, b: dict) -> None:
+        state = b["state"]
+        if state == BatchState.BUILDING:
+            await self.build(b)
+        elif state == BatchState.BUILT:
+            await self.upload(b)
+        elif state == BatchState.UPLOADED:
+            await self.submit(b)
+        elif state == BatchState.SUBMITTING:
+            await self.query(b)
+        elif state == BatchState.ACCEPTED:
+            if (b["next_check_at"] or 0) <= self.now():
+                await self.query(b)
+
+    def _build_files(self, b: dict):
+        """Stream the batch's items from the database into the signed, encrypted file (pool thread)."""
+        with self.db.engine.connect() as conn:
+            o = conn.execute(select(orders).where(orders.c.order_no == b["order_no"])).mappings().one()
+            header = files.BatchHeader(
+                batch_no=b["batch_no"], order_no=b["order_no"], payer_acct=self.bank.payer_acct,
+                payer_name=self.bank.payer_name, total_count=b["total_count"],
+                total_amount=b["total_amount"],
+                submit_date=datetime.datetime.fromtimestamp(self.now(), CST).strftime("%Y%m%d"),
+                proj_short=o["project_short"])
+            rows = conn.execution_options(stream_results=True, yield_per=5000).execute(
+                select(items.c.seq, items.c.name, items.c.id_number, items.c.account_no,
+                       items.c.account_bank, items.c.amount, items.c.remark)
+                .where(items.c.order_no == b["order_no"], items.c.batch_no == b["batch_no"])
+                .order_by(items.c.seq))
+            lines = (files.BatchLine(seq=r.seq, name=r.name, id_no=r.id_number, acct_no=r.account_no,
+                                     acct_bank=r.account_bank, amount=r.amount,
+                                     proj_code=o["project_code"], remark=r.remark, orig_batch_no="")
+                     for r in rows)
+            return self.link.write_batch_file(header, lines)
+
+    async def build(self, b: dict) -> None:
+        built = await self.db.run_plain(self._build_files, b)
+
+        def record(conn: Connection) -> None:
+            conn.execute(update(batches).where(batches.c.batch_no == b["batch_no"],
+                                               batches.c.state == BatchState.BUILDING).values(
+                state=BatchState.BUILT, file_name=built.name, file_sm3=built.sm3,
+                file_enc_key=built.enc_key, updated_at=self.at()))
+        await self.db.run(record)
+        log.info("{bank}: built {file} ({n} items, SM3 {sm3})", bank=self.bank_id, file=built.name,
+                 n=built.count, sm3=built.sm3[:16])
+
+    def _paths(self, b: dict) -> tuple[str, str]:
+        p = os.path.join(self.link.work_dir, b["file_name"])
+        return p, p + ".sig"
+
+    async def upload(self, b: dict) -> None:
+        cipher, sig = self._paths(b)
+        if not os.path.exists(cipher) or not os.path.exists(sig):
+            # The work dir lost the file (restored host, say): build it again from the database.
+            await self.db.run(lambda c: c.execute(update(batches).where(
+                batches.c.batch_no == b["batch_no"]).values(state=BatchState.BUILDING)))
+            return
+        from adapters.cnbank.link import BuiltFile
+        await self.link.upload(BuiltFile(b["file_name"], cipher, sig, b["file_sm3"], b["file_enc_key"],
+                                         b["total_count"], b["total_amount"]))
+
+        def record(conn: Connection) -> None:
+            self._journal(conn, Entry("out", self.bank_id, "sftp", "PUT",
+                                      f"{self.bank.sftp.in_dir}/{b['file_name']}.sig",
+                                      payload_file=sig, order_no=b["order_no"], batch_no=b["batch_no"]))
+            self._journal(conn, Entry("out", self.bank_id, "sftp", "PUT",
+                                      f"{self.bank.sftp.in_dir}/{b['file_name']}: batch file of "
+                                      f"{b['total_count']} items, {b['total_amount']} fen, "
+                                      f"FileSM3 {b['file_sm3']}",
+                                      payload_file=cipher, order_no=b["order_no"], batch_no=b["batch_no"]))
+            conn.execute(update(batches).where(batches.c.batch_no == b["batch_no"]).values(
+                state=BatchState.UPLOADED, updated_at=self.at()))
+        await self.db.run(record)
+
+    async def _send(self, b: dict, tx: str, fields: dict, before=None) -> Incoming | None:
+        """Journal a request (with `before`'s state change), send it, open and journal the reply.
+
+        Returns the verified reply, or None when there is none to act on (not sent, no answer,
+        or an answer that failed verification: journaled and alarmed).
+        """
+        out: Outgoing = await self.link.build(tx, fields, self.now())
+
+        def record_out(conn: Connection) -> None:
+            self._journal(conn, Entry("out", self.bank_id, "tcp", tx, out.decoded, payload=out.raw,
+                                      msg_id=out.msg_id, order_no=b["order_no"], batch_no=b["batch_no"]))
+            if before is not None:
+                before(conn)
+        await self.db.run(record_out)
+        try:
+            raw = await self.link.exchange(out)
+        except tcp.ExchangeError as e:
+            def record_fail(conn: Connection) -> None:
+                self._journal(conn, Entry("event", self.bank_id, "tcp", tx,
+                                          f"{tx} {out.msg_id}: {e} (sent: {e.sent})",
+                                          msg_id=out.msg_id, order_no=b["order_no"],
+                                          batch_no=b["batch_no"]))
+                if not e.sent and tx == "BP01":
+                    # Connect failed: nothing reached the bank, so sending again is not blind.
+                    conn.execute(update(batches).where(batches.c.batch_no == b["batch_no"],
+                                                       batches.c.state == BatchState.SUBMITTING)
+                                 .values(state=BatchState.UPLOADED))
+            await self.db.run(record_fail)
+            log.warn("{bank}: {tx} for {batch}: {error}", bank=self.bank_id, tx=tx,
+                     batch=b["batch_no"], error=e)
+            return None
+        if tx == "BP01":
+            self.faults.point("BP01-reply-received")
+        try:
+            return await self.link.open(out, raw)
+        except LinkError as e:
+            def record_bad(conn: Connection) -> None:
+                jid = self._journal(conn, Entry("in", self.bank_id, "tcp", tx, f"unverified reply: {e}",
+                                                payload=raw, msg_id=out.msg_id, order_no=b["order_no"],
+                                                batch_no=b["batch_no"], verified=f"failed: {e.code} {e}"))
+                self._alarm(conn, "critical", "bank-reply-rejected", f"{tx} reply for {b['batch_no']}: {e}",
+                            order_no=b["order_no"], batch_no=b["batch_no"], journal_id=jid)
+            await self.db.run(record_bad)
+            return None
+
+    def _journal_in(self, conn: Connection, b: dict, inc: Incoming) -> int:
+        return self._journal(conn, Entry("in", self.bank_id, "tcp", inc.tx_code, inc.decoded,
+                                         payload=inc.raw, msg_id=inc.msg_id, order_no=b["order_no"],
+                                         batch_no=b["batch_no"], verified="ok"))
+
+    def _bp01_fields(self, b: dict) -> dict:
+        return {"BatchNo": b["batch_no"], "Kind": b["kind"], "OrderNo": b["order_no"],
+                "FileName": b["file_name"], "FileSM3": b["file_sm3"], "FileEncKey": b["file_enc_key"],
+                "TotalCount": str(b["total_count"]), "TotalAmount": format_yuan(b["total_amount"])}
+
+    async def submit(self, b: dict) -> None:
+        def mark(conn: Connection) -> None:
+            conn.execute(update(batches).where(batches.c.batch_no == b["batch_no"]).values(
+                state=BatchState.SUBMITTING, attempts=batches.c.attempts + 1, updated_at=self.at()))
+        inc = await self._send(b, "BP01", self._bp01_fields(b), before=mark)
+        if inc is None:
+            return
+
+        def record(conn: Connection) -> None:
+            jid = self._journal_in(conn, b, inc)
+            if inc.ret_code == "0000":
+                self._accept(conn, b, inc.fields.get("BankBatchNo"))
+            elif inc.ret_code in RETRYABLE_REFUSALS:
+                conn.execute(update(batches).where(batches.c.batch_no == b["batch_no"]).values(
+                    state=BatchState.UPLOADED, updated_at=self.at()))
+                log.warn("{bank}: BP01 {batch} refused {code} {msg}; sending again with a new MsgId",
+                         bank=self.bank_id, batch=b["batch_no"], code=inc.ret_code, msg=inc.ret_msg)
+            else:
+                conn.execute(update(batches).where(batches.c.batch_no == b["batch_no"]).values(
+                    state=BatchState.REFUSED, reject_code=inc.ret_code, reject_msg=inc.ret_msg[:500],
+                    updated_at=self.at()))
+                self._alarm(conn, "critical", "batch-refused",
+                            f"bank refused BP01 {b['batch_no']}: {inc.ret_code} {inc.ret_msg}",
+                            order_no=b["order_no"], batch_no=b["batch_no"], journal_id=jid)
+        await self.db.run(record)
+
+    def _accept(self, conn: Connection, b: dict, bank_batch_no: str | None) -> None:
+        """The bank holds the batch: its items are SENT, the order DISPATCHED (one transaction)."""
+        n = conn.execute(update(items).where(
+            items.c.order_no == b["order_no"], items.c.batch_no == b["batch_no"],
+            items.c.status.in_((ItemStatus.PENDING, ItemStatus.CORRECTED)))
+            .values(status=ItemStatus.SENT)).rowcount
+        if n != b["total_count"]:
+            raise ConservationError(f"batch {b['batch_no']} holds {b['total_count']} items but {n} "
+                                    f"were waiting to be sent")
+        conn.execute(update(batches).where(batches.c.batch_no == b["batch_no"]).values(
+            state=BatchState.ACCEPTED, bank_batch_no=bank_batch_no, updated_at=self.at(),
+            next_check_at=int(self.now() + self.bank.cnbank.status_poll_s)))
+        conn.execute(update(orders).where(orders.c.order_no == b["order_no"],
+                                          orders.c.state == OrderState.LOADED)
+                     .values(state=OrderState.DISPATCHED, updated_at=self.at()))
+        check_conservation(conn, b["order_no"])
+        b["state"] = BatchState.ACCEPTED
+        log.info("{bank}: batch {batch} accepted by the bank", bank=self.bank_id, batch=b["batch_no"])
+
+    async def query(self, b: dict) -> None:
+        """BQ01: what the bank knows of the batch. Always asked before any resend (rule 3)."""
+        inc = await self._send(b, "BQ01", {"BatchNo": b["batch_no"]})
+        if inc is None:
+            return
+        status = inc.fields.get("Status")
+        was = b["state"]
+
+        def record(conn: Connection) -> None:
+            jid = self._journal_in(conn, b, inc)
+            if inc.ret_code == "E007":
+                if was == BatchState.SUBMITTING:
+                    # The bank never accepted it: the lost BP01 may now be sent again.
+                    conn.execute(update(batches).where(batches.c.batch_no == b["batch_no"]).values(
+                        state=BatchState.UPLOADED, updated_at=self.at()))
+                    log.info("{bank}: bank does not know {batch}: BP01 will be sent again",
+                             bank=self.bank_id, batch=b["batch_no"])
+                else:
+                    self._alarm(conn, "critical", "batch-unknown",
+                                f"bank says it never accepted {b['batch_no']}, which it answered 0000",
+                                order_no=b["order_no"], batch_no=b["batch_no"], journal_id=jid)
+                return
+            if inc.ret_code != "0000":
+                self._alarm(conn, "warning", "bq01-refused",
+                            f"BQ01 {b['batch_no']} answered {inc.ret_code} {inc.ret_msg}",
+                            order_no=b["order_no"], batch_no=b["batch_no"], journal_id=jid)
+                return
+            if was == BatchState.SUBMITTING and status in ("RCVD", "PROC", "DONE"):
+                self._accept(conn, b, None)
+            if status == "RJCT":
+                self._reject(conn, b, inc, jid)
+            elif status == "DONE":
+                conn.execute(update(batches).where(batches.c.batch_no == b["batch_no"]).values(
+                    result_file=inc.fields.get("ResultFile"), result_sm3=inc.fields.get("FileSM3"),
+                    result_enc_key=inc.fields.get("FileEncKey"), updated_at=self.at()))
+            else:
+                conn.execute(update(batches).where(batches.c.batch_no == b["batch_no"]).values(
+                    next_check_at=int(self.now() + self.bank.cnbank.status_poll_s)))
+        await self.db.run(record)
+        if status == "DONE" and inc.ret_code == "0000":
+            await self.fetch_results(b["batch_no"])
+
+    def _reject(self, conn: Connection, b: dict, inc: Incoming, jid: int) -> None:
+        """RJCT: nothing of the batch was paid; its items go back to PENDING for a new batch."""
+        conn.execute(update(items).where(items.c.order_no == b["order_no"],
+                                         items.c.batch_no == b["batch_no"],
+                                         items.c.status == ItemStatus.SENT)
+                     .values(status=ItemStatus.PENDING, batch_no=None))
+        conn.execute(update(batches).where(batches.c.batch_no == b["batch_no"]).values(
+            state=BatchState.RJCT, reject_code=inc.fields.get("RejectCode"),
+            reject_msg=(inc.fields.get("RejectMsg") or "")[:500], updated_at=self.at()))
+        others = conn.execute(select(func.count()).where(
+            batches.c.order_no == b["order_no"], batches.c.batch_no != b["batch_no"],
+            batches.c.state.in_((BatchState.ACCEPTED, BatchState.DONE)))).scalar_one()
+        if not others:
+            conn.execute(update(orders).where(orders.c.order_no == b["order_no"])
+                         .values(state=OrderState.LOADED, updated_at=self.at()))
+        check_conservation(conn, b["order_no"])
+        self._alarm(conn, "critical", "batch-rjct",
+                    f"bank rejected batch {b['batch_no']} whole: {inc.fields.get('RejectCode')} "
+                    f"{inc.fields.get('RejectMsg')}; its items go out again in a new batch",
+                    order_no=b["order_no"], batch_no=b["batch_no"], journal_id=jid)
+
+    async def fetch_results(self, batch_no: str) -> None:
+        b = await self.db.run(lambda c: dict(c.execute(select(batches).where(
+            batches.c.batch_no == batch_no)).mappings().one()))
+        name = b["result_file"]
+        cipher, sig = await self.link.download(name)
+        try:
+            fetched = await deferToThread(self.link.open_file, name, cipher, sig,
+                                          b["result_enc_key"], b["result_sm3"])
+        except LinkError as e:
+            await self._result_refused(b, cipher, sig, str(e))
+            return
+        try:
+            summary = await self.db.run(self._apply_results, b, fetched)
+        except (ResultRejected, files.FileFormatError, ConservationError) as e:
+            await self._result_refused(b, cipher, sig, f"{type(e).__name__}: {e}")
+            return
+        finally:
+            if os.path.exists(fetched.plain_path):
+                os.unlink(fetched.plain_path)
+        for p in (cipher, sig):
+            os.unlink(p)   # archived in the journal
+        log.info("{bank}: results of {batch} applied: {summary}", bank=self.bank_id, batch=batch_no,
+                 summary=summary)
+        self.faults.point("results-applied")
+        if self.bank.sftp.remove_uploads:
+            try:
+                await self.link.remove_uploads(b["file_name"])
+            except Exception as e:  # noqa: BLE001  (housekeeping only)
+                log.warn("{bank}: could not remove uploads of {batch}: {error}", bank=self.bank_id,
+                         batch=batch_no, error=e)
+
+    async def _result_refused(self, b: dict, cipher: str, sig: str, why: str) -> None:
+        def rec(conn: Connection) -> None:
+            self._journal(conn, Entry("in", self.bank_id, "sftp", "GET", f"{b['result_file']}.sig",
+                                      payload_file=sig, order_no=b["order_no"], batch_no=b["batch_no"],
+                                      verified=f"failed: {why}"[:200]))
+            jid = self._journal(conn, Entry("in", self.bank_id, "sftp", "GET",
+                                            f"result file {b['result_file']} rejected whole: {why}",
+                                            payload_file=cipher, order_no=b["order_no"],
+                                            batch_no=b["batch_no"], verified=f"failed: {why}"[:200]))
+            self._alarm(conn, "critical", "result-file-rejected",
+                        f"result file {b['result_file']} of {b['batch_no']} rejected, nothing applied: {why}",
+                        order_no=b["order_no"], batch_no=b["batch_no"], journal_id=jid)
+            # Ask again later, not every tick: a bad file is a bank-side fault for operators.
+            conn.execute(update(batches).where(batches.c.batch_no == b["batch_no"]).values(
+                next_check_at=int(self.now() + 60 * self.bank.cnbank.status_poll_s)))
+        await self.db.run(rec)
+        for p in (cipher, sig):
+            if os.path.exists(p):
+                os.unlink(p)
+
+    def _apply_results(self, conn: Connection, b: dict, fetched) -> dict:
+        """Apply a verified result file in this one transaction, or raise and apply nothing."""
+        header, lines = self.link.result_lines(fetched.plain_path)
+        if header.batch_no != b["batch_no"]:
+            raise ResultRejected(f"H line names batch {header.batch_no}, expected {b['batch_no']}")
+        if header.total != b["total_count"] or header.total_amt != b["total_amount"]:
+            raise ResultRejected(f"H line says {header.total} items / {header.total_amt} fen, the batch "
+                                 f"holds {b['total_count']} / {b['total_amount']}")
+        stmt = update(items).where(
+            items.c.order_no == b["order_no"], items.c.seq == bindparam("k_seq"),
+            items.c.batch_no == b["batch_no"], items.c.status == ItemStatus.SENT,
+            items.c.amount == bindparam("k_amount"), items.c.account_no == bindparam("k_acct"),
+        ).values(status=bindparam("v_status"), reason_code=bindparam("v_code"),
+                 reason_text=bindparam("v_text"), bank_serial=bindparam("v_serial"),
+                 result_at=bindparam("v_at"))
+        chunk: list[dict] = []
+        n = 0
+        for line in lines:
+            n += 1
+            chunk.append({"k_seq": line.seq, "k_amount": line.amount, "k_acct": line.acct_no,
+                          "v_status": ItemStatus.PAID if line.status == "S" else ItemStatus.FAILED,
+                          "v_code": line.reason_code, "v_text": line.reason_text,
+                          "v_serial": line.bank_serial or None, "v_at": _post_date(line.post_date)})
+            if len(chunk) >= APPLY_CHUNK:
+                conn.execute(stmt, chunk)
+                chunk = []
+        if chunk:
+            conn.execute(stmt, chunk)
+        # Every line must have matched one SENT item of this batch (seq, amount and account),
+        # and every item of the batch must have had a line.
+        left = conn.execute(select(func.count()).where(
+            items.c.order_no == b["order_no"], items.c.batch_no == b["batch_no"],
+            items.c.status == ItemStatus.SENT)).scalar_one()
+        per = dict(conn.execute(select(items.c.status, func.count()).where(
+            items.c.order_no == b["order_no"], items.c.batch_no == b["batch_no"])
+            .group_by(items.c.status)).all())
+        applied = per.get(ItemStatus.PAID, 0) + per.get(ItemStatus.FAILED, 0)
+        if left or n != b["total_count"] or applied != n:
+            raise ResultRejected(f"{n} result lines, {applied} matched an item of the batch, "
+                                 f"{left} items of the batch have no result")
+        paid = per.get(ItemStatus.PAID, 0)
+        if paid != header.succ_cnt:
+            raise ResultRejected(f"H line says {header.succ_cnt} paid, lines say {paid}")
+        cipher, sig = fetched.cipher_path, fetched.sig_path
+        self._journal(conn, Entry("in", self.bank_id, "sftp", "GET", f"{b['result_file']}.sig",
+                                  payload_file=sig, order_no=b["order_no"], batch_no=b["batch_no"],
+                                  verified="ok"))
+        self._journal(conn, Entry("in", self.bank_id, "sftp", "GET",
+                                  f"result file {b['result_file']}: {n} lines, paid {header.succ_cnt} "
+                                  f"/ {header.succ_amt} fen, failed {header.fail_cnt} / "
+                                  f"{header.fail_amt} fen, SM3 {fetched.sm3}",
+                                  payload_file=cipher, order_no=b["order_no"], batch_no=b["batch_no"],
+                                  verified="ok"))
+        conn.execute(update(batches).where(batches.c.batch_no == b["batch_no"]).values(
+            state=BatchState.DONE, succ_cnt=header.succ_cnt, succ_amt=header.succ_amt,
+            fail_cnt=header.fail_cnt, fail_amt=header.fail_amt, updated_at=self.at()))
+        per_order = check_conservation(conn, b["order_no"])
+        settled = set(per_order) <= {ItemStatus.PAID, ItemStatus.REFUNDED}
+        conn.execute(update(orders).where(orders.c.order_no == b["order_no"]).values(
+            results_pending=1, updated_at=self.at(),
+            **({"state": OrderState.SETTLED} if settled else {})))
+        return {"lines": n, "paid": header.succ_cnt, "failed": header.fail_cnt}
+
+    # --- pushing back to the core ------------------------------------------------
+
+    async def push_results(self) -> None:
+        for order_no in await self.db.run(lambda c: list(c.execute(select(orders.c.order_no).where(
+                orders.c.bank_id == self.bank_id, orders.c.results_pending == 1)).scalars())):
+            await self._push_order_results(order_no)
+
+    async def _push_order_results(self, order_no: str) -> None:
+        chunk_size = self.cfg.core.results_chunk
+        after = 0
+        while True:
+            def take(conn: Connection, after=after) -> list[dict]:
+                return [dict(r) for r in conn.execute(select(
+                    items.c.seq, items.c.status, items.c.reason_code, items.c.reason_text,
+                    items.c.bank_serial, items.c.result_at).where(
+                    items.c.order_no == order_no, items.c.seq > after,
+                    items.c.status.in_(ItemStatus.REPORTED),
+                    or_(items.c.pushed.is_(None), items.c.pushed != items.c.status))
+                    .order_by(items.c.seq).limit(chunk_size)).mappings()]
+            rows = await self.db.run(take)
+            if not rows:
+                break
+            results = [{"seq": r["seq"], "status": r["status"], "reason_code": r["reason_code"] or "",
+                        "reason_text": r["reason_text"] or "", "bank_serial": r["bank_serial"] or "",
+                        "at": r["result_at"] or self.at()} for r in rows]
+            ex = await self.core.push_results(order_no, results)
+
+            def mark(conn: Connection, rows=rows, ex=ex) -> None:
+                conn.execute(update(items).where(
+                    items.c.order_no == order_no, items.c.seq == bindparam("k_seq"),
+                    items.c.status == bindparam("k_status")).values(pushed=bindparam("k_status2")),
+                    [{"k_seq": r["seq"], "k_status": r["status"], "k_status2": r["status"]}
+                     for r in rows])
+                self._core_entries(conn, ex, "POST results", order_no)
+            await self.db.run(mark)
+            after = rows[-1]["seq"]
+
+        def done(conn: Connection) -> None:
+            conn.execute(update(orders).where(orders.c.order_no == order_no).values(results_pending=0))
+        await self.db.run(done)
+        log.info("{bank}: results of {order} pushed to the core", bank=self.bank_id, order=order_no)
+
+    async def push_states(self) -> None:
+        rows = await self.db.run(lambda c: [dict(r) for r in c.execute(select(
+            orders.c.order_no, orders.c.state, orders.c.core_state_pushed, orders.c.detail).where(
+            orders.c.bank_id == self.bank_id, orders.c.results_pending == 0,
+            orders.c.state.in_((OrderState.DISPATCHED, OrderState.SETTLED, OrderState.INVALID)),
+            or_(orders.c.core_state_pushed.is_(None),
+                orders.c.core_state_pushed != orders.c.state))).mappings()])
+        for o in rows:
+            steps = [o["state"]]
+            if o["state"] == OrderState.SETTLED and o["core_state_pushed"] is None:
+                steps = [OrderState.DISPATCHED, OrderState.SETTLED]
+            for state in steps:
+                detail = await self.db.run(self._state_detail, o["order_no"], state, o["detail"])
+                ex = await self.core.push_state(o["order_no"], state, detail)
+
+                def mark(conn: Connection, state=state, ex=ex, no=o["order_no"]) -> None:
+                    conn.execute(update(orders).where(orders.c.order_no == no)
+                                 .values(core_state_pushed=state))
+                    self._core_entries(conn, ex, "POST state", no)
+                await self.db.run(mark)
+                log.info("{bank}: told the core order {order} is {state}", bank=self.bank_id,
+                         order=o["order_no"], state=state)
+
+    def _state_detail(self, conn: Connection, order_no: str, state: str, detail: str | None):
+        if state == OrderState.INVALID:
+            return json.loads(detail) if detail else {"reasons": []}
+        per = dict(((r.status), {"count": r.n, "amount": int(r.amt)}) for r in conn.execute(
+            select(items.c.status, func.count().label("n"), func.sum(items.c.amount).label("amt"))
+            .where(items.c.order_no == order_no).group_by(items.c.status)))
+        return {"items": per}
+
+
+def _post_date(d: str) -> str:
+    """'20261128' -> '2026-11-28T00:00:00+08:00' (the core wants ISO 8601 with offset)."""
+    if len(d) == 8 and d.isdigit():
+        return f"{d[:4]}-{d[4:6]}-{d[6:]}T00:00:00+08:00"
+    return d
+
+
+__all__ = ["BankFlow", "ConservationError", "check_conservation", "iso", "mask"]

@@ -1,0 +1,96 @@
+"""Streams an order's items as NDJSON into a twisted.web request, in bounded memory.
+
+A push producer registered on the request: it generates one chunk of items
+at a time (items are a pure function of their position, nothing is stored),
+stops when the transport's buffer is full and carries on when it drains, so a
+million-item order costs one chunk of memory however slow the reader is.
+Chunks are scheduled through the injected clock, which keeps the reactor
+responsive between them.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.web.server import Request
+from zope.interface import implementer
+
+from simulators import datagen
+
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+def ndjson_line(item: dict[str, Any]) -> bytes:
+    """One item as the NDJSON line the core API sends (UTF-8, newline-terminated)."""
+    return (_encode(item) + "\n").encode("utf-8")
+
+
+@implementer(IPushProducer)
+class ItemsProducer:
+    """Writes items start..count of *spec* to *request*, then finishes it.
+
+    ``done`` fires with True once the last line is written and the request
+    finished, or with False if the reader went away first.
+    """
+
+    def __init__(self, clock: IReactorTime, request: Request, spec: datagen.OrderSpec,
+                 chunk_items: int = 500) -> None:
+        self._clock = clock
+        self._request = request
+        self._spec = spec
+        self._chunk = chunk_items
+        self._next = 1
+        self._paused = False
+        self._stopped = False
+        self._call: IDelayedCall | None = None
+        self.done: Deferred[bool] = Deferred()
+
+    def start(self) -> Deferred[bool]:
+        self._request.notifyFinish().addErrback(lambda _: self.stopProducing())
+        self._request.registerProducer(self, True)
+        self._schedule()
+        return self.done
+
+    def _schedule(self) -> None:
+        if self._call is None and not self._paused and not self._stopped:
+            self._call = self._clock.callLater(0, self._produce)
+
+    def _produce(self) -> None:
+        self._call = None
+        if self._paused or self._stopped:
+            return
+        last = min(self._next + self._chunk - 1, self._spec.count)
+        chunk = b"".join(ndjson_line(it) for it in datagen.items(self._spec, self._next, last))
+        self._next = last + 1
+        # write() may call pauseProducing() before it returns; _schedule respects that.
+        self._request.write(chunk)
+        if self._next > self._spec.count:
+            self._stopped = True
+            self._request.unregisterProducer()
+            self._request.finish()
+            self.done.callback(True)
+        else:
+            self._schedule()
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+        self._cancel()
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        self._schedule()
+
+    def stopProducing(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        self._cancel()
+        self.done.callback(False)
+
+    def _cancel(self) -> None:
+        if self._call is not None:
+            self._call.cancel()
+            self._call = None
