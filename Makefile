@@ -17,7 +17,7 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 
 ## Core simulator + cnbank bank simulator + the daemon, on SQLite under var/demo.
 demo: $(STAMP)
-	$(BIN)/python -m gateway.demo --dir var/demo
+	$(BIN)/python -m simulators.demo --dir var/demo
 
 ## Every test, on SQLite and on PostgreSQL (127.0.0.1:5432), with real loopback TCP/SFTP and sshd.
 test: $(STAMP) services

@@ -30,7 +30,7 @@ from .cnbank_envelope import IDENTIFIER_RE, valid_date, valid_period
 
 SUCCESS = "0000"
 SUCCESS_TEXT = "成功"
-MAX_LINE_BYTES = 8192
+MAX_LINE_BYTES = 1 << 16
 _BLOCK = 1 << 20
 
 
@@ -321,6 +321,27 @@ def _fields(record: str, tag: str, parts: list[str], line_no: int, unit: str) ->
 
 # --- reading: blocks of whole lines ---------------------------------------------------
 
+def _names(family: str) -> dict[str, list[str]]:
+    """Field names by record tag, for naming the field at fault in a line not yet split."""
+    out = {}
+    for record, layout in _LAYOUTS["yuan"].items():
+        fam, tag = record.split()
+        if fam == family:
+            out[tag] = ["RecordType"] + [name for name, _ in layout]
+    return out
+
+
+def _field_name(names: dict[str, list[str]], parts: list[str]) -> str:
+    """The name of the last of *parts* (a line split so far), by its record type."""
+    layout = names.get(parts[0])
+    index = len(parts) - 1
+    if index == 0:
+        return "RecordType"
+    if layout is None or index >= len(layout):
+        return f"field {index}"
+    return layout[index]
+
+
 def _pieces(src: BinaryIO | Iterable[bytes], hashers) -> Iterator[bytes]:
     read = getattr(src, "read", None)
     if read is not None:
@@ -341,51 +362,42 @@ def _pieces(src: BinaryIO | Iterable[bytes], hashers) -> Iterator[bytes]:
             yield piece
 
 
-def _blocks(src, encoding: str, hashers=(), max_line: int = MAX_LINE_BYTES
-            ) -> Iterator[tuple[int, str]]:
-    """(number of the first line, decoded text of whole lines ending in LF), streamed.
+def _blocks(src, encoding: str, hashers, names: dict[str, list[str]],
+            max_line: int = MAX_LINE_BYTES) -> Iterator[tuple[int, str]]:
+    """(number of the first line, decoded text of whole lines each ending in LF), streamed.
 
     LF (0x0A) never occurs inside a GB18030 or GBK character, so bytes are cut
-    at the last LF of a block and decoded a block at a time. Whether each line
-    ends CRLF is left to the caller (it is one count per block).
+    at the last LF of about a megabyte and decoded a block at a time. Memory
+    stays bounded: a line that has not ended after *max_line* bytes is
+    refused. Whether each line ends CRLF is left to the caller (one count per
+    block on the fast path).
     """
     line_no = 1
     carry = b""
     pending: list[bytes] = []
     size = 0
 
-    def cut(data: bytes) -> tuple[bytes, bytes]:
-        end = data.rfind(b"\n") + 1
-        return data[:end], data[end:]
-
-    def decode(block: bytes, first: int) -> str:
-        try:
-            return block.decode(encoding)
-        except UnicodeDecodeError as e:
-            bad = first + block.count(b"\n", 0, e.start)
-            start = block.rfind(b"\n", 0, e.start) + 1
-            index = block[start:e.start].decode(encoding, "replace").count("|")
-            raise FileFormatError("E999", bad, f"field {index}" if index else "RecordType",
-                                  f"bytes {block[e.start:e.end]!r} are not valid {encoding}") from None
-
-    def emit(data: bytes):
+    def emit(data: bytes) -> tuple[bytes, tuple[int, str] | None]:
         nonlocal line_no
-        block, rest = cut(data)
+        end = data.rfind(b"\n") + 1
+        block, rest = data[:end], data[end:]
+        n = block.count(b"\n")
         if len(rest) > max_line:
-            raise FileFormatError("E999", line_no + block.count(b"\n"), "Line",
-                                  f"line is longer than {max_line} bytes")
-        if block:
-            n = block.count(b"\n")
-            longest_ok = n * max_line >= len(block)  # cheap bound; exact check only when it fails
-            if not longest_ok or len(block) > max_line and _has_long_line(block, max_line):
-                off = _first_long_line(block, max_line)
-                raise FileFormatError("E999", line_no + block.count(b"\n", 0, off), "Line",
-                                      f"line is longer than {max_line} bytes")
-            text = decode(block, line_no)
-            first = line_no
-            line_no += n
-            return rest, (first, text)
-        return rest, None
+            raise FileFormatError("E999", line_no + n, "Line", f"is longer than {max_line} bytes")
+        if not block:
+            return rest, None
+        try:
+            text = block.decode(encoding)
+        except UnicodeDecodeError as e:
+            bad = line_no + block.count(b"\n", 0, e.start)
+            start = block.rfind(b"\n", 0, e.start) + 1
+            parts = block[start:e.start].decode(encoding, "replace").split("|")
+            raise FileFormatError("E999", bad, _field_name(names, parts),
+                                  f"bytes {block[e.start:e.end]!r} are not valid {encoding}"
+                                  ) from None
+        first = line_no
+        line_no += n
+        return rest, (first, text)
 
     for piece in _pieces(src, hashers):
         pending.append(piece)
@@ -403,43 +415,28 @@ def _blocks(src, encoding: str, hashers=(), max_line: int = MAX_LINE_BYTES
         raise FileFormatError("E999", line_no, "CRLF", "the last line does not end with CRLF")
 
 
-def _has_long_line(block: bytes, max_line: int) -> bool:
-    return _first_long_line(block, max_line) >= 0
-
-
-def _first_long_line(block: bytes, max_line: int) -> int:
-    start = 0
-    while start < len(block):
-        end = block.find(b"\n", start)
-        if end < 0:
-            end = len(block)
-        if end + 1 - start > max_line:
-            return start
-        start = end + 1
-    return -1
-
-
 def _crlf_ok(text: str) -> bool:
     n = text.count("\n")
     return text.count("\r") == n and text.count("\r\n") == n
 
 
-def _split_line(line: str, line_no: int) -> list[str]:
-    """The fields of one line that ends in LF, checking its CRLF and stray CRs."""
+def _split_line(line: str, line_no: int, names: dict[str, list[str]]) -> list[str]:
+    """The fields of one line ending in LF, after checking its CRLF and stray CRs."""
     if not line.endswith("\r\n"):
         raise FileFormatError("E999", line_no, "CRLF", "line does not end with CRLF")
     parts = line[:-2].split("|")
     for i, part in enumerate(parts):
         if "\r" in part:
-            raise FileFormatError("E999", line_no, f"field {i}" if i else "RecordType",
+            raise FileFormatError("E999", line_no, _field_name(names, parts[:i + 1]),
                                   "holds a CR")
     return parts
 
 
 def _lines(blocks: Iterable[tuple[int, str]]) -> Iterator[tuple[int, str]]:
     for first, text in blocks:
-        for i, line in enumerate(text.splitlines(keepends=True)):
-            yield first + i, line
+        # Not str.splitlines: it also splits on VT, FF, NEL, U+2028...; only LF ends a line.
+        for i, line in enumerate(text.split("\n")[:-1]):
+            yield first + i, line + "\n"
 
 
 def _first_line(blocks: Iterator[tuple[int, str]]) -> tuple[str, Iterator[tuple[int, str]]]:
@@ -452,19 +449,7 @@ def _first_line(blocks: Iterator[tuple[int, str]]) -> tuple[str, Iterator[tuple[
     raise FileFormatError("E999", 1, "RecordType", "the file is empty: expected an H line")
 
 
-def _splitlines_lf(text: str) -> list[str]:
-    # str.splitlines also splits on VT, FF, NEL, U+2028...: only LF ends a line here.
-    out = text.split("\n")
-    return [s + "\n" for s in out[:-1]]
-
-
-_lines_impl = _lines
-
-
-def _lines(blocks: Iterable[tuple[int, str]]) -> Iterator[tuple[int, str]]:  # noqa: F811
-    for first, text in blocks:
-        for i, line in enumerate(_splitlines_lf(text)):
-            yield first + i, line
+_NAMES = {family: _names(family) for family in ("batch", "result", "statement")}
 
 
 # --- writing --------------------------------------------------------------------------
@@ -797,10 +782,12 @@ class _StatementSums:
 
 # --- reading --------------------------------------------------------------------------
 
-def _read_header(src, record: str, unit: str, encoding: str, hashers):
-    blocks = _blocks(src, encoding, hashers)
+def _read_header(src, family: str, unit: str, encoding: str, hashers):
+    _layouts(unit)
+    names = _NAMES[family]
+    blocks = _blocks(src, encoding, hashers, names)
     line, rest = _first_line(blocks)
-    values = _fields(record, "H", _split_line(line, 1), 1, unit)
+    values = _fields(f"{family} H", "H", _split_line(line, 1, names), 1, unit)
     return values, rest
 
 
@@ -852,9 +839,9 @@ def _rows(blocks, rx: re.Pattern, record: str, unit: str):
 
 
 def _diagnose(line: str, line_no: int, record: str, unit: str) -> FileFormatError:
+    family, tag = record.split()
     try:
-        parts = _split_line(line, line_no)
-        tag = record.split()[1]
+        parts = _split_line(line, line_no, _NAMES[family])
         _fields(record, tag, parts, line_no, unit)
     except FileFormatError as e:
         return e
@@ -870,7 +857,7 @@ def read_result_file(src: BinaryIO | Iterable[bytes], *, unit: str = "yuan",
     object in *hashers* gets `.update(chunk)` with every byte read.
     """
     hashers = tuple(hashers)
-    values, rest = _read_header(src, "result H", unit, encoding, hashers)
+    values, rest = _read_header(src, "result", unit, encoding, hashers)
     header = ResultHeader(*values)
     _check_result_header(header, 1)
     return header, _result_lines(rest, header, unit)
@@ -903,8 +890,7 @@ def _result_lines(blocks, header: ResultHeader, unit: str) -> Iterator[ResultLin
                     if post not in dates and valid_date(post):
                         dates.add(post)
                     _check_result_line(st, code, text, serial, post, proc, no)
-            elif code[:1] != "R" or serial or post != proc or not text.strip() \
-                    or not _REASON_RE.fullmatch(code):
+            elif serial or post != proc or not _REASON_RE.fullmatch(code) or not text.strip():
                 _check_result_line(st, code, text, serial, post, proc, no)
             n += 1
             if n > total:
@@ -930,7 +916,7 @@ def read_batch_file(src: BinaryIO | Iterable[bytes], *, unit: str = "yuan",
     if kind not in (None, "PAY", "RETRY"):
         raise ValueError(f"kind must be PAY, RETRY or None, not {kind!r}")
     hashers = tuple(hashers)
-    values, rest = _read_header(src, "batch H", unit, encoding, hashers)
+    values, rest = _read_header(src, "batch", unit, encoding, hashers)
     header = BatchHeader(*values)
     return header, _batch_lines(rest, header, unit, kind)
 
@@ -988,7 +974,7 @@ def read_statement_file(src: BinaryIO | Iterable[bytes], *, unit: str = "yuan",
     *period*, if given, must be the H line's (the one in the file name).
     """
     hashers = tuple(hashers)
-    values, rest = _read_header(src, "statement H", unit, encoding, hashers)
+    values, rest = _read_header(src, "statement", unit, encoding, hashers)
     st = Statement(StatementHeader(*values))
     if period is not None and st.header.period != period:
         raise FileFormatError("E999", 1, "Period", f"is {st.header.period}, expected {period}")
@@ -996,7 +982,7 @@ def read_statement_file(src: BinaryIO | Iterable[bytes], *, unit: str = "yuan",
     for no, line in _lines(rest):
         if no > max_lines:
             raise FileFormatError("E999", no, "Line", f"more than {max_lines} lines")
-        parts = _split_line(line, no)
+        parts = _split_line(line, no, _NAMES["statement"])
         if parts[0] == "B":
             b = StatementBatch(*_fields("statement B", "B", parts, no, unit))
             sums.add_batch(b, no)

@@ -17,6 +17,7 @@ from types import SimpleNamespace
 
 import pytest
 import pytest_twisted
+from cryptography.hazmat.primitives import serialization
 from twisted.conch.ssh.filetransfer import FX_PERMISSION_DENIED
 from twisted.internet import defer, protocol
 
@@ -303,6 +304,30 @@ async def test_fingerprint_pin_accepted(reactor, bank, keys):
         assert await guarded(s.listdir("/in"), reactor) == []
     finally:
         await s.close()
+
+
+@pytest.mark.loopback
+@pytest.mark.parametrize(
+    "kind, fmt",
+    [("ed25519", "PKCS8"), ("ecdsa", "OpenSSH"), ("ecdsa", "TraditionalOpenSSL"), ("rsa", "TraditionalOpenSSL")],
+)
+@pytest_twisted.ensureDeferred
+async def test_client_key_types_and_formats(reactor, tmp_path, keys, kind, fmt):
+    """ed25519, ecdsa and rsa client keys authenticate, from OpenSSH, traditional PEM or PKCS#8 files."""
+    path = str(tmp_path / f"client_{kind}")
+    line = generate_client_key(path, kind=kind)
+    key = serialization.load_ssh_private_key(open(path, "rb").read(), password=None)
+    with open(path, "wb") as f:
+        f.write(key.private_bytes(serialization.Encoding.PEM, getattr(serialization.PrivateFormat, fmt), serialization.NoEncryption()))
+    keys.client_line = line
+    b = _start_bank(reactor, tmp_path, keys)
+    try:
+        s = await _session(reactor, b.endpoint(client_key_path=path))
+        assert await guarded(s.listdir("/in"), reactor) == []
+        await s.close()
+    finally:
+        b.factory.disconnect_all()
+        await b.port.stopListening()
 
 
 @pytest.mark.loopback

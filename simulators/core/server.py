@@ -120,7 +120,27 @@ class CoreSimulator:
         return self._profile(spec).addCallback(lambda p: datagen.order_header(spec, (p["count"], p["amount"])))
 
     def summary(self) -> Deferred[dict[str, Any]]:
-        """Everything reported so far, per order (see the module docs of this package for the shape)."""
+        """Everything the gateway reported so far, per order, as JSON-ready data::
+
+            {"orders": {order_no: {
+                "bank_id": str,
+                "total_count": int, "total_amount": int,   # the header as served (corruptions applied)
+                "item_count": int, "item_amount": int,     # what the items really add up to
+                "corrupt": str | None,
+                "intended": {"0000" | "R0xx": {"count": int, "amount": int}},  # outcomes aimed at
+                "funded": bool,                            # still in the funded list
+                "state": "FUNDED" | "DISPATCHED" | "SETTLED" | "CLOSED" | "INVALID",  # latest
+                "state_history": [{"state": str, "detail": any, "received_at": iso}],
+                "state_repeats": int,                      # repeats of the latest state, not in history
+                "results": {"PAID" | "FAILED" | "REFUNDED": {"count": int, "amount": int}},
+                "reported_items": int,                     # items with any result
+                "result_events": int,                      # distinct (seq, status) received
+                "duplicates": int,                         # repeats of a (seq, status) already held
+                "conflicts": int}},                        # repeats whose other fields differed
+             "requests": {"api": int, "injected_503": int}}
+
+        ``results`` counts each item once, under its latest status; amounts are fen.
+        """
         return ensureDeferred(self._summary())
 
     def results(self, order_no: str) -> Deferred[dict[int, dict[str, Any]]]:
