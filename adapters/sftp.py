@@ -67,7 +67,8 @@ _POSIX_RENAME = b"posix-rename@openssh.com"
 
 # Preference order of what we offer; anything weaker is left out on purpose.
 _CIPHERS = [b"aes256-ctr", b"aes192-ctr", b"aes128-ctr"]
-_MACS = [b"hmac-sha2-512", b"hmac-sha2-256"]
+# SHA-256 first: with SHA-NI (common on servers) it is the faster of the two.
+_MACS = [b"hmac-sha2-256", b"hmac-sha2-512"]
 _KEX = [
     b"curve25519-sha256",
     b"curve25519-sha256@libssh.org",

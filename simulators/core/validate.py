@@ -59,7 +59,8 @@ def _json_object(body: bytes) -> dict[str, Any]:
 
 
 def _optional_str(value: Any, field: str, pattern: re.Pattern[str] | None, limit: int) -> str | None:
-    if value is None:
+    # null and "" both mean "none": the contract does not say which a client sends.
+    if value is None or value == "":
         return None
     if not isinstance(value, str):
         raise FieldError(field, "must be a string or null")
@@ -88,9 +89,9 @@ def parse_results(body: bytes, item_count: int) -> list[ItemResult]:
     Rules: ``results`` is a non-empty list of objects with exactly the keys
     seq, status, reason_code, reason_text, bank_serial, at; seq an integer in
     1..item_count; status PAID, FAILED or REFUNDED; reason_code 1-16
-    letters/digits or null, required for FAILED; reason_text a string of at
-    most 256 characters or null; bank_serial 1-64 printable ASCII or null,
-    required for PAID; at an ISO 8601 date-time with offset.
+    letters/digits, required for FAILED; reason_text a string of at most 256
+    characters; bank_serial 1-64 printable ASCII, required for PAID; at an
+    ISO 8601 date-time with offset. An optional string may be null or "".
     """
     doc = _json_object(body)
     extra = sorted(set(doc) - {"results"})
