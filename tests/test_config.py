@@ -196,10 +196,11 @@ def test_secret_never_shows_its_value(inst: Install) -> None:
 def test_all_errors_are_reported_together(inst: Install) -> None:
     """Faults in the daemon file and the bank file come back in one ConfigError, each naming file and key."""
     _edit(inst.gateway, "[database]\n", "[database]\nthreds = 4\n")             # unknown key in section
-    _edit(inst.gateway, "[log]\n", "colour = true\n\n[log]\n")                    # unknown top-level key
+    inst.gateway.write_text("colour = true\n" + inst.gateway.read_text())           # unknown top-level key
     _edit(inst.gateway, 'format = "json"', 'format = "xml"')                        # bad choice
     _edit(inst.gateway, "timeout_s = 30.5", 'timeout_s = "30"')                    # wrong type
     _edit(inst.bank, 'dialect = "cnbank"', 'dialect = "swift"')                    # bad dialect
+    inst.bank.write_text('bankid = "x"\n' + inst.bank.read_text())                  # unknown top-level key
     _edit(inst.bank, "port = 9001", "port = 70000")                                # bad port
     _edit(inst.bank, 'username = "gateway"\n', "")                                 # missing required key
     _edit(inst.bank, 'amount_unit = "fen"', 'amount_unit = "fen"\nround = 2')      # unknown key in [cnbank]
@@ -211,11 +212,12 @@ def test_all_errors_are_reported_together(inst: Install) -> None:
     assert _has(errors, g, "log.format", "must be one of", "'xml'")
     assert _has(errors, g, "core.timeout_s", "must be float", "str")
     assert _has(errors, b, "dialect", "must be one of", "'swift'")
+    assert _has(errors, b, "bankid", "unknown key", "bank_id")
     assert _has(errors, b, "tcp.port", "1-65535")
     assert _has(errors, b, "sftp.username", "is required")
     assert _has(errors, b, "cnbank.round", "unknown key")
     assert _has(errors, b, "keys.bank_public", "does not exist", "nope.pem")
-    assert len(errors) == 9, errors
+    assert len(errors) == 10, errors
     # The exception's message lists them all, for the operator's terminal.
     with pytest.raises(ConfigError) as ei:
         configmod.load(inst.gateway)
