@@ -43,7 +43,7 @@ from twisted.conch.ssh.filetransfer import (
     FileTransferClient,
 )
 from twisted.internet import defer, error, protocol, threads
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel, globalLogPublisher
 from twisted.python.failure import Failure
 
 log = Logger()
@@ -416,6 +416,11 @@ class _SFTPChannel(channel.SSHChannel):
             self.conn.transport.loseConnection()
 
 
+def _warnings_only(event: dict[str, Any]) -> None:
+    if event.get("log_level") in (LogLevel.warn, LogLevel.error, LogLevel.critical):
+        globalLogPublisher(event)
+
+
 class _SFTPProtocol(FileTransferClient):
     """FileTransferClient plus a watchdog and a cap on reply size.
 
@@ -423,6 +428,10 @@ class _SFTPProtocol(FileTransferClient):
     nothing for ``idle_timeout`` seconds the connection is aborted, which fails
     every outstanding request.
     """
+
+    # Conch logs every SFTP packet at info level: thousands of lines per batch
+    # file. Its warnings and failures still reach the log.
+    _log = Logger(namespace="adapters.sftp.conch", observer=_warnings_only)
 
     def __init__(self, clock: Any, idle_timeout: float, attempt: _Attempt) -> None:
         super().__init__()

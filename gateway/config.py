@@ -275,7 +275,9 @@ _SFTP = {
     "port": _Field(int, check=_port),
     "username": _Field(str),
     "client_key": _Field(str, path=True),
-    "host_key": _Field(str),
+    "host_key": _Field(str, check=_pattern(
+        r"(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)) [A-Za-z0-9+/]+=*( .*)?|SHA256:[A-Za-z0-9+/]{43}=?",
+        "the bank's SSH host key as an OpenSSH public key line or a SHA256: fingerprint")),
     "in_dir": _Field(str, "/in"),
     "out_dir": _Field(str, "/out"),
     "remove_uploads": _Field(bool, True),

@@ -92,6 +92,7 @@ class CoreSimulator:
         self._profile_waiters: dict[str, list[Deferred[dict[str, Any]]]] = {}
         self._ports: list[IListeningPort] = []
         self._streams: set[ItemsProducer] = set()
+        self._idle_waiters: list[Deferred[None]] = []
         self.api_requests = 0
         self.injected_faults = 0
 
@@ -148,6 +149,20 @@ class CoreSimulator:
         if order_no not in self._specs:
             raise KeyError(order_no)
         return self._in_db(self._store.results, order_no)
+
+    @property
+    def active_streams(self) -> int:
+        """How many item streams are being written right now."""
+        return len(self._streams)
+
+    def when_streams_idle(self) -> Deferred[None]:
+        """Fires once no item stream is being written (at once if none is)."""
+        d: Deferred[None] = Deferred()
+        if not self._streams:
+            d.callback(None)
+        else:
+            self._idle_waiters.append(d)
+        return d
 
     def close(self) -> Deferred[None]:
         """Stop listening, end running streams, close the database and stop the threads."""
@@ -391,7 +406,17 @@ class CoreSimulator:
         request.setHeader(b"content-type", b"application/x-ndjson; charset=utf-8")
         producer = ItemsProducer(self._reactor, request, spec, self.chunk_items)
         self._streams.add(producer)
-        producer.start().addBoth(lambda _: self._streams.discard(producer))
+        producer.start().addBoth(self._stream_ended, producer)
+
+    def _stream_ended(self, complete: bool, producer: ItemsProducer) -> None:
+        self._streams.discard(producer)
+        if not complete:
+            log.info("item stream of {order_no} ended early: the reader went away",
+                     order_no=producer.order_no)
+        if not self._streams:
+            waiters, self._idle_waiters = self._idle_waiters, []
+            for d in waiters:
+                d.callback(None)
 
     async def _post_results(self, request: Request, spec: datagen.OrderSpec) -> dict[str, Any]:
         body = self._body(request)

@@ -15,11 +15,13 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.logger import Logger
 from twisted.web.server import Request
 from zope.interface import implementer
 
 from simulators import datagen
 
+log = Logger(namespace="core-sim")
 _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
@@ -41,6 +43,7 @@ class ItemsProducer:
         self._clock = clock
         self._request = request
         self._spec = spec
+        self.order_no = spec.order_no
         self._chunk = chunk_items
         self._next = 1
         self._paused = False
@@ -62,15 +65,24 @@ class ItemsProducer:
         self._call = None
         if self._paused or self._stopped:
             return
+        try:
+            self._write_chunk()
+        except Exception:
+            # A stream cut short must not look complete: drop the connection.
+            log.failure("streaming items of {order_no}", order_no=self.order_no)
+            self._request.loseConnection()
+            self.stopProducing()
+
+    def _write_chunk(self) -> None:
         last = min(self._next + self._chunk - 1, self._spec.count)
         chunk = b"".join(ndjson_line(it) for it in datagen.items(self._spec, self._next, last))
         self._next = last + 1
         # write() may call pauseProducing() before it returns; _schedule respects that.
         self._request.write(chunk)
         if self._next > self._spec.count:
-            self._stopped = True
             self._request.unregisterProducer()
             self._request.finish()
+            self._stopped = True
             self.done.callback(True)
         else:
             self._schedule()
