@@ -19,7 +19,7 @@ import pytest
 import pytest_twisted
 from cryptography.hazmat.primitives import serialization
 from twisted.conch.ssh.filetransfer import FX_PERMISSION_DENIED
-from twisted.internet import defer, protocol
+from twisted.internet import protocol
 
 import simulators.sftp_server as sftp_server
 from adapters.sftp import (
