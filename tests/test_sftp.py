@@ -44,13 +44,6 @@ HANG_GUARD = 60
 
 
 @pytest.fixture
-def reactor():
-    from twisted.internet import reactor as installed
-
-    return installed
-
-
-@pytest.fixture
 def keys(tmp_path):
     d = tmp_path / "keys"
     d.mkdir()
