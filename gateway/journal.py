@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,31 +60,59 @@ def _file_sm3(path: str) -> tuple[str, int]:
     return h.hexdigest(), n
 
 
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class Journal:
     def __init__(self, archive_dir: str, inline_max_bytes: int = 65536):
         self.archive_dir = Path(archive_dir)
         self.inline_max = inline_max_bytes
 
     def _archive(self, src: str | None, data: bytes | None) -> tuple[str, str, int]:
-        """Store a payload in the archive by its SM3; returns (ref, sm3, size)."""
-        if data is not None:
-            digest, size = sm3_hex(data), len(data)
-        else:
-            digest, size = _file_sm3(src)
-        ref = f"{digest[:2]}/{digest}.bin"
-        dest = self.archive_dir / ref
-        if not dest.exists():
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            tmp = dest.with_suffix(".part")
-            if data is not None:
-                tmp.write_bytes(data)
+        """Store a payload in the archive by its SM3; returns (ref, sm3, size).
+
+        A file is copied, not hard-linked: a link would share its inode with the caller's work
+        file, so the archive would change whenever that file is rewritten in place (a rebuilt
+        batch file, a second download) and the chmod would make the work file read-only.
+        Hashing while copying archives exactly the bytes that were hashed, and the copy is
+        on disk before the entry that names it can commit.
+        """
+        self.archive_dir.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.archive_dir, suffix=".part")
+        try:
+            h, size = SM3Hasher(), 0
+            with os.fdopen(fd, "wb") as out:
+                if data is not None:
+                    h.update(data)
+                    out.write(data)
+                    size = len(data)
+                else:
+                    with open(src, "rb") as f:
+                        while chunk := f.read(1 << 20):
+                            h.update(chunk)
+                            out.write(chunk)
+                            size += len(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+            digest = h.hexdigest()
+            ref = f"{digest[:2]}/{digest}.bin"
+            dest = self.archive_dir / ref
+            if dest.exists():
+                os.unlink(tmp)
             else:
-                try:
-                    os.link(src, tmp)
-                except OSError:
-                    shutil.copyfile(src, tmp)
-            os.chmod(tmp, 0o440)
-            os.replace(tmp, dest)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                os.chmod(tmp, 0o440)
+                os.replace(tmp, dest)
+                _fsync_dir(dest.parent)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
         return ref, digest, size
 
     def append(self, conn: Connection, e: Entry, at: str) -> int:
@@ -96,6 +124,11 @@ class Journal:
         else:
             payload = payload or b""
             digest, size = sm3_hex(payload), len(payload)
+        # Write to the head row before reading it: on SQLite (pysqlite opens its transaction
+        # only at the first write, and ignores FOR UPDATE) this takes the write lock, so two
+        # appends wait for each other instead of both reading the same head and colliding.
+        conn.execute(update(journal_head).where(journal_head.c.id == 1)
+                     .values(last_id=journal_head.c.last_id))
         head = conn.execute(
             select(journal_head.c.last_id, journal_head.c.last_hash)
             .where(journal_head.c.id == 1).with_for_update()
@@ -131,6 +164,12 @@ def verify_chain(conn: Connection, archive_dir: str, *, check_payloads: bool = T
     """Walk the journal in id order and report the first entry whose chain, hash or payload fails."""
     prev, expected_id, n = GENESIS, 1, 0
     archive = Path(archive_dir)
+    # The head is read before the rows: entries appended while we read (the daemon keeps
+    # running) are then beyond the head we hold, not a mismatch that looks like deletion.
+    head = conn.execute(select(journal_head).where(journal_head.c.id == 1)).one_or_none()
+    if head is None:
+        return ChainReport(False, 0, None, "the journal_head row is missing: the journal's end "
+                                            "cannot be checked")
     rows = conn.execute(select(journal).order_by(journal.c.id)).mappings()
     for row in rows:
         n += 1
@@ -141,6 +180,8 @@ def verify_chain(conn: Connection, archive_dir: str, *, check_payloads: bool = T
             return ChainReport(False, n, rid, "prev_hash does not match the entry before it")
         if _entry_hash(dict(row)) != row["hash"]:
             return ChainReport(False, n, rid, "entry was altered: its hash does not match its content")
+        if rid == head.last_id and row["hash"] != head.last_hash:
+            return ChainReport(False, n, rid, "the head records another hash for this entry")
         if check_payloads:
             if row["payload_ref"]:
                 path = archive / row["payload_ref"]
@@ -153,9 +194,8 @@ def verify_chain(conn: Connection, archive_dir: str, *, check_payloads: bool = T
             if digest != row["payload_sm3"] or size != row["payload_size"]:
                 return ChainReport(False, n, rid, "payload was altered: its SM3 does not match")
         prev, expected_id = row["hash"], rid + 1
-    head = conn.execute(select(journal_head).where(journal_head.c.id == 1)).one_or_none()
-    if head is not None and (head.last_id != expected_id - 1 or head.last_hash != prev):
-        return ChainReport(False, n, expected_id - 1 if n else None,
+    if head.last_id > expected_id - 1:
+        return ChainReport(False, n, expected_id,
                            f"the chain ends at entry {expected_id - 1} but the head records entry "
                            f"{head.last_id}: entries were deleted from the end")
     return ChainReport(True, n)
