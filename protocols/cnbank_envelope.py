@@ -896,7 +896,7 @@ def _read_list(el, kind: ListOf, name: str) -> list[Any]:
     for i, child in enumerate(el, 1):
         path = f"{name}/{kind.item}[{i}]"
         if child.tag != kind.item:
-            raise EnvelopeError("E999", f"{name} holds {child.tag}, expected {kind.item}", path)
+            raise EnvelopeError("E999", f"{path} is {child.tag}, expected {kind.item}", path)
         if not _blank(child.tail):
             raise EnvelopeError("E999", f"text after {path}", path)
         if isinstance(kind.fields, _Kind):
