@@ -129,7 +129,7 @@ class EnvelopeSettings:
 
 @dataclass
 class OpenedMessage:
-    """A message that parsed, decrypted and verified; its Head is not yet judged (see check_head)."""
+    """A message that parsed, decrypted and verified; its Head is not yet judged (check_head)."""
 
     head: Head
     head_bytes: bytes
@@ -195,7 +195,7 @@ def wrap_key(their_key: SM2PublicKey, key_iv: bytes, settings: EnvelopeSettings)
 
 def unwrap_key(our_key: SM2PrivateKey, text: str, settings: EnvelopeSettings,
                field: str = "FileEncKey") -> tuple[bytes, bytes]:
-    """(key, iv) from an EncKey / FileEncKey text; E999 if not base64, E002 if it will not decrypt."""
+    """(key, iv) from an EncKey / FileEncKey text: E999 if not base64, E002 if it won't decrypt."""
     blob = _unb64(text, field)
     try:
         key_iv = sm2_decrypt(our_key, blob, settings.sm2_order)
@@ -678,7 +678,8 @@ def _enum(*choices: str) -> Callable[[str], str]:
     return parse
 
 
-ID = _Kind("identifier", _pattern(IDENTIFIER_RE.pattern, "an identifier [A-Za-z0-9][A-Za-z0-9_-]{0,63}"))
+ID = _Kind("identifier", _pattern(IDENTIFIER_RE.pattern,
+                                  "an identifier [A-Za-z0-9][A-Za-z0-9_-]{0,63}"))
 TEXT = _Kind("text", _text)
 COUNT = _Kind("count", _count, _int_format)
 SEQ = _Kind("seq", _seq, _seq_format)

@@ -380,20 +380,20 @@ def _blocks(src, encoding: str, hashers, names: dict[str, list[str]],
     def emit(data: bytes) -> tuple[bytes, tuple[int, str] | None]:
         nonlocal line_no
         end = data.rfind(b"\n") + 1
-        block, rest = data[:end], data[end:]
-        n = block.count(b"\n")
+        rest = data[end:]
+        n = data.count(b"\n", 0, end)
         if len(rest) > max_line:
             raise FileFormatError("E999", line_no + n, "Line", f"is longer than {max_line} bytes")
-        if not block:
+        if not end:
             return rest, None
         try:
-            text = block.decode(encoding)
+            text = str(memoryview(data)[:end], encoding)  # no copy of the block's bytes
         except UnicodeDecodeError as e:
-            bad = line_no + block.count(b"\n", 0, e.start)
-            start = block.rfind(b"\n", 0, e.start) + 1
-            parts = block[start:e.start].decode(encoding, "replace").split("|")
+            bad = line_no + data.count(b"\n", 0, e.start)
+            start = data.rfind(b"\n", 0, e.start) + 1
+            parts = data[start:e.start].decode(encoding, "replace").split("|")
             raise FileFormatError("E999", bad, _field_name(names, parts),
-                                  f"bytes {block[e.start:e.end]!r} are not valid {encoding}"
+                                  f"bytes {data[e.start:e.end]!r} are not valid {encoding}"
                                   ) from None
         first = line_no
         line_no += n
@@ -404,20 +404,15 @@ def _blocks(src, encoding: str, hashers, names: dict[str, list[str]],
         size += len(piece)
         if size < _BLOCK:
             continue
-        carry, out = emit(carry + b"".join(pending))
+        carry, out = emit(b"".join([carry, *pending]))
         pending, size = [], 0
         if out is not None:
             yield out
-    carry, out = emit(carry + b"".join(pending))
+    carry, out = emit(b"".join([carry, *pending]))
     if out is not None:
         yield out
     if carry:
         raise FileFormatError("E999", line_no, "CRLF", "the last line does not end with CRLF")
-
-
-def _crlf_ok(text: str) -> bool:
-    n = text.count("\n")
-    return text.count("\r") == n and text.count("\r\n") == n
 
 
 def _split_line(line: str, line_no: int, names: dict[str, list[str]]) -> list[str]:
@@ -460,10 +455,10 @@ class _Writer:
     _FLUSH = 1 << 18
 
     def __init__(self, out: BinaryIO, unit: str, encoding: str) -> None:
+        _layouts(unit)  # an unknown unit fails here, not on the first line
         self._out = out
         self._unit = unit
         self._fmt = money.formatter(unit)
-        self._layouts = _layouts(unit)
         self._encoding = encoding
         self._buf: list[bytes] = []
         self._size = 0
@@ -484,28 +479,46 @@ class _Writer:
                                   f"{value!r} is not a non-negative integer")
         return str(value)
 
-    def _emit(self, record: str, tag: str, values: list[tuple[str, Any]]) -> None:
-        """Write one line after running the reader's own rules on its text."""
+    def _emit(self, record: str, tag: str, values: tuple, fast: re.Pattern | None = None) -> None:
+        """Write one line after running the reader's own rules on its text.
+
+        *values* are the fields' texts in line order (None for an empty
+        optional field). With *fast*, a line the reader's fast pattern accepts
+        skips the field-by-field rules; anything else goes through them, so
+        that the error names its field.
+        """
         if self.closed:
             raise ValueError("the writer is closed")
         line_no = self.line_no + 1
-        texts = []
-        for name, value in values:
-            if value is None:
-                value = ""
-            if not isinstance(value, str):
-                raise FileFormatError("E999", line_no, name,
-                                      f"must be str, not {type(value).__name__}")
-            if _FORBIDDEN.search(value):
-                raise FileFormatError("E999", line_no, name, "holds '|', CR or LF")
-            texts.append(value)
-        # The reader's rules are the definition of a good line: apply them here too.
-        _fields(record, tag, [tag, *texts], line_no, self._unit)
-        line = "|".join([tag, *texts]) + "\r\n"
+        line = None
+        if fast is not None:
+            try:
+                line = tag + "|" + "|".join(values) + "\r\n"
+            except TypeError:
+                line = None
+            if line is not None and fast.fullmatch(line) is None:
+                line = None
+        if line is None:
+            names = _NAMES[record.split()[0]][tag][1:]
+            texts = []
+            for name, value in zip(names, values):
+                if value is None:
+                    value = ""
+                if not isinstance(value, str):
+                    raise FileFormatError("E999", line_no, name,
+                                          f"must be str, not {type(value).__name__}")
+                if _FORBIDDEN.search(value):
+                    raise FileFormatError("E999", line_no, name, "holds '|', CR or LF")
+                texts.append(value)
+            # The reader's rules are the definition of a good line: apply them here too.
+            _fields(record, tag, [tag, *texts], line_no, self._unit)
+            values = texts
+            line = tag + "|" + "|".join(texts) + "\r\n"
         try:
             data = line.encode(self._encoding)
         except UnicodeEncodeError:
-            for (name, _), text in zip(values, texts):
+            names = _NAMES[record.split()[0]][tag][1:]
+            for name, text in zip(names, values):
                 try:
                     text.encode(self._encoding)
                 except UnicodeEncodeError as e:
@@ -549,18 +562,18 @@ class BatchFileWriter:
         if kind not in (None, "PAY", "RETRY"):
             raise ValueError(f"kind must be PAY, RETRY or None, not {kind!r}")
         self._w = _Writer(out, unit, encoding)
+        self._fast = _BATCH_SHAPE[unit].line
         self.header = header
         self._kind = kind
         self._prev = 0
         self.count = 0
         self.amount = 0
         w = self._w
-        w._emit("batch H", "H", [
-            ("BatchNo", header.batch_no), ("OrderNo", header.order_no),
-            ("PayerAcct", header.payer_acct), ("PayerName", header.payer_name),
-            ("TotalCount", w._int(header.total_count, "TotalCount")),
-            ("TotalAmount", w._amount(header.total_amount, "TotalAmount", False)),
-            ("SubmitDate", header.submit_date), ("ProjShort", header.proj_short)])
+        w._emit("batch H", "H", (
+            header.batch_no, header.order_no, header.payer_acct, header.payer_name,
+            w._int(header.total_count, "TotalCount"),
+            w._amount(header.total_amount, "TotalAmount", False),
+            header.submit_date, header.proj_short))
 
     def write_line(self, line: BatchLine) -> None:
         w = self._w
@@ -568,13 +581,31 @@ class BatchFileWriter:
         if not isinstance(line.seq, int) or isinstance(line.seq, bool) or line.seq <= 0:
             raise FileFormatError("E999", no, "Seq", f"{line.seq!r} is not a positive integer")
         if line.seq <= self._prev:
-            raise FileFormatError("E999", no, "Seq", f"{line.seq} does not ascend after {self._prev}")
-        self._kind = _check_orig(self._kind, line.orig_batch_no or "", self.header.batch_no, no)
-        w._emit("batch D", "D", [
-            ("Seq", str(line.seq)), ("Name", line.name), ("IdNo", line.id_no),
-            ("AcctNo", line.acct_no), ("AcctBank", line.acct_bank),
-            ("Amount", w._amount(line.amount, "Amount", True)), ("ProjCode", line.proj_code),
-            ("Remark", line.remark), ("OrigBatchNo", line.orig_batch_no)])
+            raise FileFormatError("E999", no, "Seq",
+                                  f"{line.seq} does not ascend after {self._prev}")
+        orig = line.orig_batch_no
+        if orig is None:
+            orig = ""
+        if not isinstance(orig, str):
+            raise FileFormatError("E999", no, "OrigBatchNo",
+                                  f"must be str, not {type(orig).__name__}")
+        if not isinstance(line.name, str) or not line.name.strip():
+            raise FileFormatError("E999", no, "Name", "is empty")
+        if not isinstance(line.proj_code, str) or not line.proj_code.strip():
+            raise FileFormatError("E999", no, "ProjCode", "is empty")
+        id_no = line.id_no
+        # The fast pattern checks the IdNo's shape, not its check digit.
+        if isinstance(id_no, str) and _ID_NO_RE.fullmatch(id_no) \
+                and ric.calc_check_digit(id_no) != id_no[-1]:
+            raise FileFormatError("E999", no, "IdNo", f"{id_no!r} fails the GB 11643 check digit")
+        kind = _check_orig(self._kind, orig, self.header.batch_no, no)
+        w._emit("batch D", "D", (
+            str(line.seq), line.name, id_no, line.acct_no,
+            "" if line.acct_bank is None else line.acct_bank,
+            w._amount(line.amount, "Amount", True), line.proj_code,
+            "" if line.remark is None else line.remark, orig),
+            self._fast)
+        self._kind = kind
         self._prev = line.seq
         self.count += 1
         self.amount += line.amount
@@ -609,15 +640,11 @@ class ResultFileWriter:
         self._prev = 0
         self.counts = {"S": [0, 0], "F": [0, 0]}
         w = self._w
-        w._emit("result H", "H", [
-            ("BatchNo", header.batch_no), ("BankBatchNo", header.bank_batch_no),
-            ("Total", w._int(header.total, "Total")),
-            ("TotalAmt", w._amount(header.total_amt, "TotalAmt", False)),
-            ("SuccCnt", w._int(header.succ_cnt, "SuccCnt")),
-            ("SuccAmt", w._amount(header.succ_amt, "SuccAmt", False)),
-            ("FailCnt", w._int(header.fail_cnt, "FailCnt")),
-            ("FailAmt", w._amount(header.fail_amt, "FailAmt", False)),
-            ("ProcDate", header.proc_date)])
+        w._emit("result H", "H", (
+            header.batch_no, header.bank_batch_no, w._int(header.total, "Total"),
+            w._amount(header.total_amt, "TotalAmt", False), w._int(header.succ_cnt, "SuccCnt"),
+            w._amount(header.succ_amt, "SuccAmt", False), w._int(header.fail_cnt, "FailCnt"),
+            w._amount(header.fail_amt, "FailAmt", False), header.proc_date))
         _check_result_header(header, 1)
 
     def write_line(self, line: ResultLine) -> None:
@@ -626,14 +653,15 @@ class ResultFileWriter:
         if not isinstance(line.seq, int) or isinstance(line.seq, bool) or line.seq <= 0:
             raise FileFormatError("E999", no, "Seq", f"{line.seq!r} is not a positive integer")
         if line.seq <= self._prev:
-            raise FileFormatError("E999", no, "Seq", f"{line.seq} does not ascend after {self._prev}")
-        w._emit("result D", "D", [
-            ("Seq", str(line.seq)), ("AcctNo", line.acct_no),
-            ("Amount", w._amount(line.amount, "Amount", True)), ("Status", line.status),
-            ("ReasonCode", line.reason_code), ("ReasonText", line.reason_text),
-            ("BankSerial", line.bank_serial), ("PostDate", line.post_date)])
-        _check_result_line(line.status, line.reason_code, line.reason_text, line.bank_serial,
-                           line.post_date, self.header.proc_date, no)
+            raise FileFormatError("E999", no, "Seq",
+                                  f"{line.seq} does not ascend after {self._prev}")
+        values = (str(line.seq), line.acct_no, w._amount(line.amount, "Amount", True),
+                  line.status, line.reason_code, line.reason_text, line.bank_serial,
+                  line.post_date)
+        if all(isinstance(v, str) for v in values) and line.status in ("S", "F"):
+            _check_result_line(line.status, line.reason_code, line.reason_text, line.bank_serial,
+                               line.post_date, self.header.proc_date, no)
+        w._emit("result D", "D", values, _RESULT_SHAPE[w._unit].line)
         self._prev = line.seq
         c = self.counts[line.status]
         c[0] += 1
@@ -662,7 +690,8 @@ def _check_result_line(status: str, code: str, text: str, serial: str, post: str
     """The S/F rules of one result line (formats already checked)."""
     if status == "S":
         if code != SUCCESS:
-            raise FileFormatError("E999", line_no, "ReasonCode", f"is {code!r} on an S line, not 0000")
+            raise FileFormatError("E999", line_no, "ReasonCode",
+                                  f"is {code!r} on an S line, not 0000")
         if text != SUCCESS_TEXT:
             raise FileFormatError("E999", line_no, "ReasonText",
                                   f"is {text!r} on an S line, not {SUCCESS_TEXT}")
@@ -692,34 +721,31 @@ class StatementFileWriter:
         self.header = header
         self._sums = _StatementSums()
         w = self._w
-        w._emit("statement H", "H", [
-            ("Period", header.period), ("PayerAcct", header.payer_acct),
-            ("PaidCnt", w._int(header.paid_cnt, "PaidCnt")),
-            ("PaidAmt", w._amount(header.paid_amt, "PaidAmt", False)),
-            ("ReturnCnt", w._int(header.return_cnt, "ReturnCnt")),
-            ("ReturnAmt", w._amount(header.return_amt, "ReturnAmt", False)),
-            ("RefundCnt", w._int(header.refund_cnt, "RefundCnt")),
-            ("RefundAmt", w._amount(header.refund_amt, "RefundAmt", False))])
+        w._emit("statement H", "H", (
+            header.period, header.payer_acct, w._int(header.paid_cnt, "PaidCnt"),
+            w._amount(header.paid_amt, "PaidAmt", False), w._int(header.return_cnt, "ReturnCnt"),
+            w._amount(header.return_amt, "ReturnAmt", False),
+            w._int(header.refund_cnt, "RefundCnt"),
+            w._amount(header.refund_amt, "RefundAmt", False)))
 
     def write_batch(self, b: StatementBatch) -> None:
         w = self._w
         no = w.line_no + 1
-        w._emit("statement B", "B", [
-            ("BatchNo", b.batch_no), ("OrderNo", b.order_no), ("Cnt", w._int(b.cnt, "Cnt")),
-            ("Amt", w._amount(b.amt, "Amt", False)), ("SuccCnt", w._int(b.succ_cnt, "SuccCnt")),
-            ("SuccAmt", w._amount(b.succ_amt, "SuccAmt", False)),
-            ("FailCnt", w._int(b.fail_cnt, "FailCnt")),
-            ("FailAmt", w._amount(b.fail_amt, "FailAmt", False)),
-            ("ReturnCnt", w._int(b.return_cnt, "ReturnCnt")),
-            ("ReturnAmt", w._amount(b.return_amt, "ReturnAmt", False))])
+        values = (b.batch_no, b.order_no, w._int(b.cnt, "Cnt"), w._amount(b.amt, "Amt", False),
+                  w._int(b.succ_cnt, "SuccCnt"), w._amount(b.succ_amt, "SuccAmt", False),
+                  w._int(b.fail_cnt, "FailCnt"), w._amount(b.fail_amt, "FailAmt", False),
+                  w._int(b.return_cnt, "ReturnCnt"), w._amount(b.return_amt, "ReturnAmt", False))
+        self._sums.check_batch(b, no)
+        w._emit("statement B", "B", values)
         self._sums.add_batch(b, no)
 
     def write_refund(self, r: StatementRefund) -> None:
         w = self._w
         no = w.line_no + 1
-        w._emit("statement R", "R", [
-            ("RefundNo", r.refund_no), ("OrderNo", r.order_no), ("Cnt", w._int(r.cnt, "Cnt")),
-            ("Amt", w._amount(r.amt, "Amt", False)), ("RefundSerial", r.refund_serial)])
+        values = (r.refund_no, r.order_no, w._int(r.cnt, "Cnt"), w._amount(r.amt, "Amt", False),
+                  r.refund_serial)
+        self._sums.check_refund(r, no)
+        w._emit("statement R", "R", values)
         self._sums.add_refund(r, no)
 
     def close(self) -> None:
@@ -745,10 +771,9 @@ class _StatementSums:
         self.batch_nos: set[str] = set()
         self.refund_nos: set[str] = set()
 
-    def add_batch(self, b: StatementBatch, no: int) -> None:
+    def check_batch(self, b: StatementBatch, no: int) -> None:
         if b.batch_no in self.batch_nos:
             raise FileFormatError("E999", no, "BatchNo", f"batch {b.batch_no} is listed twice")
-        self.batch_nos.add(b.batch_no)
         if b.succ_cnt + b.fail_cnt != b.cnt:
             raise FileFormatError("E003", no, "Cnt",
                                   f"SuccCnt {b.succ_cnt} + FailCnt {b.fail_cnt} is not Cnt {b.cnt}")
@@ -758,17 +783,24 @@ class _StatementSums:
         if b.return_cnt > b.succ_cnt or b.return_amt > b.succ_amt:
             raise FileFormatError("E003", no, "ReturnCnt",
                                   "more returned than was paid in the batch")
+
+    def add_batch(self, b: StatementBatch, no: int) -> None:
+        self.check_batch(b, no)
+        self.batch_nos.add(b.batch_no)
         self.paid[0] += b.succ_cnt
         self.paid[1] += b.succ_amt
         self.returned[0] += b.return_cnt
         self.returned[1] += b.return_amt
 
-    def add_refund(self, r: StatementRefund, no: int) -> None:
+    def check_refund(self, r: StatementRefund, no: int) -> None:
         if r.refund_no in self.refund_nos:
             raise FileFormatError("E999", no, "RefundNo", f"refund {r.refund_no} is listed twice")
-        self.refund_nos.add(r.refund_no)
         if (r.cnt == 0) != (r.amt == 0):
             raise FileFormatError("E003", no, "Amt", f"Cnt {r.cnt} with Amt {r.amt} fen")
+
+    def add_refund(self, r: StatementRefund, no: int) -> None:
+        self.check_refund(r, no)
+        self.refund_nos.add(r.refund_no)
         self.refunded[0] += r.cnt
         self.refunded[1] += r.amt
 
@@ -792,50 +824,61 @@ def _read_header(src, family: str, unit: str, encoding: str, hashers):
 
 
 def _amount_re(unit: str) -> str:
-    # Two groups either way, so that int(whole + cents) is the amount in fen.
     if unit == "yuan":
-        return r"(0|[1-9][0-9]{0,15})\.([0-9]{2})"
-    return r"(0|[1-9][0-9]{0,17})()"
+        return r"(?:0|[1-9][0-9]{0,15})\.[0-9]{2}"
+    return r"(?:0|[1-9][0-9]{0,17})"
 
 
-_F = r"([^|\r\n]*)"
+_ANY = r"[^|\r\n]*"
+_SOME = r"[^|\r\n]+"
 
 
-def _fast_re(parts: list[str]) -> re.Pattern:
-    return re.compile("^" + r"\|".join(parts) + r"\r\n", re.M)
+class _Shape:
+    """The shape of a well-formed D line as one pattern, and of a block of them as another.
+
+    Matching a whole block without capture groups and then splitting it on
+    CRLF and '|' costs about 0.9 us a line here, against 1.25 us for a
+    findall with groups: it is most of the reader's time.
+    """
+
+    def __init__(self, fields: list[str]) -> None:
+        line = r"\|".join(["D", *fields]) + r"\r\n"
+        self.line = re.compile(line)
+        self.block = re.compile(f"(?:{line})*")
 
 
-_RESULT_RE = {unit: _fast_re(["D", r"([1-9][0-9]{0,17})", r"([0-9]{8,32})", _amount_re(unit),
-                              "([SF])", _F, _F, _F, r"([0-9]{8})"])
-              for unit in ("yuan", "fen")}
-_BATCH_RE = {unit: _fast_re(["D", r"([1-9][0-9]{0,17})", r"([^|\r\n]+)", r"([0-9]{17}[0-9X])",
-                             r"([0-9]{8,32})", _F, _amount_re(unit), r"([^|\r\n]+)", _F,
-                             r"((?:[A-Za-z0-9][A-Za-z0-9_-]{0,63})?)"])
-             for unit in ("yuan", "fen")}
+_RESULT_SHAPE = {unit: _Shape([r"[1-9][0-9]{0,17}", r"[0-9]{8,32}", _amount_re(unit), "[SF]",
+                               _ANY, _ANY, _ANY, r"[0-9]{8}"])
+                 for unit in ("yuan", "fen")}
+_BATCH_SHAPE = {unit: _Shape([r"[1-9][0-9]{0,17}", _SOME, r"[0-9]{17}[0-9X]", r"[0-9]{8,32}",
+                              _ANY, _amount_re(unit), _SOME, _ANY,
+                              r"(?:[A-Za-z0-9][A-Za-z0-9_-]{0,63})?"])
+                for unit in ("yuan", "fen")}
 
 
-def _rows(blocks, rx: re.Pattern, record: str, unit: str):
-    """(line number, groups) of every D line; a line the fast pattern refuses is diagnosed.
+def _rows(blocks, shape: _Shape, record: str, unit: str):
+    """(number of the first line, D lines without their CRLF) of well-shaped lines.
 
-    Yields a FileFormatError (rather than raising it) for the first bad line,
-    after the good lines before it, so the caller reports errors in line order.
+    For the first line of the wrong shape it yields the good lines before it,
+    then (None, the FileFormatError that names its field), so that the caller
+    reports errors in line order.
     """
     for first, text in blocks:
-        rows = rx.findall(text)
-        if len(rows) == text.count("\n") and _crlf_ok(text):
-            yield first, rows
+        if shape.block.fullmatch(text) is not None:
+            lines = text.split("\r\n")
+            lines.pop()  # the empty string after the last CRLF
+            yield first, lines
             continue
         # Something in this block is wrong: walk it line by line.
         good = []
         for no, line in _lines([(first, text)]):
-            m = rx.fullmatch(line)
-            if m is not None:
-                good.append(m.groups())
+            if shape.line.fullmatch(line) is not None:
+                good.append(line[:-2])
                 continue
             yield first, good
             yield None, _diagnose(line, no, record, unit)
             return
-        yield first, good  # unreachable in practice: findall disagreed for a reason
+        yield first, good  # not reached: the block did not match for a reason
 
 
 def _diagnose(line: str, line_no: int, record: str, unit: str) -> FileFormatError:
@@ -866,7 +909,8 @@ def read_result_file(src: BinaryIO | Iterable[bytes], *, unit: str = "yuan",
 def _result_lines(blocks, header: ResultHeader, unit: str) -> Iterator[ResultLine]:
     # The hot loop of the gateway's biggest input: one fast match per block,
     # then only comparisons per line; the full rules run only on a suspect line.
-    rx = _RESULT_RE[unit]
+    shape = _RESULT_SHAPE[unit]
+    yuan = unit == "yuan"
     proc = header.proc_date
     total = header.total
     prev = 0
@@ -874,7 +918,7 @@ def _result_lines(blocks, header: ResultHeader, unit: str) -> Iterator[ResultLin
     succ_cnt = succ_amt = all_amt = 0
     dates: set[str] = set()
     make = ResultLine
-    for first, rows in _rows(blocks, rx, "result D", unit):
+    for first, rows in _rows(blocks, shape, "result D", unit):
         if first is None:
             raise rows
         over = None
@@ -883,13 +927,14 @@ def _result_lines(blocks, header: ResultHeader, unit: str) -> Iterator[ResultLin
             rows = rows[:total - n]
         n += len(rows)
         no = first - 1
-        for seq, acct, whole, cents, st, code, text, serial, post in rows:
+        for row in rows:
             no += 1
+            _, seq, acct, amt, st, code, text, serial, post = row.split("|")
             s = int(seq)
             if s <= prev:
                 raise FileFormatError("E999", no, "Seq", f"{seq} does not ascend after {prev}"
                                       if s < prev else f"{seq} is repeated")
-            amount = int(whole + cents)
+            amount = int(amt.replace(".", "")) if yuan else int(amt)
             if not amount:
                 raise FileFormatError("E999", no, "Amount", "is not greater than zero")
             if st == "S":
@@ -911,7 +956,8 @@ def _result_lines(blocks, header: ResultHeader, unit: str) -> Iterator[ResultLin
             ("FailCnt", header.fail_cnt, n - succ_cnt),
             ("FailAmt", header.fail_amt, all_amt - succ_amt)):
         if expected != counted:
-            raise FileFormatError("E003", 1, name, f"H says {expected}, the lines add up to {counted}")
+            raise FileFormatError("E003", 1, name,
+                                  f"H says {expected}, the lines add up to {counted}")
 
 
 def read_batch_file(src: BinaryIO | Iterable[bytes], *, unit: str = "yuan",
@@ -927,7 +973,8 @@ def read_batch_file(src: BinaryIO | Iterable[bytes], *, unit: str = "yuan",
 
 
 def _batch_lines(blocks, header: BatchHeader, unit: str, kind: str | None) -> Iterator[BatchLine]:
-    rx = _BATCH_RE[unit]
+    shape = _BATCH_SHAPE[unit]
+    yuan = unit == "yuan"
     check_digit = ric.calc_check_digit
     batch_no = header.batch_no
     total = header.total_count
@@ -935,12 +982,13 @@ def _batch_lines(blocks, header: BatchHeader, unit: str, kind: str | None) -> It
     n = 0
     amount_sum = 0
     make = BatchLine
-    for first, rows in _rows(blocks, rx, "batch D", unit):
+    for first, rows in _rows(blocks, shape, "batch D", unit):
         if first is None:
             raise rows
         no = first - 1
-        for seq, name, id_no, acct, bank, whole, cents, proj, remark, orig in rows:
+        for row in rows:
             no += 1
+            _, seq, name, id_no, acct, bank, amt, proj, remark, orig = row.split("|")
             s = int(seq)
             if s <= prev:
                 raise FileFormatError("E999", no, "Seq", f"{seq} does not ascend after {prev}"
@@ -950,7 +998,7 @@ def _batch_lines(blocks, header: BatchHeader, unit: str, kind: str | None) -> It
             if check_digit(id_no) != id_no[-1]:
                 raise FileFormatError("E999", no, "IdNo",
                                       f"{id_no!r} fails the GB 11643 check digit")
-            amount = int(whole + cents)
+            amount = int(amt.replace(".", "")) if yuan else int(amt)
             if not amount:
                 raise FileFormatError("E999", no, "Amount", "is not greater than zero")
             if not proj.strip():
@@ -1001,5 +1049,6 @@ def read_statement_file(src: BinaryIO | Iterable[bytes], *, unit: str = "yuan",
                                   "expected B or R")
     for name, expected, counted in sums.checks(st.header):
         if expected != counted:
-            raise FileFormatError("E003", 1, name, f"H says {expected}, the lines add up to {counted}")
+            raise FileFormatError("E003", 1, name,
+                                  f"H says {expected}, the lines add up to {counted}")
     return st

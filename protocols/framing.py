@@ -89,8 +89,8 @@ class FrameDecoder:
                 if n == 0:
                     self._fail("length prefix is zero", bodies)
                 if n > self._max:
-                    self._fail(f"length prefix announces {n} bytes, over the {self._max}-byte limit",
-                               bodies)
+                    self._fail(f"length prefix announces {n} bytes, "
+                               f"over the {self._max}-byte limit", bodies)
                 del self._buf[: self._width]
                 self._need = n
             if len(self._buf) < self._need:
