@@ -144,6 +144,10 @@ class _Stream(protocol.Protocol):
         self._finish(reason).chainDeferred(self.done)
 
 
+class _QuietFactory(client._HTTP11ClientFactory):  # noqa: SLF001
+    noisy = False
+
+
 class CoreClient:
     """Calls the core's HTTP API with retries; one instance per daemon."""
 
@@ -158,9 +162,16 @@ class CoreClient:
         self.rng = rng or random.Random()
         self.pool = client.HTTPConnectionPool(reactor, persistent=True)
         self.pool.maxPersistentPerHost = 4
+        self.pool._factory = _QuietFactory  # noqa: SLF001  (one log line per connection is noise)
+        self._closing = False
+        self._waits: set[defer.Deferred] = set()
         self.agent = client.Agent(reactor, pool=self.pool, connectTimeout=timeout_s)
 
     def close(self) -> defer.Deferred:
+        """Stop retrying (a waiting call fails with CoreError) and close idle connections."""
+        self._closing = True
+        for d in list(self._waits):
+            d.cancel()
         return self.pool.closeCachedConnections()
 
     def _headers(self, json_body: bool) -> Headers:
@@ -191,12 +202,19 @@ class CoreClient:
                 if 400 <= code < 500:
                     raise CoreContractError(method, url, code, result if isinstance(result, bytes) else b"")
                 problem = f"HTTP {code}"
-            if attempt == self.attempts:
+            if attempt == self.attempts or self._closing:
                 raise CoreError(f"{method} {url} failed {attempt} times, last: {problem}")
             wait = min(delay, self.max_delay) * (0.5 + self.rng.random())
             log.warn("core call {method} {url} failed ({problem}); retry {attempt} in {wait:.1f}s",
                      method=method, url=url, problem=problem, attempt=attempt, wait=wait)
-            await deferLater(self.reactor, wait, lambda: None)
+            waiting = deferLater(self.reactor, wait, lambda: None)
+            self._waits.add(waiting)
+            try:
+                await waiting
+            except defer.CancelledError:
+                raise CoreError(f"{method} {url}: gave up retrying, the daemon is stopping") from None
+            finally:
+                self._waits.discard(waiting)
             delay *= 2
         raise AssertionError("unreachable")
 

@@ -164,6 +164,7 @@ class BankFlow:
         self.bank_id = bank.bank_id
         self.last_poll = float("-inf")
         self.wake_poll = False
+        self.stopping = False   # set on SIGTERM: finish the current step, start no other
 
     # --- helpers ------------------------------------------------------------
 
@@ -214,6 +215,9 @@ class BankFlow:
         await self._guard("push order states", self.push_states())
 
     async def _guard(self, what: str, coro) -> None:
+        if self.stopping:
+            coro.close()
+            return
         try:
             await coro
         except CoreContractError as e:

@@ -112,6 +112,23 @@ class Gateway(service.MultiService):
         self.flows: dict[str, BankFlow] = {}
         self.tickers: dict[str, Ticker] = {}
         self.database: dbmod.Database | None = None
+        self.core: CoreClient | None = None
+
+    @defer.inlineCallbacks
+    def stopService(self):  # noqa: N802
+        """Stop in order: flows finish their current step, then the core client, then the database."""
+        log.info("stopping: letting each bank's current step finish")
+        for flow in self.flows.values():
+            flow.stopping = True
+        if self.core is not None:
+            self.core.close()   # a call waiting to retry gives up now
+        yield defer.DeferredList([defer.maybeDeferred(t.stopService) for t in self.tickers.values()
+                                  if t.running])
+        for s in reversed(list(self)):
+            if s.running and s not in self.tickers.values():
+                yield defer.maybeDeferred(s.stopService)
+        service.Service.stopService(self)
+        log.info("stopped")
 
 
 def _load_keys(cfg: GatewayConfig):
@@ -158,6 +175,7 @@ def make_service(cfg: GatewayConfig, reactor=None) -> Gateway:
     _DatabaseService(database).setServiceParent(gw)
     core = CoreClient(reactor, cfg.core.base_url, cfg.core.token.value, timeout_s=cfg.core.timeout_s,
                       max_delay_s=cfg.core.retry_max_delay_s)
+    gw.core = core
     _CoreService(core).setServiceParent(gw)
     journal = Journal(cfg.journal_archive_dir, cfg.journal_inline_max_bytes)
     for bank_id, bank in cfg.banks.items():

@@ -188,3 +188,59 @@ def migrate(config: Path) -> None:
     from gateway import config as configmod
     from gateway import db as dbmod
     dbmod.upgrade(configmod.load(config).database_url)
+
+
+@dataclass
+class Simulators:
+    """The core and bank simulators of one installation, in this process's reactor."""
+
+    core: object
+    bank: object
+    ports: Ports
+    specs: list
+
+    async def ledger_by_order(self) -> dict[str, dict]:
+        """Credits per order from the bank's own ledger, and how many items were credited twice."""
+        from twisted.internet import defer
+        out = {}
+        doubles = await defer.maybeDeferred(self.bank.double_credits)
+        for s in self.specs:
+            credits = await defer.maybeDeferred(self.bank.credits, s.order_no)
+            out[s.order_no] = {"count": len(credits), "amount": sum(c.amount for c in credits),
+                               "double": sum(1 for d in doubles if d.order_no == s.order_no)}
+        return out
+
+    async def failed_by_reason(self, summary: dict) -> dict:
+        """The core's summary, with FAILED results broken down by reason code."""
+        for no, o in summary["orders"].items():
+            by: dict[str, dict] = {}
+            for r in (await self.core.results(no)).values():
+                if r["status"] == "FAILED":
+                    v = by.setdefault(r["reason_code"], {"count": 0, "amount": 0})
+                    v["count"] += 1
+                    v["amount"] += r["amount"]
+            o["failed_by_reason"] = by
+        return summary
+
+    async def stop(self) -> None:
+        await self.bank.stop()
+        await self.core.close()
+
+
+async def start_simulators(reactor, p: Paths, keys: Keys, specs: list, *, token: str,
+                           processing_delay_s: float = 0.3, fail_every: int = 0) -> Simulators:
+    from simulators.cnbank.bank import CnBankSimulator
+    from simulators.core.server import CoreSimulator
+    core = CoreSimulator(reactor, specs, str(p.core_db), token, fail_every=fail_every)
+    core_port = core.listen()
+    bank = CnBankSimulator(reactor, data_dir=str(p.bank_data), bank_key=keys.bank_sm2,
+                           gateway_key=keys.gw_sm2.public_key, bank_id=BANK_RECEIVER,
+                           settings=envelope_settings(), sftp_root=str(p.sftp_root),
+                           processing_delay_s=processing_delay_s, auto_fund=True,
+                           payer_acct=PAYER_ACCT)
+    await bank.ready
+    tcp_port = bank.listen_tcp()
+    sftp_port = bank.listen_sftp(authorized_keys=[sftp_server.public_key_line(keys.gw_ssh)],
+                                 host_key_path=keys.bank_host, username="gateway")
+    return Simulators(core, bank, Ports(core_port.getHost().port, tcp_port.getHost().port,
+                                        sftp_port.getHost().port), specs)
