@@ -19,6 +19,7 @@ from urllib.parse import quote, urlencode
 from twisted.internet import defer, error as ierror, protocol
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web import client, http
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer
@@ -66,11 +67,41 @@ class _Bytes:
         pass
 
 
+class _IdleTimer:
+    """Stops a response body that goes quiet for `idle` seconds, so a stalled core cannot hang a
+    call for ever (the request's own timeout ends when the headers arrive)."""
+
+    def __init__(self, clock, idle: float | None, on_idle: Callable[[], None]):
+        self.clock, self.idle, self.on_idle = clock, idle, on_idle
+        self.call = None
+        self.fired = False
+
+    def start(self) -> None:
+        self.stop()
+        if self.clock is not None and self.idle:
+            self.call = self.clock.callLater(self.idle, self._fire)
+
+    def stop(self) -> None:
+        if self.call is not None and self.call.active():
+            self.call.cancel()
+        self.call = None
+
+    def _fire(self) -> None:
+        self.call = None
+        self.fired = True
+        self.on_idle()
+
+
 class _Collect(protocol.Protocol):
-    def __init__(self, done: defer.Deferred, limit: int):
+    def __init__(self, done: defer.Deferred, limit: int, clock=None, idle: float | None = None):
         self.done, self.limit, self.buf, self.size = done, limit, [], 0
+        self.timer = _IdleTimer(clock, idle, lambda: self.transport.stopProducing())
+
+    def connectionMade(self) -> None:  # noqa: N802
+        self.timer.start()
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        self.timer.start()
         self.size += len(data)
         if self.size > self.limit:
             self.transport.stopProducing()
@@ -78,7 +109,10 @@ class _Collect(protocol.Protocol):
         self.buf.append(data)
 
     def connectionLost(self, reason) -> None:  # noqa: N802
-        if self.size > self.limit:
+        self.timer.stop()
+        if self.timer.fired:
+            self.done.errback(CoreError(f"core answer stalled: no data for {self.timer.idle:g}s"))
+        elif self.size > self.limit:
             self.done.errback(CoreError(f"core answer exceeds {self.limit} bytes"))
         elif reason.check(client.ResponseDone, http.PotentialDataLoss):
             self.done.callback(b"".join(self.buf))
@@ -89,15 +123,24 @@ class _Collect(protocol.Protocol):
 class _Stream(protocol.Protocol):
     """Hands the body on in chunks of about `chunk` bytes; pauses while the consumer is busy."""
 
-    def __init__(self, done: defer.Deferred, consume: Callable[[bytes], defer.Deferred], chunk: int):
+    def __init__(self, done: defer.Deferred, consume: Callable[[bytes], defer.Deferred], chunk: int,
+                 clock=None, idle: float | None = None):
         self.done, self.consume, self.chunk = done, consume, chunk
         self.buf: list[bytes] = []
         self.size = 0
         self.busy: defer.Deferred | None = None
         self.failed = None
         self.total = 0
+        self.ended = False
+        # Counts only while we wait on the core: the consumer's time is not the core's stall.
+        self.timer = _IdleTimer(clock, idle, lambda: self.transport.stopProducing())
+
+    def connectionMade(self) -> None:  # noqa: N802
+        self.timer.start()
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        if self.busy is None:
+            self.timer.start()
         self.buf.append(data)
         self.size += len(data)
         self.total += len(data)
@@ -106,6 +149,7 @@ class _Stream(protocol.Protocol):
 
     def _flush(self) -> defer.Deferred:
         data, self.buf, self.size = b"".join(self.buf), [], 0
+        self.timer.stop()
         self.transport.pauseProducing()
         d = self.busy = defer.maybeDeferred(self.consume, data)
 
@@ -115,6 +159,8 @@ class _Stream(protocol.Protocol):
                 self.transport.resumeProducing()
             except Exception:  # the connection may be finished already
                 pass
+            if not self.ended:
+                self.timer.start()
             if self.size >= self.chunk:
                 self._flush()
             return r
@@ -132,6 +178,8 @@ class _Stream(protocol.Protocol):
             yield self.busy
         if self.failed is not None:
             return self.failed
+        if self.timer.fired:
+            return Failure(CoreError(f"core stream stalled: no data for {self.timer.idle:g}s"))
         if not reason.check(client.ResponseDone):
             return reason
         if self.size:
@@ -141,6 +189,8 @@ class _Stream(protocol.Protocol):
         return self.total
 
     def connectionLost(self, reason) -> None:  # noqa: N802
+        self.ended = True
+        self.timer.stop()
         self._finish(reason).chainDeferred(self.done)
 
 
@@ -221,7 +271,7 @@ class CoreClient:
     def _read_all(self, limit: int = 64 * 1024 * 1024):
         def read(resp):
             d = defer.Deferred()
-            resp.deliverBody(_Collect(d, limit))
+            resp.deliverBody(_Collect(d, limit, self.reactor, self.timeout))
             return d
         return read
 
@@ -236,6 +286,7 @@ class CoreClient:
     async def list_funded(self, bank_id: str) -> tuple[list[dict], list[Exchange]]:
         """Every funded order for *bank_id*, following the cursor."""
         orders, exchanges, after = [], [], None
+        seen: set = set()
         while True:
             q = {"state": "funded", "bank": bank_id}
             if after is not None:
@@ -248,6 +299,10 @@ class CoreClient:
             after = page.get("next")
             if not after:
                 return orders, exchanges
+            # A cursor that comes round again would page for ever.
+            if not isinstance(after, (str, int)) or isinstance(after, bool) or after in seen:
+                raise CoreContractError("GET", ex.url, ex.status, ex.response)
+            seen.add(after)
 
     async def stream_items(self, order_no: str, consume: Callable[[bytes], defer.Deferred],
                            chunk: int = 1 << 20) -> int:
@@ -261,7 +316,7 @@ class CoreClient:
             if resp.code != 200:
                 return self._read_all(1 << 20)(resp)
             d = defer.Deferred()
-            resp.deliverBody(_Stream(d, consume, chunk))
+            resp.deliverBody(_Stream(d, consume, chunk, self.reactor, self.timeout))
             return d
         d = self.agent.request(b"GET", url.encode(), self._headers(False), None)
         d.addTimeout(self.timeout, self.reactor)

@@ -17,6 +17,7 @@ import pytest_twisted
 from twisted.internet import defer, tcp
 from twisted.internet.task import deferLater
 from twisted.web import resource, server
+from twisted.python.failure import Failure
 from zope.interface import implementer
 from twisted.internet.interfaces import IPushProducer
 
@@ -82,10 +83,27 @@ def core(reactor):
 
 
 def _bounded(reactor, coro, seconds: float = 10) -> defer.Deferred:
-    """The coroutine as a Deferred that fails instead of hanging the suite if the client hangs."""
-    d = defer.ensureDeferred(coro)
-    d.addTimeout(seconds, reactor)
-    return d
+    """The coroutine as a Deferred that fails with TimeoutError after *seconds* instead of hanging the
+    suite if the client hangs (even if the client swallows the cancellation)."""
+    inner = defer.ensureDeferred(coro)
+    outer: defer.Deferred = defer.Deferred()
+
+    def expire() -> None:
+        if not outer.called:
+            outer.errback(defer.TimeoutError(f"the client did not finish within {seconds}s"))
+            inner.cancel()
+    timer = reactor.callLater(seconds, expire)
+
+    def settle(result):
+        if timer.active():
+            timer.cancel()
+        if not outer.called:
+            outer.callback(result)
+        elif isinstance(result, Failure):
+            return None    # already reported as a timeout
+        return None
+    inner.addBoth(settle)
+    return outer
 
 
 # --- requests, retries, contract faults ------------------------------------------
@@ -190,9 +208,40 @@ async def test_core_that_stalls_mid_answer_times_out(reactor, core) -> None:
         return server.NOT_DONE_YET
     core.handler = stall
     c = core.client(timeout_s=0.2, attempts=2)
-    with pytest.raises(CoreError):
+    with pytest.raises(CoreError) as ei:
         await _bounded(reactor, c.get_json("/api/orders?state=funded"), 10)
+    assert "stalled" in str(ei.value)
     assert len(core.seen) == 2
+
+
+@pytest.mark.parametrize("stage", ["backing off", "in flight"])
+@pytest_twisted.ensureDeferred
+async def test_close_stops_retrying(reactor, core, stage) -> None:
+    """close() (the daemon stopping) ends a call that is waiting to retry at once, and a call in flight
+    that then fails is not retried: both fail with CoreError after one attempt."""
+    held: list = []
+
+    def handler(req):
+        if stage == "in flight":
+            held.append(req)
+            return server.NOT_DONE_YET
+        return _json(req, {}, 503)
+    core.handler = handler
+    c = core.client(max_delay_s=30)
+    d = _bounded(reactor, c.get_json("/api/orders/FF1"), 10)
+    while not core.seen:
+        await deferLater(reactor, 0.01, lambda: None)
+    for _ in range(5):
+        await deferLater(reactor, 0, lambda: None)
+    assert not d.called
+    await c.close()
+    if stage == "in flight":
+        held[0].setResponseCode(503)
+        held[0].finish()
+    with pytest.raises(CoreError) as ei:
+        await d
+    assert not isinstance(ei.value, CoreContractError)
+    assert len(core.seen) == 1
 
 
 # --- paging -----------------------------------------------------------------------
@@ -290,16 +339,6 @@ def _client_socket_is_read(reactor, request) -> bool:
         if isinstance(r, tcp.Client) and r.getHost().port == client_port:
             return True
     return False
-
-
-def _client_socket_exists(reactor, request) -> bool:
-    client_port = request.getClientAddress().port
-    return any(isinstance(r, tcp.Client) and r.getHost().port == client_port
-               for r in list(reactor.getReaders()) + list(reactor.getWriters()) + _all_clients(reactor))
-
-
-def _all_clients(reactor) -> list:
-    return [s for s in getattr(reactor, "_selectables", {}).values() if isinstance(s, tcp.Client)]
 
 
 @pytest_twisted.ensureDeferred
