@@ -13,47 +13,11 @@ import sys
 
 import pytest
 import pytest_twisted
-from twisted.internet import task
 
 from simulators import datagen, harness
+from tests.support import ALL_CODES, install, spec, wait_for
 
 pytestmark = [pytest.mark.loopback, pytest.mark.slow]
-
-ALL_CODES = {f"R0{n:02d}": 0.02 for n in range(1, 11)} | {"R099": 0.02}
-
-
-def spec(order_no: str, count: int, *, failures=None, corrupt=None, seed=7) -> datagen.OrderSpec:
-    return datagen.OrderSpec(
-        order_no=order_no, bank_id=harness.BANK_ID, count=count, seed=seed,
-        budget_unit="长丰县农业农村局", project_code="NY2026-01", project_name="2026年耕地地力保护补贴",
-        project_short="耕地补贴", region="340121", funded_at="2026-11-02T09:30:00+08:00",
-        failures=failures or {}, corrupt=corrupt)
-
-
-async def wait_for(reactor, check, timeout: float, what: str, daemon=None):
-    """Poll *check* (an async callable) until truthy; bounded by *timeout* seconds."""
-    deadline = reactor.seconds() + timeout
-    while True:
-        result = await check()
-        if result:
-            return result
-        if daemon is not None and not daemon.running():
-            raise AssertionError(f"gatewayd exited ({daemon.proc.returncode}) while waiting for {what}; "
-                                 f"log:\n{daemon.log_path.read_text()[-3000:]}")
-        if reactor.seconds() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await task.deferLater(reactor, 0.25, lambda: None)
-
-
-async def install(reactor, tmp_path, specs, db_url=None, crash_after=""):
-    p = harness.Paths(tmp_path / "inst")
-    keys = harness.make_keys(p)
-    sims = await harness.start_simulators(reactor, p, keys, specs, token="test-token")
-    cfg = harness.write_config(p, keys, sims.ports, db_url=db_url, token="test-token",
-                               crash_after=crash_after, poll_s=0.3, status_poll_s=0.2)
-    harness.migrate(cfg)
-    return p, keys, sims, cfg
-
 
 def gatewayctl(cfg, *args) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", "from gateway.cli import gatewayctl_main; gatewayctl_main()",
