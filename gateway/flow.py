@@ -22,7 +22,7 @@ import json
 import os
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, delete, func, insert, or_, select, update
+from sqlalchemy import Connection, and_, delete, func, insert, or_, select, update
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 
@@ -30,7 +30,7 @@ from adapters import tcp
 from adapters.cnbank.link import CnBankLink, Incoming, LinkError, Outgoing
 from adapters.core_http import CoreClient, CoreContractError, CoreError, Exchange
 from gateway.config import BankConfig, GatewayConfig
-from gateway.db import Database
+from gateway.db import Database, executemany
 from gateway.faults import Faults
 from gateway.journal import Entry, Journal
 from gateway.masking import mask
@@ -42,7 +42,6 @@ from protocols.money import format_yuan
 log = Logger()
 CST = datetime.timezone(datetime.timedelta(hours=8))
 RETRYABLE_REFUSALS = ("E008", "E009")   # MsgId reused, clock skew: send again with a new MsgId
-INSERT_CHUNK = 5000
 APPLY_CHUNK = 10000
 
 
@@ -112,27 +111,48 @@ class _Loader:
 
     def _rows(self, conn: Connection, lines: list[bytes]) -> None:
         rows = []
-        for line in lines:
+        for obj in self._decode(lines):
             self.line_no += 1
+            if isinstance(obj, str):
+                self.v.count += 1
+                self.v.bad_items += 1
+                self.v._reason(f"line {self.line_no}: {obj}")
+                continue
+            row = self.v.check_item(obj, self.line_no)
+            if row is not None:
+                rows.append((row["order_no"], row["seq"], row["name"], row["id_number"],
+                             row["account_no"], row["account_bank"], row["amount"], row["remark"],
+                             ItemStatus.PENDING))
+        executemany(conn, "INSERT INTO items (order_no, seq, name, id_number, account_no, "
+                          "account_bank, amount, remark, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+
+    @staticmethod
+    def _decode(lines: list[bytes]) -> list:
+        """Each line as a JSON object, or as a string saying why it is not one.
+
+        A chunk of well-formed lines is decoded as one JSON array (five times faster
+        than line by line); a chunk holding a bad line is decoded line by line to name it.
+        """
+        if lines and all(line.startswith(b"{") for line in lines):
+            try:
+                objs = json.loads(b"[" + b",".join(lines) + b"]")
+            except ValueError:
+                pass
+            else:
+                if len(objs) == len(lines) and all(type(o) is dict for o in objs):
+                    return objs
+        out: list = []
+        for line in lines:
             if not line.strip():
-                self.v._reason(f"line {self.line_no}: empty line")
+                out.append("empty line")
                 continue
             try:
                 obj = json.loads(line)
             except ValueError as e:
-                self.v.count += 1
-                self.v.bad_items += 1
-                self.v._reason(f"line {self.line_no}: not JSON ({e.msg})")
+                out.append(f"not JSON ({getattr(e, 'msg', e)})")
                 continue
-            if not isinstance(obj, dict):
-                self.v.count += 1
-                self.v._reason(f"line {self.line_no}: not a JSON object")
-                continue
-            row = self.v.check_item(obj, self.line_no)
-            if row is not None:
-                rows.append(row)
-        for i in range(0, len(rows), INSERT_CHUNK):
-            conn.execute(insert(items), rows[i:i + INSERT_CHUNK])
+            out.append(obj if isinstance(obj, dict) else "not a JSON object")
+        return out
 
     def finish(self, conn: Connection) -> list[str]:
         if self.rest.strip():
@@ -651,26 +671,22 @@ class BankFlow:
         if header.total != b["total_count"] or header.total_amt != b["total_amount"]:
             raise ResultRejected(f"H line says {header.total} items / {header.total_amt} fen, the batch "
                                  f"holds {b['total_count']} / {b['total_amount']}")
-        stmt = update(items).where(
-            items.c.order_no == b["order_no"], items.c.seq == bindparam("k_seq"),
-            items.c.batch_no == b["batch_no"], items.c.status == ItemStatus.SENT,
-            items.c.amount == bindparam("k_amount"), items.c.account_no == bindparam("k_acct"),
-        ).values(status=bindparam("v_status"), reason_code=bindparam("v_code"),
-                 reason_text=bindparam("v_text"), bank_serial=bindparam("v_serial"),
-                 result_at=bindparam("v_at"))
-        chunk: list[dict] = []
+        sql = ("UPDATE items SET status = ?, reason_code = ?, reason_text = ?, bank_serial = ?, "
+               "result_at = ? WHERE order_no = ? AND seq = ? AND batch_no = ? AND status = 'SENT' "
+               "AND amount = ? AND account_no = ?")
+        order_no, batch_no = b["order_no"], b["batch_no"]
+        chunk: list[tuple] = []
         n = 0
         for line in lines:
             n += 1
-            chunk.append({"k_seq": line.seq, "k_amount": line.amount, "k_acct": line.acct_no,
-                          "v_status": ItemStatus.PAID if line.status == "S" else ItemStatus.FAILED,
-                          "v_code": line.reason_code, "v_text": line.reason_text,
-                          "v_serial": line.bank_serial or None, "v_at": _post_date(line.post_date)})
+            chunk.append((ItemStatus.PAID if line.status == "S" else ItemStatus.FAILED,
+                          line.reason_code, line.reason_text, line.bank_serial or None,
+                          _post_date(line.post_date), order_no, line.seq, batch_no, line.amount,
+                          line.acct_no))
             if len(chunk) >= APPLY_CHUNK:
-                conn.execute(stmt, chunk)
+                executemany(conn, sql, chunk)
                 chunk = []
-        if chunk:
-            conn.execute(stmt, chunk)
+        executemany(conn, sql, chunk)
         # Every line must have matched one SENT item of this batch (seq, amount and account),
         # and every item of the batch must have had a line.
         left = conn.execute(select(func.count()).where(
@@ -714,34 +730,44 @@ class BankFlow:
             await self._push_order_results(order_no)
 
     async def _push_order_results(self, order_no: str) -> None:
-        chunk_size = self.cfg.core.results_chunk
-        after = 0
-        while True:
-            def take(conn: Connection, after=after) -> list[dict]:
-                return [dict(r) for r in conn.execute(select(
-                    items.c.seq, items.c.status, items.c.reason_code, items.c.reason_text,
-                    items.c.bank_serial, items.c.result_at).where(
-                    items.c.order_no == order_no, items.c.seq > after,
-                    items.c.status.in_(ItemStatus.REPORTED),
-                    or_(items.c.pushed.is_(None), items.c.pushed != items.c.status))
-                    .order_by(items.c.seq).limit(chunk_size)).mappings()]
-            rows = await self.db.run(take)
-            if not rows:
-                break
-            results = [{"seq": r["seq"], "status": r["status"], "reason_code": r["reason_code"] or "",
-                        "reason_text": r["reason_text"] or "", "bank_serial": r["bank_serial"] or "",
-                        "at": r["result_at"] or self.at()} for r in rows]
-            ex = await self.core.push_results(order_no, results)
+        """Push unreported results in chunks, keyset-paged by seq.
 
-            def mark(conn: Connection, rows=rows, ex=ex) -> None:
-                conn.execute(update(items).where(
-                    items.c.order_no == order_no, items.c.seq == bindparam("k_seq"),
-                    items.c.status == bindparam("k_status")).values(pushed=bindparam("k_status2")),
-                    [{"k_seq": r["seq"], "k_status": r["status"], "k_status2": r["status"]}
-                     for r in rows])
-                self._core_entries(conn, ex, "POST results", order_no)
-            await self.db.run(mark)
-            after = rows[-1]["seq"]
+        Pipelined: while the core digests chunk i, the database thread marks chunk
+        i-1 pushed and reads chunk i+1. A crash between a POST and its mark only
+        means that chunk is pushed again, which the core takes idempotently.
+        """
+        chunk_size = self.cfg.core.results_chunk
+
+        def take(conn: Connection, after: int) -> list[dict]:
+            return [dict(r) for r in conn.execute(select(
+                items.c.seq, items.c.status, items.c.reason_code, items.c.reason_text,
+                items.c.bank_serial, items.c.result_at).where(
+                items.c.order_no == order_no, items.c.seq > after,
+                items.c.status.in_(ItemStatus.REPORTED),
+                or_(items.c.pushed.is_(None), items.c.pushed != items.c.status))
+                .order_by(items.c.seq).limit(chunk_size)).mappings()]
+
+        def mark(conn: Connection, rows: list[dict], ex: Exchange) -> None:
+            executemany(conn, "UPDATE items SET pushed = ? WHERE order_no = ? AND seq = ? "
+                              "AND status = ?",
+                        [(r["status"], order_no, r["seq"], r["status"]) for r in rows])
+            self._core_entries(conn, ex, "POST results", order_no)
+
+        rows = await self.db.run(take, 0)
+        marks: list = []
+        try:
+            while rows:
+                nxt = self.db.run(take, rows[-1]["seq"])
+                results = [{"seq": r["seq"], "status": r["status"],
+                            "reason_code": r["reason_code"] or "", "reason_text": r["reason_text"] or "",
+                            "bank_serial": r["bank_serial"] or "", "at": r["result_at"] or self.at()}
+                           for r in rows]
+                ex = await self.core.push_results(order_no, results)
+                marks.append(self.db.run(mark, rows, ex))
+                rows = await nxt
+        finally:
+            for d in marks:
+                await d   # surfaces a failed mark; the chunk is simply pushed again later
 
         def done(conn: Connection) -> None:
             conn.execute(update(orders).where(orders.c.order_no == order_no).values(results_pending=0))

@@ -29,6 +29,7 @@ MAX_REASONS = 1000
 HEADER_FIELDS = ("order_no", "budget_unit", "project_code", "project_name", "project_short",
                  "region", "bank_id", "total_amount", "total_count", "funded_at")
 ITEM_FIELDS = ("seq", "name", "id_number", "account_no", "account_bank", "amount", "remark")
+_ITEM_KEYS = frozenset(ITEM_FIELDS)
 
 
 def _is_int(v: object) -> bool:
@@ -117,6 +118,45 @@ class OrderValidator:
 
     def check_item(self, item: dict, line_no: int) -> dict | None:
         """The item as a row for the items table, or None if it is invalid (reasons recorded)."""
+        row = self._fast(item)
+        if row is not None:
+            return row
+        return self._check_slowly(item, line_no)
+
+    def _fast(self, item: dict) -> dict | None:
+        """The common case, a valid item, in one pass of cheap checks (a million items an order).
+
+        Anything unusual falls through to `_check_slowly`, which finds and words every reason.
+        """
+        if item.keys() != _ITEM_KEYS:
+            return None
+        seq, amount, name, idn, acct = (item["seq"], item["amount"], item["name"], item["id_number"],
+                                        item["account_no"])
+        bank, remark = item["account_bank"], item["remark"]
+        bank = "" if bank is None else bank
+        remark = "" if remark is None else remark
+        if not (type(seq) is int and seq > self.last_seq and type(amount) is int and amount > 0
+                and type(name) is str and type(idn) is str and type(acct) is str
+                and type(bank) is str and type(remark) is str
+                and 0 < len(name) <= 50 and len(bank) <= 100 and len(remark) <= 100):
+            return None
+        text = name + "\x00" + bank + "\x00" + remark
+        if (FORBIDDEN.search(text) or not ACCOUNT.fullmatch(acct) or not ID17.fullmatch(idn)
+                or ric.calc_check_digit(idn) != idn[-1] or not _valid_birth_date(idn[6:14])):
+            return None
+        if not text.isascii():
+            try:
+                text.encode("gb18030")
+            except UnicodeEncodeError:
+                return None
+        self.count += 1
+        self.last_seq = seq
+        self.amount += amount
+        return {"order_no": self.header["order_no"], "seq": seq, "name": name, "id_number": idn,
+                "account_no": acct, "account_bank": bank, "amount": amount, "remark": remark,
+                "status": "PENDING"}
+
+    def _check_slowly(self, item: dict, line_no: int) -> dict | None:
         self.count += 1
         problems = []
         for k in ITEM_FIELDS:

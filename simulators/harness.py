@@ -228,10 +228,15 @@ class Simulators:
 
 
 async def start_simulators(reactor, p: Paths, keys: Keys, specs: list, *, token: str,
-                           processing_delay_s: float = 0.3, fail_every: int = 0) -> Simulators:
+                           processing_delay_s: float = 0.3, fail_every: int = 0,
+                           core_cache: bool = False) -> Simulators:
     from simulators.cnbank.bank import CnBankSimulator
     from simulators.core.server import CoreSimulator
-    core = CoreSimulator(reactor, specs, str(p.core_db), token, fail_every=fail_every)
+    cache = None
+    if core_cache:
+        cache = str(p.root / "core-cache")
+        os.makedirs(cache, exist_ok=True)
+    core = CoreSimulator(reactor, specs, str(p.core_db), token, fail_every=fail_every, cache_dir=cache)
     core_port = core.listen()
     bank = CnBankSimulator(reactor, data_dir=str(p.bank_data), bank_key=keys.bank_sm2,
                            gateway_key=keys.gw_sm2.public_key, bank_id=BANK_RECEIVER,

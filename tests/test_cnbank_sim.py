@@ -59,12 +59,12 @@ def ssh_keys(tmp_path):
                            client=str(d / "gw_ssh"), client_line=client_line)
 
 
-def _start(reactor, tmp_path, sm2_keys, ssh_keys, clock, **kw):
+async def _start(reactor, tmp_path, sm2_keys, ssh_keys, clock, **kw):
     bank = CnBankSimulator(
         reactor, data_dir=str(tmp_path / "bank"), bank_key=sm2_keys.bank,
         gateway_key=sm2_keys.gw.public_key, bank_id=BANK_ID, settings=env.EnvelopeSettings(),
         sftp_root=str(tmp_path / "sftp"), processing_delay_s=DELAY, clock=clock, **kw)
-    pytest_twisted.blockon(bank.ready)
+    await bank.ready
     tcp = bank.listen_tcp()
     sftp = bank.listen_sftp(authorized_keys=[ssh_keys.client_line], host_key_path=ssh_keys.host)
     return bank, tcp.getHost().port, sftp.getHost().port
@@ -77,25 +77,24 @@ def clock():
     return c
 
 
-@pytest.fixture
-def make_bank(reactor, tmp_path, sm2_keys, ssh_keys, clock):
-    started = []
-
-    def make(**kw):
-        bank, tcp_port, sftp_port = _start(reactor, tmp_path, sm2_keys, ssh_keys, clock, **kw)
-        started.append(bank)
-        return Gateway(reactor, bank, tcp_port, sftp_port, sm2_keys, ssh_keys, clock)
-
-    yield make
-    for bank in started:
-        pytest_twisted.blockon(bank.stop())
-        assert bank.internal_errors == 0
+def _bank_fixture(reactor, tmp_path, sm2_keys, ssh_keys, clock, **kw):
+    bank, tcp_port, sftp_port = pytest_twisted.blockon(defer.ensureDeferred(
+        _start(reactor, tmp_path, sm2_keys, ssh_keys, clock, **kw)))
+    yield Gateway(reactor, bank, tcp_port, sftp_port, sm2_keys, ssh_keys, clock)
+    pytest_twisted.blockon(bank.stop())
+    assert bank.internal_errors == 0
 
 
 @pytest.fixture
-def gw(make_bank):
-    """A funded-on-demand bank (auto_fund) and the gateway side talking to it."""
-    return make_bank(auto_fund=True)
+def gw(reactor, tmp_path, sm2_keys, ssh_keys, clock):
+    """A bank that funds an order at its first batch (auto_fund), and the gateway side."""
+    yield from _bank_fixture(reactor, tmp_path, sm2_keys, ssh_keys, clock, auto_fund=True)
+
+
+@pytest.fixture
+def gw_unfunded(reactor, tmp_path, sm2_keys, ssh_keys, clock):
+    """A bank that knows only the funding it is told of, and the gateway side."""
+    yield from _bank_fixture(reactor, tmp_path, sm2_keys, ssh_keys, clock)
 
 
 # --- the gateway side -------------------------------------------------------------------------
@@ -447,10 +446,10 @@ async def test_malformed_line_is_e999_naming_line_and_field(gw):
 
 
 @pytest_twisted.ensureDeferred
-async def test_unfunded_order_is_e005_until_funded(make_bank):
+async def test_unfunded_order_is_e005_until_funded(gw_unfunded):
     """Without funding a BP01 is E005; after the treasury funds the order it is accepted, and a
     batch exceeding what is left is E005 again."""
-    gw = make_bank()
+    gw = gw_unfunded
     items = [(1, GOOD_ACCT, 500)]
     rh, _, _ = await gw.submit("ORD10-P01", "ORD10", items)
     assert rh.ret_code == "E005"
@@ -631,19 +630,23 @@ async def test_statement_lists_done_batches_and_refunds_of_the_period(gw):
 @pytest_twisted.ensureDeferred
 async def test_ledger_survives_a_restart_and_resumes_processing(reactor, tmp_path, sm2_keys,
                                                                 ssh_keys, clock):
-    """A bank restarted on the same data dir still knows its batches and remembered replies,
-    and finishes a batch it had accepted but not processed."""
-    bank, tcp_port, sftp_port = _start(reactor, tmp_path, sm2_keys, ssh_keys, clock,
-                                       auto_fund=True)
+    """A bank restarted on the same data dir still knows the MsgIds it saw, its batches and
+    remembered replies, and finishes a batch it had accepted but not processed."""
+    bank, tcp_port, sftp_port = await _start(reactor, tmp_path, sm2_keys, ssh_keys, clock,
+                                             auto_fund=True)
     gw = Gateway(reactor, bank, tcp_port, sftp_port, sm2_keys, ssh_keys, clock)
     try:
         _, first, fields = await gw.submit("ORD20-P01", "ORD20", [(1, GOOD_ACCT, 500)])
     finally:
         await bank.stop()
-    bank, tcp_port, sftp_port = _start(reactor, tmp_path, sm2_keys, ssh_keys, clock,
-                                       auto_fund=True)
-    gw = Gateway(reactor, bank, tcp_port, sftp_port, sm2_keys, ssh_keys, clock)
+    bank, tcp_port, sftp_port = await _start(reactor, tmp_path, sm2_keys, ssh_keys, clock,
+                                             auto_fund=True)
+    counter, gw = gw.counter, Gateway(reactor, bank, tcp_port, sftp_port, sm2_keys, ssh_keys,
+                                      clock)
     try:
+        rh, _ = await gw.call("HB01", msg_id=env.new_msg_id("T", counter))
+        assert rh.ret_code == "E008"
+        gw.counter = counter
         rh, again = await gw.call("BP01", fields)
         assert rh.ret_code == "0000" and again == first
         st = await gw.run_to_done("ORD20-P01")

@@ -134,6 +134,9 @@ class Ledger:
     def open(self):
         """Start the ledger thread and create the schema; fires when ready."""
         self._pool.start()
+        # Like the reactor's own pool: a ledger nobody closed must not keep the process alive.
+        self._trigger = self._reactor.addSystemEventTrigger("during", "shutdown",
+                                                            self._pool.stop)
         return self._call(self._open)
 
     def close(self):
@@ -141,6 +144,7 @@ class Ledger:
         d = self._call(self._close)
 
         def stop(result):
+            self._reactor.removeSystemEventTrigger(self._trigger)
             self._pool.stop()
             return result
         return d.addBoth(stop)

@@ -17,6 +17,7 @@ import binascii
 import datetime
 import hmac
 import json
+import os
 from collections.abc import Iterable
 from typing import Any
 from urllib.parse import unquote
@@ -33,7 +34,7 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from simulators import datagen
 from simulators.core.store import Store
-from simulators.core.stream import ItemsProducer
+from simulators.core.stream import FileItemsProducer, ItemsProducer, ndjson_line
 from simulators.core.validate import FieldError, parse_results, parse_state
 
 MAX_BODY = 32 * 1024 * 1024
@@ -55,6 +56,21 @@ def _bad(field: str, message: str) -> _Reply:
     return _Reply(400, FieldError(field, message).as_json())
 
 
+def _render_and_profile(spec: datagen.OrderSpec, path: str) -> dict[str, Any]:
+    """Write the order's NDJSON to *path* (worker thread) and return its profile."""
+    tmp = path + ".part"
+    with open(tmp, "wb") as f:
+        buf = []
+        for it in datagen.items(spec):
+            buf.append(ndjson_line(it))
+            if len(buf) >= 5000:
+                f.write(b"".join(buf))
+                buf = []
+        f.write(b"".join(buf))
+    os.replace(tmp, path)
+    return datagen.order_profile(spec)
+
+
 class CoreSimulator:
     """A core system (一卡通系统) that funded *specs* and expects the gateway to pay them.
 
@@ -67,8 +83,11 @@ class CoreSimulator:
 
     def __init__(self, reactor: Any, specs: Iterable[datagen.OrderSpec], db_path: str, token: str, *,
                  page_size: int = 100, fail_every: int = 0, delay_s: float = 0.0,
-                 chunk_items: int = 500) -> None:
+                 chunk_items: int = 500, cache_dir: str | None = None) -> None:
         self._reactor = reactor
+        # With a cache_dir, each order's NDJSON is rendered once, with its totals, and
+        # streamed from that file: the benchmark then times the gateway, not the generator.
+        self.cache_dir = cache_dir
         self._specs: dict[str, datagen.OrderSpec] = {}
         for spec in specs:
             if spec.order_no in self._specs:
@@ -215,8 +234,14 @@ class CoreSimulator:
             for w in self._profile_waiters.pop(spec.order_no):
                 w.errback(f)
 
-        self._in_worker(datagen.order_profile, spec).addCallbacks(done, failed)
+        if self.cache_dir is None:
+            self._in_worker(datagen.order_profile, spec).addCallbacks(done, failed)
+        else:
+            self._in_worker(_render_and_profile, spec, self._cache_path(spec)).addCallbacks(done, failed)
         return d
+
+    def _cache_path(self, spec: datagen.OrderSpec) -> str:
+        return os.path.join(self.cache_dir, f"{spec.order_no}.ndjson")
 
     async def _close(self) -> None:
         for port in self._ports:
@@ -404,7 +429,10 @@ class CoreSimulator:
     def _stream(self, request: Request, spec: datagen.OrderSpec) -> None:
         request.setResponseCode(200)
         request.setHeader(b"content-type", b"application/x-ndjson; charset=utf-8")
-        producer = ItemsProducer(self._reactor, request, spec, self.chunk_items)
+        if self.cache_dir is not None and spec.order_no in self._profiles:
+            producer = FileItemsProducer(self._reactor, request, self._cache_path(spec), spec.order_no)
+        else:
+            producer = ItemsProducer(self._reactor, request, spec, self.chunk_items)
         self._streams.add(producer)
         producer.start().addBoth(self._stream_ended, producer)
 
