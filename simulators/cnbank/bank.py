@@ -840,6 +840,8 @@ class _BankProtocol(protocol.Protocol):
 
 
 class _BankFactory(protocol.Factory):
+    noisy = False  # one connection per message: "starting factory" lines would drown the log
+
     def __init__(self, bank: CnBankSimulator) -> None:
         self.bank = bank
 
