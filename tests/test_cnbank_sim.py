@@ -603,6 +603,22 @@ async def test_refund_of_a_failed_item_goes_proc_then_done(gw):
 
 
 @pytest_twisted.ensureDeferred
+async def test_refund_reject_hook_ends_rjct(gw):
+    """reject_next_refund makes an accepted RF01 end RJCT with its code, reported by RQ01."""
+    items = [(1, account_failing_with("62220000000", "R010"), 700)]
+    await gw.submit("ORD22-P01", "ORD22", items)
+    await gw.run_to_done("ORD22-P01")
+    gw.bank.reject_next_refund("E005")
+    rh, _ = await gw.call("RF01", {"RefundNo": "ORD22-F01", "OrderNo": "ORD22",
+                                   "TotalCount": 1, "TotalAmount": 700,
+                                   "Items": [{"Seq": 1, "BatchNo": "ORD22-P01", "Amount": 700}]})
+    assert rh.ret_code == "0000"
+    await gw.advance(DELAY)
+    _, st = await gw.call("RQ01", {"RefundNo": "ORD22-F01"})
+    assert (st["Status"], st["RejectCode"]) == ("RJCT", "E005") and "RefundSerial" not in st
+
+
+@pytest_twisted.ensureDeferred
 async def test_dispute_only_on_a_done_batch(gw):
     """DP01 on a DONE batch is accepted (Y) and repeated identically; on an unknown batch E007,
     on a batch not yet DONE E999."""
