@@ -157,6 +157,8 @@ class CnBankSimulator:
         self._batch_rejects: collections.deque[str] = collections.deque()
         self._refund_rejects: collections.deque[str] = collections.deque()
         self._drops: list[str] = []
+        self._result_mangles: collections.deque[Callable[[bytes], bytes]] = collections.deque()
+        self._bad_signatures = 0
         self._timers: dict[tuple[str, str], Any] = {}
         self._work: set[defer.Deferred] = set()
         self._ports: list[Any] = []
@@ -260,6 +262,15 @@ class CnBankSimulator:
     def drop_reply_after(self, tx_code: str) -> None:
         """The next *tx_code* request answered 0000 is acted on, but its reply is never sent."""
         self._drops.append(tx_code)
+
+    def mangle_next_result(self, fn: Callable[[bytes], bytes]) -> None:
+        """The next result file's plaintext is passed through *fn* before it is digested,
+        signed and encrypted: a bank bug the gateway must catch by its own checks."""
+        self._result_mangles.append(fn)
+
+    def corrupt_next_result_signature(self) -> None:
+        """The next result file's `.sig` has one bit flipped."""
+        self._bad_signatures += 1
 
     def return_item(self, batch_no: str, seq: int, reason: str = "R004") -> defer.Deferred:
         """A credited item comes back late (closed account, say); BQ01 lists it from now on."""
@@ -613,7 +624,23 @@ class CnBankSimulator:
                                                   REASONS[code][0], "", proc_date))
             w.close()
 
-        sm3, enc_key = self._write_out_file(name, write, keep_plain=plain)
+        mangle = self._result_mangles.popleft() if self._result_mangles else None
+        if mangle is None:
+            sm3, enc_key = self._write_out_file(name, write, keep_plain=plain)
+        else:
+            # The bank's own records keep the true results; only what the gateway gets is damaged.
+            with open(plain, "wb") as f:
+                write(f)
+            with open(plain, "rb") as f:
+                damaged = mangle(f.read())
+            sm3, enc_key = self._write_out_file(name, lambda out: out.write(damaged))
+        if self._bad_signatures:
+            self._bad_signatures -= 1
+            sig = os.path.join(self.out_dir, f".{name}.sig.part")
+            with open(sig, "r+b") as f:
+                first = f.read(1)
+                f.seek(0)
+                f.write(bytes([first[0] ^ 0x01]))
         return {"header": header, "name": name, "plain": plain, "sm3": sm3, "enc_key": enc_key}
 
     def _credit_rows(self, plain: str, failures: list):
