@@ -33,6 +33,9 @@ def setup_logging(fmt: str) -> None:
     else:
         obs = textFileLogObserver(sys.stdout)
     pred = LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)
+    # Conch says "Disconnecting with error, code 10" at info on every clean SFTP close.
+    for ns in ("adapters.sftp._ClientTransport", "twisted.conch"):
+        pred.setLogLevelForNamespace(ns, LogLevel.warn)
     globalLogBeginner.beginLoggingTo([FilteringLogObserver(obs, [pred])], redirectStandardIO=False)
 
 

@@ -125,7 +125,7 @@ class Batch(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[str] = mapped_column(String(40))
     updated_at: Mapped[str] = mapped_column(String(40))
-    next_check_at: Mapped[float | None] = mapped_column(BigInteger)  # reactor seconds, whole
+    next_check_at: Mapped[int | None] = mapped_column(BigInteger)  # reactor seconds, whole
 
 
 class JournalEntry(Base):

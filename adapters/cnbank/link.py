@@ -256,7 +256,7 @@ class CnBankLink:
         if not sm.sm2_verify_digest(self.bank_key, sig_hasher.e(), signature,
                                     der=self.bank.cnbank.signature_encoding == "der"):
             _unlink(plain)
-            raise LinkError(f"{name}: the bank's signature (.sig) does not verify", code="E001")
+            raise LinkError(f"{name}: the bank's signature (.sig) does not verify", code="E006")
         return FetchedFile(name, cipher_path, sig_path, plain, digest)
 
     def result_lines(self, plain_path: str) -> tuple[files.ResultHeader, Iterator[files.ResultLine]]:
