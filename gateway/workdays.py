@@ -97,13 +97,17 @@ class WorkCalendar:
         """Loaded years whose official notice has not been entered yet."""
         return frozenset(y for y, cy in self._years.items() if cy.provisional)
 
+    def for_year(self, year: int) -> CalendarYear:
+        """The loaded data for one year (its dates, source and file), or CalendarGap."""
+        try:
+            return self._years[year]
+        except KeyError:
+            raise CalendarGap(year, self._years) from None
+
     def _year(self, d: Any) -> CalendarYear:
         if isinstance(d, datetime) or not isinstance(d, date):
             raise TypeError(f"expected a datetime.date, got {type(d).__name__} {d!r}")
-        try:
-            return self._years[d.year]
-        except KeyError:
-            raise CalendarGap(d.year, self._years) from None
+        return self.for_year(d.year)
 
     def is_working_day(self, d: date) -> bool:
         """A make-up day is working, a holiday is not, otherwise Monday to Friday."""
