@@ -59,6 +59,7 @@ async def run(reactor, n: int, root: Path) -> dict:
         paid = summary["results"].get("PAID", {}).get("count", 0)
         failed = summary["results"].get("FAILED", {}).get("count", 0)
         return {"items": n, "total_s": round(total, 2), "peak_rss_mb": child["peak_rss_mb"],
+                "peak_rss_after_stage_mb": child["peak_rss_after_stage_mb"],
                 "stages_s": child["stages_s"], "daemon_process_s": child["daemon_total_s"],
                 "core_sim_prepare_s": round(prep, 2), "state": summary["state"],
                 "paid": paid, "failed": failed, "bank_credits": ledger["count"],

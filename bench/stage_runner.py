@@ -35,12 +35,14 @@ async def run(reactor, config_path: str) -> dict:
     flow = next(iter(gw.flows.values()))
     db = gw.database
     stages: dict[str, float] = {}
+    peaks: dict[str, float] = {}   # VmHWM after each stage: where memory peaked
     t_all = time.perf_counter()
 
     async def stage(name, coro_fn):
         t = time.perf_counter()
         await coro_fn()
         stages[name] = round(time.perf_counter() - t, 2)
+        peaks[name] = round(peak_rss_mb(), 1)
 
     await stage("poll", flow.poll_core)
 
@@ -85,13 +87,15 @@ async def run(reactor, config_path: str) -> dict:
         await task.deferLater(reactor, 0.2, lambda: None)
     stages["bank_processing"] = round(time.perf_counter() - t - apply_s, 2)
     stages["fetch_verify_apply"] = round(apply_s, 2)
+    peaks["bank_processing_and_apply"] = round(peak_rss_mb(), 1)
 
     await stage("push_results_to_core", flow.push_results)
     await stage("push_states_to_core", flow.push_states)
     total = round(time.perf_counter() - t_all, 2)
     db.stop()
     await gw.flows[flow.bank_id].core.close()
-    return {"stages_s": stages, "daemon_total_s": total, "peak_rss_mb": round(peak_rss_mb(), 1)}
+    return {"stages_s": stages, "daemon_total_s": total, "peak_rss_mb": round(peak_rss_mb(), 1),
+            "peak_rss_after_stage_mb": peaks}
 
 
 def main() -> None:

@@ -23,6 +23,7 @@ import os
 from typing import Any
 
 from sqlalchemy import Connection, and_, delete, func, insert, or_, select, update
+from twisted.internet import defer
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 
@@ -732,9 +733,9 @@ class BankFlow:
     async def _push_order_results(self, order_no: str) -> None:
         """Push unreported results in chunks, keyset-paged by seq.
 
-        Pipelined: while the core digests chunk i, the database thread marks chunk
-        i-1 pushed and reads chunk i+1. A crash between a POST and its mark only
-        means that chunk is pushed again, which the core takes idempotently.
+        Pipelined: the next chunk is read while one is posted, and two POSTs are in
+        flight. A crash between a POST and its mark only means that chunk is pushed
+        again, which the core takes idempotently.
         """
         chunk_size = self.cfg.core.results_chunk
 
@@ -753,21 +754,27 @@ class BankFlow:
                         [(r["status"], order_no, r["seq"], r["status"]) for r in rows])
             self._core_entries(conn, ex, "POST results", order_no)
 
+        async def push(rows: list[dict]) -> None:
+            results = [{"seq": r["seq"], "status": r["status"], "reason_code": r["reason_code"] or "",
+                        "reason_text": r["reason_text"] or "", "bank_serial": r["bank_serial"] or "",
+                        "at": r["result_at"] or self.at()} for r in rows]
+            ex = await self.core.push_results(order_no, results)
+            await self.db.run(mark, rows, ex)
+
+        # Two chunks in flight: the core parses one while it stores the other.
+        slots = defer.DeferredSemaphore(2)
+        pushes: list[defer.Deferred] = []
         rows = await self.db.run(take, 0)
-        marks: list = []
-        try:
-            while rows:
-                nxt = self.db.run(take, rows[-1]["seq"])
-                results = [{"seq": r["seq"], "status": r["status"],
-                            "reason_code": r["reason_code"] or "", "reason_text": r["reason_text"] or "",
-                            "bank_serial": r["bank_serial"] or "", "at": r["result_at"] or self.at()}
-                           for r in rows]
-                ex = await self.core.push_results(order_no, results)
-                marks.append(self.db.run(mark, rows, ex))
-                rows = await nxt
-        finally:
-            for d in marks:
-                await d   # surfaces a failed mark; the chunk is simply pushed again later
+        while rows:
+            nxt = self.db.run(take, rows[-1]["seq"])
+            await slots.acquire()
+            d = defer.ensureDeferred(push(rows))
+            d.addBoth(lambda r: (slots.release(), r)[1])
+            pushes.append(d)
+            rows = await nxt
+        failures = [r for ok, r in await defer.DeferredList(pushes, consumeErrors=True) if not ok]
+        if failures:
+            failures[0].raiseException()   # the unmarked chunks are pushed again next time
 
         def done(conn: Connection) -> None:
             conn.execute(update(orders).where(orders.c.order_no == order_no).values(results_pending=0))
