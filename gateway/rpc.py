@@ -25,10 +25,11 @@ Choices the JSON-RPC 2.0 text leaves open, made here:
 - Every JSON-RPC answer travels in an HTTP 200; HTTP codes are kept for what
   happens before JSON-RPC: 401 (TCP token), 404 (path), 405 (method),
   413 (body over 1 MiB), 415 (not application/json). Those carry a JSON-RPC
-  error body too.
+  error body too. A body over `DISCARD_LIMIT` is not drained for its 413: the
+  connection is cut.
 - Each request object is journaled once, after it ran, with its caller,
-  masked params and outcome; a body that is not JSON, too large or not JSON is
-  journaled with method None. Unauthenticated TCP requests have no caller and
+  masked params and outcome; a body that is not JSON, over the cap or not sent
+  as application/json is journaled once with method None. Unauthenticated TCP requests have no caller and
   are only logged. The response waits for the journal callback's Deferred.
 """
 
@@ -52,11 +53,12 @@ from twisted.internet.defer import Deferred, ensureDeferred, gatherResults, mayb
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 from zope.interface.verify import verifyObject
 
-from gateway.masking import mask_fields, mask_text
+from gateway.masking import SENSITIVE_FIELDS, mask_fields, mask_text
 from gateway.rpc_api import (
     INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND, NOT_ALLOWED, PARSE_ERROR,
     Caller, ICommands, RpcError,
@@ -141,8 +143,25 @@ def error_body(error: RpcError, id_: Any = None) -> bytes:
                       "id": id_})
 
 
+def mask_record(record: dict) -> dict:
+    """mask_fields, also for an ID or account number sent as a JSON number (mask_fields masks strings only)."""
+    def textual(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: (str(v) if k in SENSITIVE_FIELDS and isinstance(v, (int, float)) and not isinstance(v, bool)
+                        else textual(v)) for k, v in value.items()}
+        if isinstance(value, list):
+            return [textual(v) for v in value]
+        return value
+    return mask_fields(textual(record))
+
+
 def _error_outcome(error: RpcError) -> dict:
     return {"error": {"code": error.code, "message": mask_text(error.message), "field": error.field}}
+
+
+def _log_failure(failure: Failure, message: str, **fields: Any) -> None:
+    # Not log.failure: an exception's text can quote an account number, and logs are masked.
+    log.error(message + "\n{traceback}", traceback=mask_text(failure.getTraceback()), **fields)
 
 
 async def _journal(journal: Journal | None, caller: Caller, method: str | None, params: dict,
@@ -152,7 +171,8 @@ async def _journal(journal: Journal | None, caller: Caller, method: str | None, 
     try:
         await maybeDeferred(journal, caller, method, params, outcome)
     except Exception:  # noqa: BLE001 - the call has run; its answer must still go back
-        log.failure("journaling RPC {method} from {caller} failed", method=method, caller=caller.identity)
+        _log_failure(Failure(), "journaling RPC {method} from {caller} failed", method=method,
+                     caller=caller.identity)
 
 
 @dataclass
@@ -205,8 +225,8 @@ async def _run(call: _Call, commands: Any, caller: Caller) -> tuple[Any, RpcErro
     except RpcError as e:
         return None, e
     except Exception:  # noqa: BLE001 - the caller gets a stable code, the log gets the failure
-        log.failure("RPC {method} failed with params {params}", method=call.method,
-                    params=mask_fields(call.params))
+        _log_failure(Failure(), "RPC {method} failed with params {params}", method=call.method,
+                     params=mask_record(call.params))
         return None, RpcError(INTERNAL_ERROR, "internal error; see the gateway's log")
     if not isinstance(result, dict):
         log.error("RPC {method} returned {kind}, not a dict", method=call.method, kind=type(result).__name__)
@@ -220,9 +240,9 @@ async def _one(obj: Any, commands: Any, caller: Caller, journal: Journal | None)
     except _Invalid as bad:
         method = obj.get("method") if isinstance(obj, dict) and isinstance(obj.get("method"), str) else None
         params = obj.get("params") if isinstance(obj, dict) and isinstance(obj.get("params"), dict) else {}
-        await _journal(journal, caller, method, mask_fields(params), _error_outcome(bad.error))
+        await _journal(journal, caller, method, mask_record(params), _error_outcome(bad.error))
         return error_body(bad.error, bad.id)
-    masked = mask_fields(call.params) if isinstance(call.params, dict) else {}
+    masked = mask_record(call.params) if isinstance(call.params, dict) else {}
     result, error = await _run(call, commands, caller)
     answer = None
     if error is None:
@@ -231,7 +251,7 @@ async def _one(obj: Any, commands: Any, caller: Caller, journal: Journal | None)
         except (TypeError, ValueError):
             log.error("RPC {method} returned a result that is not JSON", method=call.method)
             error = RpcError(INTERNAL_ERROR, "internal error; see the gateway's log")
-    outcome = _error_outcome(error) if error is not None else {"result": mask_fields(result)}
+    outcome = _error_outcome(error) if error is not None else {"result": mask_record(result)}
     await _journal(journal, caller, call.method, masked, outcome)
     if call.notification:
         return None
@@ -324,6 +344,8 @@ class _RpcRequest(Request):
         self.channel.transport.abortConnection()
 
     def process(self) -> None:
+        if self._cut:  # the last bytes can complete a body in the same read that cut the connection
+            return
         if self._refusal is None:
             super().process()
             return
@@ -451,7 +473,7 @@ class RpcResource(Resource):
         gone: list[bool] = []
         request.notifyFinish().addErrback(lambda _: gone.append(True))
         ensureDeferred(self._serve(request, caller, gone)).addErrback(
-            lambda f: log.failure("serving an RPC request failed", f))
+            _log_failure, "serving an RPC request from {caller} failed", caller=caller.identity)
         return NOT_DONE_YET
 
     async def _serve(self, request: Request, caller: Caller, gone: list[bool]) -> None:

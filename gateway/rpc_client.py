@@ -17,7 +17,8 @@ import uuid
 from typing import Any, TextIO
 from urllib.parse import urlsplit
 
-from gateway.masking import mask_fields, mask_text
+from gateway.masking import mask_text
+from gateway.rpc import mask_record
 from gateway.rpc_api import CODE_NAMES, INTERNAL_ERROR, RpcError
 
 MAX_REPLY = 64 << 20
@@ -106,13 +107,21 @@ def _json_value(text: str) -> Any:
         return text
 
 
-def parse_cli_params(args: list[str]) -> dict:
-    """["order_no=O1", "seqs=[1,2]"] -> {"order_no": "O1", "seqs": [1, 2]}.
+# Parameters that are text even when they look like numbers: an all-digit
+# account or order number read as JSON would become an int (and a leading "+"
+# or exponent would change it). A JSON string literal is still unquoted.
+TEXT_PARAMS = frozenset({
+    "order_no", "batch_no", "refund_no", "account_no", "account_bank", "name", "id_number",
+    "confirmed_by", "approved_by", "approval_ref", "raised_by", "reason", "bank_id", "project_code",
+})
 
-    A value that parses as JSON is that JSON value; anything else is a string.
-    So `seq=5` is the number 5 and `order_no=20260001` is a number too: quote it
-    as JSON to keep it a string (`order_no='"20260001"'`). A key given twice is
-    an error rather than a guess at which one was meant.
+
+def parse_cli_params(args: list[str]) -> dict:
+    """["order_no=O1", "seqs=[1,2]", "seq=5"] -> {"order_no": "O1", "seqs": [1, 2], "seq": 5}.
+
+    A value that parses as JSON is that JSON value, anything else a string;
+    except that the TEXT_PARAMS are always strings. A key given twice is an
+    error rather than a guess at which one was meant.
     """
     params: dict = {}
     for arg in args:
@@ -122,7 +131,8 @@ def parse_cli_params(args: list[str]) -> dict:
             raise ValueError(f"{arg!r}: parameters are key=value")
         if key in params:
             raise ValueError(f"{key}: given twice")
-        params[key] = _json_value(value)
+        parsed = _json_value(value)
+        params[key] = parsed if key not in TEXT_PARAMS or isinstance(parsed, str) else value
     return params
 
 
@@ -178,7 +188,7 @@ def rpc_cli_main(args: list[str], *, unix_path: str | None = None, url: str | No
         field = f" field={e.field}" if e.field else ""
         print(f"refused: {name} ({e.code}){field}: {mask_text(e.message)}", file=err)
         if e.data:
-            print(json.dumps(mask_fields(e.data), ensure_ascii=False, indent=2), file=err)
+            print(json.dumps(mask_record(e.data), ensure_ascii=False, indent=2), file=err)
         return EXIT_REFUSED
     except ValueError as e:
         print(f"gatewayctl rpc: {e}", file=err)
@@ -186,6 +196,6 @@ def rpc_cli_main(args: list[str], *, unix_path: str | None = None, url: str | No
     except RpcUnavailable as e:
         print(str(e), file=err)
         return EXIT_UNREACHABLE
-    shown = mask_fields(result) if isinstance(result, dict) else result
+    shown = mask_record(result) if isinstance(result, dict) else result
     print(json.dumps(shown, ensure_ascii=False, indent=2), file=out)
     return EXIT_OK
