@@ -54,9 +54,21 @@ def gatewayd_main(argv: list[str] | None = None) -> None:
         print(str(e), file=sys.stderr)
         raise SystemExit(2) from None
     setup_logging(args.log_format or cfg.log_format)
-    reactor.callWhenRunning(gw.startService)
-    reactor.addSystemEventTrigger("before", "shutdown", gw.stopService)
+    exit_code = [0]
+
+    def start() -> None:
+        # Start whole or not at all: a listener that cannot open stops the daemon with 2.
+        try:
+            gw.startService()
+        except Exception as e:  # noqa: BLE001
+            print(f"cannot start: {e}", file=sys.stderr)
+            exit_code[0] = 2
+            reactor.stop()
+            return
+        reactor.addSystemEventTrigger("before", "shutdown", gw.stopService)
+    reactor.callWhenRunning(start)
     reactor.run()
+    raise SystemExit(exit_code[0])
 
 
 # --- gatewayctl -----------------------------------------------------------------
@@ -125,6 +137,11 @@ def cmd_alarms(cfg, args) -> int:
     return 0
 
 
+def cmd_rpc(cfg, args) -> int:
+    from gateway.rpc_client import rpc_cli_main
+    return rpc_cli_main(args.rest, unix_path=cfg.rpc.unix_socket if cfg.rpc else None)
+
+
 def gatewayctl_main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="gatewayctl", description="Inspect and maintain the bank gateway.")
     p.add_argument("--config", required=True, help="the daemon's TOML file")
@@ -139,6 +156,10 @@ def gatewayctl_main(argv: list[str] | None = None) -> None:
     show.add_argument("--limit", type=int, default=50)
     show.set_defaults(fn=cmd_journal_show)
     sub.add_parser("orders", help="orders with counts and amounts per item state").set_defaults(fn=cmd_orders)
+    r = sub.add_parser("rpc", help="call the daemon's RPC: gatewayctl rpc METHOD key=value ...",
+                       add_help=False)
+    r.add_argument("rest", nargs=argparse.REMAINDER)
+    r.set_defaults(fn=cmd_rpc)
     sub.add_parser("alarms", help="alarms raised").set_defaults(fn=cmd_alarms)
     sub.add_parser("check-config", help="validate the configuration and exit").set_defaults(
         fn=lambda cfg, a: (print(json.dumps({"ok": True, "banks": sorted(cfg.banks)})), 0)[1])

@@ -210,6 +210,14 @@ class CoreSettings:
 
 
 @dataclass(frozen=True)
+class RpcSettings:
+    unix_socket: str
+    unix_mode: int
+    tcp_port: int | None      # None: no TCP listener
+    token_file: str | None
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     file: str
     database_url: str
@@ -220,7 +228,8 @@ class GatewayConfig:
     core: CoreSettings
     banks: dict[str, BankConfig]
     log_format: str
-    crash_after: str  # test hook: "" or a named point, see gateway/faults.py
+    crash_after: str
+    rpc: RpcSettings | None = None  # test hook: "" or a named point, see gateway/faults.py
 
 
 _GATEWAY_TOP = {
@@ -230,6 +239,7 @@ _GATEWAY_TOP = {
     "work": _Field(dict),
     "banks": _Field(dict),
     "log": _Field(dict, {}),
+    "rpc": _Field(dict, None),
     "testing": _Field(dict, {}),
 }
 _DATABASE = {"url": _Field(str), "threads": _Field(int, 1, _positive)}
@@ -244,6 +254,12 @@ _CORE = {
 _JOURNAL = {"archive_dir": _Field(str, path=True), "inline_max_bytes": _Field(int, 65536, _positive)}
 _WORK = {"dir": _Field(str, path=True)}
 _BANKS = {"dir": _Field(str, path=True)}
+_RPC = {
+    "unix_socket": _Field(str, path=True),
+    "unix_mode": _Field(str, "0660", _pattern(r"0[0-7][0-7]0", "an octal mode giving others nothing, e.g. 0660")),
+    "tcp_port": _Field(int, 0, lambda v: None if 0 <= v < 65536 else "must be 0 (off) or a port"),
+    "token_file": _Field(str, "", path=True),
+}
 _LOG = {"format": _Field(str, "auto", _one_of("auto", "text", "json"))}
 _TESTING = {"crash_after": _Field(str, "")}
 
@@ -358,6 +374,16 @@ def load(path: str | os.PathLike) -> GatewayConfig:
     banks_t = r.table(top["banks"] or {}, "banks", _BANKS)
     log = r.table(top["log"] or {}, "log", _LOG)
     testing = r.table(top["testing"] or {}, "testing", _TESTING)
+    rpc = None
+    if top["rpc"] is not None:
+        rt = r.table(top["rpc"], "rpc", _RPC)
+        if rt.get("tcp_port") and not rt.get("token_file"):
+            r.err("rpc.token_file", "is required when rpc.tcp_port is set: TCP never runs without a token")
+        if rt.get("unix_socket") and len(os.fsencode(rt["unix_socket"])) > 107:
+            r.err("rpc.unix_socket", "path is longer than the 107 bytes a Unix socket allows")
+        if rt.get("unix_socket") and rt.get("unix_mode"):
+            rpc = RpcSettings(rt["unix_socket"], int(rt["unix_mode"] or "0660", 8),
+                              rt["tcp_port"] or None, rt["token_file"] or None)
 
     token = None
     if core.get("token_file"):
@@ -394,7 +420,7 @@ def load(path: str | os.PathLike) -> GatewayConfig:
                           poll_interval_s=core["poll_interval_s"], timeout_s=core["timeout_s"],
                           results_chunk=core["results_chunk"],
                           retry_max_delay_s=core["retry_max_delay_s"]),
-        banks=banks, log_format=log["format"], crash_after=testing["crash_after"],
+        banks=banks, log_format=log["format"], crash_after=testing["crash_after"], rpc=rpc,
     )
 
 

@@ -230,6 +230,8 @@ class BankFlow:
             await self._guard(f"load order {order_no}", self.load_order(order_no))
         for order_no in await self.db.run(self._orders_needing_batch):
             await self._guard(f"batch order {order_no}", self.create_pay_batch(order_no))
+        for order_no in await self.db.run(self._orders_to_retry):
+            await self._guard(f"retry order {order_no}", self.create_retry_batch(order_no))
         for b in await self.db.run(self._live_batches):
             await self._guard(f"advance batch {b['batch_no']}", self.advance(b))
         await self._guard("push results", self.push_results())
@@ -259,6 +261,11 @@ class BankFlow:
         return list(conn.execute(select(orders.c.order_no).where(
             orders.c.bank_id == self.bank_id, orders.c.state == OrderState.LOADED,
             ~live.exists()).order_by(orders.c.created_at, orders.c.order_no)).scalars())
+
+    def _orders_to_retry(self, conn: Connection) -> list[str]:
+        return list(conn.execute(select(orders.c.order_no).where(
+            orders.c.bank_id == self.bank_id, orders.c.retry_requested == 1,
+            orders.c.state == OrderState.DISPATCHED).order_by(orders.c.order_no)).scalars())
 
     def _live_batches(self, conn: Connection) -> list[dict]:
         return [dict(r) for r in conn.execute(select(batches).where(
@@ -351,29 +358,48 @@ class BankFlow:
 
     # --- batches ----------------------------------------------------------------
 
+    def _new_batch(self, conn: Connection, order_no: str, kind: str, eligible) -> str | None:
+        """Put the eligible items of an order in a new batch (one transaction); None if there are none.
+
+        Numbers follow the dialect: {OrderNo}-P01 for PAY, then -R02, -R03... counting every
+        batch of the order, so a resend is recognisable and a number is never reused.
+        """
+        n = conn.execute(select(func.count()).where(batches.c.order_no == order_no)).scalar_one()
+        batch_no = f"{order_no}-{'P' if kind == 'PAY' else 'R'}{n + 1:02d}"
+        cnt, amt = conn.execute(select(func.count(), func.sum(items.c.amount)).where(eligible)).one()
+        if not cnt:
+            return None
+        at = self.at()
+        conn.execute(insert(batches).values(
+            batch_no=batch_no, order_no=order_no, bank_id=self.bank_id, kind=kind, seq=n + 1,
+            state=BatchState.BUILDING, total_count=cnt, total_amount=int(amt), attempts=0,
+            created_at=at, updated_at=at))
+        if kind == "RETRY":
+            # OrigBatchNo: the batch in which each item last failed (cnbank.md, RETRY).
+            conn.execute(update(items).where(eligible).values(orig_batch_no=items.c.batch_no))
+        conn.execute(update(items).where(eligible).values(batch_no=batch_no))
+        self._journal(conn, Entry("event", self.bank_id, "daemon", "batch-created",
+                                  f"{kind} batch {batch_no}: {cnt} items, {amt} fen",
+                                  order_no=order_no, batch_no=batch_no))
+        log.info("{bank}: created {kind} batch {batch}", bank=self.bank_id, kind=kind, batch=batch_no)
+        return batch_no
+
     async def create_pay_batch(self, order_no: str) -> None:
-        def create(conn: Connection) -> str | None:
-            n = conn.execute(select(func.count()).where(batches.c.order_no == order_no,
-                                                        batches.c.kind == "PAY")).scalar_one()
-            batch_no = f"{order_no}-P{n + 1:02d}"
-            pending = and_(items.c.order_no == order_no, items.c.status == ItemStatus.PENDING,
-                           items.c.batch_no.is_(None))
-            cnt, amt = conn.execute(select(func.count(), func.sum(items.c.amount)).where(pending)).one()
-            if not cnt:
-                return None
-            at = self.at()
-            conn.execute(insert(batches).values(
-                batch_no=batch_no, order_no=order_no, bank_id=self.bank_id, kind="PAY", seq=n + 1,
-                state=BatchState.BUILDING, total_count=cnt, total_amount=int(amt), attempts=0,
-                created_at=at, updated_at=at))
-            conn.execute(update(items).where(pending).values(batch_no=batch_no))
-            self._journal(conn, Entry("event", self.bank_id, "daemon", "batch-created",
-                                      f"PAY batch {batch_no}: {cnt} items, {amt} fen",
-                                      order_no=order_no, batch_no=batch_no))
-            return batch_no
-        batch_no = await self.db.run(create)
-        if batch_no:
-            log.info("{bank}: created batch {batch}", bank=self.bank_id, batch=batch_no)
+        pending = and_(items.c.order_no == order_no, items.c.status == ItemStatus.PENDING,
+                       items.c.batch_no.is_(None))
+        await self.db.run(self._new_batch, order_no, "PAY", pending)
+
+    async def create_retry_batch(self, order_no: str) -> None:
+        """Send the order's corrected items again (rule 2: only CORRECTED items, never one
+        already in a live batch)."""
+        def create(conn: Connection) -> None:
+            live = select(batches.c.batch_no).where(batches.c.batch_no == items.c.batch_no,
+                                                    batches.c.state.in_(BatchState.LIVE))
+            corrected = and_(items.c.order_no == order_no, items.c.status == ItemStatus.CORRECTED,
+                             ~live.exists())
+            self._new_batch(conn, order_no, "RETRY", corrected)
+            conn.execute(update(orders).where(orders.c.order_no == order_no).values(retry_requested=0))
+        await self.db.run(create)
 
     async def advance(self, b: dict) -> None:
         state = b["state"]
@@ -401,14 +427,15 @@ class BankFlow:
                 proj_short=o["project_short"])
             rows = conn.execution_options(stream_results=True, yield_per=5000).execute(
                 select(items.c.seq, items.c.name, items.c.id_number, items.c.account_no,
-                       items.c.account_bank, items.c.amount, items.c.remark)
+                       items.c.account_bank, items.c.amount, items.c.remark, items.c.orig_batch_no)
                 .where(items.c.order_no == b["order_no"], items.c.batch_no == b["batch_no"])
                 .order_by(items.c.seq))
             lines = (files.BatchLine(seq=r.seq, name=r.name, id_no=r.id_number, acct_no=r.account_no,
                                      acct_bank=r.account_bank, amount=r.amount,
-                                     proj_code=o["project_code"], remark=r.remark, orig_batch_no="")
+                                     proj_code=o["project_code"], remark=r.remark,
+                                     orig_batch_no=(r.orig_batch_no or "") if b["kind"] == "RETRY" else "")
                      for r in rows)
-            return self.link.write_batch_file(header, lines)
+            return self.link.write_batch_file(header, lines, kind=b["kind"])
 
     async def build(self, b: dict) -> None:
         built = await self.db.run_plain(self._build_files, b)
@@ -593,11 +620,20 @@ class BankFlow:
             await self.fetch_results(b["batch_no"])
 
     def _reject(self, conn: Connection, b: dict, inc: Incoming, jid: int) -> None:
-        """RJCT: nothing of the batch was paid; its items go back to PENDING for a new batch."""
-        conn.execute(update(items).where(items.c.order_no == b["order_no"],
-                                         items.c.batch_no == b["batch_no"],
-                                         items.c.status == ItemStatus.SENT)
-                     .values(status=ItemStatus.PENDING, batch_no=None))
+        """RJCT: nothing of the batch was paid; its items go out again in a new batch.
+
+        PAY items go back to PENDING; RETRY items back to CORRECTED, pointing again at the
+        batch they failed in, and the order asks for another retry.
+        """
+        of_batch = and_(items.c.order_no == b["order_no"], items.c.batch_no == b["batch_no"],
+                        items.c.status == ItemStatus.SENT)
+        if b["kind"] == "RETRY":
+            conn.execute(update(items).where(of_batch).values(
+                status=ItemStatus.CORRECTED, batch_no=items.c.orig_batch_no, orig_batch_no=None))
+            conn.execute(update(orders).where(orders.c.order_no == b["order_no"])
+                         .values(retry_requested=1))
+        else:
+            conn.execute(update(items).where(of_batch).values(status=ItemStatus.PENDING, batch_no=None))
         conn.execute(update(batches).where(batches.c.batch_no == b["batch_no"]).values(
             state=BatchState.RJCT, reject_code=inc.fields.get("RejectCode"),
             reject_msg=(inc.fields.get("RejectMsg") or "")[:500], updated_at=self.at()))

@@ -72,6 +72,7 @@ class Order(Base):
     detail: Mapped[str | None] = mapped_column(Text)          # JSON: why INVALID, etc.
     core_state_pushed: Mapped[str | None] = mapped_column(String(16))
     results_pending: Mapped[int] = mapped_column(Integer, default=0)  # 1: results to push to the core
+    retry_requested: Mapped[int] = mapped_column(Integer, default=0)  # 1: send corrected items now
     created_at: Mapped[str] = mapped_column(String(40))
     updated_at: Mapped[str] = mapped_column(String(40))
 
@@ -95,6 +96,7 @@ class Item(Base):
     bank_serial: Mapped[str | None] = mapped_column(String(64))
     result_at: Mapped[str | None] = mapped_column(String(40))
     pushed: Mapped[str | None] = mapped_column(String(16))    # status last pushed to the core
+    orig_batch_no: Mapped[str | None] = mapped_column(String(64))  # RETRY: the batch it last failed in
 
 
 class Batch(Base):
@@ -164,6 +166,25 @@ class JournalHead(Base):
     last_hash: Mapped[str] = mapped_column(String(64))
 
 
+class Correction(Base):
+    """A correction (信息更正) of a failed item, with its evidence; every one is kept."""
+
+    __tablename__ = "corrections"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    order_no: Mapped[str] = mapped_column(String(64), index=True)
+    seq: Mapped[int] = mapped_column(Integer)
+    at: Mapped[str] = mapped_column(String(40))
+    failed_batch_no: Mapped[str | None] = mapped_column(String(64))
+    reason_code: Mapped[str | None] = mapped_column(String(8))
+    old_values: Mapped[str] = mapped_column(Text)     # JSON of the fields before
+    new_values: Mapped[str] = mapped_column(Text)     # JSON of the fields changed
+    confirmed_by: Mapped[str] = mapped_column(String(100))   # the recipient or guardian
+    approved_by: Mapped[str] = mapped_column(String(100))    # the department head
+    approval_ref: Mapped[str] = mapped_column(String(100))   # the approval document
+    caller: Mapped[str] = mapped_column(String(200))
+    journal_id: Mapped[int] = mapped_column(Integer)
+
+
 class Alarm(Base):
     """Something an operator must look at: a contract fault, a rejected file, a double payment."""
 
@@ -187,3 +208,4 @@ batches = Batch.__table__
 journal = JournalEntry.__table__
 journal_head = JournalHead.__table__
 alarms = Alarm.__table__
+corrections = Correction.__table__

@@ -7,6 +7,7 @@ unknown dialect. Runnable as `gatewayd` and as the `twist gateway` plugin.
 
 from __future__ import annotations
 
+import json
 import random
 
 from twisted.application import service
@@ -16,6 +17,7 @@ from twisted.logger import Logger
 from adapters.cnbank.link import CnBankLink
 from adapters.core_http import CoreClient
 from gateway import db as dbmod
+from gateway.commands import Commands
 from gateway.config import GatewayConfig
 from gateway.faults import Faults
 from gateway.flow import BankFlow
@@ -104,6 +106,52 @@ class _CoreService(service.Service):
         return self.core.close()
 
 
+def _refusal_journal(reactor, database: dbmod.Database, journal: Journal):
+    """The RPC layer's journal hook: refused and malformed calls get an entry of their own.
+
+    A call that succeeds was journaled by its command, in the transaction of its change.
+    """
+    from gateway.flow import iso
+    from gateway.journal import Entry
+
+    def record(caller, method, params, outcome):
+        if "error" not in outcome:
+            return None
+        payload = json.dumps({"method": method, "params": params, **outcome}, ensure_ascii=False,
+                             default=str).encode()
+        err = outcome["error"]
+        entry = Entry("in", f"{caller.transport}:{caller.identity}"[:64], "rpc", method or "(malformed)",
+                      f"refused {err['code']}: {err['message']}"
+                      + (f" [field {err['field']}]" if err.get("field") else ""),
+                      payload=payload, order_no=(params.get("order_no") if isinstance(
+                          params.get("order_no"), str) else None), verified=f"refused {err['code']}")
+        return database.run(lambda conn: journal.append(conn, entry, iso(reactor.seconds())))
+    return record
+
+
+class _RpcService(service.Service):
+    """The local RPC (core-api.md "Gateway RPC"): a Unix socket, and 127.0.0.1 with a token if set."""
+
+    def __init__(self, reactor, cfg: GatewayConfig, commands, journal_hook):
+        self.reactor, self.cfg, self.commands, self.journal_hook = reactor, cfg, commands, journal_hook
+        self.listeners = None
+        self.setName("rpc")
+
+    def startService(self) -> None:  # noqa: N802
+        from gateway.rpc import listen_rpc, rpc_site
+        super().startService()
+        r = self.cfg.rpc
+        site = rpc_site(self.commands, self.journal_hook, reactor=self.reactor)
+        self.listeners = listen_rpc(self.reactor, site, unix_path=r.unix_socket, unix_mode=r.unix_mode,
+                                    tcp_port=r.tcp_port, token_file=r.token_file)
+
+    def stopService(self):  # noqa: N802
+        super().stopService()
+        if self.listeners is not None:
+            return self.listeners.stop()
+        return None
+
+
 class Gateway(service.MultiService):
     """The whole daemon: database pool, core client, and one flow ticker per bank."""
 
@@ -113,6 +161,7 @@ class Gateway(service.MultiService):
         self.tickers: dict[str, Ticker] = {}
         self.database: dbmod.Database | None = None
         self.core: CoreClient | None = None
+        self.commands = None
 
     @defer.inlineCallbacks
     def stopService(self):  # noqa: N802
@@ -178,6 +227,10 @@ def make_service(cfg: GatewayConfig, reactor=None) -> Gateway:
     gw.core = core
     _CoreService(core).setServiceParent(gw)
     journal = Journal(cfg.journal_archive_dir, cfg.journal_inline_max_bytes)
+    gw.commands = Commands(reactor, database, journal, gw)
+    if cfg.rpc is not None:
+        _RpcService(reactor, cfg, gw.commands, _refusal_journal(reactor, database, journal)
+                    ).setServiceParent(gw)
     for bank_id, bank in cfg.banks.items():
         ours, theirs = keys[bank_id]
         link = CnBankLink(reactor, bank, ours, theirs, f"{cfg.work_dir}/{bank_id}")

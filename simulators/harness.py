@@ -40,6 +40,9 @@ class Paths:
         self.core_db = self.root / "core-sim.db"
         self.gateway_db = self.root / "gateway.db"
         self.log = self.root / "gatewayd.log"
+        # AF_UNIX paths are short (107 bytes): the socket lives in /tmp, named after the root.
+        import hashlib
+        self.rpc_socket = Path("/tmp") / f"gw-{hashlib.sha256(str(self.root).encode()).hexdigest()[:12]}.sock"
 
 
 @dataclass
@@ -110,6 +113,9 @@ dir = "banks"
 
 [log]
 format = "text"
+
+[rpc]
+unix_socket = "{p.rpc_socket}"
 {testing}""")
     host_line = sftp_server.public_key_line(keys.bank_host + ".pub" if os.path.exists(keys.bank_host + ".pub")
                                             else keys.bank_host)

@@ -174,14 +174,15 @@ class CnBankLink:
 
     # --- files --------------------------------------------------------------
 
-    def write_batch_file(self, header: files.BatchHeader, lines: Iterable[files.BatchLine]) -> BuiltFile:
+    def write_batch_file(self, header: files.BatchHeader, lines: Iterable[files.BatchLine],
+                         kind: str = "PAY") -> BuiltFile:
         """Write, sign and encrypt a batch file from streamed lines (blocking: call in a thread)."""
         name = f"{header.batch_no}.req"
         plain = os.path.join(self.work_dir, name + ".plain")
         with open(plain, "wb") as f:
             hw = _HashingWriter(f, self.our_key.public_key, self.uid)
             w = files.BatchFileWriter(hw, header, unit=self.bank.cnbank.amount_unit,
-                                      encoding=self.bank.cnbank.encoding)
+                                      encoding=self.bank.cnbank.encoding, kind=kind)
             for line in lines:
                 w.write_line(line)
             w.close()

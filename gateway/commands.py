@@ -1,0 +1,240 @@
+"""The gateway RPC's methods (core-api.md, "Gateway RPC"), behind `ICommands`.
+
+Each method validates its params whole before touching anything (a refusal
+changes nothing), and a method that changes state writes its journal entry,
+naming the caller, in the same transaction as the change. Implemented so far:
+order.submit, order.status, item.correct, order.retry, health. The refund,
+batch-confirmation, dispute and report methods are not implemented yet and
+answer METHOD_NOT_FOUND, so a client can tell.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from sqlalchemy import Connection, func, insert, select, update
+from twisted.internet import defer
+from zope.interface import implementer
+
+from gateway.flow import check_conservation, iso
+from gateway.journal import Entry, Journal
+from gateway.masking import mask
+from gateway.models import (BatchState, ItemStatus, OrderState, batches, corrections, items, orders)
+from gateway.rpc_api import (INVALID_PARAMS, METHOD_NOT_FOUND, MISSING_EVIDENCE, NOT_ALLOWED,
+                             UNKNOWN_ITEM, UNKNOWN_ORDER, WRONG_STATE, Caller, ICommands, RpcError)
+from gateway.validation import ACCOUNT, id_number_problem
+
+# cnbank.md item reason codes that a correction cannot fix: the money goes back by refund.
+NOT_FIXABLE = {"R009": "duplicate item (重复明细)", "R010": "account holder deceased (账户人已故)"}
+EVIDENCE = ("confirmed_by", "approved_by", "approval_ref")
+
+
+def _str(params: dict, key: str, *, required: bool = True, max_len: int = 100) -> str | None:
+    v = params.get(key)
+    if v is None or v == "":
+        if required:
+            raise RpcError(INVALID_PARAMS, f"{key} is required", key)
+        return None
+    if not isinstance(v, str):
+        raise RpcError(INVALID_PARAMS, f"{key} must be a string", key)
+    if len(v) > max_len or re.search(r"[|\r\n]", v):
+        raise RpcError(INVALID_PARAMS, f"{key} is longer than {max_len} or holds '|', CR or LF", key)
+    return v
+
+
+def _known(params: dict, allowed: set[str]) -> None:
+    if not isinstance(params, dict):
+        raise RpcError(INVALID_PARAMS, "params must be an object of named parameters")
+    for k in params:
+        if k not in allowed:
+            raise RpcError(INVALID_PARAMS, f"unknown parameter {k!r}", k)
+
+
+@implementer(ICommands)
+class Commands:
+    def __init__(self, reactor, db, journal: Journal, gateway):
+        self.reactor = reactor
+        self.db = db
+        self.journal = journal
+        self.gateway = gateway   # flows and tickers, to wake a bank's flow
+
+    def methods(self) -> list[str]:
+        return sorted(self._table())
+
+    def _table(self) -> dict:
+        return {"order.submit": self.order_submit, "order.status": self.order_status,
+                "item.correct": self.item_correct, "order.retry": self.order_retry,
+                "health": self.health}
+
+    def call(self, method: str, params: dict, caller: Caller):
+        fn = self._table().get(method)
+        if fn is None:
+            return defer.fail(RpcError(METHOD_NOT_FOUND, f"method {method!r} is not available; "
+                                                         f"available: {', '.join(self.methods())}"))
+        return defer.ensureDeferred(fn(params if params is not None else {}, caller))
+
+    def _at(self) -> str:
+        return iso(self.reactor.seconds())
+
+    def _wake(self, bank_id: str) -> None:
+        ticker = self.gateway.tickers.get(bank_id)
+        if ticker is not None:
+            ticker.kick()
+
+    def _rpc_entry(self, conn: Connection, caller: Caller, method: str, params: dict, decoded: str,
+                   order_no: str | None = None) -> int:
+        payload = json.dumps({"method": method, "params": params}, ensure_ascii=False).encode()
+        return self.journal.append(conn, Entry(
+            "in", f"{caller.transport}:{caller.identity}"[:64], "rpc", method, decoded,
+            payload=payload, order_no=order_no), self._at())
+
+    @staticmethod
+    def _order(conn: Connection, order_no: str) -> dict:
+        o = conn.execute(select(orders).where(orders.c.order_no == order_no)).mappings().one_or_none()
+        if o is None:
+            raise RpcError(UNKNOWN_ORDER, f"no order {order_no!r} is known to the gateway", "order_no")
+        return dict(o)
+
+    # --- methods --------------------------------------------------------------
+
+    async def order_submit(self, params: dict, caller: Caller) -> dict:
+        """Pull this order now: wake the flow of its bank (or of every bank) to poll the core."""
+        _known(params, {"order_no"})
+        order_no = _str(params, "order_no", max_len=64)
+        known = await self.db.run(lambda c: c.execute(select(orders.c.state, orders.c.bank_id).where(
+            orders.c.order_no == order_no)).one_or_none())
+        if known is None:
+            for flow in self.gateway.flows.values():
+                flow.wake_poll = True
+                self._wake(flow.bank_id)
+        await self.db.run(self._rpc_entry, caller, "order.submit", params,
+                          f"order.submit {order_no}: " + (f"already {known.state}" if known else
+                                                          "poll the core now"), order_no)
+        return {"order_no": order_no, "state": known.state if known else None,
+                "polling": known is None}
+
+    async def order_status(self, params: dict, caller: Caller) -> dict:
+        _known(params, {"order_no"})
+        order_no = _str(params, "order_no", max_len=64)
+
+        def read(conn: Connection) -> dict:
+            o = self._order(conn, order_no)
+            per = {r.status: {"count": r.n, "amount": int(r.amt or 0)} for r in conn.execute(
+                select(items.c.status, func.count().label("n"), func.sum(items.c.amount).label("amt"))
+                .where(items.c.order_no == order_no).group_by(items.c.status))}
+            bs = [{"batch_no": b.batch_no, "kind": b.kind, "state": b.state, "count": b.total_count,
+                   "amount": b.total_amount, "created_at": b.created_at, "updated_at": b.updated_at}
+                  for b in conn.execute(select(batches).where(batches.c.order_no == order_no)
+                                        .order_by(batches.c.seq))]
+            self._rpc_entry(conn, caller, "order.status", params, f"order.status {order_no}", order_no)
+            return {"order_no": order_no, "state": o["state"], "bank_id": o["bank_id"],
+                    "total_count": o["total_count"], "total_amount": o["total_amount"],
+                    "items": per, "batches": bs,
+                    "invalid_reasons": json.loads(o["detail"])["reasons"] if o["detail"] else []}
+        return await self.db.run(read)
+
+    async def item_correct(self, params: dict, caller: Caller) -> dict:
+        """A FAILED item gets new account data, with who confirmed and who approved (article 23)."""
+        _known(params, {"order_no", "seq", "account_no", "account_bank", "name", "id_number",
+                        *EVIDENCE})
+        order_no = _str(params, "order_no", max_len=64)
+        seq = params.get("seq")
+        if not isinstance(seq, int) or isinstance(seq, bool) or seq <= 0:
+            raise RpcError(INVALID_PARAMS, "seq must be a positive integer", "seq")
+        for k in EVIDENCE:
+            if not isinstance(params.get(k), str) or not params[k].strip():
+                raise RpcError(MISSING_EVIDENCE, f"{k} is required: a correction needs who confirmed "
+                                                 f"it, who approved it and the approval reference", k)
+            _str(params, k)
+        acct = _str(params, "account_no", max_len=32)
+        if not ACCOUNT.fullmatch(acct):
+            raise RpcError(INVALID_PARAMS, "account_no must be 8 to 32 digits", "account_no")
+        new: dict[str, Any] = {"account_no": acct}
+        if params.get("account_bank") is not None:
+            new["account_bank"] = _str(params, "account_bank", required=False) or ""
+        if params.get("name") is not None:
+            new["name"] = _str(params, "name", max_len=50)
+        if params.get("id_number") is not None:
+            problem = id_number_problem(params["id_number"])
+            if problem:
+                raise RpcError(INVALID_PARAMS, problem, "id_number")
+            new["id_number"] = params["id_number"]
+
+        def correct(conn: Connection) -> dict:
+            o = self._order(conn, order_no)
+            it = conn.execute(select(items).where(items.c.order_no == order_no, items.c.seq == seq)
+                              ).mappings().one_or_none()
+            if it is None:
+                raise RpcError(UNKNOWN_ITEM, f"order {order_no} has no item seq {seq}", "seq")
+            if it["status"] != ItemStatus.FAILED:
+                raise RpcError(WRONG_STATE, f"item {seq} is {it['status']}; only a FAILED item can be "
+                                            f"corrected", "seq")
+            if it["reason_code"] in NOT_FIXABLE:
+                raise RpcError(NOT_ALLOWED, f"item {seq} failed {it['reason_code']} "
+                                            f"({NOT_FIXABLE[it['reason_code']]}): it cannot be corrected, "
+                                            f"only refunded", "seq")
+            old = {k: it[k] for k in new}
+            jid = self._rpc_entry(
+                conn, caller, "item.correct", {**params, "account_no": mask(acct),
+                                               **({"id_number": mask(new["id_number"])}
+                                                  if "id_number" in new else {})},
+                f"item.correct {order_no} seq {seq}: account {mask(it['account_no'])} -> {mask(acct)}, "
+                f"confirmed by {params['confirmed_by']}, approved by {params['approved_by']} "
+                f"({params['approval_ref']})", order_no)
+            conn.execute(insert(corrections).values(
+                order_no=order_no, seq=seq, at=self._at(), failed_batch_no=it["batch_no"],
+                reason_code=it["reason_code"], old_values=json.dumps(old, ensure_ascii=False),
+                new_values=json.dumps(new, ensure_ascii=False), confirmed_by=params["confirmed_by"],
+                approved_by=params["approved_by"], approval_ref=params["approval_ref"],
+                caller=f"{caller.transport}:{caller.identity}"[:200], journal_id=jid))
+            conn.execute(update(items).where(items.c.order_no == order_no, items.c.seq == seq,
+                                             items.c.status == ItemStatus.FAILED)
+                         .values(status=ItemStatus.CORRECTED, **new))
+            check_conservation(conn, order_no)
+            n = conn.execute(select(func.count()).where(corrections.c.order_no == order_no,
+                                                        corrections.c.seq == seq)).scalar_one()
+            return {"order_no": order_no, "seq": seq, "status": ItemStatus.CORRECTED,
+                    "corrections": n, "bank_id": o["bank_id"]}
+        return await self.db.run(correct)
+
+    async def order_retry(self, params: dict, caller: Caller) -> dict:
+        """Send the order's corrected items now in a RETRY batch (otherwise the scheduler does)."""
+        _known(params, {"order_no"})
+        order_no = _str(params, "order_no", max_len=64)
+
+        def request(conn: Connection) -> dict:
+            o = self._order(conn, order_no)
+            if o["state"] != OrderState.DISPATCHED:
+                raise RpcError(WRONG_STATE, f"order {order_no} is {o['state']}; only a DISPATCHED order "
+                                            f"has failed items to send again", "order_no")
+            live = select(batches.c.batch_no).where(batches.c.batch_no == items.c.batch_no,
+                                                    batches.c.state.in_(BatchState.LIVE))
+            n, amt = conn.execute(select(func.count(), func.sum(items.c.amount)).where(
+                items.c.order_no == order_no, items.c.status == ItemStatus.CORRECTED,
+                ~live.exists())).one()
+            if not n:
+                raise RpcError(WRONG_STATE, f"order {order_no} has no corrected item waiting to be sent",
+                               "order_no")
+            conn.execute(update(orders).where(orders.c.order_no == order_no).values(retry_requested=1))
+            self._rpc_entry(conn, caller, "order.retry", params,
+                            f"order.retry {order_no}: {n} corrected items, {amt} fen", order_no)
+            return {"order_no": order_no, "items": n, "amount": int(amt), "bank_id": o["bank_id"]}
+        result = await self.db.run(request)
+        self._wake(result["bank_id"])
+        return result
+
+    async def health(self, params: dict, caller: Caller) -> dict:
+        _known(params, set())
+
+        def probe(conn: Connection) -> int:
+            return conn.execute(select(func.count()).select_from(orders)).scalar_one()
+        try:
+            n = await self.db.run(probe)
+            database = {"ok": True, "orders": n}
+        except Exception as e:  # noqa: BLE001  (health reports, it does not raise)
+            database = {"ok": False, "error": str(e)[:200]}
+        banks = {bank_id: {"ticker_running": bool(t.running)} for bank_id, t in self.gateway.tickers.items()}
+        return {"role": "active", "database": database, "banks": banks,
+                "core": {"base_url": self.gateway.core.base if self.gateway.core else None}}
