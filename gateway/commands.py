@@ -3,9 +3,9 @@
 Each method validates its params whole before touching anything (a refusal
 changes nothing), and a method that changes state writes its journal entry,
 naming the caller, in the same transaction as the change. Implemented so far:
-order.submit, order.status, item.correct, order.retry, health. The refund,
-batch-confirmation, dispute and report methods are not implemented yet and
-answer METHOD_NOT_FOUND, so a client can tell.
+order.submit, order.status, item.correct, order.retry, refund.request,
+refund.status, health. batch.confirm, batch.dispute and report.monthly are
+not implemented yet and answer METHOD_NOT_FOUND, so a client can tell.
 """
 
 from __future__ import annotations
@@ -21,9 +21,11 @@ from zope.interface import implementer
 from gateway.flow import check_conservation, iso
 from gateway.journal import Entry, Journal
 from gateway.masking import mask
-from gateway.models import (BatchState, ItemStatus, OrderState, batches, corrections, items, orders)
+from gateway.models import (BatchState, ItemStatus, OrderState, RefundState, batches, corrections, items,
+                            orders, refund_items, refunds)
 from gateway.rpc_api import (INVALID_PARAMS, METHOD_NOT_FOUND, MISSING_EVIDENCE, NOT_ALLOWED,
-                             UNKNOWN_ITEM, UNKNOWN_ORDER, WRONG_STATE, Caller, ICommands, RpcError)
+                             UNKNOWN_ITEM, UNKNOWN_ORDER, UNKNOWN_REFUND, WRONG_STATE, Caller, ICommands,
+                             RpcError)
 from gateway.validation import ACCOUNT, id_number_problem
 
 # cnbank.md item reason codes that a correction cannot fix: the money goes back by refund.
@@ -66,6 +68,7 @@ class Commands:
     def _table(self) -> dict:
         return {"order.submit": self.order_submit, "order.status": self.order_status,
                 "item.correct": self.item_correct, "order.retry": self.order_retry,
+                "refund.request": self.refund_request, "refund.status": self.refund_status,
                 "health": self.health}
 
     def call(self, method: str, params: dict, caller: Caller):
@@ -224,6 +227,83 @@ class Commands:
         result = await self.db.run(request)
         self._wake(result["bank_id"])
         return result
+
+    async def refund_request(self, params: dict, caller: Caller) -> dict:
+        """Items that cannot be paid go back to the original channel: RF01, then RQ01 until DONE."""
+        _known(params, {"order_no", "seqs", "reason", "approved_by"})
+        order_no = _str(params, "order_no", max_len=64)
+        reason = _str(params, "reason", max_len=200)
+        approved_by = params.get("approved_by")
+        if not isinstance(approved_by, str) or not approved_by.strip():
+            raise RpcError(MISSING_EVIDENCE, "approved_by is required: a refund needs the department "
+                                             "head's approval", "approved_by")
+        _str(params, "approved_by")
+        seqs = params.get("seqs")
+        if seqs != "all_failed":
+            if (not isinstance(seqs, list) or not seqs or len(seqs) > 100000
+                    or not all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in seqs)
+                    or len(set(seqs)) != len(seqs)):
+                raise RpcError(INVALID_PARAMS, 'seqs must be "all_failed" or a list of distinct positive '
+                                               'integers', "seqs")
+
+        def request(conn: Connection) -> dict:
+            o = self._order(conn, order_no)
+            q = select(items.c.seq, items.c.status, items.c.batch_no, items.c.amount).where(
+                items.c.order_no == order_no)
+            if seqs == "all_failed":
+                rows = list(conn.execute(q.where(items.c.status == ItemStatus.FAILED).order_by(items.c.seq)))
+                if not rows:
+                    raise RpcError(WRONG_STATE, f"order {order_no} has no FAILED item", "seqs")
+            else:
+                rows = list(conn.execute(q.where(items.c.seq.in_(seqs)).order_by(items.c.seq)))
+                missing = sorted(set(seqs) - {r.seq for r in rows})
+                if missing:
+                    raise RpcError(UNKNOWN_ITEM, f"order {order_no} has no item seq {missing[0]}", "seqs")
+                for r in rows:
+                    if r.status != ItemStatus.FAILED:
+                        raise RpcError(WRONG_STATE, f"item {r.seq} is {r.status}; only FAILED items can be "
+                                                    f"refunded", "seqs")
+            n = conn.execute(select(func.count()).where(refunds.c.order_no == order_no)).scalar_one()
+            refund_no = f"{order_no}-F{n + 1:02d}"
+            total = sum(r.amount for r in rows)
+            at = self._at()
+            who = f"{caller.transport}:{caller.identity}"[:200]
+            self._rpc_entry(conn, caller, "refund.request", params,
+                            f"refund.request {order_no}: {refund_no}, {len(rows)} items, {total} fen, "
+                            f"approved by {approved_by}: {reason}", order_no)
+            conn.execute(insert(refunds).values(
+                refund_no=refund_no, order_no=order_no, bank_id=o["bank_id"], state=RefundState.NEW,
+                total_count=len(rows), total_amount=total, reason=reason, approved_by=approved_by,
+                caller=who, attempts=0, created_at=at, updated_at=at))
+            conn.execute(insert(refund_items), [
+                {"refund_no": refund_no, "seq": r.seq, "order_no": order_no, "batch_no": r.batch_no,
+                 "amount": r.amount} for r in rows])
+            changed = conn.execute(update(items).where(
+                items.c.order_no == order_no, items.c.status == ItemStatus.FAILED,
+                items.c.seq.in_([r.seq for r in rows])).values(status=ItemStatus.REFUND_PENDING)).rowcount
+            if changed != len(rows):
+                raise RpcError(WRONG_STATE, "items changed while the refund was being recorded; ask again")
+            check_conservation(conn, order_no)
+            return {"refund_no": refund_no, "items": len(rows), "amount": total, "bank_id": o["bank_id"]}
+        result = await self.db.run(request)
+        self._wake(result["bank_id"])
+        return result
+
+    async def refund_status(self, params: dict, caller: Caller) -> dict:
+        _known(params, {"refund_no"})
+        refund_no = _str(params, "refund_no", max_len=64)
+
+        def read(conn: Connection) -> dict:
+            r = conn.execute(select(refunds).where(refunds.c.refund_no == refund_no)).mappings().one_or_none()
+            if r is None:
+                raise RpcError(UNKNOWN_REFUND, f"no refund {refund_no!r}", "refund_no")
+            self._rpc_entry(conn, caller, "refund.status", params, f"refund.status {refund_no}",
+                            r["order_no"])
+            return {"refund_no": refund_no, "order_no": r["order_no"], "state": r["state"],
+                    "count": r["total_count"], "amount": r["total_amount"],
+                    "bank_serial": r["refund_serial"], "returned_to": mask(r["returned_to"]) or None,
+                    "refund_amount": r["refund_amount"], "reject_code": r["reject_code"]}
+        return await self.db.run(read)
 
     async def health(self, params: dict, caller: Caller) -> dict:
         _known(params, set())

@@ -166,6 +166,52 @@ class JournalHead(Base):
     last_hash: Mapped[str] = mapped_column(String(64))
 
 
+class RefundState:
+    NEW = "NEW"                # created by refund.request, RF01 not sent yet
+    SUBMITTING = "SUBMITTING"  # RF01 journaled as sent; RQ01 first after a crash
+    ACCEPTED = "ACCEPTED"      # RF01 answered 0000; following RQ01
+    DONE = "DONE"              # the bank returned the money
+    REFUSED = "REFUSED"        # RF01 answered an E code
+    RJCT = "RJCT"              # the bank refused the refund after accepting it
+
+    LIVE = (NEW, SUBMITTING, ACCEPTED)
+
+
+class Refund(Base):
+    """A refund to the original channel (原渠道退回) of items that cannot be paid."""
+
+    __tablename__ = "refunds"
+    refund_no: Mapped[str] = mapped_column(String(64), primary_key=True)
+    order_no: Mapped[str] = mapped_column(String(64), index=True)
+    bank_id: Mapped[str] = mapped_column(String(32), index=True)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    total_count: Mapped[int] = mapped_column(Integer)
+    total_amount: Mapped[int] = mapped_column(BigInteger)
+    reason: Mapped[str] = mapped_column(String(200))
+    approved_by: Mapped[str] = mapped_column(String(100))
+    caller: Mapped[str] = mapped_column(String(200))
+    refund_serial: Mapped[str | None] = mapped_column(String(64))
+    returned_to: Mapped[str | None] = mapped_column(String(32))
+    refund_amount: Mapped[int | None] = mapped_column(BigInteger)
+    reject_code: Mapped[str | None] = mapped_column(String(8))
+    reject_msg: Mapped[str | None] = mapped_column(String(500))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_check_at: Mapped[int | None] = mapped_column(BigInteger)
+    created_at: Mapped[str] = mapped_column(String(40))
+    updated_at: Mapped[str] = mapped_column(String(40))
+
+
+class RefundItem(Base):
+    """One item of a refund, with the batch that reported it failed."""
+
+    __tablename__ = "refund_items"
+    refund_no: Mapped[str] = mapped_column(String(64), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    order_no: Mapped[str] = mapped_column(String(64))
+    batch_no: Mapped[str] = mapped_column(String(64))
+    amount: Mapped[int] = mapped_column(BigInteger)
+
+
 class Correction(Base):
     """A correction (信息更正) of a failed item, with its evidence; every one is kept."""
 
@@ -209,3 +255,5 @@ journal = JournalEntry.__table__
 journal_head = JournalHead.__table__
 alarms = Alarm.__table__
 corrections = Correction.__table__
+refunds = Refund.__table__
+refund_items = RefundItem.__table__

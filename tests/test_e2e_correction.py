@@ -1,4 +1,4 @@
-"""Failures -> corrections through the RPC (Unix socket) -> RETRY batch -> paid, end to end.
+"""Failures -> corrections through the RPC (Unix socket) -> RETRY batch -> paid -> refund -> SETTLED.
 
 The daemon runs as its own process; the test is the department: it reads the
 failed items from the core simulator, corrects the fixable ones through
@@ -39,7 +39,8 @@ async def refused(p, method, **params):
 async def test_failed_items_corrected_over_rpc_are_paid_by_a_retry_batch(reactor, tmp_path, db_url):
     """Fixable failures corrected with evidence go out in {OrderNo}-R02 with OrigBatchNo and are
     paid once; an unfixable one (R010) and a correction without evidence are refused and change
-    nothing; a retry with nothing corrected is refused."""
+    nothing; a retry with nothing corrected is refused; the unfixable items are refunded (RF01,
+    RQ01) and the order is SETTLED with every fen paid or returned."""
     s = spec("CORR0001", 30, failures={"R001": 0.2, "R010": 0.1}, seed=11)
     p, keys, sims, cfg = await install(reactor, tmp_path, [s], db_url)
     daemon = harness.Daemon(cfg, p.log)
@@ -78,6 +79,22 @@ async def test_failed_items_corrected_over_rpc_are_paid_by_a_retry_batch(reactor
             res = await sims.core.results("CORR0001")
             return all(res[seq]["status"] == "PAID" for seq in fixable)
         await wait_for(reactor, fixed_paid, 90, "corrected items paid", daemon)
+
+        # What cannot be paid (the deceased) goes back to the original channel.
+        e = await refused(p, "refund.request", order_no="CORR0001", seqs=[fixable[0]],
+                          reason="退回", approved_by="李科长")
+        assert e.code == WRONG_STATE                 # paid items are never refunded
+        e = await refused(p, "refund.request", order_no="CORR0001", seqs="all_failed", reason="退回")
+        assert e.code == MISSING_EVIDENCE and e.field == "approved_by"
+        refund = await rpc(p, "refund.request", order_no="CORR0001", seqs="all_failed",
+                           reason="账户人已故，原渠道退回", approved_by="李科长")
+        assert refund["refund_no"] == "CORR0001-F01" and refund["items"] == len(deceased)
+
+        async def settled():
+            o = (await sims.core.summary())["orders"]["CORR0001"]
+            return o["state"] == "SETTLED" and o["results"].get("REFUNDED", {}).get("count") == len(deceased)
+        await wait_for(reactor, settled, 90, "the refund done and the order SETTLED", daemon)
+        refund_status = await rpc(p, "refund.status", refund_no="CORR0001-F01")
         status = await rpc(p, "order.status", order_no="CORR0001")
     finally:
         rc = daemon.stop()
@@ -99,7 +116,11 @@ async def test_failed_items_corrected_over_rpc_are_paid_by_a_retry_batch(reactor
         assert seq not in credits
     paid_first = sum(1 for pos in range(1, s.count + 1) if datagen.intended_outcome(s, pos) == "0000")
     assert len(credits) == paid_first + len(fixable)
-    assert status["state"] == "DISPATCHED"      # the deceased recipients' money awaits a refund
+    assert refund_status["state"] == "DONE" and refund_status["bank_serial"]
+    assert refund_status["refund_amount"] == refund["amount"]
+    assert status["state"] == "SETTLED"
+    assert set(status["items"]) == {"PAID", "REFUNDED"}
+    assert sum(v["amount"] for v in status["items"].values()) == status["total_amount"]
     # Every call is journaled with its caller: the corrections with their evidence, the refusals too.
     shown = gatewayctl(cfg, "journal", "show", "--order", "CORR0001", "--limit", "1000").stdout
     rpc_lines = [line for line in shown.splitlines() if "/rpc " in line]
