@@ -178,6 +178,7 @@ class CnBankSettings:
     max_clock_skew_s: int
     late_return_window_days: int
     status_poll_s: float
+    return_poll_s: float
 
 
 @dataclass(frozen=True)
@@ -312,6 +313,7 @@ _CNBANK = {
     "max_clock_skew_s": _Field(int, 300, _positive),
     "late_return_window_days": _Field(int, 30, _positive),
     "status_poll_s": _Field(float, 5.0, _positive),
+    "return_poll_s": _Field(float, 3600.0, _positive),   # BQ01 of DONE batches, for late returns
 }
 
 

@@ -36,7 +36,7 @@ from gateway.faults import Faults
 from gateway.journal import Entry, Journal
 from gateway.masking import mask
 from gateway.models import (BatchState, ItemStatus, OrderState, RefundState, alarms, batches, items,
-                            orders, refund_items, refunds)
+                            late_returns, orders, refund_items, refunds)
 from gateway.validation import OrderValidator, header_problems
 from protocols import cnbank_files as files
 from protocols.money import format_yuan
@@ -235,6 +235,8 @@ class BankFlow:
             await self._guard(f"retry order {order_no}", self.create_retry_batch(order_no))
         for b in await self.db.run(self._live_batches):
             await self._guard(f"advance batch {b['batch_no']}", self.advance(b))
+        for b in await self.db.run(self._batches_watching_returns):
+            await self._guard(f"late returns of {b['batch_no']}", self.query(b))
         for r in await self.db.run(self._live_refunds):
             await self._guard(f"advance refund {r['refund_no']}", self.advance_refund(r))
         await self._guard("push results", self.push_results())
@@ -269,6 +271,15 @@ class BankFlow:
         return list(conn.execute(select(orders.c.order_no).where(
             orders.c.bank_id == self.bank_id, orders.c.retry_requested == 1,
             orders.c.state == OrderState.DISPATCHED).order_by(orders.c.order_no)).scalars())
+
+    def _batches_watching_returns(self, conn: Connection) -> list[dict]:
+        """DONE batches still inside the late-return window whose next BQ01 is due."""
+        now = self.now()
+        window = self.bank.cnbank.late_return_window_days * 86400
+        return [dict(r) for r in conn.execute(select(batches).where(
+            batches.c.bank_id == self.bank_id, batches.c.state == BatchState.DONE,
+            batches.c.done_at >= int(now - window), batches.c.next_check_at <= int(now))
+            .order_by(batches.c.batch_no)).mappings()]
 
     def _live_batches(self, conn: Connection) -> list[dict]:
         return [dict(r) for r in conn.execute(select(batches).where(
@@ -611,7 +622,11 @@ class BankFlow:
                 return
             if was == BatchState.SUBMITTING and status in ("RCVD", "PROC", "DONE"):
                 self._accept(conn, b, None)
-            if status == "RJCT":
+            if was == BatchState.DONE:
+                self._apply_returns(conn, b, inc.fields.get("Returns") or [], jid)
+                conn.execute(update(batches).where(batches.c.batch_no == b["batch_no"]).values(
+                    next_check_at=int(self.now() + self.bank.cnbank.return_poll_s)))
+            elif status == "RJCT":
                 self._reject(conn, b, inc, jid)
             elif status == "DONE":
                 conn.execute(update(batches).where(batches.c.batch_no == b["batch_no"]).values(
@@ -621,8 +636,51 @@ class BankFlow:
                 conn.execute(update(batches).where(batches.c.batch_no == b["batch_no"]).values(
                     next_check_at=int(self.now() + self.bank.cnbank.status_poll_s)))
         await self.db.run(record)
-        if status == "DONE" and inc.ret_code == "0000":
+        if status == "DONE" and inc.ret_code == "0000" and was != BatchState.DONE:
             await self.fetch_results(b["batch_no"])
+
+    def _apply_returns(self, conn: Connection, b: dict, returns: list[dict], jid: int) -> None:
+        """Late returns (退票): a PAID item of this batch goes back to FAILED, once per ReturnSerial.
+
+        A return naming an item that is not PAID in this batch, or another amount, is not
+        applied: it is alarmed for an operator, since money may have moved twice.
+        """
+        changed = False
+        for r in returns:
+            serial = r.get("ReturnSerial")
+            seen = conn.execute(select(late_returns.c.return_serial).where(
+                late_returns.c.bank_id == self.bank_id, late_returns.c.return_serial == serial)).first()
+            if seen is not None:
+                continue
+            n = conn.execute(update(items).where(
+                items.c.order_no == b["order_no"], items.c.seq == r.get("Seq"),
+                items.c.batch_no == b["batch_no"], items.c.status == ItemStatus.PAID,
+                items.c.amount == r.get("Amount")).values(
+                status=ItemStatus.FAILED, reason_code=r.get("ReasonCode"),
+                reason_text=f"late return {serial} on {r.get('ReturnDate')}"[:200],
+                bank_serial=serial, result_at=_post_date(str(r.get("ReturnDate") or "")))).rowcount
+            if n != 1:
+                self._alarm(conn, "critical", "late-return-unmatched",
+                            f"bank returned seq {r.get('Seq')} of {b['batch_no']} ({serial}, "
+                            f"{r.get('Amount')} fen), which is not a PAID item of that batch: not applied",
+                            order_no=b["order_no"], batch_no=b["batch_no"], journal_id=jid)
+                continue
+            conn.execute(insert(late_returns).values(
+                return_serial=serial, bank_id=self.bank_id, batch_no=b["batch_no"],
+                order_no=b["order_no"], seq=r.get("Seq"), amount=r.get("Amount"),
+                reason_code=r.get("ReasonCode"), return_date=str(r.get("ReturnDate") or ""),
+                applied_at=self.at(), journal_id=jid))
+            log.info("{bank}: late return {serial}: seq {seq} of {batch} is FAILED again ({code})",
+                     bank=self.bank_id, serial=serial, seq=r.get("Seq"), batch=b["batch_no"],
+                     code=r.get("ReasonCode"))
+            changed = True
+        if changed:
+            check_conservation(conn, b["order_no"])
+            conn.execute(update(orders).where(orders.c.order_no == b["order_no"]).values(
+                results_pending=1, updated_at=self.at()))
+            conn.execute(update(orders).where(orders.c.order_no == b["order_no"],
+                                              orders.c.state == OrderState.SETTLED)
+                         .values(state=OrderState.DISPATCHED))
 
     def _reject(self, conn: Connection, b: dict, inc: Incoming, jid: int) -> None:
         """RJCT: nothing of the batch was paid; its items go out again in a new batch.
@@ -756,7 +814,8 @@ class BankFlow:
                                   verified="ok"))
         conn.execute(update(batches).where(batches.c.batch_no == b["batch_no"]).values(
             state=BatchState.DONE, succ_cnt=header.succ_cnt, succ_amt=header.succ_amt,
-            fail_cnt=header.fail_cnt, fail_amt=header.fail_amt, updated_at=self.at()))
+            fail_cnt=header.fail_cnt, fail_amt=header.fail_amt, updated_at=self.at(),
+            done_at=int(self.now()), next_check_at=int(self.now() + self.bank.cnbank.return_poll_s)))
         per_order = check_conservation(conn, b["order_no"])
         settled = set(per_order) <= {ItemStatus.PAID, ItemStatus.REFUNDED}
         conn.execute(update(orders).where(orders.c.order_no == b["order_no"]).values(

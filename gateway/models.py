@@ -128,6 +128,7 @@ class Batch(Base):
     created_at: Mapped[str] = mapped_column(String(40))
     updated_at: Mapped[str] = mapped_column(String(40))
     next_check_at: Mapped[int | None] = mapped_column(BigInteger)  # reactor seconds, whole
+    done_at: Mapped[int | None] = mapped_column(BigInteger)  # reactor seconds: late returns asked until + window
 
 
 class JournalEntry(Base):
@@ -212,6 +213,22 @@ class RefundItem(Base):
     amount: Mapped[int] = mapped_column(BigInteger)
 
 
+class LateReturn(Base):
+    """A paid item the bank later returned (退票), applied once per ReturnSerial."""
+
+    __tablename__ = "late_returns"
+    return_serial: Mapped[str] = mapped_column(String(64), primary_key=True)
+    bank_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    batch_no: Mapped[str] = mapped_column(String(64))
+    order_no: Mapped[str] = mapped_column(String(64), index=True)
+    seq: Mapped[int] = mapped_column(Integer)
+    amount: Mapped[int] = mapped_column(BigInteger)
+    reason_code: Mapped[str] = mapped_column(String(8))
+    return_date: Mapped[str] = mapped_column(String(8))
+    applied_at: Mapped[str] = mapped_column(String(40))
+    journal_id: Mapped[int] = mapped_column(Integer)
+
+
 class Correction(Base):
     """A correction (信息更正) of a failed item, with its evidence; every one is kept."""
 
@@ -256,4 +273,5 @@ journal_head = JournalHead.__table__
 alarms = Alarm.__table__
 corrections = Correction.__table__
 refunds = Refund.__table__
+late_returns = LateReturn.__table__
 refund_items = RefundItem.__table__

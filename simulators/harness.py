@@ -80,7 +80,7 @@ class Ports:
 
 def write_config(p: Paths, keys: Keys, ports: Ports, *, db_url: str | None = None,
                  poll_s: float = 0.5, status_poll_s: float = 0.3, results_chunk: int = 5000,
-                 crash_after: str = "", token: str | None = None) -> Path:
+                 crash_after: str = "", token: str | None = None, return_poll_s: float = 3600) -> Path:
     """conf/gateway.toml and conf/banks/cnbank-demo.toml for this installation."""
     p.banks.mkdir(parents=True, exist_ok=True)
     token = token or secrets.token_hex(16)
@@ -149,6 +149,7 @@ out_dir = "/out"
 
 [cnbank]
 status_poll_s = {status_poll_s}
+return_poll_s = {return_poll_s}
 """)
     return p.conf / "gateway.toml"
 

@@ -80,6 +80,7 @@ class InProcess:
 
 
 async def in_process(reactor, tmp_path, specs, db_url=None, **config) -> InProcess:
+    """An installation whose daemon service is built in this reactor (not started): tick it."""
     p = harness.Paths(tmp_path / "inst")
     keys = harness.make_keys(p)
     sims = await harness.start_simulators(reactor, p, keys, specs, token="test-token")
