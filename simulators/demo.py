@@ -2,36 +2,81 @@
 
 Everything runs on loopback under one folder (var/demo by default, recreated
 each run), the daemon on its embedded SQLite as its own process. Progress is
-printed while the orders move; at the end a summary per order shows items
-and amounts PAID and FAILED by reason, whether the money is conserved, and
-whether the bank's ledger shows each paid item credited exactly once. The
-exit code is 0 only if every order reached the state it should.
+printed while the orders move. When the bank's results are in, the demo plays
+the department (业务科室) through the daemon's RPC: fixable failures are
+corrected (with who confirmed and who approved) and sent again in a RETRY
+batch, unfixable ones (R009, R010) are refunded to the original channel. At
+the end a summary per order shows items and amounts PAID first time, PAID on
+retry, REFUNDED, and FAILED by reason, whether the money is conserved, and
+whether the bank's ledger shows each paid item credited exactly once. The exit
+code is 0 only if every order reached the state it should (SETTLED, or
+INVALID for the order with a wrong header total).
 """
 
 from __future__ import annotations
 
 import argparse
 import shutil
-import time
+import secrets
 from pathlib import Path
 
 from twisted.internet import defer, task
 
+from twisted.internet.threads import deferToThread
+
+from gateway import rpc_client
 from simulators import datagen, harness
-from simulators.outcomes import REASONS
+from simulators.outcomes import REASONS, outcome_for_account
+
+
+NOT_FIXABLE = {"R009", "R010"}
 
 
 def expected_state(o: dict) -> str:
+    return "INVALID" if o["corrupt"] else "SETTLED"
+
+
+def first_pass_done(o: dict) -> bool:
     if o["corrupt"]:
-        return "INVALID"
-    return "SETTLED" if set(o["intended"]) <= {"0000"} else "DISPATCHED"
+        return o["state"] == "INVALID"
+    return o["state"] in ("DISPATCHED", "SETTLED") and o["reported_items"] == o["item_count"]
 
 
 def order_done(o: dict) -> bool:
     want = expected_state(o)
     if want == "INVALID":
         return o["state"] == "INVALID"
-    return o["state"] == want and o["reported_items"] == o["item_count"]
+    return o["state"] == want and o["reported_items"] == o["item_count"] and \
+        o["results"].get("FAILED", {}).get("count", 0) == 0
+
+
+def new_account(seq: int) -> str:
+    """A corrected account the simulated bank credits (never a 99NN failing pattern)."""
+    acct = f"6228480{seq:08d}0000"
+    assert outcome_for_account(acct) == "0000"
+    return acct
+
+
+async def play_department(p: harness.Paths, sims, order_no: str) -> dict:
+    """What the department does with one order's failures, through the daemon's RPC."""
+    results = await sims.core.results(order_no)
+    fix = sorted(seq for seq, r in results.items() if r["status"] == "FAILED"
+                 and r["reason_code"] not in NOT_FIXABLE)
+    refund = sorted(seq for seq, r in results.items() if r["status"] == "FAILED"
+                    and r["reason_code"] in NOT_FIXABLE)
+
+    def rpc(method, **params):
+        return deferToThread(rpc_client.call, method, params, unix_path=str(p.rpc_socket))
+    for seq in fix:
+        await rpc("item.correct", order_no=order_no, seq=seq, account_no=new_account(seq),
+                  confirmed_by="收款人本人（电话确认）", approved_by="科室负责人 李明",
+                  approval_ref=f"更正审批〔2026〕{seq}号")
+    if fix:
+        await rpc("order.retry", order_no=order_no)
+    if refund:
+        await rpc("refund.request", order_no=order_no, seqs=refund,
+                  reason="重复明细/账户人已故，原渠道退回", approved_by="科室负责人 李明")
+    return {"corrected": len(fix), "refund_requested": len(refund)}
 
 
 def fen(n: int) -> str:
@@ -41,11 +86,14 @@ def fen(n: int) -> str:
 def print_progress(summary: dict, started: float, clock) -> None:
     parts = []
     for no, o in sorted(summary["orders"].items()):
-        parts.append(f"{no}: {o['state']:<10} {o['reported_items']:>6}/{o['item_count']:<6}")
+        r = o["results"]
+        parts.append(f"{no[-4:]}: {o['state']:<10} paid {r.get('PAID', {}).get('count', 0):>5} "
+                     f"failed {r.get('FAILED', {}).get('count', 0):>3} "
+                     f"refunded {r.get('REFUNDED', {}).get('count', 0):>3}")
     print(f"[{clock.seconds() - started:6.1f}s] " + " | ".join(parts), flush=True)
 
 
-def print_summary(summary: dict, ledger: dict[str, dict]) -> bool:
+def print_summary(summary: dict, ledger: dict[str, dict], statuses: dict[str, dict]) -> bool:
     ok_all = True
     print()
     print("=" * 100)
@@ -55,8 +103,10 @@ def print_summary(summary: dict, ledger: dict[str, dict]) -> bool:
         want = expected_state(o)
         reached = order_done(o)
         r = o["results"]
-        paid = r.get("PAID", {"count": 0, "amount": 0})
-        failed = r.get("FAILED", {"count": 0, "amount": 0})
+        zero = {"count": 0, "amount": 0}
+        paid = r.get("PAID", zero)
+        failed = r.get("FAILED", zero)
+        refunded = r.get("REFUNDED", zero)
         print(f"\n{no}  state {o['state']} (expected {want}) {'OK' if reached else 'NOT REACHED'}")
         print(f"  funded   {o['total_count']:>7} items {fen(o['total_amount']):>16}")
         if want == "INVALID":
@@ -65,23 +115,48 @@ def print_summary(summary: dict, ledger: dict[str, dict]) -> bool:
             print(f"  INVALID: {reasons[:3]}")
             ok_all &= reached
             continue
-        print(f"  PAID     {paid['count']:>7} items {fen(paid['amount']):>16}")
-        print(f"  FAILED   {failed['count']:>7} items {fen(failed['amount']):>16}")
-        by_reason = o.get("failed_by_reason", {})
+        retry = [b for b in statuses.get(no, {}).get("batches", []) if b["kind"] == "RETRY"]
+        retried = sum(b["count"] for b in retry)
+        retried_amt = sum(b["amount"] for b in retry)
+        print(f"  PAID     {paid['count']:>7} items {fen(paid['amount']):>16}"
+              f"   of which {retried} items {fen(retried_amt)} on retry ({', '.join(b['batch_no'] for b in retry) or '-'})")
+        print(f"  REFUNDED {refunded['count']:>7} items {fen(refunded['amount']):>16}   原渠道退回")
+        print(f"  FAILED   {failed['count']:>7} items {fen(failed['amount']):>16}   still open")
+        by_reason = o.get("failed_first_by_reason", {})
+        if by_reason:
+            print("  first-pass failures by reason:")
         for code in sorted(by_reason):
             v = by_reason[code]
-            print(f"    {code} {REASONS.get(code, ('?',))[0]:<10} {v['count']:>6} items {fen(v['amount']):>14}")
-        conserved = paid["amount"] + failed["amount"] == o["total_amount"] and \
-            paid["count"] + failed["count"] == o["total_count"]
+            what = "refunded" if code in NOT_FIXABLE else "corrected and retried"
+            print(f"    {code} {REASONS.get(code, ('?',))[0]:<10} {v['count']:>6} items {fen(v['amount']):>14}  {what}")
+        conserved = paid["amount"] + failed["amount"] + refunded["amount"] == o["total_amount"] and \
+            paid["count"] + failed["count"] + refunded["count"] == o["total_count"]
         bank = ledger.get(no, {"count": 0, "amount": 0, "double": 0})
         credited_once = bank["count"] == paid["count"] and bank["amount"] == paid["amount"] \
             and bank["double"] == 0
-        print(f"  money conserved (paid + failed = funded): {'yes' if conserved else 'NO'}")
+        print(f"  money conserved (paid + refunded + failed = funded): {'yes' if conserved else 'NO'}")
         print(f"  bank ledger: {bank['count']} credits, {fen(bank['amount'])}, "
               f"double credits {bank['double']}: {'each paid item credited once' if credited_once else 'MISMATCH'}")
         ok_all &= reached and conserved and credited_once
     print()
     return ok_all
+
+
+class DemoStuck(Exception):
+    pass
+
+
+async def wait_all(reactor, env, daemon, p, started, timeout, done, what) -> dict:
+    while True:
+        await task.deferLater(reactor, 1.0, lambda: None)
+        summary = await env.core.summary()
+        print_progress(summary, started, reactor)
+        if all(done(o) for o in summary["orders"].values()):
+            return summary
+        if not daemon.running():
+            raise DemoStuck(f"gatewayd exited early with {daemon.proc.returncode}; see {p.log}")
+        if reactor.seconds() - started > timeout:
+            raise DemoStuck(f"timed out after {timeout}s waiting for {what}; see {p.log}")
 
 
 async def run(args) -> int:
@@ -94,7 +169,7 @@ async def run(args) -> int:
     print(f"demo folder: {p.root}")
     keys = harness.make_keys(p)
     specs = datagen.load_seed(args.seed)
-    token = "demo-" + str(int(time.time()))
+    token = secrets.token_hex(16)
     env = await harness.start_simulators(reactor, p, keys, specs, token=token)
     config = harness.write_config(p, keys, env.ports, token=token)
     harness.migrate(config)
@@ -104,25 +179,35 @@ async def run(args) -> int:
     started = reactor.seconds()
     result = 1
     try:
-        while True:
-            await task.deferLater(reactor, 1.0, lambda: None)
-            summary = await env.core.summary()
-            print_progress(summary, started, reactor)
-            if all(order_done(o) for o in summary["orders"].values()):
-                break
-            if not daemon.running():
-                print(f"gatewayd exited early with {daemon.proc.returncode}; see {p.log}")
-                break
-            if reactor.seconds() - started > args.timeout:
-                print(f"timed out after {args.timeout}s")
-                break
+        first = await wait_all(reactor, env, daemon, p, started, args.timeout, first_pass_done,
+                               "the bank's first results")
+        # Failures by reason as the bank first reported them, before the department acts.
+        first = await env.failed_by_reason(first)
+        print("\nthe department corrects what it can and refunds the rest (through gatewayctl rpc):")
+        for no, o in sorted(first["orders"].items()):
+            if o["state"] == "DISPATCHED":
+                done = await play_department(p, env, no)
+                print(f"  {no}: {done['corrected']} corrected and sent again, "
+                      f"{done['refund_requested']} to be refunded")
+        print()
+        final = await wait_all(reactor, env, daemon, p, started, args.timeout, order_done,
+                               "every order SETTLED")
+        statuses = {}
+        for no, o in final["orders"].items():
+            if not o["corrupt"]:
+                statuses[no] = await deferToThread(rpc_client.call, "order.status", {"order_no": no},
+                                                   unix_path=str(p.rpc_socket))
         code = daemon.stop()
         print(f"gatewayd stopped on SIGTERM with exit code {code}")
         summary = await env.failed_by_reason(await env.core.summary())
+        for no, o in summary["orders"].items():
+            o["failed_first_by_reason"] = first["orders"][no]["failed_by_reason"]
         ledger = await env.ledger_by_order()
-        ok = print_summary(summary, ledger)
+        ok = print_summary(summary, ledger, statuses)
         print("ALL ORDERS REACHED THEIR EXPECTED STATE" if ok else "SOME ORDERS DID NOT REACH THEIR EXPECTED STATE")
         result = 0 if ok and code == 0 else 1
+    except DemoStuck as e:
+        print(str(e))
     finally:
         daemon.stop()
         await env.stop()
