@@ -187,6 +187,10 @@ class BankFlow:
         self.last_poll = float("-inf")
         self.wake_poll = False
         self.stopping = False   # set on SIGTERM: finish the current step, start no other
+        # A step that failed waits before it is tried again (doubling, capped), so a fault
+        # that persists (a 4xx from the core, a bank that refuses) is not retried and
+        # alarmed every tick. Kept in memory: a restart tries everything at once.
+        self._backoff: dict[str, tuple[float, float]] = {}
 
     # --- helpers ------------------------------------------------------------
 
@@ -243,7 +247,8 @@ class BankFlow:
         await self._guard("push order states", self.push_states())
 
     async def _guard(self, what: str, coro) -> None:
-        if self.stopping:
+        until, delay = self._backoff.get(what, (0.0, 0.0))
+        if self.stopping or self.now() < until:
             coro.close()
             return
         try:
@@ -254,6 +259,11 @@ class BankFlow:
             log.warn("{bank}: {what}: {error}; will try again", bank=self.bank_id, what=what, error=e)
         except Exception:
             log.failure("{bank}: {what} failed", bank=self.bank_id, what=what)
+        else:
+            self._backoff.pop(what, None)
+            return
+        delay = min(max(2 * delay, 1.0), 300.0)
+        self._backoff[what] = (self.now() + delay, delay)
 
     def _orders_in(self, conn: Connection, states) -> list[str]:
         return list(conn.execute(select(orders.c.order_no).where(

@@ -177,3 +177,21 @@ async def test_late_return_turns_paid_back_to_failed_once_then_correction_pays_a
 
 async def _core_status(env, order_no, seq, status):
     return (await env.sims.core.results(order_no)).get(seq, {}).get("status") == status
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_persisting_contract_fault_is_alarmed_once_not_every_tick(reactor, tmp_path):
+    """The core refuses our token (401, a contract fault): it is journaled and alarmed, and the
+    failed step then waits (backoff) instead of raising a new alarm on every tick."""
+    s = spec("AUTH0001", 3)
+    env = await in_process(reactor, tmp_path, [s])
+    try:
+        env.flow.core._auth = b"Bearer not-the-token"
+        for _ in range(10):
+            await env.flow.tick()
+        alarms = await env.query("select kind, message from alarms")
+        assert len(alarms) == 1 and alarms[0]["kind"] == "core-contract" and "401" in alarms[0]["message"]
+        faults = await env.query("select verified from journal where verified like 'failed: HTTP 401%'")
+        assert len(faults) == 1
+    finally:
+        await env.close()
