@@ -4,8 +4,8 @@ Each method validates its params whole before touching anything (a refusal
 changes nothing), and a method that changes state writes its journal entry,
 naming the caller, in the same transaction as the change. Implemented so far:
 order.submit, order.status, item.correct, order.retry, refund.request,
-refund.status, health. batch.confirm, batch.dispute and report.monthly are
-not implemented yet and answer METHOD_NOT_FOUND, so a client can tell.
+refund.status, batch.confirm, batch.dispute, health. report.monthly is not
+implemented yet and answers METHOD_NOT_FOUND, so a client can tell.
 """
 
 from __future__ import annotations
@@ -18,14 +18,14 @@ from sqlalchemy import Connection, func, insert, select, update
 from twisted.internet import defer
 from zope.interface import implementer
 
-from gateway.flow import check_conservation, iso
+from gateway.flow import check_conservation, iso, raise_alarm
 from gateway.journal import Entry, Journal
 from gateway.masking import mask
-from gateway.models import (BatchState, ItemStatus, OrderState, RefundState, batches, corrections, items,
-                            orders, refund_items, refunds)
+from gateway.models import (BatchState, ItemStatus, OrderState, RefundState, batches, corrections,
+                            disputes, items, orders, refund_items, refunds)
 from gateway.rpc_api import (INVALID_PARAMS, METHOD_NOT_FOUND, MISSING_EVIDENCE, NOT_ALLOWED,
-                             UNKNOWN_ITEM, UNKNOWN_ORDER, UNKNOWN_REFUND, WRONG_STATE, Caller, ICommands,
-                             RpcError)
+                             UNKNOWN_BATCH, UNKNOWN_ITEM, UNKNOWN_ORDER, UNKNOWN_REFUND, WRONG_STATE,
+                             Caller, ICommands, RpcError)
 from gateway.validation import ACCOUNT, id_number_problem
 
 # cnbank.md item reason codes that a correction cannot fix: the money goes back by refund.
@@ -69,6 +69,7 @@ class Commands:
         return {"order.submit": self.order_submit, "order.status": self.order_status,
                 "item.correct": self.item_correct, "order.retry": self.order_retry,
                 "refund.request": self.refund_request, "refund.status": self.refund_status,
+                "batch.confirm": self.batch_confirm, "batch.dispute": self.batch_dispute,
                 "health": self.health}
 
     def call(self, method: str, params: dict, caller: Caller):
@@ -304,6 +305,83 @@ class Commands:
                     "bank_serial": r["refund_serial"], "returned_to": mask(r["returned_to"]) or None,
                     "refund_amount": r["refund_amount"], "reject_code": r["reject_code"]}
         return await self.db.run(read)
+
+    @staticmethod
+    def _done_batch(conn: Connection, batch_no: str) -> dict:
+        b = conn.execute(select(batches).where(batches.c.batch_no == batch_no)).mappings().one_or_none()
+        if b is None:
+            raise RpcError(UNKNOWN_BATCH, f"no batch {batch_no!r}", "batch_no")
+        if b["state"] != BatchState.DONE:
+            raise RpcError(WRONG_STATE, f"batch {batch_no} is {b['state']}; only a batch whose results "
+                                        f"are in (DONE) can be checked or disputed", "batch_no")
+        return dict(b)
+
+    def _today(self) -> str:
+        return self._at()[:10]
+
+    async def batch_confirm(self, params: dict, caller: Caller) -> dict:
+        """The department has checked the bank's results of a batch (article 26)."""
+        _known(params, {"batch_no", "confirmed_by"})
+        batch_no = _str(params, "batch_no", max_len=64)
+        if not isinstance(params.get("confirmed_by"), str) or not params["confirmed_by"].strip():
+            raise RpcError(MISSING_EVIDENCE, "confirmed_by is required", "confirmed_by")
+        who = _str(params, "confirmed_by")
+
+        def confirm(conn: Connection) -> dict:
+            b = self._done_batch(conn, batch_no)
+            if b["confirmed_by"]:
+                raise RpcError(WRONG_STATE, f"batch {batch_no} was confirmed by {b['confirmed_by']} at "
+                                            f"{b['confirmed_at']}", "batch_no")
+            on_time = b["confirm_due"] is None or self._today() <= b["confirm_due"]
+            self._rpc_entry(conn, caller, "batch.confirm", params,
+                            f"batch.confirm {batch_no} by {who}"
+                            + ("" if on_time else f", after its due date {b['confirm_due']}"), b["order_no"])
+            conn.execute(update(batches).where(batches.c.batch_no == batch_no).values(
+                confirmed_by=who, confirmed_at=self._at()))
+            return {"batch_no": batch_no, "confirmed_by": who, "confirm_due": b["confirm_due"],
+                    "on_time": on_time, "dispute_due": b["dispute_due"]}
+        return await self.db.run(confirm)
+
+    async def batch_dispute(self, params: dict, caller: Caller) -> dict:
+        """Report an error in a batch's results to the bank (DP01), tracked against its deadline."""
+        _known(params, {"batch_no", "seqs", "reason", "raised_by"})
+        batch_no = _str(params, "batch_no", max_len=64)
+        reason = _str(params, "reason", max_len=200)
+        raised_by = _str(params, "raised_by")
+        seqs = params.get("seqs")
+        if (not isinstance(seqs, list) or not seqs or len(seqs) > 10000 or len(set(seqs)) != len(seqs)
+                or not all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in seqs)):
+            raise RpcError(INVALID_PARAMS, "seqs must be a list of distinct positive integers", "seqs")
+
+        def dispute(conn: Connection) -> dict:
+            b = self._done_batch(conn, batch_no)
+            have = set(conn.execute(select(items.c.seq).where(
+                items.c.order_no == b["order_no"], items.c.seq.in_(seqs),
+                (items.c.batch_no == batch_no) | (items.c.orig_batch_no == batch_no))).scalars())
+            missing = sorted(set(seqs) - have)
+            if missing:
+                raise RpcError(UNKNOWN_ITEM, f"seq {missing[0]} is not an item of batch {batch_no}", "seqs")
+            n = conn.execute(select(func.count()).where(disputes.c.batch_no == batch_no)).scalar_one()
+            dispute_no = f"{batch_no}-D{n + 1:02d}"
+            on_time = b["dispute_due"] is None or self._today() <= b["dispute_due"]
+            at = self._at()
+            jid = self._rpc_entry(conn, caller, "batch.dispute", params,
+                                  f"batch.dispute {batch_no}: {dispute_no}, {len(seqs)} items, raised by "
+                                  f"{raised_by}: {reason}", b["order_no"])
+            conn.execute(insert(disputes).values(
+                dispute_no=dispute_no, batch_no=batch_no, order_no=b["order_no"], bank_id=b["bank_id"],
+                seqs=json.dumps(sorted(seqs)), reason=reason, raised_by=raised_by, state="NEW",
+                due=b["dispute_due"], on_time=int(on_time), attempts=0, created_at=at, updated_at=at))
+            if not on_time:
+                raise_alarm(conn, at, "warning", "dispute-overdue",
+                            f"dispute {dispute_no} of batch {batch_no} raised after its due date "
+                            f"{b['dispute_due']} (article 26: 3 working days)", bank_id=b["bank_id"],
+                            order_no=b["order_no"], batch_no=batch_no, journal_id=jid)
+            return {"dispute_no": dispute_no, "batch_no": batch_no, "due": b["dispute_due"],
+                    "on_time": on_time, "bank_id": b["bank_id"]}
+        result = await self.db.run(dispute)
+        self._wake(result.pop("bank_id"))
+        return result
 
     async def health(self, params: dict, caller: Caller) -> dict:
         _known(params, set())

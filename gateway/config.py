@@ -230,7 +230,10 @@ class GatewayConfig:
     banks: dict[str, BankConfig]
     log_format: str
     crash_after: str
-    rpc: RpcSettings | None = None  # test hook: "" or a named point, see gateway/faults.py
+    rpc: RpcSettings | None = None
+    calendar: Any = None               # gateway.workdays.WorkCalendar, or None: deadlines not tracked
+    confirm_working_days: int = 5
+    dispute_working_days: int = 3  # test hook: "" or a named point, see gateway/faults.py
 
 
 _GATEWAY_TOP = {
@@ -241,6 +244,7 @@ _GATEWAY_TOP = {
     "banks": _Field(dict),
     "log": _Field(dict, {}),
     "rpc": _Field(dict, None),
+    "calendar": _Field(dict, None),
     "testing": _Field(dict, {}),
 }
 _DATABASE = {"url": _Field(str), "threads": _Field(int, 1, _positive)}
@@ -260,6 +264,11 @@ _RPC = {
     "unix_mode": _Field(str, "0660", _pattern(r"0[0-7][0-7]0", "an octal mode giving others nothing, e.g. 0660")),
     "tcp_port": _Field(int, 0, lambda v: None if 0 <= v < 65536 else "must be 0 (off) or a port"),
     "token_file": _Field(str, "", path=True),
+}
+_CALENDAR = {
+    "dir": _Field(str, path=True),
+    "confirm_working_days": _Field(int, 5, _positive),   # article 26: the department checks within 5
+    "dispute_working_days": _Field(int, 3, _positive),   # and reports errors within 3 more
 }
 _LOG = {"format": _Field(str, "auto", _one_of("auto", "text", "json"))}
 _TESTING = {"crash_after": _Field(str, "")}
@@ -376,6 +385,15 @@ def load(path: str | os.PathLike) -> GatewayConfig:
     banks_t = r.table(top["banks"] or {}, "banks", _BANKS)
     log = r.table(top["log"] or {}, "log", _LOG)
     testing = r.table(top["testing"] or {}, "testing", _TESTING)
+    calendar, cal = None, {"confirm_working_days": 5, "dispute_working_days": 3}
+    if top["calendar"] is not None:
+        cal = r.table(top["calendar"], "calendar", _CALENDAR)
+        if cal.get("dir"):
+            from gateway.workdays import CalendarError, load_calendar
+            try:
+                calendar = load_calendar(cal["dir"])
+            except CalendarError as e:
+                errors.extend(e.errors)
     rpc = None
     if top["rpc"] is not None:
         rt = r.table(top["rpc"], "rpc", _RPC)
@@ -423,6 +441,8 @@ def load(path: str | os.PathLike) -> GatewayConfig:
                           results_chunk=core["results_chunk"],
                           retry_max_delay_s=core["retry_max_delay_s"]),
         banks=banks, log_format=log["format"], crash_after=testing["crash_after"], rpc=rpc,
+        calendar=calendar, confirm_working_days=cal["confirm_working_days"],
+        dispute_working_days=cal["dispute_working_days"],
     )
 
 

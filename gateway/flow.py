@@ -35,8 +35,8 @@ from gateway.db import Database, executemany
 from gateway.faults import Faults
 from gateway.journal import Entry, Journal
 from gateway.masking import mask
-from gateway.models import (BatchState, ItemStatus, OrderState, RefundState, alarms, batches, items,
-                            late_returns, orders, refund_items, refunds)
+from gateway.models import (BatchState, ItemStatus, OrderState, RefundState, alarms, batches, disputes,
+                            items, late_returns, orders, refund_items, refunds)
 from gateway.validation import OrderValidator, header_problems
 from protocols import cnbank_files as files
 from protocols.money import format_yuan
@@ -243,6 +243,8 @@ class BankFlow:
             await self._guard(f"late returns of {b['batch_no']}", self.query(b))
         for r in await self.db.run(self._live_refunds):
             await self._guard(f"advance refund {r['refund_no']}", self.advance_refund(r))
+        await self._guard("send disputes", self.send_disputes())
+        await self._guard("check deadlines", self.check_deadlines())
         await self._guard("push results", self.push_results())
         await self._guard("push order states", self.push_states())
 
@@ -649,6 +651,73 @@ class BankFlow:
         if status == "DONE" and inc.ret_code == "0000" and was != BatchState.DONE:
             await self.fetch_results(b["batch_no"])
 
+    def today(self) -> datetime.date:
+        return datetime.datetime.fromtimestamp(self.now(), CST).date()
+
+    def _deadlines(self, conn: Connection, b: dict) -> tuple[str | None, str | None]:
+        """Article 26 deadlines from the results' arrival, in working days of the calendar in conf/."""
+        cal = self.cfg.calendar
+        if cal is None:
+            return None, None
+        try:
+            confirm = cal.add_working_days(self.today(), self.cfg.confirm_working_days)
+            dispute = cal.add_working_days(confirm, self.cfg.dispute_working_days)
+        except LookupError as e:   # CalendarGap: the year's holidays are not in conf/calendar/
+            self._alarm(conn, "warning", "calendar-gap",
+                        f"no deadline for batch {b['batch_no']}: {e}", order_no=b["order_no"],
+                        batch_no=b["batch_no"])
+            return None, None
+        return confirm.isoformat(), dispute.isoformat()
+
+    async def check_deadlines(self) -> None:
+        """Batches whose results were not checked (batch.confirm) by their due date: one alarm each."""
+        def check(conn: Connection) -> None:
+            today = self.today().isoformat()
+            for b in conn.execute(select(batches.c.batch_no, batches.c.order_no, batches.c.confirm_due)
+                                  .where(batches.c.bank_id == self.bank_id,
+                                         batches.c.state == BatchState.DONE,
+                                         batches.c.confirmed_by.is_(None),
+                                         batches.c.overdue_alarmed == 0,
+                                         batches.c.confirm_due < today)):
+                self._alarm(conn, "warning", "confirm-overdue",
+                            f"the results of batch {b.batch_no} were due to be checked (batch.confirm) "
+                            f"by {b.confirm_due} (article 26) and are not", order_no=b.order_no,
+                            batch_no=b.batch_no)
+                conn.execute(update(batches).where(batches.c.batch_no == b.batch_no)
+                             .values(overdue_alarmed=1))
+        await self.db.run(check)
+
+    async def send_disputes(self) -> None:
+        """DP01 for disputes not yet accepted; a resend carries the same DisputeNo (idempotent)."""
+        for d in await self.db.run(lambda c: [dict(r) for r in c.execute(select(disputes).where(
+                disputes.c.bank_id == self.bank_id,
+                disputes.c.state.in_(("NEW", "SUBMITTING")))).mappings()]):
+            ref = {"order_no": d["order_no"], "batch_no": d["dispute_no"]}
+            fields = {"DisputeNo": d["dispute_no"], "BatchNo": d["batch_no"],
+                      "Seqs": [str(x) for x in json.loads(d["seqs"])], "Reason": d["reason"]}
+
+            def mark(conn: Connection, no=d["dispute_no"]) -> None:
+                conn.execute(update(disputes).where(disputes.c.dispute_no == no).values(
+                    state="SUBMITTING", attempts=disputes.c.attempts + 1, updated_at=self.at()))
+            inc = await self._send(ref, "DP01", fields, before=mark)
+            if inc is None:
+                continue
+
+            def record(conn: Connection, d=d, inc=inc, ref=ref) -> None:
+                jid = self._journal_in(conn, ref, inc)
+                if inc.ret_code == "0000" and inc.fields.get("Accepted") == "Y":
+                    conn.execute(update(disputes).where(disputes.c.dispute_no == d["dispute_no"])
+                                 .values(state="ACCEPTED", updated_at=self.at()))
+                elif inc.ret_code in RETRYABLE_REFUSALS:
+                    pass
+                else:
+                    conn.execute(update(disputes).where(disputes.c.dispute_no == d["dispute_no"])
+                                 .values(state="REFUSED", updated_at=self.at()))
+                    self._alarm(conn, "critical", "dispute-refused",
+                                f"bank refused dispute {d['dispute_no']}: {inc.ret_code} {inc.ret_msg}",
+                                order_no=d["order_no"], batch_no=d["batch_no"], journal_id=jid)
+            await self.db.run(record)
+
     def _apply_returns(self, conn: Connection, b: dict, returns: list[dict], jid: int) -> None:
         """Late returns (退票): a PAID item of this batch goes back to FAILED, once per ReturnSerial.
 
@@ -822,10 +891,12 @@ class BankFlow:
                                   f"{header.fail_amt} fen, SM3 {fetched.sm3}",
                                   payload_file=cipher, order_no=b["order_no"], batch_no=b["batch_no"],
                                   verified="ok"))
+        confirm_due, dispute_due = self._deadlines(conn, b)
         conn.execute(update(batches).where(batches.c.batch_no == b["batch_no"]).values(
             state=BatchState.DONE, succ_cnt=header.succ_cnt, succ_amt=header.succ_amt,
             fail_cnt=header.fail_cnt, fail_amt=header.fail_amt, updated_at=self.at(),
-            done_at=int(self.now()), next_check_at=int(self.now() + self.bank.cnbank.return_poll_s)))
+            done_at=int(self.now()), next_check_at=int(self.now() + self.bank.cnbank.return_poll_s),
+            confirm_due=confirm_due, dispute_due=dispute_due))
         per_order = check_conservation(conn, b["order_no"])
         settled = set(per_order) <= {ItemStatus.PAID, ItemStatus.REFUNDED}
         conn.execute(update(orders).where(orders.c.order_no == b["order_no"]).values(

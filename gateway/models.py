@@ -129,6 +129,11 @@ class Batch(Base):
     updated_at: Mapped[str] = mapped_column(String(40))
     next_check_at: Mapped[int | None] = mapped_column(BigInteger)  # reactor seconds, whole
     done_at: Mapped[int | None] = mapped_column(BigInteger)  # reactor seconds: late returns asked until + window
+    confirm_due: Mapped[str | None] = mapped_column(String(10))   # article 26: check within 5 working days
+    dispute_due: Mapped[str | None] = mapped_column(String(10))   # and report errors within 3 more
+    confirmed_by: Mapped[str | None] = mapped_column(String(100))
+    confirmed_at: Mapped[str | None] = mapped_column(String(40))
+    overdue_alarmed: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class JournalEntry(Base):
@@ -229,6 +234,25 @@ class LateReturn(Base):
     journal_id: Mapped[int] = mapped_column(Integer)
 
 
+class Dispute(Base):
+    """An error in a batch's results reported to the bank (DP01), article 26."""
+
+    __tablename__ = "disputes"
+    dispute_no: Mapped[str] = mapped_column(String(64), primary_key=True)
+    batch_no: Mapped[str] = mapped_column(String(64), index=True)
+    order_no: Mapped[str] = mapped_column(String(64))
+    bank_id: Mapped[str] = mapped_column(String(32), index=True)
+    seqs: Mapped[str] = mapped_column(Text)             # JSON list
+    reason: Mapped[str] = mapped_column(String(200))
+    raised_by: Mapped[str] = mapped_column(String(100))
+    state: Mapped[str] = mapped_column(String(16), index=True)  # NEW, SUBMITTING, ACCEPTED, REFUSED
+    due: Mapped[str | None] = mapped_column(String(10))
+    on_time: Mapped[int | None] = mapped_column(Integer)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[str] = mapped_column(String(40))
+    updated_at: Mapped[str] = mapped_column(String(40))
+
+
 class Correction(Base):
     """A correction (信息更正) of a failed item, with its evidence; every one is kept."""
 
@@ -274,4 +298,5 @@ alarms = Alarm.__table__
 corrections = Correction.__table__
 refunds = Refund.__table__
 late_returns = LateReturn.__table__
+disputes = Dispute.__table__
 refund_items = RefundItem.__table__

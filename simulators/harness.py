@@ -21,6 +21,7 @@ from protocols.cnbank_envelope import EnvelopeSettings
 from simulators import sftp_server
 
 BANK_ID = "cnbank-demo"
+CALENDAR_DIR = Path(__file__).resolve().parent.parent / "conf" / "calendar"
 GATEWAY_SENDER = "GW3301"
 BANK_RECEIVER = "CNBANK01"
 PAYER_ACCT = "6222020200112233445"
@@ -116,6 +117,9 @@ format = "text"
 
 [rpc]
 unix_socket = "{p.rpc_socket}"
+
+[calendar]
+dir = "{CALENDAR_DIR}"
 {testing}""")
     host_line = sftp_server.public_key_line(keys.bank_host + ".pub" if os.path.exists(keys.bank_host + ".pub")
                                             else keys.bank_host)

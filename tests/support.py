@@ -73,6 +73,11 @@ class InProcess:
         from sqlalchemy import text
         return self.db.run(lambda c: [dict(r) for r in c.execute(text(sql), params).mappings()])
 
+    def execute(self, sql: str, **params):
+        """Change the database behind the daemon's back (to stand for time passing, say)."""
+        from sqlalchemy import text
+        return self.db.run(lambda c: c.execute(text(sql), params).rowcount)
+
     async def close(self):
         self.gw.database.stop()
         await self.gw.core.close()

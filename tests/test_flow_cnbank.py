@@ -195,3 +195,65 @@ async def test_a_persisting_contract_fault_is_alarmed_once_not_every_tick(reacto
         assert len(faults) == 1
     finally:
         await env.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_article_26_confirmation_dispute_and_overdue_alarms(reactor, tmp_path):
+    """A DONE batch gets its check and dispute deadlines in working days from conf/calendar;
+    batch.confirm records the check once; batch.dispute sends DP01 and the bank accepts it;
+    a check not made by its due date raises one alarm (not one per tick); a dispute raised
+    after its due date is sent but alarmed."""
+    import datetime as dt
+
+    from gateway.rpc_api import MISSING_EVIDENCE, UNKNOWN_BATCH, WRONG_STATE, Caller, RpcError
+    s1, s2 = spec("ART26001", 4), spec("ART26002", 4, seed=9)
+    env = await in_process(reactor, tmp_path, [s1, s2])
+    call = env.gw.commands.call
+    caller = Caller("unix", "uid=0,gid=0")
+
+    async def refused(method, params):
+        try:
+            await call(method, params, caller)
+        except RpcError as e:
+            return e
+        raise AssertionError(f"{method} was not refused")
+    try:
+        await env.until(lambda: _eq(_count(env, "select count(*) n from batches where state='DONE'"), 2),
+                        what="both batches DONE")
+        b = (await env.query("select confirm_due, dispute_due from batches where batch_no='ART26001-P01'"))[0]
+        today = dt.datetime.fromtimestamp(reactor.seconds(), dt.timezone(dt.timedelta(hours=8))).date()
+        cal = env.cfg.calendar
+        assert b["confirm_due"] == cal.add_working_days(today, 5).isoformat()
+        assert b["dispute_due"] == cal.add_working_days(cal.add_working_days(today, 5), 3).isoformat()
+
+        assert (await refused("batch.confirm", {"batch_no": "NOPE-P01", "confirmed_by": "王"})).code == UNKNOWN_BATCH
+        assert (await refused("batch.confirm", {"batch_no": "ART26001-P01"})).code == MISSING_EVIDENCE
+        r = await call("batch.confirm", {"batch_no": "ART26001-P01", "confirmed_by": "财务科 王芳"}, caller)
+        assert r["on_time"] is True
+        assert (await refused("batch.confirm", {"batch_no": "ART26001-P01", "confirmed_by": "王"})).code == WRONG_STATE
+
+        seq = datagen.item(s1, 2)["seq"]
+        d = await call("batch.dispute", {"batch_no": "ART26001-P01", "seqs": [seq],
+                                         "reason": "到账金额与明细不符", "raised_by": "财务科 王芳"}, caller)
+        assert d["dispute_no"] == "ART26001-P01-D01" and d["on_time"] is True
+        await env.until(lambda: env.query("select 1 from disputes where state='ACCEPTED'"), what="DP01 accepted")
+        assert [x["dispute_no"] for x in env.sims.bank.ledger.disputes()] == ["ART26001-P01-D01"]
+
+        # Time passes: the second batch's check and dispute dates are behind us.
+        assert await env.execute("update batches set confirm_due='2026-01-05', dispute_due='2026-01-08' "
+                                 "where batch_no='ART26002-P01'") == 1
+        for _ in range(5):
+            await env.flow.tick()
+        overdue = await env.query("select batch_no from alarms where kind='confirm-overdue'")
+        assert overdue == [{"batch_no": "ART26002-P01"}]
+        late = await call("batch.dispute", {"batch_no": "ART26002-P01", "seqs": [datagen.item(s2, 1)["seq"]],
+                                            "reason": "户名不符", "raised_by": "财务科 王芳"}, caller)
+        assert late["on_time"] is False
+        assert await env.query("select batch_no from alarms where kind='dispute-overdue'") == [
+            {"batch_no": "ART26002-P01"}]
+    finally:
+        await env.close()
+
+
+async def _count(env, sql):
+    return (await env.query(sql))[0]["n"]
