@@ -179,6 +179,7 @@ class CnBankSettings:
     late_return_window_days: int
     status_poll_s: float
     return_poll_s: float
+    result_working_days: int
 
 
 @dataclass(frozen=True)
@@ -323,6 +324,7 @@ _CNBANK = {
     "late_return_window_days": _Field(int, 30, _positive),
     "status_poll_s": _Field(float, 5.0, _positive),
     "return_poll_s": _Field(float, 3600.0, _positive),   # BQ01 of DONE batches, for late returns
+    "result_working_days": _Field(int, 2, _positive),    # the bank's deadline for a batch's results
 }
 
 

@@ -597,7 +597,8 @@ class BankFlow:
                                     f"were waiting to be sent")
         conn.execute(update(batches).where(batches.c.batch_no == b["batch_no"]).values(
             state=BatchState.ACCEPTED, bank_batch_no=bank_batch_no, updated_at=self.at(),
-            next_check_at=int(self.now() + self.bank.cnbank.status_poll_s)))
+            next_check_at=int(self.now() + self.bank.cnbank.status_poll_s),
+            bank_due=self._working_days_from_today(conn, b, self.bank.cnbank.result_working_days)))
         conn.execute(update(orders).where(orders.c.order_no == b["order_no"],
                                           orders.c.state == OrderState.LOADED)
                      .values(state=OrderState.DISPATCHED, updated_at=self.at()))
@@ -654,6 +655,17 @@ class BankFlow:
     def today(self) -> datetime.date:
         return datetime.datetime.fromtimestamp(self.now(), CST).date()
 
+    def _working_days_from_today(self, conn: Connection, b: dict, n: int) -> str | None:
+        cal = self.cfg.calendar
+        if cal is None:
+            return None
+        try:
+            return cal.add_working_days(self.today(), n).isoformat()
+        except LookupError as e:   # CalendarGap
+            self._alarm(conn, "warning", "calendar-gap", f"no deadline for batch {b['batch_no']}: {e}",
+                        order_no=b["order_no"], batch_no=b["batch_no"])
+            return None
+
     def _deadlines(self, conn: Connection, b: dict) -> tuple[str | None, str | None]:
         """Article 26 deadlines from the results' arrival, in working days of the calendar in conf/."""
         cal = self.cfg.calendar
@@ -670,7 +682,8 @@ class BankFlow:
         return confirm.isoformat(), dispute.isoformat()
 
     async def check_deadlines(self) -> None:
-        """Batches whose results were not checked (batch.confirm) by their due date: one alarm each."""
+        """One alarm per missed deadline: results not checked (batch.confirm) by their due date,
+        or not delivered by the bank by its due date."""
         def check(conn: Connection) -> None:
             today = self.today().isoformat()
             for b in conn.execute(select(batches.c.batch_no, batches.c.order_no, batches.c.confirm_due)
@@ -685,6 +698,16 @@ class BankFlow:
                             batch_no=b.batch_no)
                 conn.execute(update(batches).where(batches.c.batch_no == b.batch_no)
                              .values(overdue_alarmed=1))
+            for b in conn.execute(select(batches.c.batch_no, batches.c.order_no, batches.c.bank_due)
+                                  .where(batches.c.bank_id == self.bank_id,
+                                         batches.c.state == BatchState.ACCEPTED,
+                                         batches.c.bank_overdue_alarmed == 0,
+                                         batches.c.bank_due < today)):
+                self._alarm(conn, "critical", "bank-overdue",
+                            f"the bank owed the results of batch {b.batch_no} by {b.bank_due} and they "
+                            f"are not in", order_no=b.order_no, batch_no=b.batch_no)
+                conn.execute(update(batches).where(batches.c.batch_no == b.batch_no)
+                             .values(bank_overdue_alarmed=1))
         await self.db.run(check)
 
     async def send_disputes(self) -> None:

@@ -134,6 +134,8 @@ class Batch(Base):
     confirmed_by: Mapped[str | None] = mapped_column(String(100))
     confirmed_at: Mapped[str | None] = mapped_column(String(40))
     overdue_alarmed: Mapped[int] = mapped_column(Integer, default=0)
+    bank_due: Mapped[str | None] = mapped_column(String(10))      # the bank owes its results by then
+    bank_overdue_alarmed: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class JournalEntry(Base):

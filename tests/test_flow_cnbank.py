@@ -257,3 +257,28 @@ async def test_article_26_confirmation_dispute_and_overdue_alarms(reactor, tmp_p
 
 async def _count(env, sql):
     return (await env.query(sql))[0]["n"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_results_not_in_by_the_bank_deadline_raise_one_alarm(reactor, tmp_path):
+    """An accepted batch gets the bank's deadline (result_working_days of the calendar); when
+    the bank has not delivered by then, one critical alarm is raised, not one per tick."""
+    import datetime as dt
+    s = spec("SLOW0001", 3)
+    env = await in_process(reactor, tmp_path, [s])
+    try:
+        env.sims.bank.processing_delay_s = 3600          # the bank sits on the batch
+        await env.until(lambda: env.query("select 1 from batches where state='ACCEPTED'"), what="accepted")
+        due = (await env.query("select bank_due from batches"))[0]["bank_due"]
+        today = dt.datetime.fromtimestamp(reactor.seconds(), dt.timezone(dt.timedelta(hours=8))).date()
+        assert due == env.cfg.calendar.add_working_days(today, 2).isoformat()
+        for _ in range(3):
+            await env.flow.tick()
+        assert await env.query("select 1 from alarms where kind='bank-overdue'") == []
+        assert await env.execute("update batches set bank_due='2026-01-05'") == 1   # time passes
+        for _ in range(5):
+            await env.flow.tick()
+        alarms = await env.query("select batch_no, severity from alarms where kind='bank-overdue'")
+        assert alarms == [{"batch_no": "SLOW0001-P01", "severity": "critical"}]
+    finally:
+        await env.close()
