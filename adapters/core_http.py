@@ -249,7 +249,8 @@ class CoreClient:
             else:
                 if code < 300:
                     return code, result
-                if 400 <= code < 500:
+                if code < 500:
+                    # 4xx, and 3xx too: the contract has no redirects, so neither is retried blindly.
                     raise CoreContractError(method, url, code, result if isinstance(result, bytes) else b"")
                 problem = f"HTTP {code}"
             if attempt == self.attempts or self._closing:

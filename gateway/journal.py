@@ -170,7 +170,8 @@ def verify_chain(conn: Connection, archive_dir: str, *, check_payloads: bool = T
     if head is None:
         return ChainReport(False, 0, None, "the journal_head row is missing: the journal's end "
                                             "cannot be checked")
-    rows = conn.execute(select(journal).order_by(journal.c.id)).mappings()
+    rows = conn.execution_options(yield_per=1000).execute(
+        select(journal).order_by(journal.c.id)).mappings()   # streamed: a journal has millions of rows
     for row in rows:
         n += 1
         rid = row["id"]

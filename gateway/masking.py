@@ -40,9 +40,12 @@ def mask_fields(fields: dict) -> dict:
         if isinstance(v, dict):
             out[k] = mask_fields(v)
         elif isinstance(v, list):
-            out[k] = [mask_fields(x) if isinstance(x, dict) else x for x in v]
-        elif k in SENSITIVE_FIELDS and isinstance(v, str):
-            out[k] = mask(v)
+            out[k] = [mask_fields(x) if isinstance(x, dict)
+                      else mask(str(x)) if k in SENSITIVE_FIELDS and isinstance(x, (str, int))
+                      else x for x in v]
+        elif k in SENSITIVE_FIELDS and isinstance(v, (str, int)) and not isinstance(v, bool):
+            # An account sent as a JSON number is still an account number.
+            out[k] = mask(str(v))
         else:
             out[k] = v
     return out
