@@ -18,7 +18,7 @@ from sqlalchemy import Connection, func, insert, select, update
 from twisted.internet import defer
 from zope.interface import implementer
 
-from gateway.flow import check_conservation, iso, raise_alarm
+from gateway.rules import check_conservation, iso, raise_alarm
 from gateway.journal import Entry, Journal
 from gateway.masking import mask
 from gateway.models import (BatchState, ItemStatus, OrderState, RefundState, batches, corrections,

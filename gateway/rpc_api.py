@@ -10,8 +10,12 @@ fault. Codes -32768..-32000 are JSON-RPC's own; the gateway's are 1001 upwards.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import zope.interface
+
+if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
 
 # JSON-RPC 2.0's reserved codes.
 PARSE_ERROR = -32700

@@ -197,7 +197,7 @@ async def run(args) -> int:
             if not o["corrupt"]:
                 statuses[no] = await deferToThread(rpc_client.call, "order.status", {"order_no": no},
                                                    unix_path=str(p.rpc_socket))
-        code = daemon.stop()
+        code = await daemon.stop_async(reactor)
         print(f"gatewayd stopped on SIGTERM with exit code {code}")
         summary = await env.failed_by_reason(await env.core.summary())
         for no, o in summary["orders"].items():

@@ -182,7 +182,25 @@ class Daemon:
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    async def stop_async(self, reactor, timeout: float = 30) -> int | None:
+        """SIGTERM, then wait without blocking the reactor: the simulators in this process
+        must keep answering, or a daemon finishing its last step would wait on them."""
+        from twisted.internet import task
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            deadline = reactor.seconds() + timeout
+            while self.proc.poll() is None and reactor.seconds() < deadline:
+                await task.deferLater(reactor, 0.05, lambda: None)
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
     def stop(self, timeout: float = 30) -> int | None:
+        """Blocking stop, for cleanup paths; while the reactor waits here the simulators in
+        this process cannot answer the daemon, so prefer stop_async."""
         if self.proc is None:
             return None
         if self.proc.poll() is None:

@@ -54,7 +54,7 @@ async def _paid_end_to_end(reactor, p, sims, cfg, specs):
             return s if all(order_finished(o) for o in s["orders"].values()) else None
         summary = await wait_for(reactor, done, 90, "every order finished", daemon)
     finally:
-        rc = daemon.stop()
+        rc = await daemon.stop_async(reactor)
     assert rc == 0, p.log.read_text()[-2000:]
     orders = summary["orders"]
     assert orders["E2E0001"]["state"] == "DISPATCHED"       # failures wait for correction
@@ -124,7 +124,7 @@ async def _crash_and_resume(reactor, p, keys, sims, cfg, s):
             return o["reported_items"] == s.count
         await wait_for(reactor, done, 90, "the batch to complete after restart", daemon)
     finally:
-        rc = daemon.stop()
+        rc = await daemon.stop_async(reactor)
     assert rc == 0
     assert sims.bank.accepted_count(batch, "BP01") == 1
     assert len(sims.bank.requests("BP01", batch)) == 1      # no second BP01 was even sent

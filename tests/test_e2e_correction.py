@@ -97,7 +97,7 @@ async def test_failed_items_corrected_over_rpc_are_paid_by_a_retry_batch(reactor
         refund_status = await rpc(p, "refund.status", refund_no="CORR0001-F01")
         status = await rpc(p, "order.status", order_no="CORR0001")
     finally:
-        rc = daemon.stop()
+        rc = await daemon.stop_async(reactor)
         try:
             assert rc == 0
             credits = {}

@@ -205,7 +205,7 @@ class CnBankSimulator:
 
         async def go() -> None:
             for p in self._ports:
-                await p.stopListening()
+                await defer.maybeDeferred(p.stopListening)   # None from some ports, a Deferred from others
             self._ports.clear()
             if self._sftp_factory is not None:
                 self._sftp_factory.disconnect_all()

@@ -1,0 +1,110 @@
+"""Article 26: the department checks a batch within working days, disputes go to the bank.
+
+Deadlines are counted in working days of the calendar in conf/calendar (never
+weekday arithmetic): the check (batch.confirm) within 5 of the results
+arriving, errors reported (DP01) within 3 more, and the bank's own deadline for
+a batch's results. Each missed deadline raises one alarm.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+
+from sqlalchemy import Connection, select, update
+
+from gateway.models import BatchState, batches, disputes
+from gateway.rules import CST, RETRYABLE_REFUSALS
+
+
+class Article26Steps:
+    """Steps of BankFlow (gateway/flow.py); `self` is the bank's flow."""
+
+    def today(self) -> datetime.date:
+        return datetime.datetime.fromtimestamp(self.now(), CST).date()
+
+    def _working_days_from_today(self, conn: Connection, b: dict, n: int) -> str | None:
+        cal = self.cfg.calendar
+        if cal is None:
+            return None
+        try:
+            return cal.add_working_days(self.today(), n).isoformat()
+        except LookupError as e:   # CalendarGap
+            self._alarm(conn, "warning", "calendar-gap", f"no deadline for batch {b['batch_no']}: {e}",
+                        order_no=b["order_no"], batch_no=b["batch_no"])
+            return None
+
+    def _deadlines(self, conn: Connection, b: dict) -> tuple[str | None, str | None]:
+        """Article 26 deadlines from the results' arrival, in working days of the calendar in conf/."""
+        cal = self.cfg.calendar
+        if cal is None:
+            return None, None
+        try:
+            confirm = cal.add_working_days(self.today(), self.cfg.confirm_working_days)
+            dispute = cal.add_working_days(confirm, self.cfg.dispute_working_days)
+        except LookupError as e:   # CalendarGap: the year's holidays are not in conf/calendar/
+            self._alarm(conn, "warning", "calendar-gap",
+                        f"no deadline for batch {b['batch_no']}: {e}", order_no=b["order_no"],
+                        batch_no=b["batch_no"])
+            return None, None
+        return confirm.isoformat(), dispute.isoformat()
+
+    async def check_deadlines(self) -> None:
+        """One alarm per missed deadline: results not checked (batch.confirm) by their due date,
+        or not delivered by the bank by its due date."""
+        def check(conn: Connection) -> None:
+            today = self.today().isoformat()
+            for b in conn.execute(select(batches.c.batch_no, batches.c.order_no, batches.c.confirm_due)
+                                  .where(batches.c.bank_id == self.bank_id,
+                                         batches.c.state == BatchState.DONE,
+                                         batches.c.confirmed_by.is_(None),
+                                         batches.c.overdue_alarmed == 0,
+                                         batches.c.confirm_due < today)):
+                self._alarm(conn, "warning", "confirm-overdue",
+                            f"the results of batch {b.batch_no} were due to be checked (batch.confirm) "
+                            f"by {b.confirm_due} (article 26) and are not", order_no=b.order_no,
+                            batch_no=b.batch_no)
+                conn.execute(update(batches).where(batches.c.batch_no == b.batch_no)
+                             .values(overdue_alarmed=1))
+            for b in conn.execute(select(batches.c.batch_no, batches.c.order_no, batches.c.bank_due)
+                                  .where(batches.c.bank_id == self.bank_id,
+                                         batches.c.state == BatchState.ACCEPTED,
+                                         batches.c.bank_overdue_alarmed == 0,
+                                         batches.c.bank_due < today)):
+                self._alarm(conn, "critical", "bank-overdue",
+                            f"the bank owed the results of batch {b.batch_no} by {b.bank_due} and they "
+                            f"are not in", order_no=b.order_no, batch_no=b.batch_no)
+                conn.execute(update(batches).where(batches.c.batch_no == b.batch_no)
+                             .values(bank_overdue_alarmed=1))
+        await self.db.run(check)
+
+    async def send_disputes(self) -> None:
+        """DP01 for disputes not yet accepted; a resend carries the same DisputeNo (idempotent)."""
+        for d in await self.db.run(lambda c: [dict(r) for r in c.execute(select(disputes).where(
+                disputes.c.bank_id == self.bank_id,
+                disputes.c.state.in_(("NEW", "SUBMITTING")))).mappings()]):
+            ref = {"order_no": d["order_no"], "batch_no": d["dispute_no"]}
+            fields = {"DisputeNo": d["dispute_no"], "BatchNo": d["batch_no"],
+                      "Seqs": [str(x) for x in json.loads(d["seqs"])], "Reason": d["reason"]}
+
+            def mark(conn: Connection, no=d["dispute_no"]) -> None:
+                conn.execute(update(disputes).where(disputes.c.dispute_no == no).values(
+                    state="SUBMITTING", attempts=disputes.c.attempts + 1, updated_at=self.at()))
+            inc = await self._send(ref, "DP01", fields, before=mark)
+            if inc is None:
+                continue
+
+            def record(conn: Connection, d=d, inc=inc, ref=ref) -> None:
+                jid = self._journal_in(conn, ref, inc)
+                if inc.ret_code == "0000" and inc.fields.get("Accepted") == "Y":
+                    conn.execute(update(disputes).where(disputes.c.dispute_no == d["dispute_no"])
+                                 .values(state="ACCEPTED", updated_at=self.at()))
+                elif inc.ret_code in RETRYABLE_REFUSALS:
+                    pass
+                else:
+                    conn.execute(update(disputes).where(disputes.c.dispute_no == d["dispute_no"])
+                                 .values(state="REFUSED", updated_at=self.at()))
+                    self._alarm(conn, "critical", "dispute-refused",
+                                f"bank refused dispute {d['dispute_no']}: {inc.ret_code} {inc.ret_msg}",
+                                order_no=d["order_no"], batch_no=d["batch_no"], journal_id=jid)
+            await self.db.run(record)

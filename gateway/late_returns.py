@@ -1,0 +1,72 @@
+"""Late returns (退票): a paid item the bank later sends back becomes FAILED again.
+
+DONE batches are asked BQ01 at a low rate for the bank's window; each
+ReturnSerial is applied once, and a return that matches no PAID item of the
+batch is alarmed, not applied.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import Connection, insert, select, update
+from twisted.logger import Logger
+
+from gateway.models import BatchState, ItemStatus, OrderState, batches, items, late_returns, orders
+from gateway.rules import check_conservation, post_date
+
+log = Logger()
+
+
+class LateReturnSteps:
+    """Steps of BankFlow (gateway/flow.py); `self` is the bank's flow."""
+
+    def _batches_watching_returns(self, conn: Connection) -> list[dict]:
+        """DONE batches still inside the late-return window whose next BQ01 is due."""
+        now = self.now()
+        window = self.bank.cnbank.late_return_window_days * 86400
+        return [dict(r) for r in conn.execute(select(batches).where(
+            batches.c.bank_id == self.bank_id, batches.c.state == BatchState.DONE,
+            batches.c.done_at >= int(now - window), batches.c.next_check_at <= int(now))
+            .order_by(batches.c.batch_no)).mappings()]
+
+    def _apply_returns(self, conn: Connection, b: dict, returns: list[dict], jid: int) -> None:
+        """Late returns (退票): a PAID item of this batch goes back to FAILED, once per ReturnSerial.
+
+        A return naming an item that is not PAID in this batch, or another amount, is not
+        applied: it is alarmed for an operator, since money may have moved twice.
+        """
+        changed = False
+        for r in returns:
+            serial = r.get("ReturnSerial")
+            seen = conn.execute(select(late_returns.c.return_serial).where(
+                late_returns.c.bank_id == self.bank_id, late_returns.c.return_serial == serial)).first()
+            if seen is not None:
+                continue
+            n = conn.execute(update(items).where(
+                items.c.order_no == b["order_no"], items.c.seq == r.get("Seq"),
+                items.c.batch_no == b["batch_no"], items.c.status == ItemStatus.PAID,
+                items.c.amount == r.get("Amount")).values(
+                status=ItemStatus.FAILED, reason_code=r.get("ReasonCode"),
+                reason_text=f"late return {serial} on {r.get('ReturnDate')}"[:200],
+                bank_serial=serial, result_at=post_date(str(r.get("ReturnDate") or "")))).rowcount
+            if n != 1:
+                self._alarm(conn, "critical", "late-return-unmatched",
+                            f"bank returned seq {r.get('Seq')} of {b['batch_no']} ({serial}, "
+                            f"{r.get('Amount')} fen), which is not a PAID item of that batch: not applied",
+                            order_no=b["order_no"], batch_no=b["batch_no"], journal_id=jid)
+                continue
+            conn.execute(insert(late_returns).values(
+                return_serial=serial, bank_id=self.bank_id, batch_no=b["batch_no"],
+                order_no=b["order_no"], seq=r.get("Seq"), amount=r.get("Amount"),
+                reason_code=r.get("ReasonCode"), return_date=str(r.get("ReturnDate") or ""),
+                applied_at=self.at(), journal_id=jid))
+            log.info("{bank}: late return {serial}: seq {seq} of {batch} is FAILED again ({code})",
+                     bank=self.bank_id, serial=serial, seq=r.get("Seq"), batch=b["batch_no"],
+                     code=r.get("ReasonCode"))
+            changed = True
+        if changed:
+            check_conservation(conn, b["order_no"])
+            conn.execute(update(orders).where(orders.c.order_no == b["order_no"]).values(
+                results_pending=1, updated_at=self.at()))
+            conn.execute(update(orders).where(orders.c.order_no == b["order_no"],
+                                              orders.c.state == OrderState.SETTLED)
+                         .values(state=OrderState.DISPATCHED))

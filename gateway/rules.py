@@ -1,0 +1,63 @@
+"""The rules every step of the flow holds to, shared by the flow's modules and the RPC.
+
+Conservation (domain.md rule 1) is checked from the items themselves; alarms
+are rows an operator sees; times are ISO 8601 at +08:00 as the core and banks
+write them.
+"""
+
+from __future__ import annotations
+
+import datetime
+
+from sqlalchemy import Connection, func, insert, select
+from twisted.logger import Logger
+
+from gateway.models import ItemStatus, alarms, items, orders
+
+log = Logger()
+CST = datetime.timezone(datetime.timedelta(hours=8))
+RETRYABLE_REFUSALS = ("E008", "E009")   # MsgId reused, clock skew: send again with a new MsgId
+
+
+class ConservationError(Exception):
+    """A change would break rule 1 (funded = paid + refunded + in flight); refused, not written."""
+
+
+class ResultRejected(Exception):
+    """A result file or reply that does not match our batch; applied not at all."""
+
+
+def iso(seconds: float) -> str:
+    return datetime.datetime.fromtimestamp(seconds, CST).isoformat(timespec="seconds")
+
+
+def raise_alarm(conn: Connection, at: str, severity: str, kind: str, message: str, *,
+                bank_id=None, order_no=None, batch_no=None, journal_id=None) -> None:
+    conn.execute(insert(alarms).values(at=at, severity=severity, kind=kind, bank_id=bank_id,
+                                       order_no=order_no, batch_no=batch_no, message=message,
+                                       journal_id=journal_id))
+    log.error("ALARM {kind} [{severity}] {message}", kind=kind, severity=severity, message=message)
+
+
+def check_conservation(conn: Connection, order_no: str) -> dict[str, tuple[int, int]]:
+    """Rule 1 for one order, from the items themselves; returns count and amount per status."""
+    o = conn.execute(select(orders.c.total_amount, orders.c.total_count)
+                     .where(orders.c.order_no == order_no)).one()
+    per = {r.status: (r.n, int(r.amt or 0)) for r in conn.execute(
+        select(items.c.status, func.count().label("n"), func.sum(items.c.amount).label("amt"))
+        .where(items.c.order_no == order_no).group_by(items.c.status))}
+    unknown = set(per) - set(ItemStatus.ALL)
+    n = sum(v[0] for v in per.values())
+    amt = sum(v[1] for v in per.values())
+    if unknown or n != o.total_count or amt != o.total_amount:
+        raise ConservationError(
+            f"order {order_no}: items hold {n} items / {amt} fen in states {sorted(per)}, "
+            f"funded {o.total_count} items / {o.total_amount} fen")
+    return per
+
+
+def post_date(d: str) -> str:
+    """'20261128' -> '2026-11-28T00:00:00+08:00' (the core wants ISO 8601 with offset)."""
+    if len(d) == 8 and d.isdigit():
+        return f"{d[:4]}-{d[4:6]}-{d[6:]}T00:00:00+08:00"
+    return d
