@@ -227,13 +227,15 @@ def test_foreign_keys_made_by_cryptography_are_refused():
         keyfile.load_sm2_private_key(ed)
 
 
-def test_encrypted_keys_are_refused_as_not_supported_yet():
-    """Encrypted PKCS#8 and legacy Proc-Type: ENCRYPTED PEM both get the clear 'not supported yet' message."""
+def test_encrypted_keys_without_passphrase_or_in_legacy_pem_are_refused_clearly():
+    """Encrypted PKCS#8 without a passphrase says one is needed; legacy Proc-Type: ENCRYPTED PEM is
+    refused with the conversion command (encrypted PKCS#8 itself is tested in test_keystore.py)."""
     p256 = ec.generate_private_key(ec.SECP256R1())
     enc = serialization.BestAvailableEncryption(b"pw")
-    for fmt in (serialization.PrivateFormat.PKCS8, serialization.PrivateFormat.TraditionalOpenSSL):
+    for fmt, message in ((serialization.PrivateFormat.PKCS8, "no passphrase was given"),
+                         (serialization.PrivateFormat.TraditionalOpenSSL, "legacy PEM encryption")):
         data = p256.private_bytes(serialization.Encoding.PEM, fmt, enc)
-        with pytest.raises(KeyFileError, match="encrypted keys are not supported yet"):
+        with pytest.raises(KeyFileError, match=message):
             keyfile.load_sm2_private_key(data)
 
 
