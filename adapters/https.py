@@ -1,0 +1,275 @@
+"""HTTPS with mutual TLS to an ISO 20022 bank: the transport under the `iso20022` adapter.
+
+Two calls, as iso20022.md's transport reads: `POST {base}/payments` with one
+pain.001 document, and `GET {base}/reports?since=cursor` for the bank's pain.002,
+camt.054 and camt.053 documents. The bank's server certificate is checked against
+the bank's CA and the configured host name (service-identity), and our client
+certificate is presented. Each call has one deadline on the reactor covering the
+connection, the request and the whole answer; an answer is read up to a byte cap
+and the connection is dropped past it. No retries here: the adapter decides, and
+a payment is safe to resend because the bank is idempotent on MsgId. Bodies are
+never logged (they carry names and account numbers).
+"""
+
+from __future__ import annotations
+
+import json
+from urllib.parse import urlencode, urlsplit
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from twisted.internet import defer, protocol, ssl
+from twisted.logger import Logger
+from twisted.web import client, http
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IBodyProducer, IPolicyForHTTPS
+from zope.interface import implementer
+
+log = Logger()
+
+_ERROR_BODY_CAP = 64 * 1024
+
+
+class HttpsError(Exception):
+    """The bank could not be reached, the TLS handshake failed, the call timed out, or the bank
+    answered with a status or body the contract does not allow. `status` is the HTTP status
+    (None when there was no answer); `body` the answer's bytes, capped (b"" when none)."""
+
+    def __init__(self, message: str, status: int | None = None, body: bytes = b""):
+        super().__init__(message)
+        self.status = status
+        self.body = body
+
+
+@implementer(IPolicyForHTTPS)
+class _MutualTLSPolicy:
+    """One client TLS configuration for every connection to the bank: its CA as the only trust
+    root, the name to check in its certificate, and our certificate and key."""
+
+    def __init__(self, server_name: str | None, ca_pem: bytes, client_cert_pem: bytes,
+                 client_key_pem: bytes):
+        try:
+            cas = x509.load_pem_x509_certificates(ca_pem)
+        except ValueError as e:
+            raise ValueError(f"ca_pem: not PEM certificates: {e}") from None
+        roots = [ssl.Certificate.loadPEM(c.public_bytes(serialization.Encoding.PEM)) for c in cas]
+        try:
+            mine = ssl.PrivateCertificate.loadPEM(client_key_pem + b"\n" + client_cert_pem)
+        except Exception as e:  # noqa: BLE001  (pyOpenSSL raises its own error types)
+            raise ValueError(f"client_cert_pem/client_key_pem: cannot load: {e}") from None
+        self.server_name = server_name
+        self.trust = roots[0] if len(roots) == 1 else ssl.trustRootFromCertificates(roots)
+        self.mine = mine
+        self._cache: dict[str, object] = {}
+
+    def creatorForNetloc(self, hostname: bytes, port: int):  # noqa: N802
+        name = self.server_name or hostname.decode("ascii")
+        creator = self._cache.get(name)
+        if creator is None:
+            creator = self._cache[name] = ssl.optionsForClientTLS(
+                name, trustRoot=self.trust, clientCertificate=self.mine)
+        return creator
+
+
+@implementer(IBodyProducer)
+class _Bytes:
+    def __init__(self, data: bytes):
+        self.data, self.length = data, len(data)
+
+    def startProducing(self, consumer):  # noqa: N802
+        consumer.write(self.data)
+        return defer.succeed(None)
+
+    def pauseProducing(self):  # noqa: N802
+        pass
+
+    def resumeProducing(self):  # noqa: N802
+        pass
+
+    def stopProducing(self):  # noqa: N802
+        pass
+
+
+class _Capped(protocol.Protocol):
+    """Collects a response body up to `limit` bytes; past it the connection is dropped and the
+    read fails. Cancelling `done` (the call's deadline) drops the connection too."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.buf: list[bytes] = []
+        self.size = 0
+        self.over = False
+        self.done = defer.Deferred(self._cancel)
+
+    def _cancel(self, _d) -> None:
+        if self.transport is not None:
+            self.transport.stopProducing()
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        if self.over:
+            return
+        self.size += len(data)
+        if self.size > self.limit:
+            self.over = True
+            self.buf = []
+            self.transport.stopProducing()
+            return
+        self.buf.append(data)
+
+    def connectionLost(self, reason) -> None:  # noqa: N802
+        if self.done.called:  # cancelled by the deadline
+            return
+        if self.over:
+            self.done.errback(HttpsError(f"answer exceeds {self.limit} bytes"))
+        elif reason.check(client.ResponseDone, http.PotentialDataLoss):
+            self.done.callback(b"".join(self.buf))
+        else:
+            self.done.errback(reason)
+
+
+class _QuietFactory(client._HTTP11ClientFactory):  # noqa: SLF001
+    noisy = False
+
+
+class HttpsBankClient:
+    """Calls one bank's ISO 20022 HTTPS interface with mutual TLS; one instance per bank.
+
+    `server_name` is the name checked in the bank's certificate when it differs from the
+    host in `base_url` (a bank reached by IP address, or through a tunnel)."""
+
+    def __init__(self, reactor, base_url: str, *, ca_pem: bytes, client_cert_pem: bytes,
+                 client_key_pem: bytes, server_name: str | None = None, timeout_s: float = 60,
+                 max_body: int = 256 << 20):
+        parts = urlsplit(base_url)
+        if parts.scheme != "https" or not parts.hostname:
+            raise ValueError(f"base_url {base_url!r}: must be an https:// URL with a host")
+        if timeout_s <= 0 or max_body <= 0:
+            raise ValueError("timeout_s and max_body must be positive")
+        self.reactor = reactor
+        self.base = base_url.rstrip("/")
+        self.timeout = timeout_s
+        self.max_body = max_body
+        self.pool = client.HTTPConnectionPool(reactor, persistent=True)
+        self.pool.maxPersistentPerHost = 2
+        self.pool._factory = _QuietFactory  # noqa: SLF001  (one log line per connection is noise)
+        policy = _MutualTLSPolicy(server_name, ca_pem, client_cert_pem, client_key_pem)
+        self.agent = client.Agent(reactor, contextFactory=policy, pool=self.pool,
+                                  connectTimeout=timeout_s)
+
+    def close(self) -> defer.Deferred:
+        """Close the idle persistent connections (at shutdown, and at the end of a test)."""
+        return self.pool.closeCachedConnections()
+
+    async def _exchange(self, method: bytes, url: str, headers: Headers, body: bytes | None,
+                        limit: int) -> tuple[int, bytes]:
+        resp = await self.agent.request(method, url.encode("ascii"), headers,
+                                        _Bytes(body) if body is not None else None)
+        cap = limit if 200 <= resp.code < 300 or resp.code == 409 else min(limit, _ERROR_BODY_CAP)
+        if resp.length is not client.UNKNOWN_LENGTH and resp.length > cap:
+            dropper = _Capped(0)  # drops the connection at the first byte
+            dropper.done.addErrback(lambda _f: None)
+            resp.deliverBody(dropper)
+            raise HttpsError(f"{method.decode()} {url}: answer of {resp.length} bytes exceeds "
+                             f"{cap}", resp.code)
+        reader = _Capped(cap)
+        resp.deliverBody(reader)
+        return resp.code, await reader.done
+
+    async def _timed(self, method: bytes, url: str, headers: Headers, body: bytes | None,
+                     limit: int) -> tuple[int, bytes]:
+        d = defer.ensureDeferred(self._exchange(method, url, headers, body, limit))
+        expired = []
+
+        def expire() -> None:
+            expired.append(True)
+            d.cancel()
+        deadline = self.reactor.callLater(self.timeout, expire)
+        try:
+            return await d
+        except Exception:
+            if expired:  # whatever the cancellation surfaced as, the cause is the deadline
+                raise HttpsError(f"{method.decode()} {url}: no complete answer within "
+                                 f"{self.timeout:g}s") from None
+            raise
+        finally:
+            if deadline.active():
+                deadline.cancel()
+
+    async def _call(self, method: bytes, url: str, headers: Headers, body: bytes | None,
+                    limit: int) -> tuple[int, bytes]:
+        try:
+            return await self._timed(method, url, headers, body, limit)
+        except HttpsError:
+            raise
+        except client.ResponseNeverReceived as e:
+            raise HttpsError(f"{method.decode()} {url}: no answer "
+                             f"({_reasons(e.reasons)})") from None
+        except client.ResponseFailed as e:
+            raise HttpsError(f"{method.decode()} {url}: answer broken off "
+                             f"({_reasons(e.reasons)})") from None
+        except Exception as e:  # noqa: BLE001  (connect errors, TLS errors, DNS: all transport)
+            raise HttpsError(f"{method.decode()} {url}: {type(e).__name__}: {e}") from None
+
+    async def post_payment(self, doc: bytes) -> tuple[int, dict]:
+        """POST one pain.001 to `{base}/payments`.
+
+        202 (taken) and 200 (that MsgId was taken before, with these very bytes) give
+        `(status, {"msg_id": ..., "status": ...})`; 409 (that MsgId was taken with other
+        content: DU01) gives `(409, {"error": "DU01", ...})`. Anything else raises
+        HttpsError: 400 (not well-formed or not XSD-valid, FF01), 413 (too big), 5xx, no
+        answer, a TLS failure."""
+        url = self.base + "/payments"
+        headers = Headers({b"Content-Type": [b"application/xml"],
+                           b"Accept": [b"application/json"]})
+        status, raw = await self._call(b"POST", url, headers, doc, 1 << 20)
+        if status not in (200, 202, 409):
+            raise HttpsError(f"POST {url} answered {status}", status, raw)
+        answer = _json_object(raw, f"POST {url}", status)
+        if status == 409:
+            if not isinstance(answer.get("error"), str):
+                raise HttpsError(f"POST {url} answered 409 without an error code", status, raw)
+        elif not isinstance(answer.get("msg_id"), str) or not isinstance(answer.get("status"), str):
+            raise HttpsError(f"POST {url} answered {status} without msg_id and status", status, raw)
+        return status, answer
+
+    async def reports(self, since: str | None, limit: int = 100) -> tuple[list[dict], str | None]:
+        """GET the bank's reports after cursor *since* (None: from the start), oldest first:
+        `([{"cursor", "type", "document"}, ...], next_cursor)`. Pass `next_cursor` as
+        *since* to continue; the same cursor comes back when there is nothing new."""
+        query = {"limit": str(limit)}
+        if since is not None:
+            query["since"] = since
+        url = self.base + "/reports?" + urlencode(query)
+        headers = Headers({b"Accept": [b"application/json"]})
+        status, raw = await self._call(b"GET", url, headers, None, self.max_body)
+        if status != 200:
+            raise HttpsError(f"GET {url} answered {status}", status, raw)
+        answer = _json_object(raw, f"GET {url}", status)
+        reports, nxt = answer.get("reports"), answer.get("next")
+        if not isinstance(reports, list) or not (nxt is None or isinstance(nxt, str)):
+            raise HttpsError(f"GET {url}: answer lacks a reports list and a next cursor",
+                             status, raw[:_ERROR_BODY_CAP])
+        for i, r in enumerate(reports):
+            if not (isinstance(r, dict) and isinstance(r.get("cursor"), str)
+                    and isinstance(r.get("type"), str) and isinstance(r.get("document"), str)):
+                raise HttpsError(f"GET {url}: reports[{i}] lacks cursor, type or document",
+                                 status, raw[:_ERROR_BODY_CAP])
+        return reports, nxt
+
+
+def _json_object(raw: bytes, what: str, status: int) -> dict:
+    try:
+        answer = json.loads(raw)
+    except ValueError:
+        answer = None
+    if not isinstance(answer, dict):
+        raise HttpsError(f"{what} answered {status} with a body that is not a JSON object",
+                         status, raw[:_ERROR_BODY_CAP])
+    return answer
+
+
+def _reasons(reasons) -> str:
+    return "; ".join(f"{f.type.__name__}: {f.getErrorMessage()}" for f in reasons) or "unknown"
+
+
+__all__ = ["HttpsBankClient", "HttpsError"]
