@@ -70,6 +70,7 @@ class Commands:
                 "item.correct": self.item_correct, "order.retry": self.order_retry,
                 "refund.request": self.refund_request, "refund.status": self.refund_status,
                 "batch.confirm": self.batch_confirm, "batch.dispute": self.batch_dispute,
+                "report.monthly": self.report_monthly,
                 "health": self.health}
 
     def call(self, method: str, params: dict, caller: Caller):
@@ -382,6 +383,31 @@ class Commands:
         result = await self.db.run(dispute)
         self._wake(result.pop("bank_id"))
         return result
+
+    async def report_monthly(self, params: dict, caller: Caller) -> dict:
+        """The month's figures per bank and project, and the reconciliation with the banks' statements."""
+        _known(params, {"year", "month", "bank_id", "project_code"})
+        year, month = params.get("year"), params.get("month")
+        if not isinstance(year, int) or isinstance(year, bool) or not 2000 <= year <= 2100:
+            raise RpcError(INVALID_PARAMS, "year must be an integer from 2000 to 2100", "year")
+        if not isinstance(month, int) or isinstance(month, bool) or not 1 <= month <= 12:
+            raise RpcError(INVALID_PARAMS, "month must be an integer from 1 to 12", "month")
+        bank_id = _str(params, "bank_id", required=False, max_len=32)
+        if bank_id is not None and bank_id not in self.gateway.flows:
+            raise RpcError(INVALID_PARAMS, f"bank_id {bank_id!r} is not a configured bank; configured: "
+                                           f"{', '.join(sorted(self.gateway.flows)) or 'none'}", "bank_id")
+        project_code = _str(params, "project_code", required=False, max_len=64)
+
+        from gateway import reports
+
+        def read(conn: Connection) -> dict:
+            report = reports.monthly(conn, year, month, bank_id, project_code)
+            self._rpc_entry(conn, caller, "report.monthly", params,
+                            f"report.monthly {year}-{month:02d}"
+                            + (f" bank {bank_id}" if bank_id else "")
+                            + (f" project {project_code}" if project_code else ""))
+            return report
+        return await self.db.run(read)
 
     async def health(self, params: dict, caller: Caller) -> dict:
         _known(params, set())

@@ -8,7 +8,7 @@ them, so the journal's hash chain sees exactly the text that was stored.
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Integer, LargeBinary, String, Text
+from sqlalchemy import BigInteger, Integer, LargeBinary, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -290,6 +290,53 @@ class Alarm(Base):
     acknowledged_by: Mapped[str | None] = mapped_column(String(64))
 
 
+class Statement(Base):
+    """A bank's statement (对账单) of one period, as fetched: cnbank RC01 or ISO camt.053.
+
+    Stored again whole when fetched again from the same source; `totals` keeps the
+    dialect's own summary (the cnbank H line) as JSON.
+    """
+
+    __tablename__ = "statements"
+    __table_args__ = (UniqueConstraint("bank_id", "period", "source",
+                                       name="uq_statements_bank_period_source"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    bank_id: Mapped[str] = mapped_column(String(32))
+    period: Mapped[str] = mapped_column(String(16))           # D20261128, M202611, Y2026
+    source: Mapped[str] = mapped_column(String(200))          # cnbank:STMT_M202611.txt, camt.053:<MsgId>
+    dialect: Mapped[str] = mapped_column(String(16))          # cnbank / entries
+    account: Mapped[str | None] = mapped_column(String(34))   # PayerAcct, the holding account
+    opening_balance: Mapped[int | None] = mapped_column(BigInteger)
+    closing_balance: Mapped[int | None] = mapped_column(BigInteger)
+    totals: Mapped[str | None] = mapped_column(Text)
+    line_count: Mapped[int] = mapped_column(Integer)
+    fetched_at: Mapped[str] = mapped_column(String(40))
+    journal_id: Mapped[int | None] = mapped_column(Integer)
+
+
+class StatementLine(Base):
+    """One line of a statement: a batch or refund (cnbank), or one booked entry (camt.053)."""
+
+    __tablename__ = "statement_lines"
+    statement_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    line_no: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(8))              # batch / refund / entry
+    reference: Mapped[str] = mapped_column(String(64), index=True)  # BatchNo, RefundNo, EndToEndId
+    order_no: Mapped[str | None] = mapped_column(String(64))
+    count: Mapped[int | None] = mapped_column(Integer)
+    amount: Mapped[int] = mapped_column(BigInteger)
+    paid_count: Mapped[int | None] = mapped_column(Integer)
+    paid_amount: Mapped[int | None] = mapped_column(BigInteger)
+    failed_count: Mapped[int | None] = mapped_column(Integer)
+    failed_amount: Mapped[int | None] = mapped_column(BigInteger)
+    returned_count: Mapped[int | None] = mapped_column(Integer)
+    returned_amount: Mapped[int | None] = mapped_column(BigInteger)
+    credit: Mapped[int | None] = mapped_column(Integer)       # entries: 1 credit, 0 debit
+    entry_kind: Mapped[str | None] = mapped_column(String(16))  # entries: payment / return / refund
+    bank_ref: Mapped[str | None] = mapped_column(String(64))  # RefundSerial, the bank's entry reference
+    booked: Mapped[str | None] = mapped_column(String(10))    # YYYY-MM-DD
+
+
 
 orders = Order.__table__
 items = Item.__table__
@@ -302,3 +349,5 @@ refunds = Refund.__table__
 late_returns = LateReturn.__table__
 disputes = Dispute.__table__
 refund_items = RefundItem.__table__
+statements = Statement.__table__
+statement_lines = StatementLine.__table__

@@ -1,0 +1,499 @@
+"""The monthly report (月度报表): a month's figures per bank and project, and its reconciliation.
+
+`monthly` reads the database on one connection and changes nothing. A month is a
+calendar month in China Standard Time. Every time the gateway stores is ISO 8601
+text at +08:00 (the core's times too, core-api.md), so a month is a range of that
+text; batches' `done_at` are whole seconds and compared as such. What puts a
+record in a month:
+
+- an item: its latest result, `items.result_at` (the bank's PostDate for a batch
+  result or a late return, the time a refund was confirmed); the item counts as
+  paid, refunded or failed (by reason code) by its status now. An item that failed
+  in November and was paid in December counts in December only;
+- a batch: the time the gateway applied its results (`batches.done_at`; the bank's
+  statement puts it in the month of its own DONE date, so a batch done near
+  midnight on the last day can fall in the next month on one side: such a batch is
+  reported `period_differs`, not missing, when the other month's statement is stored);
+- a refund: `refunds.updated_at` of a refund DONE (written when the bank confirmed it);
+- a late return: its ReturnDate; an order: `funded_at`; a SETTLED order: the latest
+  result of its items.
+
+"Outstanding" and the conservation check are the state now of the orders funded
+by the month's end (INVALID orders aside, and orders whose items are not loaded yet).
+
+Reconciliation uses, per bank, the statement of the month (period `M{YYYYMM}`, the
+one fetched last) or, if there is none, the daily statements of its days. cnbank
+lines are compared per batch (count, amount, paid, failed, returned as of the
+statement's fetch) and per refund; ISO entries per EndToEndId (OrderNo-Seq for a
+payment and its return, RefundNo for a refund), as multisets: what the gateway
+counts as debited in the month is every item paid in a batch done in the month
+(including items paid and since returned), every refund done in the month; as
+credited, every late return dated in the month.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+from collections import defaultdict
+from typing import Any, Iterable
+
+from sqlalchemy import Connection, and_, func, or_, select
+
+from gateway.models import (BatchState, ItemStatus, OrderState, RefundState, batches, items,
+                            late_returns, orders, refunds, statement_lines, statements)
+from gateway.rules import CST
+
+LABELS = {
+    "gateway_only": "gateway_only 网关有银行无: recorded by the gateway, not on the bank's statement",
+    "bank_only": "bank_only 银行有网关无: on the bank's statement, not recorded by the gateway",
+    "count_differs": "count_differs 笔数不符: both sides list it with different counts",
+    "amount_differs": "amount_differs 金额不符: both sides list it with different amounts",
+    "returns_differ": "returns_differ 退票不符: the returns of a batch differ",
+    "period_differs": "period_differs 账期不同: both sides have it, in different periods",
+    "duplicate": "duplicate 重复入账: the bank booked it more times than the gateway recorded",
+}
+MAX_LISTED = 1000     # differences listed per bank; the rest are counted
+_CHUNK = 500          # values per IN (...) list
+
+
+class _Month:
+    def __init__(self, year: int, month: int):
+        start = datetime.datetime(year, month, 1, tzinfo=CST)
+        end = datetime.datetime(year + month // 12, month % 12 + 1, 1, tzinfo=CST)
+        self.year, self.month = year, month
+        self.text_from, self.text_until = start.isoformat(), end.isoformat()
+        self.secs_from, self.secs_until = int(start.timestamp()), int(end.timestamp())
+        self.ymd_from, self.ymd_until = start.strftime("%Y%m%d"), end.strftime("%Y%m%d")
+        self.yyyymm = f"{year:04d}{month:02d}"
+
+    def text(self, col):
+        return and_(col >= self.text_from, col < self.text_until)
+
+    def done(self):
+        """A batch DONE in the month: by done_at, or updated_at for one done before done_at existed."""
+        return and_(batches.c.state == BatchState.DONE, or_(
+            and_(batches.c.done_at >= self.secs_from, batches.c.done_at < self.secs_until),
+            and_(batches.c.done_at.is_(None), self.text(batches.c.updated_at))))
+
+    def of_seconds(self, s: int | None) -> str | None:
+        return None if s is None else datetime.datetime.fromtimestamp(s, CST).strftime("%Y-%m")
+
+
+def _ca(count: int = 0, amount: int = 0) -> dict[str, int]:
+    return {"count": int(count or 0), "amount": int(amount or 0)}
+
+
+def _add(d: dict[str, int], count, amount) -> None:
+    d["count"] += int(count or 0)
+    d["amount"] += int(amount or 0)
+
+
+def _empty(bank_id: str, project_code: str) -> dict[str, Any]:
+    return {"bank_id": bank_id, "project_code": project_code, "project_name": None,
+            "orders": {"funded": _ca(), "invalid": _ca(), "settled": 0},
+            "batches": {"done": 0, "paid": _ca(), "failed": _ca()},
+            "items": {"paid": _ca(), "refunded": _ca(), "failed": {**_ca(), "by_reason": {}}},
+            "refunds": {"done": 0, **_ca()},
+            "late_returned": {**_ca(), "by_reason": {}},
+            "outstanding": {**_ca(), "by_status": {}}}
+
+
+def _chunks(values: list, n: int = _CHUNK) -> Iterable[list]:
+    for i in range(0, len(values), n):
+        yield values[i:i + n]
+
+
+def monthly(conn: Connection, year: int, month: int, bank_id: str | None = None,
+            project_code: str | None = None) -> dict[str, Any]:
+    """The month's figures per bank and project, conservation per order, and reconciliation."""
+    if not 1 <= month <= 12:
+        raise ValueError(f"month {month} is not 1 to 12")
+    m = _Month(year, month)
+    scope = []
+    if bank_id is not None:
+        scope.append(orders.c.bank_id == bank_id)
+    if project_code is not None:
+        scope.append(orders.c.project_code == project_code)
+    figures: dict[tuple[str, str], dict] = {}
+
+    def fig(b: str, p: str) -> dict:
+        if (b, p) not in figures:
+            figures[(b, p)] = _empty(b, p)
+        return figures[(b, p)]
+
+    key = (orders.c.bank_id, orders.c.project_code)
+    for r in conn.execute(select(*key, orders.c.state, func.count(), func.sum(orders.c.total_amount),
+                                 func.max(orders.c.project_name))
+                          .where(m.text(orders.c.funded_at), *scope).group_by(*key, orders.c.state)):
+        f = fig(r[0], r[1])
+        _add(f["orders"]["invalid" if r.state == OrderState.INVALID else "funded"], r[3], r[4])
+    last = (select(orders.c.bank_id, orders.c.project_code,
+                   func.max(items.c.result_at).label("last"))
+            .join(items, items.c.order_no == orders.c.order_no)
+            .where(orders.c.state == OrderState.SETTLED, *scope)
+            .group_by(orders.c.order_no, orders.c.bank_id, orders.c.project_code).subquery())
+    for r in conn.execute(select(last.c.bank_id, last.c.project_code, func.count())
+                          .where(m.text(last.c.last)).group_by(last.c.bank_id, last.c.project_code)):
+        fig(r[0], r[1])["orders"]["settled"] += r[2]
+    for r in conn.execute(select(*key, func.count(), func.sum(batches.c.succ_cnt), func.sum(batches.c.succ_amt),
+                                 func.sum(batches.c.fail_cnt), func.sum(batches.c.fail_amt))
+                          .join(orders, orders.c.order_no == batches.c.order_no)
+                          .where(m.done(), *scope).group_by(*key)):
+        f = fig(r[0], r[1])["batches"]
+        f["done"] += r[2]
+        _add(f["paid"], r[3], r[4])
+        _add(f["failed"], r[5], r[6])
+    for r in conn.execute(select(*key, items.c.status, items.c.reason_code, func.count(),
+                                 func.sum(items.c.amount))
+                          .join(orders, orders.c.order_no == items.c.order_no)
+                          .where(m.text(items.c.result_at), *scope)
+                          .group_by(*key, items.c.status, items.c.reason_code)):
+        f = fig(r[0], r[1])["items"]
+        if r.status == ItemStatus.PAID:
+            _add(f["paid"], r[4], r[5])
+        elif r.status == ItemStatus.REFUNDED:
+            _add(f["refunded"], r[4], r[5])
+        else:
+            _add(f["failed"], r[4], r[5])
+            _add(f["failed"]["by_reason"].setdefault(r.reason_code or "unknown", _ca()), r[4], r[5])
+    for r in conn.execute(select(*key, func.count(), func.sum(refunds.c.total_count),
+                                 func.sum(refunds.c.refund_amount))
+                          .join(orders, orders.c.order_no == refunds.c.order_no)
+                          .where(refunds.c.state == RefundState.DONE, m.text(refunds.c.updated_at), *scope)
+                          .group_by(*key)):
+        f = fig(r[0], r[1])["refunds"]
+        f["done"] += r[2]
+        _add(f, r[3], r[4])
+    for r in conn.execute(select(*key, late_returns.c.reason_code, func.count(), func.sum(late_returns.c.amount))
+                          .join(orders, orders.c.order_no == late_returns.c.order_no)
+                          .where(late_returns.c.return_date >= m.ymd_from,
+                                 late_returns.c.return_date < m.ymd_until, *scope)
+                          .group_by(*key, late_returns.c.reason_code)):
+        f = fig(r[0], r[1])["late_returned"]
+        _add(f, r[3], r[4])
+        _add(f["by_reason"].setdefault(r.reason_code, _ca()), r[3], r[4])
+
+    # The state now of the orders funded by the month's end whose items are loaded.
+    loaded = (orders.c.funded_at < m.text_until,
+              orders.c.state.in_((OrderState.LOADED, OrderState.DISPATCHED, OrderState.SETTLED)))
+    for r in conn.execute(select(*key, items.c.status, func.count(), func.sum(items.c.amount))
+                          .join(orders, orders.c.order_no == items.c.order_no)
+                          .where(*loaded, *scope,
+                                 items.c.status.not_in((ItemStatus.PAID, ItemStatus.REFUNDED)))
+                          .group_by(*key, items.c.status)):
+        f = fig(r[0], r[1])["outstanding"]
+        _add(f, r[3], r[4])
+        _add(f["by_status"].setdefault(r.status, _ca()), r[3], r[4])
+    conservation = _conservation(conn, m, scope, loaded)
+    names = dict(conn.execute(select(orders.c.project_code, func.max(orders.c.project_name)).where(
+        *scope).group_by(orders.c.project_code)).all())
+    for f in figures.values():
+        f["project_name"] = names.get(f["project_code"])
+
+    banks = {b for b, _ in figures}
+    banks |= set(conn.execute(select(statements.c.bank_id).where(
+        _covering(m), *([statements.c.bank_id == bank_id] if bank_id else [])).distinct()).scalars())
+    if bank_id is not None:
+        banks = {bank_id}
+    return {
+        "year": year, "month": month, "period": f"M{m.yyyymm}",
+        "from": m.text_from, "until": m.text_until,
+        "bank_id": bank_id, "project_code": project_code,
+        "basis": {"items": "latest result (items.result_at) in the month, by status now",
+                  "batches": "results applied by the gateway (batches.done_at) in the month",
+                  "refunds": "refunds DONE, confirmed (updated_at) in the month",
+                  "late_returned": "ReturnDate in the month",
+                  "outstanding": "items not PAID or REFUNDED now, of orders funded by the month's end"},
+        "figures": [figures[k] for k in sorted(figures)],
+        "conservation": conservation,
+        "reconciliation": {b: _reconcile(conn, m, b, project_code) for b in sorted(banks)},
+    }
+
+
+def _conservation(conn: Connection, m: _Month, scope: list, loaded: tuple) -> dict[str, Any]:
+    """Rule 1 per order: its items add up to the total it was funded with."""
+    checked, broken = 0, []
+    q = (select(orders.c.order_no, orders.c.bank_id, orders.c.project_code, orders.c.total_count,
+                orders.c.total_amount, func.count(items.c.seq), func.coalesce(func.sum(items.c.amount), 0))
+         .select_from(orders.outerjoin(items, items.c.order_no == orders.c.order_no))
+         .where(*loaded, *scope)
+         .group_by(orders.c.order_no, orders.c.bank_id, orders.c.project_code, orders.c.total_count,
+                   orders.c.total_amount)
+         .order_by(orders.c.order_no))
+    for r in conn.execute(q):
+        checked += 1
+        if r[5] != r.total_count or int(r[6]) != r.total_amount:
+            broken.append({"order_no": r.order_no, "bank_id": r.bank_id, "project_code": r.project_code,
+                           "funded": _ca(r.total_count, r.total_amount), "items": _ca(r[5], r[6])})
+    not_loaded = conn.execute(select(func.count()).select_from(orders).where(
+        orders.c.funded_at < m.text_until, *scope,
+        orders.c.state.in_((OrderState.FUNDED, OrderState.LOADING)))).scalar_one()
+    return {"orders_checked": checked, "ok": not broken, "broken": broken[:MAX_LISTED],
+            "broken_total": len(broken), "orders_not_loaded": not_loaded}
+
+
+# --- reconciliation ---------------------------------------------------------------------
+
+def _covering(m: _Month):
+    return or_(statements.c.period == f"M{m.yyyymm}", statements.c.period.like(f"D{m.yyyymm}%"))
+
+
+def _chosen_statements(conn: Connection, m: _Month, bank_id: str) -> list[dict]:
+    """The month's statement fetched last or, without one, the last of each day's."""
+    rows = [dict(r) for r in conn.execute(select(statements).where(
+        statements.c.bank_id == bank_id, _covering(m))
+        .order_by(statements.c.fetched_at, statements.c.id)).mappings()]
+    months = [r for r in rows if r["period"].startswith("M")]
+    if months:
+        return [months[-1]]
+    per_day = {r["period"]: r for r in rows}
+    return [per_day[p] for p in sorted(per_day)]
+
+
+def _diff(kind: str, line: str, reference: str, order_no: str | None, gateway, bank, **extra) -> dict:
+    return {"kind": kind, "label": LABELS[kind], "line": line, "reference": reference,
+            "order_no": order_no, "gateway": gateway, "bank": bank, **extra}
+
+
+def _elsewhere(conn: Connection, bank_id: str, chosen: list[int], refs: list[str]) -> dict[str, str]:
+    """reference -> the period of another stored statement of this bank that lists it."""
+    found: dict[str, str] = {}
+    for part in _chunks(sorted(refs)):
+        for r in conn.execute(select(statement_lines.c.reference, statements.c.period)
+                              .join(statements, statements.c.id == statement_lines.c.statement_id)
+                              .where(statements.c.bank_id == bank_id, statements.c.id.not_in(chosen),
+                                     statement_lines.c.reference.in_(part))
+                              .order_by(statements.c.period)):
+            found.setdefault(r.reference, r.period)
+    return found
+
+
+def _reconcile(conn: Connection, m: _Month, bank_id: str, project_code: str | None) -> dict[str, Any]:
+    chosen = _chosen_statements(conn, m, bank_id)
+    if not chosen:
+        return {"statement": None,
+                "note": f"no statement of bank {bank_id} is stored for {m.yyyymm[:4]}-{m.yyyymm[4:]} "
+                        f"(M{m.yyyymm}, or daily D{m.yyyymm}dd): nothing reconciled yet",
+                "matched": 0, "differences": [], "differences_total": 0, "by_kind": {}}
+    ids = [s["id"] for s in chosen]
+    fetched = {s["id"]: s["fetched_at"] for s in chosen}
+    lines = [dict(r) for r in conn.execute(select(statement_lines).where(
+        statement_lines.c.statement_id.in_(ids))
+        .order_by(statement_lines.c.statement_id, statement_lines.c.line_no)).mappings()]
+    if project_code is not None:
+        # A line of another project is not this report's; a line of an unknown order is kept.
+        # An entry names its order by its EndToEndId: OrderNo-Seq, or a RefundNo OrderNo-Fnn.
+        for ln in lines:
+            ln["of"] = ln["order_no"] or ln["reference"].rpartition("-")[0]
+        projects = _projects(conn, {ln["of"] for ln in lines if ln["of"]})
+        lines = [ln for ln in lines if projects.get(ln["of"], project_code) == project_code]
+    diffs: list[dict] = []
+    matched = 0
+    dialects = {s["dialect"] for s in chosen}
+    if "cnbank" in dialects:
+        n, d = _reconcile_cnbank(conn, m, bank_id, project_code, lines, fetched, ids)
+        matched += n
+        diffs += d
+    if "entries" in dialects:
+        n, d = _reconcile_entries(conn, m, bank_id, project_code,
+                                  [ln for ln in lines if ln["kind"] == "entry"], ids)
+        matched += n
+        diffs += d
+    by_kind: dict[str, int] = defaultdict(int)
+    for d in diffs:
+        by_kind[d["kind"]] += 1
+    days = [s["period"] for s in chosen if s["period"].startswith("D")]
+    statement = {"periods": [s["period"] for s in chosen], "sources": [s["source"] for s in chosen],
+                 "fetched_at": max(s["fetched_at"] for s in chosen),
+                 "coverage": "days" if days else "month", "lines": len(lines)}
+    if len(chosen) == 1 and chosen[0]["totals"]:
+        statement["totals"] = json.loads(chosen[0]["totals"])
+    for k in ("account", "opening_balance", "closing_balance"):
+        if len(chosen) == 1 and chosen[0][k] is not None:
+            statement[k] = chosen[0][k]
+    out = {"statement": statement, "matched": matched, "differences": diffs[:MAX_LISTED],
+           "differences_total": len(diffs), "by_kind": dict(by_kind)}
+    if days:
+        out["note"] = (f"no month statement M{m.yyyymm} is stored; reconciled against the daily "
+                       f"statements of {len(days)} days")
+    return out
+
+
+def _projects(conn: Connection, order_nos: set[str]) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for part in _chunks(sorted(order_nos)):
+        found.update(conn.execute(select(orders.c.order_no, orders.c.project_code)
+                                  .where(orders.c.order_no.in_(part))).all())
+    return found
+
+
+def _reconcile_cnbank(conn, m: _Month, bank_id, project_code, lines, fetched, ids):
+    """Batches and refunds, line by line against the gateway's batches and refunds of the month."""
+    proj = [orders.c.project_code == project_code] if project_code is not None else []
+    gb = {r["batch_no"]: dict(r) for r in conn.execute(
+        select(batches).join(orders, orders.c.order_no == batches.c.order_no)
+        .where(batches.c.bank_id == bank_id, m.done(), *proj)).mappings()}
+    gr = {r["refund_no"]: dict(r) for r in conn.execute(
+        select(refunds).join(orders, orders.c.order_no == refunds.c.order_no)
+        .where(refunds.c.bank_id == bank_id, refunds.c.state == RefundState.DONE,
+               m.text(refunds.c.updated_at), *proj)).mappings()}
+    diffs: list[dict] = []
+    matched = 0
+    sb: dict[str, dict] = {}
+    sr: dict[str, dict] = {}
+    for ln in lines:
+        into = sb if ln["kind"] == "batch" else sr if ln["kind"] == "refund" else None
+        if into is None:
+            continue
+        if ln["reference"] in into:   # listed on two daily statements
+            diffs.append(_diff("duplicate", ln["kind"], ln["reference"], ln["order_no"], None,
+                               _bank_view(ln)))
+            continue
+        into[ln["reference"]] = ln
+
+    # Returns known to the gateway by the time each statement was fetched.
+    returned: dict[str, list[tuple[str, int]]] = defaultdict(list)
+    for part in _chunks(sorted(set(gb) & set(sb))):
+        for r in conn.execute(select(late_returns.c.batch_no, late_returns.c.return_date,
+                                     late_returns.c.amount).where(
+                late_returns.c.bank_id == bank_id, late_returns.c.batch_no.in_(part))):
+            returned[r.batch_no].append((r.return_date, r.amount))
+
+    for ref in sorted(set(gb) | set(sb)):
+        g, s = gb.get(ref), sb.get(ref)
+        if g is not None and s is not None:
+            asof = fetched[s["statement_id"]][:10].replace("-", "")
+            rets = [a for d, a in returned.get(ref, []) if d <= asof]
+            gv = {"count": g["total_count"], "amount": g["total_amount"], "paid": _ca(g["succ_cnt"], g["succ_amt"]),
+                  "failed": _ca(g["fail_cnt"], g["fail_amt"]), "returned": _ca(len(rets), sum(rets))}
+            bv = _bank_view(s)
+            found = []
+            if (gv["count"], gv["paid"]["count"], gv["failed"]["count"]) != (
+                    bv["count"], bv["paid"]["count"], bv["failed"]["count"]):
+                found.append("count_differs")
+            if (gv["amount"], gv["paid"]["amount"], gv["failed"]["amount"]) != (
+                    bv["amount"], bv["paid"]["amount"], bv["failed"]["amount"]):
+                found.append("amount_differs")
+            if gv["returned"] != bv["returned"]:
+                found.append("returns_differ")
+            for kind in found:
+                diffs.append(_diff(kind, "batch", ref, g["order_no"], gv, bv))
+            matched += not found
+    diffs += _one_sided(conn, m, bank_id, ids, "batch", {k: v for k, v in gb.items() if k not in sb},
+                        {k: v for k, v in sb.items() if k not in gb})
+
+    for ref in sorted(set(gr) & set(sr)):
+        g, s = gr[ref], sr[ref]
+        gv = _ca(g["total_count"], g["refund_amount"])
+        bv = _ca(s["count"], s["amount"])
+        found = [k for k, same in (("count_differs", gv["count"] == bv["count"]),
+                                   ("amount_differs", gv["amount"] == bv["amount"])) if not same]
+        for kind in found:
+            diffs.append(_diff(kind, "refund", ref, g["order_no"], gv, {**bv, "serial": s["bank_ref"]}))
+        matched += not found
+    diffs += _one_sided(conn, m, bank_id, ids, "refund", {k: v for k, v in gr.items() if k not in sr},
+                        {k: v for k, v in sr.items() if k not in gr})
+    return matched, diffs
+
+
+def _bank_view(s: dict) -> dict:
+    if s["kind"] == "refund":
+        return {**_ca(s["count"], s["amount"]), "serial": s["bank_ref"]}
+    return {"count": s["count"], "amount": s["amount"], "paid": _ca(s["paid_count"], s["paid_amount"]),
+            "failed": _ca(s["failed_count"], s["failed_amount"]),
+            "returned": _ca(s["returned_count"], s["returned_amount"])}
+
+
+def _one_sided(conn, m: _Month, bank_id, ids, line: str, gateway: dict, bank: dict) -> list[dict]:
+    """Differences of what only one side lists this month: missing, or in another period."""
+    diffs = []
+    other = _elsewhere(conn, bank_id, ids, list(gateway))
+    for ref, g in sorted(gateway.items()):
+        gv = ({"count": g["total_count"], "amount": g["total_amount"]} if line == "batch"
+              else _ca(g["total_count"], g["refund_amount"]))
+        if ref in other:
+            diffs.append(_diff("period_differs", line, ref, g["order_no"], gv, None,
+                               bank_period=other[ref]))
+        else:
+            diffs.append(_diff("gateway_only", line, ref, g["order_no"], gv, None))
+    table, col = (batches, batches.c.batch_no) if line == "batch" else (refunds, refunds.c.refund_no)
+    known: dict[str, dict] = {}
+    for part in _chunks(sorted(bank)):
+        for r in conn.execute(select(table).where(col.in_(part))).mappings():
+            known[r[col.name]] = dict(r)
+    for ref, s in sorted(bank.items()):
+        k = known.get(ref)
+        if k is not None and k["bank_id"] != bank_id:
+            diffs.append(_diff("bank_only", line, ref, s["order_no"],
+                               {"state": k["state"], "bank_id": k["bank_id"]}, _bank_view(s)))
+        elif k is not None and k["state"] == "DONE":
+            when = (m.of_seconds(k["done_at"]) if line == "batch" and k["done_at"] is not None
+                    else k["updated_at"][:7])
+            diffs.append(_diff("period_differs", line, ref, s["order_no"], {"state": k["state"]},
+                               _bank_view(s), gateway_month=when))
+        else:
+            diffs.append(_diff("bank_only", line, ref, s["order_no"],
+                               {"state": k["state"]} if k is not None else None, _bank_view(s)))
+    return diffs
+
+
+def _reconcile_entries(conn, m: _Month, bank_id, project_code, lines, ids):
+    """Booked entries, as multisets of amounts per EndToEndId, debits and credits apart."""
+    proj = [orders.c.project_code == project_code] if project_code is not None else []
+    done = (select(batches.c.batch_no).join(orders, orders.c.order_no == batches.c.order_no)
+            .where(batches.c.bank_id == bank_id, m.done(), *proj))
+    debited: dict[tuple, int] = {}
+    for r in conn.execute(select(items.c.order_no, items.c.seq, items.c.batch_no, items.c.amount)
+                          .where(items.c.status == ItemStatus.PAID, items.c.batch_no.in_(done))):
+        debited[(r.order_no, r.seq, r.batch_no)] = r.amount
+    for r in conn.execute(select(late_returns.c.order_no, late_returns.c.seq, late_returns.c.batch_no,
+                                 late_returns.c.amount).where(late_returns.c.bank_id == bank_id,
+                                                              late_returns.c.batch_no.in_(done))):
+        debited[(r.order_no, r.seq, r.batch_no)] = r.amount
+    g_debit: dict[str, list[int]] = defaultdict(list)
+    for (order_no, seq, _), amount in debited.items():
+        g_debit[f"{order_no}-{seq}"].append(amount)
+    orders_of: dict[str, str] = {}
+    for r in conn.execute(select(refunds.c.refund_no, refunds.c.order_no, refunds.c.refund_amount)
+                          .join(orders, orders.c.order_no == refunds.c.order_no)
+                          .where(refunds.c.bank_id == bank_id, refunds.c.state == RefundState.DONE,
+                                 m.text(refunds.c.updated_at), *proj)):
+        g_debit[r.refund_no].append(r.refund_amount)
+        orders_of[r.refund_no] = r.order_no
+    g_credit: dict[str, list[int]] = defaultdict(list)
+    for r in conn.execute(select(late_returns.c.order_no, late_returns.c.seq, late_returns.c.amount)
+                          .join(orders, orders.c.order_no == late_returns.c.order_no)
+                          .where(late_returns.c.bank_id == bank_id, late_returns.c.return_date >= m.ymd_from,
+                                 late_returns.c.return_date < m.ymd_until, *proj)):
+        g_credit[f"{r.order_no}-{r.seq}"].append(r.amount)
+    s_debit: dict[str, list[int]] = defaultdict(list)
+    s_credit: dict[str, list[int]] = defaultdict(list)
+    for ln in lines:
+        (s_credit if ln["credit"] else s_debit)[ln["reference"]].append(ln["amount"])
+
+    diffs: list[dict] = []
+    matched = 0
+    for line, g_side, s_side in (("debit", g_debit, s_debit), ("credit", g_credit, s_credit)):
+        missing = []
+        for ref in sorted(set(g_side) | set(s_side)):
+            g, s = sorted(g_side.get(ref, [])), sorted(s_side.get(ref, []))
+            order_no = orders_of.get(ref) or ref.rpartition("-")[0] or None
+            if g == s:
+                matched += 1
+            elif not s:
+                missing.append((ref, order_no, g))
+            elif not g:
+                diffs.append(_diff("bank_only", line, ref, order_no, None, {"amounts": s}))
+            elif len(s) > len(g) and all(s.count(a) >= g.count(a) for a in g):
+                diffs.append(_diff("duplicate", line, ref, order_no, {"amounts": g}, {"amounts": s}))
+            else:
+                diffs.append(_diff("amount_differs", line, ref, order_no, {"amounts": g}, {"amounts": s}))
+        other = _elsewhere(conn, bank_id, ids, [ref for ref, _, _ in missing])
+        for ref, order_no, g in missing:
+            if ref in other:
+                diffs.append(_diff("period_differs", line, ref, order_no, {"amounts": g}, None,
+                                   bank_period=other[ref]))
+            else:
+                diffs.append(_diff("gateway_only", line, ref, order_no, {"amounts": g}, None))
+    return matched, diffs

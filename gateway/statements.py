@@ -1,0 +1,159 @@
+"""Storing a bank's statement (对账单) so the monthly report can reconcile against it.
+
+A statement is kept as the bank gave it, one row per statement and one per line,
+in either of two shapes: cnbank's RC01 file lists each batch DONE in the period
+(with its success and failure counts and amounts, and what was returned since)
+and each refund DONE; ISO camt.053 lists booked entries on the holding account
+(a debit per payment or refund, a credit per return) named by their EndToEndId.
+A statement is identified by (bank, period, source): storing it again replaces
+its lines in the caller's transaction, so a re-fetched file never doubles a line.
+Nothing here judges the figures; `gateway.reports` compares them.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import re
+from typing import Any
+
+from sqlalchemy import Connection, delete, insert, select, update
+
+from gateway.models import statement_lines, statements
+from protocols.cnbank_envelope import valid_period
+from protocols.cnbank_files import Statement as CnbankStatement
+
+_REFERENCE = re.compile(r"[^|\r\n]{1,64}")
+_DATE = re.compile(r"[0-9]{4}-?[0-9]{2}-?[0-9]{2}")
+
+
+def _check_common(bank_id: str, period: str, source: str, at: str) -> None:
+    if not isinstance(bank_id, str) or not 0 < len(bank_id) <= 32:
+        raise ValueError(f"bank_id {bank_id!r} must be 1 to 32 characters")
+    if not isinstance(period, str) or not valid_period(period):
+        raise ValueError(f"period {period!r} must be DYYYYMMDD, MYYYYMM or YYYYY")
+    if not isinstance(source, str) or not 0 < len(source) <= 200:
+        raise ValueError(f"source {source!r} must be 1 to 200 characters")
+    if not isinstance(at, str) or not at:
+        raise ValueError("at must be an ISO 8601 time")
+
+
+def _replace(conn: Connection, bank_id: str, period: str, source: str, header: dict[str, Any],
+             lines: list[dict[str, Any]]) -> int:
+    """Insert the statement or, if it is known, rewrite its header and replace its lines."""
+    sid = conn.execute(select(statements.c.id).where(
+        statements.c.bank_id == bank_id, statements.c.period == period,
+        statements.c.source == source)).scalar_one_or_none()
+    values = {**header, "line_count": len(lines)}
+    if sid is None:
+        sid = conn.execute(insert(statements).values(
+            bank_id=bank_id, period=period, source=source, **values)
+            .returning(statements.c.id)).scalar_one()
+    else:
+        conn.execute(update(statements).where(statements.c.id == sid).values(**values))
+        conn.execute(delete(statement_lines).where(statement_lines.c.statement_id == sid))
+    rows = [{"statement_id": sid, "line_no": no, **_LINE_DEFAULTS, **line}
+            for no, line in enumerate(lines, 1)]
+    for i in range(0, len(rows), 5000):
+        conn.execute(insert(statement_lines), rows[i:i + 5000])
+    return sid
+
+
+# Every line row names every column, so one executemany insert fits them all.
+_LINE_DEFAULTS = {k: None for k in (
+    "order_no", "count", "paid_count", "paid_amount", "failed_count", "failed_amount",
+    "returned_count", "returned_amount", "credit", "entry_kind", "bank_ref", "booked")}
+
+
+def store_cnbank_statement(conn: Connection, bank_id: str, period: str, statement: CnbankStatement,
+                           source: str, at: str, journal_id: int | None = None) -> int:
+    """Store a cnbank statement read by `protocols.cnbank_files.read_statement_file`; its id.
+
+    *period* must be the statement's own (its H line); *source* names where it came
+    from, e.g. "cnbank:STMT_M202611.txt". Storing the same (bank, period, source)
+    again replaces the lines stored before.
+    """
+    _check_common(bank_id, period, source, at)
+    h = statement.header
+    if h.period != period:
+        raise ValueError(f"period {period!r} is not the statement's Period {h.period!r}")
+    totals = {"paid_cnt": h.paid_cnt, "paid_amt": h.paid_amt, "return_cnt": h.return_cnt,
+              "return_amt": h.return_amt, "refund_cnt": h.refund_cnt, "refund_amt": h.refund_amt}
+    lines = [{"kind": "batch", "reference": b.batch_no, "order_no": b.order_no, "count": b.cnt,
+              "amount": b.amt, "paid_count": b.succ_cnt, "paid_amount": b.succ_amt,
+              "failed_count": b.fail_cnt, "failed_amount": b.fail_amt,
+              "returned_count": b.return_cnt, "returned_amount": b.return_amt}
+             for b in statement.batches]
+    lines += [{"kind": "refund", "reference": r.refund_no, "order_no": r.order_no, "count": r.cnt,
+               "amount": r.amt, "bank_ref": r.refund_serial} for r in statement.refunds]
+    return _replace(conn, bank_id, period, source, {
+        "dialect": "cnbank", "account": h.payer_acct, "opening_balance": None, "closing_balance": None,
+        "totals": json.dumps(totals), "fetched_at": at, "journal_id": journal_id}, lines)
+
+
+def _entry(i: int, e: Any) -> dict[str, Any]:
+    """One entry dict checked and turned into a line row; ValueError names the entry and key."""
+    where = f"entries[{i}]"
+    if not isinstance(e, dict):
+        raise ValueError(f"{where} must be a dict")
+    unknown = set(e) - {"reference", "amount_fen", "credit", "booking_date", "kind", "order_no",
+                        "bank_ref"}
+    if unknown:
+        raise ValueError(f"{where}: unknown key {sorted(unknown)[0]!r}")
+    ref = e.get("reference")
+    if not isinstance(ref, str) or not _REFERENCE.fullmatch(ref):
+        raise ValueError(f"{where}.reference must be 1 to 64 characters without '|', CR or LF")
+    amount = e.get("amount_fen")
+    if not isinstance(amount, int) or isinstance(amount, bool) or amount < 0:
+        raise ValueError(f"{where}.amount_fen must be a non-negative integer of fen")
+    credit = e.get("credit")
+    if not isinstance(credit, bool):
+        raise ValueError(f"{where}.credit must be true (credit) or false (debit)")
+    booked = e.get("booking_date")
+    if isinstance(booked, datetime.date):
+        booked = booked.isoformat()
+    if not isinstance(booked, str) or not _DATE.fullmatch(booked):
+        raise ValueError(f"{where}.booking_date must be a date, YYYY-MM-DD")
+    booked = booked.replace("-", "")
+    booked = f"{booked[:4]}-{booked[4:6]}-{booked[6:]}"
+    try:
+        datetime.date.fromisoformat(booked)
+    except ValueError:
+        raise ValueError(f"{where}.booking_date {e['booking_date']!r} is not a calendar date") from None
+    kind = e.get("kind") or ("return" if credit else "payment")
+    if not isinstance(kind, str) or not 0 < len(kind) <= 16:
+        raise ValueError(f"{where}.kind must be a word of at most 16 characters")
+    for key, n in (("order_no", 64), ("bank_ref", 64)):
+        v = e.get(key)
+        if v is not None and (not isinstance(v, str) or len(v) > n):
+            raise ValueError(f"{where}.{key} must be a string of at most {n} characters")
+    return {"kind": "entry", "reference": ref, "order_no": e.get("order_no"), "count": 1,
+            "amount": amount, "credit": int(credit), "entry_kind": kind, "bank_ref": e.get("bank_ref"),
+            "booked": booked}
+
+
+def store_entries(conn: Connection, bank_id: str, period: str, source: str, entries: list[dict],
+                  at: str, journal_id: int | None = None, *, account: str | None = None,
+                  opening_balance: int | None = None, closing_balance: int | None = None) -> int:
+    """Store a statement of booked entries (ISO camt.053 and the like); its id.
+
+    Each entry is {reference, amount_fen, credit, booking_date, kind}: reference is the
+    EndToEndId (OrderNo-Seq for a payment or its return, RefundNo for a refund),
+    amount_fen a non-negative int, credit True for money coming back to the holding
+    account, booking_date "YYYY-MM-DD", kind a word ("payment", "return", "refund";
+    default from credit). Optional keys: order_no, bank_ref. Every entry is checked
+    before anything is written. *source* is e.g. "camt.053:<MsgId>".
+    """
+    _check_common(bank_id, period, source, at)
+    if not isinstance(entries, list):
+        raise ValueError("entries must be a list")
+    lines = [_entry(i, e) for i, e in enumerate(entries)]
+    for key, v in (("opening_balance", opening_balance), ("closing_balance", closing_balance)):
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool)):
+            raise ValueError(f"{key} must be an integer of fen")
+    if account is not None and (not isinstance(account, str) or len(account) > 34):
+        raise ValueError("account must be a string of at most 34 characters")
+    return _replace(conn, bank_id, period, source, {
+        "dialect": "entries", "account": account, "opening_balance": opening_balance,
+        "closing_balance": closing_balance, "totals": None, "fetched_at": at,
+        "journal_id": journal_id}, lines)
