@@ -420,5 +420,12 @@ class Commands:
         except Exception as e:  # noqa: BLE001  (health reports, it does not raise)
             database = {"ok": False, "error": str(e)[:200]}
         banks = {bank_id: {"ticker_running": bool(t.running)} for bank_id, t in self.gateway.tickers.items()}
-        return {"role": "active", "database": database, "banks": banks,
+        # A standby daemon serves the RPC too; its changes are picked up by the active one.
+        lead = getattr(self.gateway, "leadership", None)
+        role = lead.status() if lead is not None else {"role": "active", "since": None}
+        sched = getattr(self.gateway, "scheduler", None)
+        schedule = {"retry_times": list(sched.retry_times) if sched else [],
+                    "next_run_times": sched.next_run_times() if sched else []}
+        return {"role": role["role"], "role_since": role["since"], "schedule": schedule,
+                "database": database, "banks": banks,
                 "core": {"base_url": self.gateway.core.base if self.gateway.core else None}}

@@ -260,6 +260,8 @@ class GatewayConfig:
     calendar: Any = None               # gateway.workdays.WorkCalendar, or None: deadlines not tracked
     confirm_working_days: int = 5
     dispute_working_days: int = 3  # test hook: "" or a named point, see gateway/faults.py
+    retry_times: tuple[str, ...] = ()  # [schedule]: "HH:MM" CST on working days; () = only order.retry
+    ha_retry_s: float = 5.0            # [ha]: a standby tries for the lock, the active checks it, this often
 
 
 _GATEWAY_TOP = {
@@ -272,6 +274,8 @@ _GATEWAY_TOP = {
     "rpc": _Field(dict, None),
     "calendar": _Field(dict, None),
     "testing": _Field(dict, {}),
+    "schedule": _Field(dict, {}),
+    "ha": _Field(dict, {}),
 }
 _DATABASE = {"url": _Field(str), "threads": _Field(int, 1, _positive)}
 _CORE = {
@@ -296,6 +300,19 @@ _CALENDAR = {
     "confirm_working_days": _Field(int, 5, _positive),   # article 26: the department checks within 5
     "dispute_working_days": _Field(int, 3, _positive),   # and reports errors within 3 more
 }
+
+
+def _times_of_day(v: list) -> str | None:
+    bad = [f"item {i + 1} {t!r}" for i, t in enumerate(v)
+           if not isinstance(t, str) or not re.fullmatch(r"([01][0-9]|2[0-3]):[0-5][0-9]", t)]
+    if bad:
+        return f"must be a list of times \"HH:MM\" (00:00-23:59); not a time: {', '.join(bad)}"
+    dup = sorted({t for t in v if v.count(t) > 1})
+    return f"lists {', '.join(dup)} more than once" if dup else None
+
+
+_SCHEDULE = {"retry_times": _Field(list, [], _times_of_day)}
+_HA = {"retry_s": _Field(float, 5.0, _positive)}
 _LOG = {"format": _Field(str, "auto", _one_of("auto", "text", "json"))}
 _TESTING = {"crash_after": _Field(str, "")}
 
@@ -412,6 +429,8 @@ def load(path: str | os.PathLike) -> GatewayConfig:
     banks_t = r.table(top["banks"] or {}, "banks", _BANKS)
     log = r.table(top["log"] or {}, "log", _LOG)
     testing = r.table(top["testing"] or {}, "testing", _TESTING)
+    schedule = r.table(top["schedule"] or {}, "schedule", _SCHEDULE)
+    ha = r.table(top["ha"] or {}, "ha", _HA)
     calendar, cal = None, {"confirm_working_days": 5, "dispute_working_days": 3}
     if top["calendar"] is not None:
         cal = r.table(top["calendar"], "calendar", _CALENDAR)
@@ -421,6 +440,8 @@ def load(path: str | os.PathLike) -> GatewayConfig:
                 calendar = load_calendar(cal["dir"])
             except CalendarError as e:
                 errors.extend(e.errors)
+    if schedule.get("retry_times") and not (isinstance(top["calendar"], dict) and top["calendar"].get("dir")):
+        r.err("schedule.retry_times", "needs [calendar] dir: scheduled retries run on working days only")
     rpc = None
     if top["rpc"] is not None:
         rt = r.table(top["rpc"], "rpc", _RPC)
@@ -470,6 +491,7 @@ def load(path: str | os.PathLike) -> GatewayConfig:
         banks=banks, log_format=log["format"], crash_after=testing["crash_after"], rpc=rpc,
         calendar=calendar, confirm_working_days=cal["confirm_working_days"],
         dispute_working_days=cal["dispute_working_days"],
+        retry_times=tuple(sorted(schedule["retry_times"] or ())), ha_retry_s=ha["retry_s"],
     )
 
 

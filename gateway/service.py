@@ -22,6 +22,8 @@ from gateway.config import GatewayConfig
 from gateway.faults import Faults
 from gateway.flow import BankFlow
 from gateway.journal import Journal
+from gateway.leadership import Leadership, lock_for_url
+from gateway.scheduler import RetryScheduler
 from protocols import keyfile
 
 log = Logger()
@@ -153,7 +155,11 @@ class _RpcService(service.Service):
 
 
 class Gateway(service.MultiService):
-    """The whole daemon: database pool, core client, and one flow ticker per bank."""
+    """The whole daemon: database pool, core client, and one flow ticker per bank.
+
+    The tickers and the scheduler run only while `leadership` says this daemon is the
+    active one; a standby daemon serves the RPC and nothing else.
+    """
 
     def __init__(self) -> None:
         super().__init__()
@@ -162,11 +168,42 @@ class Gateway(service.MultiService):
         self.database: dbmod.Database | None = None
         self.core: CoreClient | None = None
         self.commands = None
+        self.leadership: Leadership | None = None
+        self.scheduler: RetryScheduler | None = None
+        self.stopping = False
+
+    def kick(self, bank_id: str) -> None:
+        """Wake a bank's flow now (if this daemon runs it)."""
+        ticker = self.tickers.get(bank_id)
+        if ticker is not None and ticker.running:
+            ticker.kick()
+
+    def on_active(self) -> None:
+        """This daemon holds the database's lock: run the flows and the scheduled retries."""
+        if self.stopping:
+            return
+        for flow in self.flows.values():
+            flow.stopping = False
+        for t in self.tickers.values():
+            if not t.running:
+                t.startService()
+        if self.scheduler is not None:
+            self.scheduler.start()
+
+    def on_standby(self):
+        """The lock is lost or released: the scheduler stops, each flow finishes its step and stops."""
+        if self.scheduler is not None:
+            self.scheduler.shutdown()
+        for flow in self.flows.values():
+            flow.stopping = True
+        return defer.DeferredList([defer.maybeDeferred(t.stopService) for t in self.tickers.values()
+                                   if t.running])
 
     @defer.inlineCallbacks
     def stopService(self):  # noqa: N802
         """Stop in order: flows finish their current step, then the core client, then the database."""
         log.info("stopping: letting each bank's current step finish")
+        self.stopping = True
         for flow in self.flows.values():
             flow.stopping = True
         if self.core is not None:
@@ -236,8 +273,19 @@ def make_service(cfg: GatewayConfig, reactor=None) -> Gateway:
         link = CnBankLink(reactor, bank, ours, theirs, f"{cfg.work_dir}/{bank_id}")
         flow = BankFlow(reactor, cfg, bank, database, journal, core, link, faults)
         interval = min(bank.cnbank.status_poll_s, cfg.core.poll_interval_s)
+        # Not a child service: leadership starts and stops it (Gateway.on_active/on_standby).
         ticker = Ticker(reactor, f"flow-{bank_id}", flow.tick, interval)
-        ticker.setServiceParent(gw)
         gw.flows[bank_id] = flow
         gw.tickers[bank_id] = ticker
+    gw.scheduler = RetryScheduler(reactor, database.engine, journal, cfg.calendar, cfg.retry_times,
+                                  cfg.banks, gw.kick)
+    try:
+        lock = lock_for_url(cfg.database_url)
+    except ValueError as e:
+        engine.dispose()
+        raise StartupError(f"{cfg.file}: database.url: {e}") from None
+    # The last child: on stop it releases the lock only after the flows have stopped.
+    gw.leadership = Leadership(reactor, lock, retry_s=cfg.ha_retry_s, on_active=gw.on_active,
+                               on_standby=gw.on_standby)
+    gw.leadership.setServiceParent(gw)
     return gw
