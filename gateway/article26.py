@@ -14,7 +14,7 @@ import json
 from sqlalchemy import Connection, select, update
 
 from gateway.models import BatchState, batches, disputes
-from gateway.rules import CST, RETRYABLE_REFUSALS
+from gateway.rules import CST
 
 
 class Article26Steps:
@@ -83,28 +83,24 @@ class Article26Steps:
         for d in await self.db.run(lambda c: [dict(r) for r in c.execute(select(disputes).where(
                 disputes.c.bank_id == self.bank_id,
                 disputes.c.state.in_(("NEW", "SUBMITTING")))).mappings()]):
-            ref = {"order_no": d["order_no"], "batch_no": d["dispute_no"]}
-            fields = {"DisputeNo": d["dispute_no"], "BatchNo": d["batch_no"],
-                      "Seqs": [str(x) for x in json.loads(d["seqs"])], "Reason": d["reason"]}
-
             def mark(conn: Connection, no=d["dispute_no"]) -> None:
                 conn.execute(update(disputes).where(disputes.c.dispute_no == no).values(
                     state="SUBMITTING", attempts=disputes.c.attempts + 1, updated_at=self.at()))
-            inc = await self._send(ref, "DP01", fields, before=mark)
-            if inc is None:
+            reply = await self.adapter.dispute({**d, "seqs": json.loads(d["seqs"])}, self, mark)
+            if reply is None:
                 continue
 
-            def record(conn: Connection, d=d, inc=inc, ref=ref) -> None:
-                jid = self._journal_in(conn, ref, inc)
-                if inc.ret_code == "0000" and inc.fields.get("Accepted") == "Y":
+            def record(conn: Connection, d=d, reply=reply) -> None:
+                if reply.outcome == "accepted":
                     conn.execute(update(disputes).where(disputes.c.dispute_no == d["dispute_no"])
                                  .values(state="ACCEPTED", updated_at=self.at()))
-                elif inc.ret_code in RETRYABLE_REFUSALS:
+                elif reply.outcome in ("retry", "unsent"):
                     pass
                 else:
                     conn.execute(update(disputes).where(disputes.c.dispute_no == d["dispute_no"])
                                  .values(state="REFUSED", updated_at=self.at()))
                     self._alarm(conn, "critical", "dispute-refused",
-                                f"bank refused dispute {d['dispute_no']}: {inc.ret_code} {inc.ret_msg}",
-                                order_no=d["order_no"], batch_no=d["batch_no"], journal_id=jid)
+                                f"bank refused dispute {d['dispute_no']}: {reply.code} {reply.message}",
+                                order_no=d["order_no"], batch_no=d["batch_no"],
+                                journal_id=reply.journal_id)
             await self.db.run(record)

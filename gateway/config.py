@@ -120,6 +120,10 @@ def _pattern(rx: str, what: str) -> Callable[[Any], str | None]:
     return check
 
 
+# For a dialect's adapter (gateway.bankplugins) reading its own part of a bank file.
+Reader, Field, positive, port, one_of, pattern = _Reader, _Field, _positive, _port, _one_of, _pattern
+
+
 def _http_url(v: str) -> str | None:
     return None if re.fullmatch(r"https?://[^\s/]+(/[^\s]*)?", v) else f"must be an http(s) URL, got {v!r}"
 
@@ -209,21 +213,47 @@ class CnBankSettings:
 
 @dataclass(frozen=True)
 class BankConfig:
-    """One agent bank (代发金融机构): its dialect, endpoints, keys and settings."""
+    """One agent bank (代发金融机构): its dialect, endpoints, keys and settings.
+
+    The fields after `payer_name` belong to the cnbank dialect; a bank of another
+    dialect has them empty and its own settings, validated by its adapter, in `settings`.
+    """
 
     file: str
     bank_id: str
     name: str
     dialect: str
-    sender_id: str
-    receiver_id: str
     payer_acct: str
     payer_name: str
-    our_private_key: str
-    bank_public_key: str
-    tcp: TcpSettings
-    sftp: SftpSettings
-    cnbank: CnBankSettings
+    sender_id: str = ""
+    receiver_id: str = ""
+    our_private_key: str = ""
+    bank_public_key: str = ""
+    tcp: TcpSettings | None = None
+    sftp: SftpSettings | None = None
+    cnbank: CnBankSettings | None = None
+    settings: Any = None
+
+    # The flows' timing, from whichever dialect section the bank has.
+    @property
+    def _timing(self) -> Any:
+        return self.cnbank if self.cnbank is not None else self.settings
+
+    @property
+    def status_poll_s(self) -> float:
+        return self._timing.status_poll_s
+
+    @property
+    def return_poll_s(self) -> float:
+        return self._timing.return_poll_s
+
+    @property
+    def result_working_days(self) -> int:
+        return self._timing.result_working_days
+
+    @property
+    def late_return_window_days(self) -> int:
+        return self._timing.late_return_window_days
 
 
 @dataclass(frozen=True)
@@ -321,11 +351,14 @@ _ID = _pattern(r"[A-Za-z0-9][A-Za-z0-9_-]{0,31}", "letters, digits, '_' or '-' (
 _BANK_TOP = {
     "bank_id": _Field(str, check=_ID),
     "name": _Field(str),
-    "dialect": _Field(str, check=_one_of("cnbank")),
-    "sender_id": _Field(str, check=_ID),
-    "receiver_id": _Field(str, check=_ID),
+    "dialect": _Field(str, check=_ID),
     "payer_acct": _Field(str, check=_pattern(r"[0-9]{8,32}", "8 to 32 digits")),
     "payer_name": _Field(str),
+}
+# The cnbank dialect's part of a bank file (another dialect's adapter reads its own keys).
+_CNBANK_TOP = {
+    "sender_id": _Field(str, check=_ID),
+    "receiver_id": _Field(str, check=_ID),
     "keys": _Field(dict),
     "tcp": _Field(dict),
     "sftp": _Field(dict),
@@ -394,23 +427,43 @@ def load_bank(path: Path, errors: list[str]) -> BankConfig | None:
         return None
     r = _Reader(path, errors)
     n_before = len(errors)
-    top = r.table(data, "", _BANK_TOP)
-    keys = r.table(top["keys"] or {}, "keys", _KEYS)
-    tcp = r.table(top["tcp"] or {}, "tcp", _TCP)
-    sftp = r.table(top["sftp"] or {}, "sftp", _SFTP)
-    cn = r.table(top["cnbank"] or {}, "cnbank", _CNBANK)
-    _check_file(r, "keys.our_private", keys.get("our_private"))
-    _check_file(r, "keys.bank_public", keys.get("bank_public"))
-    _check_file(r, "sftp.client_key", sftp.get("client_key"))
-    if len(errors) > n_before:
+    if data.get("dialect") == "cnbank":
+        top = cnb = r.table(data, "", {**_BANK_TOP, **_CNBANK_TOP})
+        dialect = "cnbank"
+        keys = r.table(cnb["keys"] or {}, "keys", _KEYS)
+        tcp = r.table(cnb["tcp"] or {}, "tcp", _TCP)
+        sftp = r.table(cnb["sftp"] or {}, "sftp", _SFTP)
+        cn = r.table(cnb["cnbank"] or {}, "cnbank", _CNBANK)
+        _check_file(r, "keys.our_private", keys.get("our_private"))
+        _check_file(r, "keys.bank_public", keys.get("bank_public"))
+        _check_file(r, "sftp.client_key", sftp.get("client_key"))
+        if len(errors) > n_before:
+            return None
+        return BankConfig(
+            file=str(path), bank_id=top["bank_id"], name=top["name"], dialect=dialect,
+            payer_acct=top["payer_acct"], payer_name=top["payer_name"],
+            sender_id=cnb["sender_id"], receiver_id=cnb["receiver_id"],
+            our_private_key=keys["our_private"], bank_public_key=keys["bank_public"],
+            tcp=TcpSettings(**tcp), sftp=SftpSettings(**sftp), cnbank=CnBankSettings(**cn),
+        )
+    common = {k: data[k] for k in _BANK_TOP if k in data}
+    top = r.table(common, "", _BANK_TOP)
+    dialect = top.get("dialect")
+    if dialect is None:
         return None
-    return BankConfig(
-        file=str(path), bank_id=top["bank_id"], name=top["name"], dialect=top["dialect"],
-        sender_id=top["sender_id"], receiver_id=top["receiver_id"],
-        payer_acct=top["payer_acct"], payer_name=top["payer_name"],
-        our_private_key=keys["our_private"], bank_public_key=keys["bank_public"],
-        tcp=TcpSettings(**tcp), sftp=SftpSettings(**sftp), cnbank=CnBankSettings(**cn),
-    )
+    # Another dialect: its adapter factory (found by entry point) reads the rest of the file.
+    from gateway.bankplugins import UnknownDialect, factory_for
+    try:
+        factory = factory_for(dialect)
+    except UnknownDialect as e:
+        r.err("dialect", str(e))
+        return None
+    rest = {k: v for k, v in data.items() if k not in _BANK_TOP}
+    settings = factory.load_settings(r, rest, path.parent)
+    if len(errors) > n_before or settings is None:
+        return None
+    return BankConfig(file=str(path), bank_id=top["bank_id"], name=top["name"], dialect=dialect,
+                      payer_acct=top["payer_acct"], payer_name=top["payer_name"], settings=settings)
 
 
 def load(path: str | os.PathLike) -> GatewayConfig:

@@ -30,9 +30,11 @@ from typing import Any
 from sqlalchemy import Connection, and_, delete, func, insert, select, update
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from adapters import tcp
-from adapters.cnbank.link import CnBankLink, Incoming, LinkError, Outgoing
+from adapters.interface import (BatchItem, BatchSpec, Built, IBankAdapter, IBankRecorder, ResultSet,
+                                ResultsRefused)
 from adapters.core_http import CoreClient, CoreContractError, CoreError, Exchange
 from gateway.config import BankConfig, GatewayConfig
 from gateway.db import Database, executemany
@@ -46,8 +48,6 @@ from gateway.refund_flow import RefundSteps
 from gateway.rules import (CST, RETRYABLE_REFUSALS, ConservationError, ResultRejected,  # noqa: F401
                            check_conservation, iso, post_date, raise_alarm)
 from gateway.validation import OrderValidator, header_problems
-from protocols import cnbank_files as files
-from protocols.money import format_yuan
 
 log = Logger()
 APPLY_CHUNK = 10000
@@ -139,18 +139,19 @@ class _Loader:
             pass
 
 
+@implementer(IBankRecorder)
 class BankFlow(RefundSteps, Article26Steps, LateReturnSteps, CorePushSteps):
     """Drives the orders and batches of one bank; `tick` does whatever is due, then returns."""
 
     def __init__(self, reactor, cfg: GatewayConfig, bank: BankConfig, db: Database, journal: Journal,
-                 core: CoreClient, link: CnBankLink, faults: Faults):
+                 core: CoreClient, adapter: IBankAdapter, faults: Faults):
         self.reactor = reactor
         self.cfg = cfg
         self.bank = bank
         self.db = db
         self.journal = journal
         self.core = core
-        self.link = link
+        self.adapter = adapter
         self.faults = faults
         self.bank_id = bank.bank_id
         self.last_poll = float("-inf")
@@ -402,153 +403,87 @@ class BankFlow(RefundSteps, Article26Steps, LateReturnSteps, CorePushSteps):
             if (b["next_check_at"] or 0) <= self.now():
                 await self.query(b)
 
-    def _build_files(self, b: dict):
-        """Stream the batch's items from the database into the signed, encrypted file (pool thread)."""
+    def _build_document(self, b: dict) -> Built:
+        """Stream the batch's items from the database into the adapter's document (pool thread)."""
         with self.db.engine.connect() as conn:
             o = conn.execute(select(orders).where(orders.c.order_no == b["order_no"])).mappings().one()
-            header = files.BatchHeader(
-                batch_no=b["batch_no"], order_no=b["order_no"], payer_acct=self.bank.payer_acct,
-                payer_name=self.bank.payer_name, total_count=b["total_count"],
-                total_amount=b["total_amount"],
-                submit_date=datetime.datetime.fromtimestamp(self.now(), CST).strftime("%Y%m%d"),
-                proj_short=o["project_short"])
+            spec = BatchSpec(batch_no=b["batch_no"], order_no=b["order_no"], kind=b["kind"],
+                             total_count=b["total_count"], total_amount=b["total_amount"],
+                             submit_date=datetime.datetime.fromtimestamp(self.now(), CST).strftime("%Y%m%d"),
+                             project_code=o["project_code"], project_short=o["project_short"])
             rows = conn.execution_options(stream_results=True, yield_per=5000).execute(
                 select(items.c.seq, items.c.name, items.c.id_number, items.c.account_no,
                        items.c.account_bank, items.c.amount, items.c.remark, items.c.orig_batch_no)
                 .where(items.c.order_no == b["order_no"], items.c.batch_no == b["batch_no"])
                 .order_by(items.c.seq))
-            lines = (files.BatchLine(seq=r.seq, name=r.name, id_no=r.id_number, acct_no=r.account_no,
-                                     acct_bank=r.account_bank, amount=r.amount,
-                                     proj_code=o["project_code"], remark=r.remark,
-                                     orig_batch_no=(r.orig_batch_no or "") if b["kind"] == "RETRY" else "")
+            lines = (BatchItem(seq=r.seq, name=r.name, id_number=r.id_number, account_no=r.account_no,
+                               account_bank=r.account_bank, amount=r.amount, remark=r.remark,
+                               orig_batch_no=r.orig_batch_no or "")
                      for r in rows)
-            return self.link.write_batch_file(header, lines, kind=b["kind"])
+            return self.adapter.build_batch(spec, lines)
 
     async def build(self, b: dict) -> None:
-        built = await self.db.run_plain(self._build_files, b)
+        built = await self.db.run_plain(self._build_document, b)
 
         def record(conn: Connection) -> None:
             conn.execute(update(batches).where(batches.c.batch_no == b["batch_no"],
                                                batches.c.state == BatchState.BUILDING).values(
-                state=BatchState.BUILT, file_name=built.name, file_sm3=built.sm3,
-                file_enc_key=built.enc_key, updated_at=self.at()))
+                state=BatchState.BUILT, file_name=built.name, file_sm3=built.digest,
+                file_enc_key=built.key, updated_at=self.at()))
         await self.db.run(record)
-        log.info("{bank}: built {file} ({n} items, SM3 {sm3})", bank=self.bank_id, file=built.name,
-                 n=built.count, sm3=built.sm3[:16])
-
-    def _paths(self, b: dict) -> tuple[str, str]:
-        p = os.path.join(self.link.work_dir, b["file_name"])
-        return p, p + ".sig"
+        log.info("{bank}: built {file} ({n} items, digest {digest})", bank=self.bank_id, file=built.name,
+                 n=built.count, digest=built.digest[:16])
 
     async def upload(self, b: dict) -> None:
-        cipher, sig = self._paths(b)
-        if not os.path.exists(cipher) or not os.path.exists(sig):
+        if not self.adapter.built_exists(b):
             # The work dir lost the file (restored host, say): build it again from the database.
             await self.db.run(lambda c: c.execute(update(batches).where(
                 batches.c.batch_no == b["batch_no"]).values(state=BatchState.BUILDING)))
             return
-        from adapters.cnbank.link import BuiltFile
-        await self.link.upload(BuiltFile(b["file_name"], cipher, sig, b["file_sm3"], b["file_enc_key"],
-                                         b["total_count"], b["total_amount"]))
+        await self.adapter.deliver_batch(b, self)
+        await self.db.run(lambda conn: conn.execute(update(batches).where(
+            batches.c.batch_no == b["batch_no"]).values(state=BatchState.UPLOADED, updated_at=self.at())))
 
-        def record(conn: Connection) -> None:
-            self._journal(conn, Entry("out", self.bank_id, "sftp", "PUT",
-                                      f"{self.bank.sftp.in_dir}/{b['file_name']}.sig",
-                                      payload_file=sig, order_no=b["order_no"], batch_no=b["batch_no"]))
-            self._journal(conn, Entry("out", self.bank_id, "sftp", "PUT",
-                                      f"{self.bank.sftp.in_dir}/{b['file_name']}: batch file of "
-                                      f"{b['total_count']} items, {b['total_amount']} fen, "
-                                      f"FileSM3 {b['file_sm3']}",
-                                      payload_file=cipher, order_no=b["order_no"], batch_no=b["batch_no"]))
-            conn.execute(update(batches).where(batches.c.batch_no == b["batch_no"]).values(
-                state=BatchState.UPLOADED, updated_at=self.at()))
-        await self.db.run(record)
+    # --- IBankRecorder: what the adapter journals through ------------------------
 
-    async def _send(self, b: dict, tx: str, fields: dict, before=None, unsent=None) -> Incoming | None:
-        """Journal a request (with `before`'s state change), send it, open and journal the reply.
-
-        Returns the verified reply, or None when there is none to act on (not sent, no answer,
-        or an answer that failed verification: journaled and alarmed).
-        """
-        out: Outgoing = await self.link.build(tx, fields, self.now())
-
-        def record_out(conn: Connection) -> None:
-            self._journal(conn, Entry("out", self.bank_id, "tcp", tx, out.decoded, payload=out.raw,
-                                      msg_id=out.msg_id, order_no=b["order_no"], batch_no=b["batch_no"]))
-            if before is not None:
-                before(conn)
-        await self.db.run(record_out)
-        try:
-            raw = await self.link.exchange(out)
-        except tcp.ExchangeError as err:
-            e = err   # the closures below run inside this except block
-
-            def record_fail(conn: Connection) -> None:
-                self._journal(conn, Entry("event", self.bank_id, "tcp", tx,
-                                          f"{tx} {out.msg_id}: {e} (sent: {e.sent})",
-                                          msg_id=out.msg_id, order_no=b["order_no"],
-                                          batch_no=b["batch_no"]))
-                if not e.sent and unsent is not None:
-                    # Connect failed: nothing reached the bank, so sending again is not blind.
-                    unsent(conn)
-            await self.db.run(record_fail)
-            log.warn("{bank}: {tx} for {batch}: {error}", bank=self.bank_id, tx=tx,
-                     batch=b["batch_no"], error=e)
-            return None
-        if tx == "BP01":
-            self.faults.point("BP01-reply-received")
-        try:
-            return await self.link.open(out, raw)
-        except LinkError as err:
-            e = err
-
-            def record_bad(conn: Connection) -> None:
-                jid = self._journal(conn, Entry("in", self.bank_id, "tcp", tx, f"unverified reply: {e}",
-                                                payload=raw, msg_id=out.msg_id, order_no=b["order_no"],
-                                                batch_no=b["batch_no"], verified=f"failed: {e.code} {e}"))
-                self._alarm(conn, "critical", "bank-reply-rejected", f"{tx} reply for {b['batch_no']}: {e}",
-                            order_no=b["order_no"], batch_no=b["batch_no"], journal_id=jid)
-            await self.db.run(record_bad)
-            return None
-
-    def _journal_in(self, conn: Connection, b: dict, inc: Incoming) -> int:
-        return self._journal(conn, Entry("in", self.bank_id, "tcp", inc.tx_code, inc.decoded,
-                                         payload=inc.raw, msg_id=inc.msg_id, order_no=b["order_no"],
-                                         batch_no=b["batch_no"], verified="ok"))
-
-    def _bp01_fields(self, b: dict) -> dict:
-        return {"BatchNo": b["batch_no"], "Kind": b["kind"], "OrderNo": b["order_no"],
-                "FileName": b["file_name"], "FileSM3": b["file_sm3"], "FileEncKey": b["file_enc_key"],
-                "TotalCount": str(b["total_count"]), "TotalAmount": format_yuan(b["total_amount"])}
+    def record(self, entries: list, change=None, alarm=None):
+        def run(conn: Connection) -> list[int]:
+            ids = [self._journal(conn, e) for e in entries]
+            if change is not None:
+                change(conn)
+            if alarm is not None:
+                severity, kind, message, order_no, batch_no = alarm
+                self._alarm(conn, severity, kind, message, order_no=order_no, batch_no=batch_no,
+                            journal_id=ids[-1] if ids else None)
+            return ids
+        return self.db.run(run)
 
     async def submit(self, b: dict) -> None:
         def mark(conn: Connection) -> None:
             conn.execute(update(batches).where(batches.c.batch_no == b["batch_no"]).values(
                 state=BatchState.SUBMITTING, attempts=batches.c.attempts + 1, updated_at=self.at()))
-        def unsent(conn: Connection) -> None:
-            conn.execute(update(batches).where(batches.c.batch_no == b["batch_no"],
-                                               batches.c.state == BatchState.SUBMITTING)
-                         .values(state=BatchState.UPLOADED))
-        inc = await self._send(b, "BP01", self._bp01_fields(b), before=mark, unsent=unsent)
-        if inc is None:
+        reply = await self.adapter.submit_batch(b, self, mark)
+        if reply is None:
             return
 
         def record(conn: Connection) -> None:
-            jid = self._journal_in(conn, b, inc)
-            if inc.ret_code == "0000":
-                self._accept(conn, b, inc.fields.get("BankBatchNo"))
-            elif inc.ret_code in RETRYABLE_REFUSALS:
-                conn.execute(update(batches).where(batches.c.batch_no == b["batch_no"]).values(
+            if reply.outcome == "accepted":
+                self._accept(conn, b, reply.bank_ref)
+            elif reply.outcome in ("retry", "unsent"):
+                # Nothing was taken: the batch may be submitted again (a new MsgId, not blind).
+                conn.execute(update(batches).where(batches.c.batch_no == b["batch_no"],
+                                                   batches.c.state == BatchState.SUBMITTING).values(
                     state=BatchState.UPLOADED, updated_at=self.at()))
-                log.warn("{bank}: BP01 {batch} refused {code} {msg}; sending again with a new MsgId",
-                         bank=self.bank_id, batch=b["batch_no"], code=inc.ret_code, msg=inc.ret_msg)
+                if reply.outcome == "retry":
+                    log.warn("{bank}: submission of {batch} refused {code} {msg}; sending again",
+                             bank=self.bank_id, batch=b["batch_no"], code=reply.code, msg=reply.message)
             else:
                 conn.execute(update(batches).where(batches.c.batch_no == b["batch_no"]).values(
-                    state=BatchState.REFUSED, reject_code=inc.ret_code, reject_msg=inc.ret_msg[:500],
+                    state=BatchState.REFUSED, reject_code=reply.code, reject_msg=reply.message[:500],
                     updated_at=self.at()))
                 self._alarm(conn, "critical", "batch-refused",
-                            f"bank refused BP01 {b['batch_no']}: {inc.ret_code} {inc.ret_msg}",
-                            order_no=b["order_no"], batch_no=b["batch_no"], journal_id=jid)
+                            f"bank refused batch {b['batch_no']}: {reply.code} {reply.message}",
+                            order_no=b["order_no"], batch_no=b["batch_no"], journal_id=reply.journal_id)
         await self.db.run(record)
 
     def _accept(self, conn: Connection, b: dict, bank_batch_no: str | None) -> None:
@@ -562,8 +497,8 @@ class BankFlow(RefundSteps, Article26Steps, LateReturnSteps, CorePushSteps):
                                     f"were waiting to be sent")
         conn.execute(update(batches).where(batches.c.batch_no == b["batch_no"]).values(
             state=BatchState.ACCEPTED, bank_batch_no=bank_batch_no, updated_at=self.at(),
-            next_check_at=int(self.now() + self.bank.cnbank.status_poll_s),
-            bank_due=self._working_days_from_today(conn, b, self.bank.cnbank.result_working_days)))
+            next_check_at=int(self.now() + self.bank.status_poll_s),
+            bank_due=self._working_days_from_today(conn, b, self.bank.result_working_days)))
         conn.execute(update(orders).where(orders.c.order_no == b["order_no"],
                                           orders.c.state == OrderState.LOADED)
                      .values(state=OrderState.DISPATCHED, updated_at=self.at()))
@@ -572,53 +507,52 @@ class BankFlow(RefundSteps, Article26Steps, LateReturnSteps, CorePushSteps):
         log.info("{bank}: batch {batch} accepted by the bank", bank=self.bank_id, batch=b["batch_no"])
 
     async def query(self, b: dict) -> None:
-        """BQ01: what the bank knows of the batch. Always asked before any resend (rule 3)."""
-        inc = await self._send(b, "BQ01", {"BatchNo": b["batch_no"]})
-        if inc is None:
+        """What the bank knows of the batch. Always asked before any resend (rule 3)."""
+        st = await self.adapter.batch_status(b, self)
+        if st is None:
             return
-        status = inc.fields.get("Status")
         was = b["state"]
 
         def record(conn: Connection) -> None:
-            jid = self._journal_in(conn, b, inc)
-            if inc.ret_code == "E007":
+            jid = st.journal_id
+            if st.state == "unknown_to_bank":
                 if was == BatchState.SUBMITTING:
-                    # The bank never accepted it: the lost BP01 may now be sent again.
+                    # The bank never accepted it: the lost submission may now be sent again.
                     conn.execute(update(batches).where(batches.c.batch_no == b["batch_no"]).values(
                         state=BatchState.UPLOADED, updated_at=self.at()))
-                    log.info("{bank}: bank does not know {batch}: BP01 will be sent again",
+                    log.info("{bank}: bank does not know {batch}: it will be submitted again",
                              bank=self.bank_id, batch=b["batch_no"])
                 else:
                     self._alarm(conn, "critical", "batch-unknown",
-                                f"bank says it never accepted {b['batch_no']}, which it answered 0000",
+                                f"bank says it never accepted {b['batch_no']}, which it had accepted",
                                 order_no=b["order_no"], batch_no=b["batch_no"], journal_id=jid)
                 return
-            if inc.ret_code != "0000":
-                self._alarm(conn, "warning", "bq01-refused",
-                            f"BQ01 {b['batch_no']} answered {inc.ret_code} {inc.ret_msg}",
+            if st.state == "unanswered":
+                self._alarm(conn, "warning", "status-refused",
+                            f"status query for {b['batch_no']} answered {st.code} {st.message}",
                             order_no=b["order_no"], batch_no=b["batch_no"], journal_id=jid)
                 return
-            if was == BatchState.SUBMITTING and status in ("RCVD", "PROC", "DONE"):
+            if was == BatchState.SUBMITTING:
                 self._accept(conn, b, None)
             if was == BatchState.DONE:
-                self._apply_returns(conn, b, inc.fields.get("Returns") or [], jid)
+                self._apply_returns(conn, b, st.returns, jid)
                 conn.execute(update(batches).where(batches.c.batch_no == b["batch_no"]).values(
-                    next_check_at=int(self.now() + self.bank.cnbank.return_poll_s)))
-            elif status == "RJCT":
-                self._reject(conn, b, inc, jid)
-            elif status == "DONE":
+                    next_check_at=int(self.now() + self.bank.return_poll_s)))
+            elif st.state == "rejected":
+                self._reject(conn, b, st.code, st.message, jid)
+            elif st.state == "done":
+                r = st.results or {}
                 conn.execute(update(batches).where(batches.c.batch_no == b["batch_no"]).values(
-                    result_file=inc.fields.get("ResultFile"), result_sm3=inc.fields.get("FileSM3"),
-                    result_enc_key=inc.fields.get("FileEncKey"), updated_at=self.at()))
+                    result_file=r.get("file"), result_sm3=r.get("digest"), result_enc_key=r.get("key"),
+                    updated_at=self.at()))
             else:
                 conn.execute(update(batches).where(batches.c.batch_no == b["batch_no"]).values(
-                    next_check_at=int(self.now() + self.bank.cnbank.status_poll_s)))
+                    next_check_at=int(self.now() + self.bank.status_poll_s)))
         await self.db.run(record)
-        if status == "DONE" and inc.ret_code == "0000" and was != BatchState.DONE:
+        if st.state == "done" and was != BatchState.DONE:
             await self.fetch_results(b["batch_no"])
 
-
-    def _reject(self, conn: Connection, b: dict, inc: Incoming, jid: int) -> None:
+    def _reject(self, conn: Connection, b: dict, code: str, message: str, jid: int | None) -> None:
         """RJCT: nothing of the batch was paid; its items go out again in a new batch.
 
         PAY items go back to PENDING; RETRY items back to CORRECTED, pointing again at the
@@ -634,8 +568,8 @@ class BankFlow(RefundSteps, Article26Steps, LateReturnSteps, CorePushSteps):
         else:
             conn.execute(update(items).where(of_batch).values(status=ItemStatus.PENDING, batch_no=None))
         conn.execute(update(batches).where(batches.c.batch_no == b["batch_no"]).values(
-            state=BatchState.RJCT, reject_code=inc.fields.get("RejectCode"),
-            reject_msg=(inc.fields.get("RejectMsg") or "")[:500], updated_at=self.at()))
+            state=BatchState.RJCT, reject_code=code, reject_msg=(message or "")[:500],
+            updated_at=self.at()))
         others = conn.execute(select(func.count()).where(
             batches.c.order_no == b["order_no"], batches.c.batch_no != b["batch_no"],
             batches.c.state.in_((BatchState.ACCEPTED, BatchState.DONE)))).scalar_one()
@@ -644,81 +578,73 @@ class BankFlow(RefundSteps, Article26Steps, LateReturnSteps, CorePushSteps):
                          .values(state=OrderState.LOADED, updated_at=self.at()))
         check_conservation(conn, b["order_no"])
         self._alarm(conn, "critical", "batch-rjct",
-                    f"bank rejected batch {b['batch_no']} whole: {inc.fields.get('RejectCode')} "
-                    f"{inc.fields.get('RejectMsg')}; its items go out again in a new batch",
+                    f"bank rejected batch {b['batch_no']} whole: {code} {message}; "
+                    f"its items go out again in a new batch",
                     order_no=b["order_no"], batch_no=b["batch_no"], journal_id=jid)
 
     async def fetch_results(self, batch_no: str) -> None:
         b = await self.db.run(lambda c: dict(c.execute(select(batches).where(
             batches.c.batch_no == batch_no)).mappings().one()))
-        name = b["result_file"]
-        cipher, sig = await self.link.download(name)
         try:
-            fetched = await deferToThread(self.link.open_file, name, cipher, sig,
-                                          b["result_enc_key"], b["result_sm3"])
-        except LinkError as e:
-            await self._result_refused(b, cipher, sig, str(e))
+            rs = await self.adapter.fetch_results(b, self)
+        except ResultsRefused as e:
+            try:
+                await self._result_refused(b, e.entries, str(e))
+            finally:
+                await self.db.run_plain(e.cleanup)
             return
         try:
-            summary = await self.db.run(self._apply_results, b, fetched)
-        except (ResultRejected, files.FileFormatError, ConservationError) as e:
-            await self._result_refused(b, cipher, sig, f"{type(e).__name__}: {e}")
+            summary = await self.db.run(self._apply_results, b, rs)
+        except (ResultRejected, ResultsRefused, ConservationError) as e:
+            why = str(e) if isinstance(e, ResultsRefused) else f"{type(e).__name__}: {e}"
+            await self._result_refused(b, rs.evidence(f"failed: {why}"), why)
             return
         finally:
-            if os.path.exists(fetched.plain_path):
-                os.unlink(fetched.plain_path)
-        for p in (cipher, sig):
-            os.unlink(p)   # archived in the journal
+            await self.db.run_plain(rs.cleanup)
         log.info("{bank}: results of {batch} applied: {summary}", bank=self.bank_id, batch=batch_no,
                  summary=summary)
         self.faults.point("results-applied")
-        if self.bank.sftp.remove_uploads:
-            try:
-                await self.link.remove_uploads(b["file_name"])
-            except Exception as e:  # noqa: BLE001  (housekeeping only)
-                log.warn("{bank}: could not remove uploads of {batch}: {error}", bank=self.bank_id,
-                         batch=batch_no, error=e)
+        try:
+            await self.adapter.after_results(b)
+        except Exception as e:  # noqa: BLE001  (housekeeping only)
+            log.warn("{bank}: could not remove uploads of {batch}: {error}", bank=self.bank_id,
+                     batch=batch_no, error=e)
 
-    async def _result_refused(self, b: dict, cipher: str, sig: str, why: str) -> None:
+    async def _result_refused(self, b: dict, entries: list, why: str) -> None:
         def rec(conn: Connection) -> None:
-            self._journal(conn, Entry("in", self.bank_id, "sftp", "GET", f"{b['result_file']}.sig",
-                                      payload_file=sig, order_no=b["order_no"], batch_no=b["batch_no"],
-                                      verified=f"failed: {why}"[:200]))
-            jid = self._journal(conn, Entry("in", self.bank_id, "sftp", "GET",
-                                            f"result file {b['result_file']} rejected whole: {why}",
-                                            payload_file=cipher, order_no=b["order_no"],
-                                            batch_no=b["batch_no"], verified=f"failed: {why}"[:200]))
+            jid = None
+            for e in entries:
+                jid = self._journal(conn, e)
             self._alarm(conn, "critical", "result-file-rejected",
-                        f"result file {b['result_file']} of {b['batch_no']} rejected, nothing applied: {why}",
+                        f"results {b['result_file']} of {b['batch_no']} rejected, nothing applied: {why}",
                         order_no=b["order_no"], batch_no=b["batch_no"], journal_id=jid)
-            # Ask again later, not every tick: a bad file is a bank-side fault for operators.
+            # Ask again later, not every tick: bad results are a bank-side fault for operators.
             conn.execute(update(batches).where(batches.c.batch_no == b["batch_no"]).values(
-                next_check_at=int(self.now() + 60 * self.bank.cnbank.status_poll_s)))
+                next_check_at=int(self.now() + 60 * self.bank.status_poll_s)))
         await self.db.run(rec)
-        for p in (cipher, sig):
-            if os.path.exists(p):
-                os.unlink(p)
 
-    def _apply_results(self, conn: Connection, b: dict, fetched) -> dict:
-        """Apply a verified result file in this one transaction, or raise and apply nothing."""
-        header, lines = self.link.result_lines(fetched.plain_path)
-        if header.batch_no != b["batch_no"]:
-            raise ResultRejected(f"H line names batch {header.batch_no}, expected {b['batch_no']}")
-        if header.total != b["total_count"] or header.total_amt != b["total_amount"]:
-            raise ResultRejected(f"H line says {header.total} items / {header.total_amt} fen, the batch "
+    def _apply_results(self, conn: Connection, b: dict, rs: ResultSet) -> dict:
+        """Apply verified results in this one transaction, or raise and apply nothing."""
+        t = rs.totals
+        if t.batch_no != b["batch_no"]:
+            raise ResultRejected(f"results name batch {t.batch_no}, expected {b['batch_no']}")
+        if t.count != b["total_count"] or t.amount != b["total_amount"]:
+            raise ResultRejected(f"results say {t.count} items / {t.amount} fen, the batch "
                                  f"holds {b['total_count']} / {b['total_amount']}")
+        # Amount and account are checked when the bank repeats them (cnbank always does).
         sql = ("UPDATE items SET status = ?, reason_code = ?, reason_text = ?, bank_serial = ?, "
                "result_at = ? WHERE order_no = ? AND seq = ? AND batch_no = ? AND status = 'SENT' "
-               "AND amount = ? AND account_no = ?")
+               "AND (CAST(? AS BIGINT) IS NULL OR amount = ?) "
+               "AND (CAST(? AS VARCHAR(64)) IS NULL OR account_no = ?)")
         order_no, batch_no = b["order_no"], b["batch_no"]
         chunk: list[tuple] = []
         n = 0
-        for line in lines:
+        for line in rs.lines():
             n += 1
-            chunk.append((ItemStatus.PAID if line.status == "S" else ItemStatus.FAILED,
+            chunk.append((ItemStatus.PAID if line.paid else ItemStatus.FAILED,
                           line.reason_code, line.reason_text, line.bank_serial or None,
-                          post_date(line.post_date), order_no, line.seq, batch_no, line.amount,
-                          line.acct_no))
+                          post_date(line.post_date), order_no, line.seq, batch_no,
+                          line.amount, line.amount, line.account_no, line.account_no))
             if len(chunk) >= APPLY_CHUNK:
                 executemany(conn, sql, chunk)
                 chunk = []
@@ -736,31 +662,22 @@ class BankFlow(RefundSteps, Article26Steps, LateReturnSteps, CorePushSteps):
             raise ResultRejected(f"{n} result lines, {applied} matched an item of the batch, "
                                  f"{left} items of the batch have no result")
         paid = per.get(ItemStatus.PAID, 0)
-        if paid != header.succ_cnt:
-            raise ResultRejected(f"H line says {header.succ_cnt} paid, lines say {paid}")
-        cipher, sig = fetched.cipher_path, fetched.sig_path
-        self._journal(conn, Entry("in", self.bank_id, "sftp", "GET", f"{b['result_file']}.sig",
-                                  payload_file=sig, order_no=b["order_no"], batch_no=b["batch_no"],
-                                  verified="ok"))
-        self._journal(conn, Entry("in", self.bank_id, "sftp", "GET",
-                                  f"result file {b['result_file']}: {n} lines, paid {header.succ_cnt} "
-                                  f"/ {header.succ_amt} fen, failed {header.fail_cnt} / "
-                                  f"{header.fail_amt} fen, SM3 {fetched.sm3}",
-                                  payload_file=cipher, order_no=b["order_no"], batch_no=b["batch_no"],
-                                  verified="ok"))
+        if paid != t.paid_count:
+            raise ResultRejected(f"results say {t.paid_count} paid, lines say {paid}")
+        for e in rs.evidence("ok"):
+            self._journal(conn, e)
         confirm_due, dispute_due = self._deadlines(conn, b)
         conn.execute(update(batches).where(batches.c.batch_no == b["batch_no"]).values(
-            state=BatchState.DONE, succ_cnt=header.succ_cnt, succ_amt=header.succ_amt,
-            fail_cnt=header.fail_cnt, fail_amt=header.fail_amt, updated_at=self.at(),
-            done_at=int(self.now()), next_check_at=int(self.now() + self.bank.cnbank.return_poll_s),
+            state=BatchState.DONE, succ_cnt=t.paid_count, succ_amt=t.paid_amount,
+            fail_cnt=t.failed_count, fail_amt=t.failed_amount, updated_at=self.at(),
+            done_at=int(self.now()), next_check_at=int(self.now() + self.bank.return_poll_s),
             confirm_due=confirm_due, dispute_due=dispute_due))
         per_order = check_conservation(conn, b["order_no"])
         settled = set(per_order) <= {ItemStatus.PAID, ItemStatus.REFUNDED}
         conn.execute(update(orders).where(orders.c.order_no == b["order_no"]).values(
             results_pending=1, updated_at=self.at(),
             **({"state": OrderState.SETTLED} if settled else {})))
-        return {"lines": n, "paid": header.succ_cnt, "failed": header.fail_cnt}
-
+        return {"lines": n, "paid": t.paid_count, "failed": t.failed_count}
 
 
 __all__ = ["BankFlow", "ConservationError", "check_conservation", "iso"]

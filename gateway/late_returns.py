@@ -1,6 +1,6 @@
 """Late returns (退票): a paid item the bank later sends back becomes FAILED again.
 
-DONE batches are asked BQ01 at a low rate for the bank's window; each
+DONE batches are asked their status (cnbank BQ01) at a low rate for the bank's window; each
 ReturnSerial is applied once, and a return that matches no PAID item of the
 batch is alarmed, not applied.
 """
@@ -22,13 +22,13 @@ class LateReturnSteps:
     def _batches_watching_returns(self, conn: Connection) -> list[dict]:
         """DONE batches still inside the late-return window whose next BQ01 is due."""
         now = self.now()
-        window = self.bank.cnbank.late_return_window_days * 86400
+        window = self.bank.late_return_window_days * 86400
         return [dict(r) for r in conn.execute(select(batches).where(
             batches.c.bank_id == self.bank_id, batches.c.state == BatchState.DONE,
             batches.c.done_at >= int(now - window), batches.c.next_check_at <= int(now))
             .order_by(batches.c.batch_no)).mappings()]
 
-    def _apply_returns(self, conn: Connection, b: dict, returns: list[dict], jid: int) -> None:
+    def _apply_returns(self, conn: Connection, b: dict, returns: list, jid: int | None) -> None:
         """Late returns (退票): a PAID item of this batch goes back to FAILED, once per ReturnSerial.
 
         A return naming an item that is not PAID in this batch, or another amount, is not
@@ -36,32 +36,32 @@ class LateReturnSteps:
         """
         changed = False
         for r in returns:
-            serial = r.get("ReturnSerial")
+            serial = r.serial
             seen = conn.execute(select(late_returns.c.return_serial).where(
                 late_returns.c.bank_id == self.bank_id, late_returns.c.return_serial == serial)).first()
             if seen is not None:
                 continue
             n = conn.execute(update(items).where(
-                items.c.order_no == b["order_no"], items.c.seq == r.get("Seq"),
+                items.c.order_no == b["order_no"], items.c.seq == r.seq,
                 items.c.batch_no == b["batch_no"], items.c.status == ItemStatus.PAID,
-                items.c.amount == r.get("Amount")).values(
-                status=ItemStatus.FAILED, reason_code=r.get("ReasonCode"),
-                reason_text=f"late return {serial} on {r.get('ReturnDate')}"[:200],
-                bank_serial=serial, result_at=post_date(str(r.get("ReturnDate") or "")))).rowcount
+                items.c.amount == r.amount).values(
+                status=ItemStatus.FAILED, reason_code=r.reason_code,
+                reason_text=f"late return {serial} on {r.return_date}"[:200],
+                bank_serial=serial, result_at=post_date(r.return_date))).rowcount
             if n != 1:
                 self._alarm(conn, "critical", "late-return-unmatched",
-                            f"bank returned seq {r.get('Seq')} of {b['batch_no']} ({serial}, "
-                            f"{r.get('Amount')} fen), which is not a PAID item of that batch: not applied",
+                            f"bank returned seq {r.seq} of {b['batch_no']} ({serial}, "
+                            f"{r.amount} fen), which is not a PAID item of that batch: not applied",
                             order_no=b["order_no"], batch_no=b["batch_no"], journal_id=jid)
                 continue
             conn.execute(insert(late_returns).values(
                 return_serial=serial, bank_id=self.bank_id, batch_no=b["batch_no"],
-                order_no=b["order_no"], seq=r.get("Seq"), amount=r.get("Amount"),
-                reason_code=r.get("ReasonCode"), return_date=str(r.get("ReturnDate") or ""),
+                order_no=b["order_no"], seq=r.seq, amount=r.amount,
+                reason_code=r.reason_code, return_date=r.return_date,
                 applied_at=self.at(), journal_id=jid))
             log.info("{bank}: late return {serial}: seq {seq} of {batch} is FAILED again ({code})",
-                     bank=self.bank_id, serial=serial, seq=r.get("Seq"), batch=b["batch_no"],
-                     code=r.get("ReasonCode"))
+                     bank=self.bank_id, serial=serial, seq=r.seq, batch=b["batch_no"],
+                     code=r.reason_code)
             changed = True
         if changed:
             check_conservation(conn, b["order_no"])

@@ -1,8 +1,9 @@
-"""The refund flow (原渠道退回): RF01, then RQ01 until the bank confirms.
+"""The refund flow (原渠道退回): the refund is sent, then its status asked until the bank confirms.
 
 Items the department cannot have paid go back to the account the money came
-from. RF01 is journaled as sent before it leaves; after an unknown outcome RQ01
-is asked first (E007 lets RF01 go again), as BQ01 is for batches. A refund the
+from. The request (cnbank RF01) is journaled as sent before it leaves; after an
+unknown outcome its status (RQ01) is asked first ("unknown to the bank" lets it
+go again), as for batches. A refund the
 bank refuses puts its items back to FAILED; DONE makes them REFUNDED with the
 bank's serial, and the order SETTLED once every fen is paid or returned.
 """
@@ -12,11 +13,10 @@ from __future__ import annotations
 from sqlalchemy import Connection, select, update
 from twisted.logger import Logger
 
-from adapters.cnbank.link import Incoming
+from adapters.interface import RefundStatus
 from gateway.models import (ItemStatus, OrderState, RefundState, items, orders, refund_items,
                             refunds)
-from gateway.rules import RETRYABLE_REFUSALS, ConservationError, check_conservation
-from protocols.money import format_yuan
+from gateway.rules import ConservationError, check_conservation
 
 log = Logger()
 
@@ -35,50 +35,38 @@ class RefundSteps:
         elif r["state"] == RefundState.SUBMITTING or (r["next_check_at"] or 0) <= self.now():
             await self.query_refund(r)
 
-    @staticmethod
-    def _refund_ref(r: dict) -> dict:
-        return {"order_no": r["order_no"], "batch_no": r["refund_no"]}
-
     async def submit_refund(self, r: dict) -> None:
         lines = await self.db.run(lambda c: [dict(x) for x in c.execute(select(
             refund_items.c.seq, refund_items.c.batch_no, refund_items.c.amount).where(
             refund_items.c.refund_no == r["refund_no"]).order_by(refund_items.c.seq)).mappings()])
-        fields = {"RefundNo": r["refund_no"], "OrderNo": r["order_no"],
-                  "TotalCount": str(r["total_count"]), "TotalAmount": format_yuan(r["total_amount"]),
-                  "Items": [{"Seq": str(x["seq"]), "BatchNo": x["batch_no"],
-                             "Amount": format_yuan(x["amount"])} for x in lines]}
 
         def mark(conn: Connection) -> None:
             conn.execute(update(refunds).where(refunds.c.refund_no == r["refund_no"]).values(
                 state=RefundState.SUBMITTING, attempts=refunds.c.attempts + 1, updated_at=self.at()))
-
-        def unsent(conn: Connection) -> None:
-            conn.execute(update(refunds).where(refunds.c.refund_no == r["refund_no"],
-                                               refunds.c.state == RefundState.SUBMITTING)
-                         .values(state=RefundState.NEW))
-        ref = self._refund_ref(r)
-        inc = await self._send(ref, "RF01", fields, before=mark, unsent=unsent)
-        if inc is None:
+        reply = await self.adapter.send_refund(r, lines, self, mark)
+        if reply is None:
             return
 
         def record(conn: Connection) -> None:
-            jid = self._journal_in(conn, ref, inc)
-            if inc.ret_code == "0000":
+            if reply.outcome == "accepted":
                 self._refund_accepted(conn, r)
-            elif inc.ret_code in RETRYABLE_REFUSALS:
-                conn.execute(update(refunds).where(refunds.c.refund_no == r["refund_no"])
+            elif reply.outcome in ("retry", "unsent"):
+                conn.execute(update(refunds).where(refunds.c.refund_no == r["refund_no"],
+                                                   refunds.c.state == RefundState.SUBMITTING)
                              .values(state=RefundState.NEW, updated_at=self.at()))
             else:
-                self._refund_failed(conn, r, RefundState.REFUSED, inc.ret_code, inc.ret_msg, jid)
+                self._refund_failed(conn, r, RefundState.REFUSED, reply.code, reply.message,
+                                    reply.journal_id)
         await self.db.run(record)
 
     def _refund_accepted(self, conn: Connection, r: dict) -> None:
         conn.execute(update(refunds).where(refunds.c.refund_no == r["refund_no"]).values(
             state=RefundState.ACCEPTED, updated_at=self.at(),
-            next_check_at=int(self.now() + self.bank.cnbank.status_poll_s)))
+            next_check_at=int(self.now() + self.bank.status_poll_s)))
         r["state"] = RefundState.ACCEPTED
 
-    def _refund_failed(self, conn: Connection, r: dict, state: str, code: str, msg: str, jid: int) -> None:
+    def _refund_failed(self, conn: Connection, r: dict, state: str, code: str, msg: str,
+                       jid: int | None) -> None:
         """The bank will not refund: the items go back to FAILED for the department to act on."""
         conn.execute(update(items).where(
             items.c.order_no == r["order_no"], items.c.status == ItemStatus.REFUND_PENDING,
@@ -92,45 +80,43 @@ class RefundSteps:
                     order_no=r["order_no"], batch_no=r["refund_no"], journal_id=jid)
 
     async def query_refund(self, r: dict) -> None:
-        """RQ01, also asked first when an RF01's outcome is unknown (as BQ01 for batches)."""
-        ref = self._refund_ref(r)
-        inc = await self._send(ref, "RQ01", {"RefundNo": r["refund_no"]})
-        if inc is None:
+        """Ask the refund's status, also first when a submission's outcome is unknown (rule 3)."""
+        st = await self.adapter.refund_status(r, self)
+        if st is None:
             return
-        status = inc.fields.get("Status")
 
         def record(conn: Connection) -> None:
-            jid = self._journal_in(conn, ref, inc)
-            if inc.ret_code == "E007" and r["state"] == RefundState.SUBMITTING:
-                conn.execute(update(refunds).where(refunds.c.refund_no == r["refund_no"])
-                             .values(state=RefundState.NEW, updated_at=self.at()))
+            jid = st.journal_id
+            if st.state == "unknown_to_bank":
+                if r["state"] == RefundState.SUBMITTING:
+                    conn.execute(update(refunds).where(refunds.c.refund_no == r["refund_no"])
+                                 .values(state=RefundState.NEW, updated_at=self.at()))
                 return
-            if inc.ret_code != "0000":
-                self._alarm(conn, "warning", "rq01-refused",
-                            f"RQ01 {r['refund_no']} answered {inc.ret_code} {inc.ret_msg}",
+            if st.state == "unanswered":
+                self._alarm(conn, "warning", "refund-status-refused",
+                            f"status query for refund {r['refund_no']} answered {st.code} {st.message}",
                             order_no=r["order_no"], batch_no=r["refund_no"], journal_id=jid)
                 return
             if r["state"] == RefundState.SUBMITTING:
                 self._refund_accepted(conn, r)
-            if status == "DONE":
-                self._refund_done(conn, r, inc, jid)
-            elif status == "RJCT":
-                self._refund_failed(conn, r, RefundState.RJCT, inc.fields.get("RejectCode") or "",
-                                    inc.fields.get("RejectMsg") or "", jid)
+            if st.state == "done":
+                self._refund_done(conn, r, st, jid)
+            elif st.state == "rejected":
+                self._refund_failed(conn, r, RefundState.RJCT, st.code, st.message, jid)
             else:
                 conn.execute(update(refunds).where(refunds.c.refund_no == r["refund_no"]).values(
-                    next_check_at=int(self.now() + self.bank.cnbank.status_poll_s)))
+                    next_check_at=int(self.now() + self.bank.status_poll_s)))
         await self.db.run(record)
 
-    def _refund_done(self, conn: Connection, r: dict, inc: Incoming, jid: int) -> None:
-        amount = inc.fields.get("RefundAmount")
+    def _refund_done(self, conn: Connection, r: dict, st: RefundStatus, jid: int | None) -> None:
+        amount = st.amount
         if amount != r["total_amount"]:
             self._alarm(conn, "critical", "refund-amount-mismatch",
                         f"bank says refund {r['refund_no']} returned {amount} fen, we asked "
                         f"{r['total_amount']}: not applied", order_no=r["order_no"],
                         batch_no=r["refund_no"], journal_id=jid)
             return
-        serial = inc.fields.get("RefundSerial")
+        serial = st.serial
         n = conn.execute(update(items).where(
             items.c.order_no == r["order_no"], items.c.status == ItemStatus.REFUND_PENDING,
             items.c.seq.in_(select(refund_items.c.seq).where(refund_items.c.refund_no == r["refund_no"])))
@@ -139,7 +125,7 @@ class RefundSteps:
             raise ConservationError(f"refund {r['refund_no']} holds {r['total_count']} items but {n} "
                                     f"were waiting for it")
         conn.execute(update(refunds).where(refunds.c.refund_no == r["refund_no"]).values(
-            state=RefundState.DONE, refund_serial=serial, returned_to=inc.fields.get("ReturnedTo"),
+            state=RefundState.DONE, refund_serial=serial, returned_to=st.returned_to,
             refund_amount=amount, updated_at=self.at()))
         per_order = check_conservation(conn, r["order_no"])
         settled = set(per_order) <= {ItemStatus.PAID, ItemStatus.REFUNDED}

@@ -14,7 +14,7 @@ from twisted.application import service
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from adapters.cnbank.link import CnBankLink
+from gateway.bankplugins import AdapterError, make_adapter
 from adapters.core_http import CoreClient
 from gateway import db as dbmod
 from gateway.commands import Commands
@@ -24,7 +24,6 @@ from gateway.flow import BankFlow
 from gateway.journal import Journal
 from gateway.leadership import Leadership, lock_for_url
 from gateway.scheduler import RetryScheduler
-from protocols import keyfile
 
 log = Logger()
 
@@ -217,30 +216,28 @@ class Gateway(service.MultiService):
         log.info("stopped")
 
 
-def _load_keys(cfg: GatewayConfig):
-    keys, errors = {}, []
-    for b in cfg.banks.values():
+def _make_adapters(reactor, cfg: GatewayConfig, faults: Faults) -> dict:
+    """One verified adapter per bank, found by its dialect; every problem reported together."""
+    adapters, errors = {}, []
+    for bank_id, bank in cfg.banks.items():
         try:
-            ours = keyfile.read_private_key_file(b.our_private_key)
-        except (keyfile.KeyFileError, OSError) as e:
-            errors.append(f"{b.file}: keys.our_private: {e}")
-            continue
-        try:
-            theirs = keyfile.read_public_key_file(b.bank_public_key)
-        except (keyfile.KeyFileError, OSError) as e:
-            errors.append(f"{b.file}: keys.bank_public: {e}")
-            continue
-        keys[b.bank_id] = (ours, theirs)
+            adapters[bank_id] = make_adapter(reactor, bank, cfg, faults)
+        except AdapterError as e:
+            errors.append(str(e))
     if errors:
         raise StartupError("cannot start:\n  " + "\n  ".join(errors))
-    return keys
+    return adapters
 
 
 def make_service(cfg: GatewayConfig, reactor=None) -> Gateway:
     if reactor is None:
         from twisted.internet import reactor as _reactor
         reactor = _reactor
-    keys = _load_keys(cfg)
+    try:
+        faults = Faults(cfg.crash_after)
+    except ValueError as e:
+        raise StartupError(f"{cfg.file}: {e}") from None
+    adapters = _make_adapters(reactor, cfg, faults)
     engine = dbmod.make_engine(cfg.database_url)
     try:
         dbmod.check_migrated(engine, cfg.file)
@@ -251,10 +248,6 @@ def make_service(cfg: GatewayConfig, reactor=None) -> Gateway:
         engine.dispose()
         raise StartupError(f"{cfg.file}: database.url: cannot open "
                            f"{engine.url.render_as_string(hide_password=True)}: {e}") from None
-    try:
-        faults = Faults(cfg.crash_after)
-    except ValueError as e:
-        raise StartupError(f"{cfg.file}: {e}") from None
     gw = Gateway()
     database = dbmod.Database(reactor, engine, cfg.db_threads)
     gw.database = database
@@ -269,10 +262,8 @@ def make_service(cfg: GatewayConfig, reactor=None) -> Gateway:
         _RpcService(reactor, cfg, gw.commands, _refusal_journal(reactor, database, journal)
                     ).setServiceParent(gw)
     for bank_id, bank in cfg.banks.items():
-        ours, theirs = keys[bank_id]
-        link = CnBankLink(reactor, bank, ours, theirs, f"{cfg.work_dir}/{bank_id}")
-        flow = BankFlow(reactor, cfg, bank, database, journal, core, link, faults)
-        interval = min(bank.cnbank.status_poll_s, cfg.core.poll_interval_s)
+        flow = BankFlow(reactor, cfg, bank, database, journal, core, adapters[bank_id], faults)
+        interval = min(bank.status_poll_s, cfg.core.poll_interval_s)
         # Not a child service: leadership starts and stops it (Gateway.on_active/on_standby).
         ticker = Ticker(reactor, f"flow-{bank_id}", flow.tick, interval)
         gw.flows[bank_id] = flow

@@ -93,7 +93,7 @@ async def test_reply_signed_by_another_key_is_journaled_and_never_acted_on(react
     env = await in_process(reactor, tmp_path, [s])
     try:
         # Swap in an unrelated key as "the bank's": what a forged or misrouted reply looks like.
-        env.flow.link.bank_key = sm.generate_keypair().public_key
+        env.flow.adapter.link.bank_key = sm.generate_keypair().public_key
         await env.until(lambda: env.query("select 1 from alarms where kind='bank-reply-rejected'"),
                         what="a rejected reply")
         for _ in range(5):

@@ -57,6 +57,7 @@ class Incoming:
     ret_msg: str
     fields: dict
     decoded: str
+    journal_id: int | None = None
 
 
 @dataclass
@@ -262,8 +263,12 @@ class CnBankLink:
 
     def result_lines(self, plain_path: str) -> tuple[files.ResultHeader, Iterator[files.ResultLine]]:
         f = open(plain_path, "rb")  # noqa: SIM115  (closed when the iterator is exhausted)
-        header, lines = files.read_result_file(f, unit=self.bank.cnbank.amount_unit,
-                                               encoding=self.bank.cnbank.encoding)
+        try:
+            header, lines = files.read_result_file(f, unit=self.bank.cnbank.amount_unit,
+                                                   encoding=self.bank.cnbank.encoding)
+        except BaseException:
+            f.close()
+            raise
 
         def gen():
             try:

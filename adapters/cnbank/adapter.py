@@ -1,0 +1,265 @@
+"""The `cnbank` dialect behind IBankAdapter: BP01/BQ01/RF01/RQ01/DP01/RC01 over framed TCP, files over SFTP.
+
+Every request is journaled (with the flow's state change) before it leaves;
+after a lost reply the flow asks BQ01/RQ01 first (rule 3), which this adapter
+maps to BatchStatus/RefundStatus ("unknown_to_bank" is E007). A reply is
+decrypted, verified and parsed whole before anything is returned; one that
+fails is journaled, alarmed and returned as None.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from typing import Iterable
+
+from twisted.internet.threads import deferToThread
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from adapters import tcp
+from adapters.cnbank.link import BuiltFile, CnBankLink, Incoming, LinkError, Outgoing
+from adapters.interface import (BatchItem, BatchSpec, BatchStatus, Built, IBankAdapter, ItemResult,
+                                LateReturn, RefundStatus, Reply, ResultSet, ResultsRefused,
+                                ResultTotals)
+from gateway.journal import Entry
+from protocols import cnbank_files as files
+from protocols.money import format_yuan
+
+log = Logger()
+CST = datetime.timezone(datetime.timedelta(hours=8))
+
+# Refusals that mean "not now": MsgId reused, clock skew; sent again with a new MsgId.
+RETRYABLE_REFUSALS = ("E008", "E009")
+
+
+@implementer(IBankAdapter)
+class CnBankAdapter:
+    """One `cnbank` bank: its link (keys, TCP and SFTP endpoints) and the dialect's rules."""
+
+    dialect = "cnbank"
+
+    def __init__(self, reactor, bank, link: CnBankLink, faults=None):
+        self.reactor = reactor
+        self.bank = bank
+        self.bank_id = bank.bank_id
+        self.link = link
+        self.work_dir = link.work_dir
+        self.faults = faults
+
+    # --- messages ---------------------------------------------------------------
+
+    async def _send(self, ref: dict, tx: str, fields: dict, recorder, before=None) -> Incoming | None:
+        """Journal a request (with `before`'s state change), send it, open and journal the reply.
+
+        Returns the verified reply, or None when there is none to act on (no answer, or an
+        answer that failed verification: journaled and alarmed). A request that never left
+        (connect failed) is returned as an Incoming with tx_code "" so the caller can say "unsent".
+        """
+        out: Outgoing = await self.link.build(tx, fields, recorder.now())
+        await recorder.record([Entry("out", self.bank_id, "tcp", tx, out.decoded, payload=out.raw,
+                                     msg_id=out.msg_id, order_no=ref["order_no"],
+                                     batch_no=ref["batch_no"])], change=before)
+        try:
+            raw = await self.link.exchange(out)
+        except tcp.ExchangeError as e:
+            await recorder.record([Entry("event", self.bank_id, "tcp", tx,
+                                         f"{tx} {out.msg_id}: {e} (sent: {e.sent})", msg_id=out.msg_id,
+                                         order_no=ref["order_no"], batch_no=ref["batch_no"])])
+            log.warn("{bank}: {tx} for {batch}: {error}", bank=self.bank_id, tx=tx,
+                     batch=ref["batch_no"], error=e)
+            if not e.sent:
+                return Incoming("", out.msg_id, b"", "", str(e), {}, "")
+            return None
+        if tx == "BP01" and self.faults is not None:
+            self.faults.point("BP01-reply-received")
+        try:
+            inc = await self.link.open(out, raw)
+        except LinkError as e:
+            await recorder.record(
+                [Entry("in", self.bank_id, "tcp", tx, f"unverified reply: {e}", payload=raw,
+                       msg_id=out.msg_id, order_no=ref["order_no"], batch_no=ref["batch_no"],
+                       verified=f"failed: {e.code} {e}")],
+                alarm=("critical", "bank-reply-rejected", f"{tx} reply for {ref['batch_no']}: {e}",
+                       ref["order_no"], ref["batch_no"]))
+            return None
+        ids = await recorder.record([Entry("in", self.bank_id, "tcp", inc.tx_code, inc.decoded,
+                                           payload=inc.raw, msg_id=inc.msg_id, order_no=ref["order_no"],
+                                           batch_no=ref["batch_no"], verified="ok")])
+        inc.journal_id = ids[-1]
+        return inc
+
+    @staticmethod
+    def _reply(inc: Incoming | None, bank_ref_field: str | None = None) -> Reply | None:
+        if inc is None:
+            return None
+        if inc.tx_code == "":
+            return Reply("unsent", message=inc.ret_msg)
+        if inc.ret_code == "0000":
+            outcome = "accepted"
+        elif inc.ret_code in RETRYABLE_REFUSALS:
+            outcome = "retry"
+        else:
+            outcome = "refused"
+        return Reply(outcome, inc.ret_code, inc.ret_msg,
+                     bank_ref=inc.fields.get(bank_ref_field) if bank_ref_field else None,
+                     journal_id=inc.journal_id, fields=inc.fields)
+
+    # --- batches -------------------------------------------------------------------
+
+    def build_batch(self, spec: BatchSpec, items: Iterable[BatchItem]) -> Built:
+        header = files.BatchHeader(
+            batch_no=spec.batch_no, order_no=spec.order_no, payer_acct=self.bank.payer_acct,
+            payer_name=self.bank.payer_name, total_count=spec.total_count,
+            total_amount=spec.total_amount, submit_date=spec.submit_date, proj_short=spec.project_short)
+        lines = (files.BatchLine(seq=i.seq, name=i.name, id_no=i.id_number, acct_no=i.account_no,
+                                 acct_bank=i.account_bank, amount=i.amount, proj_code=spec.project_code,
+                                 remark=i.remark,
+                                 orig_batch_no=i.orig_batch_no if spec.kind == "RETRY" else "")
+                 for i in items)
+        b = self.link.write_batch_file(header, lines, kind=spec.kind)
+        return Built(b.name, b.sm3, b.enc_key, b.count, b.amount)
+
+    def _paths(self, batch: dict) -> tuple[str, str]:
+        p = os.path.join(self.work_dir, batch["file_name"])
+        return p, p + ".sig"
+
+    def built_exists(self, batch: dict) -> bool:
+        return all(os.path.exists(p) for p in self._paths(batch))
+
+    async def deliver_batch(self, batch: dict, recorder) -> None:
+        cipher, sig = self._paths(batch)
+        await self.link.upload(BuiltFile(batch["file_name"], cipher, sig, batch["file_sm3"],
+                                         batch["file_enc_key"], batch["total_count"],
+                                         batch["total_amount"]))
+        in_dir = self.bank.sftp.in_dir
+        await recorder.record([
+            Entry("out", self.bank_id, "sftp", "PUT", f"{in_dir}/{batch['file_name']}.sig",
+                  payload_file=sig, order_no=batch["order_no"], batch_no=batch["batch_no"]),
+            Entry("out", self.bank_id, "sftp", "PUT",
+                  f"{in_dir}/{batch['file_name']}: batch file of {batch['total_count']} items, "
+                  f"{batch['total_amount']} fen, FileSM3 {batch['file_sm3']}",
+                  payload_file=cipher, order_no=batch["order_no"], batch_no=batch["batch_no"])])
+
+    async def submit_batch(self, batch: dict, recorder, before) -> Reply | None:
+        fields = {"BatchNo": batch["batch_no"], "Kind": batch["kind"], "OrderNo": batch["order_no"],
+                  "FileName": batch["file_name"], "FileSM3": batch["file_sm3"],
+                  "FileEncKey": batch["file_enc_key"], "TotalCount": str(batch["total_count"]),
+                  "TotalAmount": format_yuan(batch["total_amount"])}
+        return self._reply(await self._send(batch, "BP01", fields, recorder, before), "BankBatchNo")
+
+    async def batch_status(self, batch: dict, recorder) -> BatchStatus | None:
+        inc = await self._send(batch, "BQ01", {"BatchNo": batch["batch_no"]}, recorder)
+        if inc is None or inc.tx_code == "":
+            return None
+        if inc.ret_code == "E007":
+            return BatchStatus("unknown_to_bank", inc.ret_code, inc.ret_msg, journal_id=inc.journal_id)
+        if inc.ret_code != "0000":
+            return BatchStatus("unanswered", inc.ret_code, inc.ret_msg, journal_id=inc.journal_id)
+        f = inc.fields
+        returns = [LateReturn(serial=r.get("ReturnSerial"), seq=r.get("Seq"), amount=r.get("Amount"),
+                              reason_code=r.get("ReasonCode"), return_date=str(r.get("ReturnDate") or ""))
+                   for r in (f.get("Returns") or [])]
+        status = f.get("Status")
+        if status == "RJCT":
+            return BatchStatus("rejected", f.get("RejectCode") or "", f.get("RejectMsg") or "",
+                               returns=returns, journal_id=inc.journal_id)
+        if status == "DONE":
+            return BatchStatus("done", results={"file": f.get("ResultFile"), "digest": f.get("FileSM3"),
+                                                "key": f.get("FileEncKey")},
+                               returns=returns, journal_id=inc.journal_id)
+        return BatchStatus("pending", returns=returns, journal_id=inc.journal_id)
+
+    async def fetch_results(self, batch: dict, recorder) -> ResultSet:
+        name = batch["result_file"]
+        cipher, sig = await self.link.download(name)
+        ref = {"order_no": batch["order_no"], "batch_no": batch["batch_no"]}
+
+        def evidence(verified: str, summary: str = "") -> list:
+            return [Entry("in", self.bank_id, "sftp", "GET", f"{name}.sig", payload_file=sig,
+                          verified=verified[:200], **ref),
+                    Entry("in", self.bank_id, "sftp", "GET",
+                          f"result file {name}: {summary}" if verified == "ok"
+                          else f"result file {name} rejected whole: {verified}",
+                          payload_file=cipher, verified=verified[:200], **ref)]
+
+        def cleanup(*paths) -> None:
+            for p in paths:
+                if os.path.exists(p):
+                    os.unlink(p)
+        try:
+            fetched = await deferToThread(self.link.open_file, name, cipher, sig,
+                                          batch["result_enc_key"], batch["result_sm3"])
+        except LinkError as e:
+            raise ResultsRefused(str(e), evidence(f"failed: {e}"),
+                                 lambda: cleanup(cipher, sig)) from None
+        try:
+            header, lines = self.link.result_lines(fetched.plain_path)
+        except files.FileFormatError as e:
+            why = f"FileFormatError: {e}"
+            raise ResultsRefused(why, evidence(f"failed: {why}"),
+                                 lambda: cleanup(fetched.plain_path, cipher, sig)) from None
+        totals = ResultTotals(header.batch_no, header.total, header.total_amt, header.succ_cnt,
+                              header.succ_amt, header.fail_cnt, header.fail_amt)
+        summary = (f"{header.total} lines, paid {header.succ_cnt} / {header.succ_amt} fen, failed "
+                   f"{header.fail_cnt} / {header.fail_amt} fen, SM3 {fetched.sm3}")
+
+        def results():
+            try:
+                for line in lines:
+                    yield ItemResult(line.seq, line.status == "S", line.reason_code, line.reason_text,
+                                     line.bank_serial or "", line.post_date, line.amount, line.acct_no)
+            except files.FileFormatError as e:
+                raise ResultsRefused(f"FileFormatError: {e}", []) from None
+        return ResultSet(totals, results,
+                         lambda verified: evidence(verified, summary),
+                         lambda: cleanup(fetched.plain_path, cipher, sig), summary=summary)
+
+    async def after_results(self, batch: dict) -> None:
+        if self.bank.sftp.remove_uploads:
+            await self.link.remove_uploads(batch["file_name"])
+
+    # --- refunds, disputes, statements ------------------------------------------------
+
+    async def send_refund(self, refund: dict, lines: list[dict], recorder, before) -> Reply | None:
+        fields = {"RefundNo": refund["refund_no"], "OrderNo": refund["order_no"],
+                  "TotalCount": str(refund["total_count"]),
+                  "TotalAmount": format_yuan(refund["total_amount"]),
+                  "Items": [{"Seq": str(x["seq"]), "BatchNo": x["batch_no"],
+                             "Amount": format_yuan(x["amount"])} for x in lines]}
+        ref = {"order_no": refund["order_no"], "batch_no": refund["refund_no"]}
+        return self._reply(await self._send(ref, "RF01", fields, recorder, before))
+
+    async def refund_status(self, refund: dict, recorder) -> RefundStatus | None:
+        ref = {"order_no": refund["order_no"], "batch_no": refund["refund_no"]}
+        inc = await self._send(ref, "RQ01", {"RefundNo": refund["refund_no"]}, recorder)
+        if inc is None or inc.tx_code == "":
+            return None
+        if inc.ret_code == "E007":
+            return RefundStatus("unknown_to_bank", inc.ret_code, inc.ret_msg, journal_id=inc.journal_id)
+        if inc.ret_code != "0000":
+            return RefundStatus("unanswered", inc.ret_code, inc.ret_msg, journal_id=inc.journal_id)
+        f = inc.fields
+        status = f.get("Status")
+        if status == "DONE":
+            return RefundStatus("done", serial=f.get("RefundSerial"), amount=f.get("RefundAmount"),
+                                returned_to=f.get("ReturnedTo"), journal_id=inc.journal_id)
+        if status == "RJCT":
+            return RefundStatus("rejected", f.get("RejectCode") or "", f.get("RejectMsg") or "",
+                                journal_id=inc.journal_id)
+        return RefundStatus("pending", journal_id=inc.journal_id)
+
+    async def dispute(self, dispute: dict, recorder, before) -> Reply | None:
+        ref = {"order_no": dispute["order_no"], "batch_no": dispute["dispute_no"]}
+        fields = {"DisputeNo": dispute["dispute_no"], "BatchNo": dispute["batch_no"],
+                  "Seqs": [str(x) for x in dispute["seqs"]], "Reason": dispute["reason"]}
+        reply = self._reply(await self._send(ref, "DP01", fields, recorder, before))
+        if reply is not None and reply.outcome == "accepted" and reply.fields.get("Accepted") != "Y":
+            reply.outcome = "refused"
+        return reply
+
+    async def fetch_statement(self, period: str, recorder):
+        raise NotImplementedError("cnbank RC01 statements are not fetched by the daemon yet")
+
+    def close(self):
+        return None

@@ -1,0 +1,263 @@
+"""The one interface between the gateway's flows and a bank (代发银行适配器).
+
+A bank adapter binds a dialect, a transport, keys and one bank's settings. The
+flows in gateway/ speak only to `IBankAdapter`: they own every state change
+and never see a message, a file format or a transport. An adapter owns the
+wire: it builds, signs, sends, verifies and parses, and it journals every
+message it sends or receives through the `IBankRecorder` the flow gives it,
+before it returns anything. What it returns is a neutral, verified outcome
+(`Reply`, `BatchStatus`, `RefundStatus`, `ResultSet`); something that failed
+verification is journaled and alarmed by the adapter and reported as nothing
+to act on (None), so nothing unverified ever reaches a state change.
+
+Adapters are found by dialect name in the entry-point group
+`subsidy_gateway.bank_adapters` (see `gateway/adapters.py`); a site adds a bank
+in its own package by registering a factory there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+from zope.interface import Attribute, Interface
+
+ENTRY_POINT_GROUP = "subsidy_gateway.bank_adapters"
+
+
+@dataclass
+class BatchSpec:
+    """What a batch file says at its head: the batch, its order and its totals."""
+
+    batch_no: str
+    order_no: str
+    kind: str                 # PAY / RETRY
+    total_count: int
+    total_amount: int         # fen
+    submit_date: str          # YYYYMMDD, China Standard Time
+    project_code: str
+    project_short: str
+
+
+@dataclass
+class BatchItem:
+    """One line of a batch: an item to credit."""
+
+    seq: int
+    name: str
+    id_number: str
+    account_no: str
+    account_bank: str
+    amount: int               # fen
+    remark: str
+    orig_batch_no: str        # the batch the item last failed in (RETRY), else ""
+
+
+@dataclass
+class Built:
+    """A batch document written, signed (and encrypted) in the adapter's work dir.
+
+    `name`, `digest` and `key` are kept in the batch row (file_name, file_sm3,
+    file_enc_key) so the batch can be delivered and submitted again after a restart.
+    """
+
+    name: str
+    digest: str
+    key: str
+    count: int
+    amount: int
+
+
+@dataclass
+class Reply:
+    """The bank's verified answer to a submission (batch, refund or dispute).
+
+    outcome: "accepted"; "retry" (refused for now: send again later, nothing was
+    taken); "refused" (refused for good: an operator decides); "unsent" (it never
+    reached the bank: sending again is not blind); "unknown" is never returned: an
+    exchange without a verified answer is None.
+    """
+
+    outcome: str
+    code: str = ""
+    message: str = ""
+    bank_ref: str | None = None
+    journal_id: int | None = None
+    fields: dict = field(default_factory=dict)
+
+
+@dataclass
+class LateReturn:
+    """A paid item the bank sent back (退票)."""
+
+    serial: str               # the bank's reference, unique per bank: applied once
+    seq: int
+    amount: int
+    reason_code: str
+    return_date: str          # YYYYMMDD or YYYY-MM-DD
+
+
+@dataclass
+class BatchStatus:
+    """What the bank knows of a batch.
+
+    state: "unknown_to_bank" (never received: it may be submitted again),
+    "pending", "rejected" (whole batch, nothing paid), "done" (results ready),
+    "unanswered" (the bank refused the question: alarmed by the flow).
+    `results` is what fetch_results needs later (kept in the batch row).
+    """
+
+    state: str
+    code: str = ""
+    message: str = ""
+    results: dict | None = None
+    returns: list[LateReturn] = field(default_factory=list)
+    journal_id: int | None = None
+
+
+@dataclass
+class RefundStatus:
+    """What the bank knows of a refund (原渠道退回); states as BatchStatus."""
+
+    state: str
+    code: str = ""
+    message: str = ""
+    serial: str | None = None
+    amount: int | None = None
+    returned_to: str | None = None
+    journal_id: int | None = None
+
+
+@dataclass
+class ResultTotals:
+    batch_no: str
+    count: int
+    amount: int
+    paid_count: int
+    paid_amount: int
+    failed_count: int
+    failed_amount: int
+
+
+@dataclass
+class ItemResult:
+    seq: int
+    paid: bool
+    reason_code: str
+    reason_text: str
+    bank_serial: str
+    post_date: str            # YYYYMMDD or YYYY-MM-DD, may be empty
+    amount: int | None        # fen, when the bank repeats it (checked against the item)
+    account_no: str | None    # when the bank repeats it (checked against the item)
+
+
+@dataclass
+class ResultSet:
+    """A batch's results, verified whole; `lines()` streams them once.
+
+    The flow applies the lines in one transaction together with `evidence`
+    (journal entries of what was received); if the lines do not add up it
+    journals `refused(why)` instead and applies nothing. `cleanup()` removes
+    temporary files either way.
+    """
+
+    totals: ResultTotals
+    lines: Callable[[], Iterator[ItemResult]]
+    evidence: Callable[[str], list]          # verified -> journal Entries (verified="ok" or "failed: ...")
+    cleanup: Callable[[], None]
+    summary: str = ""
+
+
+class ResultsRefused(Exception):
+    """Results that failed verification or parsing: nothing may be applied.
+
+    `entries` are the journal entries of what was received, marked failed; `cleanup()`
+    removes the received files once they are journaled (archived).
+    """
+
+    def __init__(self, why: str, entries: list, cleanup: Callable[[], None] | None = None):
+        super().__init__(why)
+        self.entries = entries
+        self.cleanup = cleanup or (lambda: None)
+
+
+class IBankRecorder(Interface):
+    """What an adapter is given to journal the messages it exchanges (the flow implements it)."""
+
+    def record(entries, change=None, alarm=None):
+        """Journal `entries` (gateway.journal.Entry) in one transaction with `change(conn)` if given.
+
+        `alarm` = (severity, kind, message, order_no, batch_no) raises an alarm pointing at the
+        last entry. Returns a Deferred firing with the journal ids of the entries.
+        """
+
+    def now():
+        """Seconds since the epoch, from the flow's clock."""
+
+
+class IBankAdapter(Interface):
+    """A bank, as the flows see it."""
+
+    bank_id = Attribute("the bank's id (bank_id of its orders)")
+    dialect = Attribute("the dialect's name, e.g. 'cnbank' or 'iso20022'")
+    work_dir = Attribute("where the adapter keeps its files")
+
+    def build_batch(spec, items):
+        """Write, sign (and encrypt) a batch document from streamed BatchItems; returns Built.
+
+        Blocking: the flow calls it on a pool thread.
+        """
+
+    def built_exists(batch):
+        """Whether the built document of this batch row is still in the work dir."""
+
+    def deliver_batch(batch, recorder):
+        """Put the built document where the bank takes it (SFTP upload; nothing for HTTPS). Deferred."""
+
+    def submit_batch(batch, recorder, before):
+        """Send the batch; `before(conn)` is run in the transaction journaling the request.
+
+        Deferred firing with a Reply, or None when there is no verified answer.
+        """
+
+    def batch_status(batch, recorder):
+        """Ask what the bank knows of the batch. Deferred firing with BatchStatus or None."""
+
+    def fetch_results(batch, recorder):
+        """Fetch and verify the batch's results. Deferred firing with a ResultSet; ResultsRefused."""
+
+    def send_refund(refund, lines, recorder, before):
+        """Send a refund of `lines` (dicts: seq, batch_no, amount). Deferred: Reply or None."""
+
+    def refund_status(refund, recorder):
+        """Ask what the bank knows of a refund. Deferred: RefundStatus or None."""
+
+    def dispute(dispute, recorder, before):
+        """Report an error in a batch's results to the bank (article 26). Deferred: Reply or None."""
+
+    def fetch_statement(period, recorder):
+        """Fetch the bank's statement for a period ("D20261128", "M202611"). Deferred: the statement."""
+
+    def after_results(batch):
+        """Housekeeping once a batch's results are applied (remove uploads). Deferred."""
+
+    def close():
+        """Release connections. Deferred or None."""
+
+
+class IBankAdapterFactory(Interface):
+    """What the entry point `subsidy_gateway.bank_adapters:<dialect>` names."""
+
+    dialect = Attribute("the dialect's name, equal to the entry point's name")
+
+    def load_settings(reader, data, base_dir):
+        """Validate the dialect's part of a bank file (a dict of the keys other than bank_id, name,
+        dialect, payer_acct, payer_name); report every problem through `reader.err(key, message)`
+        (gateway.config.Reader, which names the file) and return the settings object, or None.
+        The settings must have status_poll_s, return_poll_s, result_working_days and
+        late_return_window_days for the flows.
+        """
+
+    def make(reactor, bank, cfg, faults):
+        """Build the adapter for one bank (gateway.config.BankConfig): load its keys, refusing
+        unsafe or missing ones with gateway.bankplugins.AdapterError naming the file and key."""
