@@ -2,10 +2,12 @@
 
 Everything runs on loopback under one folder (var/demo by default, recreated
 each run), the daemon on its embedded SQLite as its own process. Progress is
-printed while the orders move. When the bank's results are in, the demo plays
-the department (业务科室) through the daemon's RPC: fixable failures are
-corrected (with who confirmed and who approved) and sent again in a RETRY
-batch, unfixable ones (R009, R010) are refunded to the original channel. At
+printed while the orders move. As the bank's results reach the core, the core
+simulator plays the departments (业务科室, simulators/core/departments.py)
+through the daemon's RPC: fixable failures are corrected (with who confirmed
+and who approved) and sent again in a RETRY batch, unfixable ones (R009,
+R010) are refunded to the original channel, and each batch whose results are
+in is confirmed. At
 the end a summary per order shows items and amounts PAID first time, PAID on
 retry, REFUNDED, and FAILED by reason, whether the money is conserved, and
 whether the bank's ledger shows each paid item credited exactly once. The exit
@@ -26,20 +28,12 @@ from twisted.internet.threads import deferToThread
 
 from gateway import rpc_client
 from simulators import datagen, harness
-from simulators.outcomes import REASONS, outcome_for_account
-
-
-NOT_FIXABLE = {"R009", "R010"}
+from simulators.core.departments import NOT_FIXABLE, Departments, unix_socket_rpc
+from simulators.outcomes import REASONS
 
 
 def expected_state(o: dict) -> str:
     return "INVALID" if o["corrupt"] else "SETTLED"
-
-
-def first_pass_done(o: dict) -> bool:
-    if o["corrupt"]:
-        return o["state"] == "INVALID"
-    return o["state"] in ("DISPATCHED", "SETTLED") and o["reported_items"] == o["item_count"]
 
 
 def order_done(o: dict) -> bool:
@@ -48,35 +42,6 @@ def order_done(o: dict) -> bool:
         return o["state"] == "INVALID"
     return o["state"] == want and o["reported_items"] == o["item_count"] and \
         o["results"].get("FAILED", {}).get("count", 0) == 0
-
-
-def new_account(seq: int) -> str:
-    """A corrected account the simulated bank credits (never a 99NN failing pattern)."""
-    acct = f"6228480{seq:08d}0000"
-    assert outcome_for_account(acct) == "0000"
-    return acct
-
-
-async def play_department(p: harness.Paths, sims, order_no: str) -> dict:
-    """What the department does with one order's failures, through the daemon's RPC."""
-    results = await sims.core.results(order_no)
-    fix = sorted(seq for seq, r in results.items() if r["status"] == "FAILED"
-                 and r["reason_code"] not in NOT_FIXABLE)
-    refund = sorted(seq for seq, r in results.items() if r["status"] == "FAILED"
-                    and r["reason_code"] in NOT_FIXABLE)
-
-    def rpc(method, **params):
-        return deferToThread(rpc_client.call, method, params, unix_path=str(p.rpc_socket))
-    for seq in fix:
-        await rpc("item.correct", order_no=order_no, seq=seq, account_no=new_account(seq),
-                  confirmed_by="收款人本人（电话确认）", approved_by="科室负责人 李明",
-                  approval_ref=f"更正审批〔2026〕{seq}号")
-    if fix:
-        await rpc("order.retry", order_no=order_no)
-    if refund:
-        await rpc("refund.request", order_no=order_no, seqs=refund,
-                  reason="重复明细/账户人已故，原渠道退回", approved_by="科室负责人 李明")
-    return {"corrected": len(fix), "refund_requested": len(refund)}
 
 
 def fen(n: int) -> str:
@@ -122,6 +87,11 @@ def print_summary(summary: dict, ledger: dict[str, dict], statuses: dict[str, di
               f"   of which {retried} items {fen(retried_amt)} on retry ({', '.join(b['batch_no'] for b in retry) or '-'})")
         print(f"  REFUNDED {refunded['count']:>7} items {fen(refunded['amount']):>16}   原渠道退回")
         print(f"  FAILED   {failed['count']:>7} items {fen(failed['amount']):>16}   still open")
+        confirmed = o.get("confirmed", [])
+        unconfirmed = [b["batch_no"] for b in statuses.get(no, {}).get("batches", [])
+                       if b["state"] == "DONE" and b["batch_no"] not in confirmed]
+        print(f"  batches confirmed by the department: {', '.join(confirmed) or '-'}"
+              + (f"; NOT confirmed: {', '.join(unconfirmed)}" if unconfirmed else ""))
         by_reason = o.get("failed_first_by_reason", {})
         if by_reason:
             print("  first-pass failures by reason:")
@@ -137,7 +107,7 @@ def print_summary(summary: dict, ledger: dict[str, dict], statuses: dict[str, di
         print(f"  money conserved (paid + refunded + failed = funded): {'yes' if conserved else 'NO'}")
         print(f"  bank ledger: {bank['count']} credits, {fen(bank['amount'])}, "
               f"double credits {bank['double']}: {'each paid item credited once' if credited_once else 'MISMATCH'}")
-        ok_all &= reached and conserved and credited_once
+        ok_all &= reached and conserved and credited_once and not unconfirmed
     print()
     return ok_all
 
@@ -146,17 +116,53 @@ class DemoStuck(Exception):
     pass
 
 
-async def wait_all(reactor, env, daemon, p, started, timeout, done, what) -> dict:
+def print_actions(actions: list, clock, started: float) -> None:
+    """What the departments did since the last progress line, one line per order and kind."""
+    grouped: dict[tuple[str, str], list] = {}
+    for a in actions:
+        grouped.setdefault((a.order_no, a.kind), []).append(a)
+    for (no, kind), acts in sorted(grouped.items()):
+        if kind == "correct":
+            what = f"corrected {len(acts)} items (evidence given)"
+        elif kind == "retry":
+            what = "asked for the retry: " + "; ".join(a.detail for a in acts)
+        elif kind == "refund":
+            what = "refund requested: " + "; ".join(f"{len(a.seqs)} items ({a.detail})" for a in acts)
+        else:
+            what = "confirmed " + ", ".join(a.detail for a in acts)
+        print(f"[{clock.seconds() - started:6.1f}s]   department {no[-4:]}: {what}", flush=True)
+
+
+async def wait_all(reactor, env, daemon, p, started, timeout, done, what, departments) -> dict:
+    shown = 0
     while True:
         await task.deferLater(reactor, 1.0, lambda: None)
         summary = await env.core.summary()
         print_progress(summary, started, reactor)
+        print_actions(departments.actions[shown:], reactor, started)
+        shown = len(departments.actions)
         if all(done(o) for o in summary["orders"].values()):
             return summary
         if not daemon.running():
             raise DemoStuck(f"gatewayd exited early with {daemon.proc.returncode}; see {p.log}")
         if reactor.seconds() - started > timeout:
             raise DemoStuck(f"timed out after {timeout}s waiting for {what}; see {p.log}")
+
+
+async def wait_confirmed(reactor, p, final: dict, departments, timeout: float) -> dict[str, dict]:
+    """order.status of each valid order, once the department has confirmed every DONE batch
+    (the last confirmation may follow the last result by a moment); as they are at *timeout*."""
+    deadline = reactor.seconds() + timeout
+    while True:
+        statuses = {}
+        for no, o in final["orders"].items():
+            if not o["corrupt"]:
+                statuses[no] = await deferToThread(rpc_client.call, "order.status", {"order_no": no},
+                                                   unix_path=str(p.rpc_socket))
+        if all(b["state"] != "DONE" or b["batch_no"] in departments.report(no)["confirmed"]
+               for no, st in statuses.items() for b in st["batches"]) or reactor.seconds() > deadline:
+            return statuses
+        await task.deferLater(reactor, 0.5, lambda: None)
 
 
 async def run(args) -> int:
@@ -178,30 +184,21 @@ async def run(args) -> int:
     print(f"gatewayd started (pid {daemon.proc.pid}), log: {p.log}")
     started = reactor.seconds()
     result = 1
+    # One department desk for the whole run: it acts as results reach the core.
+    departments = Departments(reactor, env.core, unix_socket_rpc(reactor, p.rpc_socket))
+    departments.start()
     try:
-        first = await wait_all(reactor, env, daemon, p, started, args.timeout, first_pass_done,
-                               "the bank's first results")
-        # Failures by reason as the bank first reported them, before the department acts.
-        first = await env.failed_by_reason(first)
-        print("\nthe department corrects what it can and refunds the rest (through gatewayctl rpc):")
-        for no, o in sorted(first["orders"].items()):
-            if o["state"] == "DISPATCHED":
-                done = await play_department(p, env, no)
-                print(f"  {no}: {done['corrected']} corrected and sent again, "
-                      f"{done['refund_requested']} to be refunded")
-        print()
         final = await wait_all(reactor, env, daemon, p, started, args.timeout, order_done,
-                               "every order SETTLED")
-        statuses = {}
-        for no, o in final["orders"].items():
-            if not o["corrupt"]:
-                statuses[no] = await deferToThread(rpc_client.call, "order.status", {"order_no": no},
-                                                   unix_path=str(p.rpc_socket))
+                               "every order SETTLED (or INVALID)", departments)
+        statuses = await wait_confirmed(reactor, p, final, departments, 30)
         code = await daemon.stop_async(reactor)
         print(f"gatewayd stopped on SIGTERM with exit code {code}")
-        summary = await env.failed_by_reason(await env.core.summary())
+        await departments.stop()
+        summary = await env.core.summary()
         for no, o in summary["orders"].items():
-            o["failed_first_by_reason"] = first["orders"][no]["failed_by_reason"]
+            seen = departments.report(no)
+            o["failed_first_by_reason"] = seen["failed_first_by_reason"]
+            o["confirmed"] = seen["confirmed"]
         ledger = await env.ledger_by_order()
         ok = print_summary(summary, ledger, statuses)
         print("ALL ORDERS REACHED THEIR EXPECTED STATE" if ok else "SOME ORDERS DID NOT REACH THEIR EXPECTED STATE")
@@ -209,6 +206,7 @@ async def run(args) -> int:
     except DemoStuck as e:
         print(str(e))
     finally:
+        await departments.stop()
         daemon.stop()
         await env.stop()
     return result

@@ -2,6 +2,11 @@
 
     core-sim --seed conf/demo/orders.toml --listen 127.0.0.1:8480 \\
              --db var/core-sim.db --token-file PATH [--page-size 100] [--fail-every N] [--delay S]
+             [--departments-rpc-socket PATH]
+
+With --departments-rpc-socket the simulator also plays the departments
+(simulators/core/departments.py) through the gateway RPC on that Unix socket:
+corrections, retries, refunds and batch confirmations once results arrive.
 
 Logs are twisted.logger events: text on a terminal, JSON lines otherwise.
 """
@@ -41,6 +46,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--page-size", type=int, default=100)
     p.add_argument("--fail-every", type=int, default=0, help="answer every Nth API request 503 (0: never)")
     p.add_argument("--delay", type=float, default=0.0, help="answer API requests this many seconds late")
+    p.add_argument("--departments-rpc-socket", type=Path, default=None, metavar="PATH",
+                   help="play the departments through the gateway RPC on this Unix socket")
     return p
 
 
@@ -83,6 +90,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     log.info("core simulator serving {n} orders on {host}:{port}, recording to {db}",
              n=len(specs), host=host, port=listening.getHost().port, db=str(args.db))
+    if args.departments_rpc_socket is not None:
+        from simulators.core.departments import Departments, unix_socket_rpc
+        departments = Departments(reactor, sim, unix_socket_rpc(reactor, args.departments_rpc_socket))
+        departments.start()
+        log.info("departments acting through the gateway RPC on {path}", path=str(args.departments_rpc_socket))
     reactor.run()
     return 0
 

@@ -18,7 +18,7 @@ import datetime
 import hmac
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import unquote
 
@@ -114,6 +114,7 @@ class CoreSimulator:
         self._idle_waiters: list[Deferred[None]] = []
         self.api_requests = 0
         self.injected_faults = 0
+        self._report_listeners: list[Callable[[str], None]] = []
 
     # --- in-process API -------------------------------------------------
 
@@ -168,6 +169,25 @@ class CoreSimulator:
         if order_no not in self._specs:
             raise KeyError(order_no)
         return self._in_db(self._store.results, order_no)
+
+    def add_report_listener(self, listener: Callable[[str], None]) -> None:
+        """Call *listener(order_no)* whenever the gateway reports new results or a new state.
+
+        Called on the reactor thread once the report is recorded; what it raises is logged.
+        The departments (simulators/core/departments.py) use it to act as soon as results arrive.
+        """
+        self._report_listeners.append(listener)
+
+    def remove_report_listener(self, listener: Callable[[str], None]) -> None:
+        if listener in self._report_listeners:
+            self._report_listeners.remove(listener)
+
+    def _reported(self, order_no: str) -> None:
+        for listener in list(self._report_listeners):
+            try:
+                listener(order_no)
+            except Exception:
+                log.failure("report listener failed for {order_no}", order_no=order_no)
 
     @property
     def active_streams(self) -> int:
@@ -461,6 +481,8 @@ class CoreSimulator:
         counts = await self._in_db(self._store.record_results, spec.order_no, rows, self._now())
         log.info("order {order_no}: {new} new results, {duplicates} repeated",
                  order_no=spec.order_no, new=counts["new"], duplicates=counts["duplicates"])
+        if counts["new"]:
+            self._reported(spec.order_no)
         return {"order_no": spec.order_no, **counts}
 
     async def _post_state(self, request: Request, spec: datagen.OrderSpec) -> dict[str, Any]:
@@ -471,6 +493,8 @@ class CoreSimulator:
         new = await self._in_db(self._store.record_state, spec.order_no, state, detail, self._now())
         log.info("order {order_no} reported {state}{again}", order_no=spec.order_no, state=state,
                  again="" if new else " (again)")
+        if new:
+            self._reported(spec.order_no)
         return {"order_no": spec.order_no, "state": state, "new": new}
 
 
