@@ -142,9 +142,135 @@ def cmd_rpc(cfg, args) -> int:
     return rpc_cli_main(args.rest, unix_path=cfg.rpc.unix_socket if cfg.rpc else None)
 
 
+# --- gatewayctl keys ---------------------------------------------------------------
+
+def _keys_passphrase(args):
+    from gateway.keystore import Passphrase
+    if args.passphrase_file:
+        return Passphrase.from_file(args.passphrase_file)
+    if args.passphrase_env:
+        return Passphrase.from_env(args.passphrase_env)
+    return None
+
+
+def _now():
+    import datetime as dt
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def cmd_keys_generate(args) -> int:
+    from gateway import keystore
+    pw = _keys_passphrase(args)
+    if pw is None:
+        raise keystore.KeystoreError("a private key is written encrypted: give --passphrase-file F "
+                                     "or --passphrase-env VAR")
+    written = keystore.generate(args.bank, args.dir, args.kind, pw, now=_now(), subject=args.subject,
+                                days=args.days, csr=args.csr, self_signed=args.self_signed,
+                                rsa_bits=args.bits)
+    for path, what in written:
+        print(f"wrote {path}: {what}")
+    return 0
+
+
+def cmd_keys_show(args) -> int:
+    from gateway import keystore
+    pw = _keys_passphrase(args)
+    now, status = _now(), 0
+    for path in args.paths:
+        try:
+            print("\n".join(keystore.show(path, now=now, passphrase=pw)))
+        except keystore.KeystoreError as e:
+            print(f"ERROR {e}", file=sys.stderr)
+            status = 2
+    return status
+
+
+def cmd_keys_import(args) -> int:
+    from gateway import keystore
+    dest, lines = keystore.import_file(args.bank, args.dir, args.kind, args.file, now=_now())
+    print(f"imported {args.file} as {dest} (mode 0644)")
+    for line in lines:
+        print(f"  {line}")
+    return 0
+
+
+def cmd_keys_check(args) -> int:
+    import os
+
+    from gateway import keystore
+    target = args.keys_config or args.config
+    if args.dir or (target and os.path.isdir(target)):
+        findings = keystore.check_dir(args.dir or target, now=_now(), passphrase=_keys_passphrase(args),
+                                      warn_days=args.warn_days)
+    elif target:
+        findings = keystore.check_config(target, now=_now(), warn_days=args.warn_days)
+    else:
+        raise keystore.KeystoreError("keys check needs --config conf/gateway.toml or --dir keys/BANK")
+    for f in findings:
+        print(f)
+    levels = {f.level for f in findings}
+    errors = sum(f.level == "error" for f in findings)
+    warns = sum(f.level == "warn" for f in findings)
+    print(f"{errors} error(s), {warns} warning(s)")
+    return 2 if "error" in levels else 1 if "warn" in levels else 0
+
+
+def _add_keys_parser(sub) -> None:
+    k = sub.add_parser("keys", help="our private keys, certificates and the banks' keys (keys/README.md)")
+    ks = k.add_subparsers(dest="cmd", required=True)
+
+    def passphrase_opts(p) -> None:
+        g = p.add_mutually_exclusive_group()
+        g.add_argument("--passphrase-file", metavar="F", help="the private key passphrase, first line of F (mode 0600)")
+        g.add_argument("--passphrase-env", metavar="VAR", help="the private key passphrase, from environment variable VAR")
+
+    g = ks.add_parser("generate", help="a new key pair of ours, private key encrypted (0600)")
+    g.add_argument("--bank", required=True, help="the bank_id (for the default subject CN=gateway-BANK)")
+    g.add_argument("--dir", required=True, help="the bank's key folder, e.g. keys/BANK")
+    g.add_argument("--kind", required=True, choices=("sm2", "rsa"))
+    passphrase_opts(g)
+    g.add_argument("--subject", help='certificate subject, e.g. "CN=gateway,O=某市财政局,C=CN"')
+    g.add_argument("--days", type=int, default=365, help="validity of a --self-signed certificate (default 365)")
+    g.add_argument("--bits", type=int, default=3072, help="RSA key size (default 3072)")
+    how = g.add_mutually_exclusive_group()
+    how.add_argument("--csr", action="store_true", help="also write a certificate signing request (RSA)")
+    how.add_argument("--self-signed", action="store_true", help="also write a self-signed certificate (RSA)")
+    g.set_defaults(keys_fn=cmd_keys_generate)
+
+    s = ks.add_parser("show", help="kind, fingerprint, subject and dates of key and certificate files")
+    s.add_argument("paths", nargs="+", metavar="PATH")
+    passphrase_opts(s)
+    s.set_defaults(keys_fn=cmd_keys_show)
+
+    i = ks.add_parser("import", help="validate a file from the bank and copy it into its key folder")
+    i.add_argument("--bank", required=True)
+    i.add_argument("--dir", required=True, help="the bank's key folder, e.g. keys/BANK")
+    i.add_argument("--kind", required=True, choices=("certificate", "ca", "sm2-public", "ssh-host-key"))
+    i.add_argument("file", metavar="FILE")
+    i.set_defaults(keys_fn=cmd_keys_import)
+
+    c = ks.add_parser("check", help="every key file: exists, mode, passphrase, certificate expiry "
+                                    "(exit 0 ok, 1 warnings, 2 errors)")
+    c.add_argument("--config", dest="keys_config", metavar="FILE", help="the daemon's TOML file (or a key folder)")
+    c.add_argument("--dir", help="check one bank's key folder instead, e.g. keys/BANK")
+    c.add_argument("--warn-days", type=int, default=30, help="warn this many days before a certificate ends (default 30)")
+    passphrase_opts(c)
+    c.set_defaults(keys_fn=cmd_keys_check)
+
+
+def _run_keys(args) -> None:
+    from gateway.keystore import KeystoreError
+    from protocols.keyfile import KeyFileError
+    try:
+        raise SystemExit(args.keys_fn(args))
+    except (KeystoreError, KeyFileError) as e:
+        print(f"ERROR {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def gatewayctl_main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="gatewayctl", description="Inspect and maintain the bank gateway.")
-    p.add_argument("--config", required=True, help="the daemon's TOML file")
+    p.add_argument("--config", help="the daemon's TOML file (required but for `keys`)")
     sub = p.add_subparsers(dest="group", required=True)
     d = sub.add_parser("db", help="database schema").add_subparsers(dest="cmd", required=True)
     d.add_parser("upgrade", help="apply the migrations (alembic upgrade head)").set_defaults(fn=cmd_db_upgrade)
@@ -163,7 +289,12 @@ def gatewayctl_main(argv: list[str] | None = None) -> None:
     sub.add_parser("alarms", help="alarms raised").set_defaults(fn=cmd_alarms)
     sub.add_parser("check-config", help="validate the configuration and exit").set_defaults(
         fn=lambda cfg, a: (print(json.dumps({"ok": True, "banks": sorted(cfg.banks)})), 0)[1])
+    _add_keys_parser(sub)
     args = p.parse_args(argv)
+    if args.group == "keys":
+        _run_keys(args)   # key files need no valid configuration (keys check reads it itself)
+    if not args.config:
+        p.error("the following arguments are required: --config")
     cfg = _load(args.config)
     try:
         raise SystemExit(args.fn(cfg, args))

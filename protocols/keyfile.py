@@ -36,6 +36,7 @@ __all__ = [
     "PBKDF2_ITERATIONS",
     "PrivateKeyInfo",
     "load_private_key_info",
+    "encrypt_private_key_info",
     "sm2_private_key_from_pkcs8",
     "load_sm2_private_key",
     "dump_sm2_private_key",
@@ -480,7 +481,7 @@ def _decrypt_pkcs8(der: bytes, passphrase: bytes | None, what: str) -> tuple[byt
     if passphrase is None:
         raise KeyFileError(
             f"{what}: the private key is encrypted (ENCRYPTED PRIVATE KEY) and no passphrase "
-            f"was given; set passphrase_file or passphrase_env")
+            f"was given")
     if not isinstance(passphrase, (bytes, bytearray)):
         raise TypeError("passphrase must be bytes")
     key = PBKDF2HMAC(prf(), key_len, salt, iterations).derive(bytes(passphrase))
@@ -635,6 +636,15 @@ def load_sm2_private_key(pem: bytes | str, *, passphrase: bytes | None = None,
     if label == "PRIVATE KEY":
         return _parse_pkcs8(der, source)
     return _parse_ec_private_key(der, source, curve_known=False)
+
+
+def encrypt_private_key_info(der: bytes, passphrase: bytes, *,
+                             iterations: int = PBKDF2_ITERATIONS) -> bytes:
+    """"ENCRYPTED PRIVATE KEY" PEM of a plaintext PKCS#8 DER of any algorithm (RSA from `cryptography`, say).
+
+    PBES2 with PBKDF2-HMAC-SHA256 and AES-256-CBC, as dump_sm2_private_key writes it.
+    """
+    return _pem("ENCRYPTED PRIVATE KEY", _encrypt_pkcs8(der, bytes(passphrase), iterations))
 
 
 def dump_sm2_private_key(key: SM2PrivateKey, passphrase: bytes | None = None, *,
