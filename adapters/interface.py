@@ -37,6 +37,7 @@ class BatchSpec:
     submit_date: str          # YYYYMMDD, China Standard Time
     project_code: str
     project_short: str
+    created_at: str = ""      # ISO 8601 with +08:00, when the batch is built
 
 
 @dataclass
@@ -94,7 +95,8 @@ class LateReturn:
     seq: int
     amount: int
     reason_code: str
-    return_date: str          # YYYYMMDD or YYYY-MM-DD
+    return_date: str          # YYYYMMDD
+    journal_id: int | None = None   # the entry of the message that carried it, if not the status's
 
 
 @dataclass
@@ -193,6 +195,15 @@ class IBankRecorder(Interface):
 
     def now():
         """Seconds since the epoch, from the flow's clock."""
+
+    def read(fn, *args):
+        """Run fn(conn, *args) in one database transaction (off the reactor); Deferred of its result."""
+
+    def journal_in(conn, entry):
+        """Append a journal entry inside a transaction `read` opened; returns its id."""
+
+    def alarm_in(conn, severity, kind, message, order_no, batch_no, journal_id):
+        """Raise an alarm inside a transaction `read` opened."""
 
 
 class IBankAdapter(Interface):

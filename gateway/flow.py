@@ -410,6 +410,7 @@ class BankFlow(RefundSteps, Article26Steps, LateReturnSteps, CorePushSteps):
             spec = BatchSpec(batch_no=b["batch_no"], order_no=b["order_no"], kind=b["kind"],
                              total_count=b["total_count"], total_amount=b["total_amount"],
                              submit_date=datetime.datetime.fromtimestamp(self.now(), CST).strftime("%Y%m%d"),
+                             created_at=self.at(),
                              project_code=o["project_code"], project_short=o["project_short"])
             rows = conn.execution_options(stream_results=True, yield_per=5000).execute(
                 select(items.c.seq, items.c.name, items.c.id_number, items.c.account_no,
@@ -457,6 +458,17 @@ class BankFlow(RefundSteps, Article26Steps, LateReturnSteps, CorePushSteps):
                             journal_id=ids[-1] if ids else None)
             return ids
         return self.db.run(run)
+
+    def read(self, fn, *args):
+        return self.db.run(fn, *args)
+
+    def journal_in(self, conn: Connection, entry) -> int:
+        return self._journal(conn, entry)
+
+    def alarm_in(self, conn: Connection, severity: str, kind: str, message: str, order_no, batch_no,
+                 journal_id) -> None:
+        self._alarm(conn, severity, kind, message, order_no=order_no, batch_no=batch_no,
+                    journal_id=journal_id)
 
     async def submit(self, b: dict) -> None:
         def mark(conn: Connection) -> None:

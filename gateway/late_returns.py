@@ -58,7 +58,7 @@ class LateReturnSteps:
                 return_serial=serial, bank_id=self.bank_id, batch_no=b["batch_no"],
                 order_no=b["order_no"], seq=r.seq, amount=r.amount,
                 reason_code=r.reason_code, return_date=r.return_date,
-                applied_at=self.at(), journal_id=jid))
+                applied_at=self.at(), journal_id=r.journal_id or jid))
             log.info("{bank}: late return {serial}: seq {seq} of {batch} is FAILED again ({code})",
                      bank=self.bank_id, serial=serial, seq=r.seq, batch=b["batch_no"],
                      code=r.reason_code)

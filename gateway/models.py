@@ -337,6 +337,29 @@ class StatementLine(Base):
     booked: Mapped[str | None] = mapped_column(String(10))    # YYYY-MM-DD
 
 
+class BankFeed(Base):
+    """Where a bank's report feed (ISO 20022 GET /reports) was read up to."""
+
+    __tablename__ = "bank_feeds"
+    bank_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    cursor: Mapped[str | None] = mapped_column(String(64))
+    updated_at: Mapped[str] = mapped_column(String(40))
+
+
+class BankReport(Base):
+    """A verified document from a bank's report feed; its bytes are in the journal entry."""
+
+    __tablename__ = "bank_reports"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    bank_id: Mapped[str] = mapped_column(String(32), index=True)
+    cursor: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(20))             # pain.002.001.11, camt.054.001.08, ...
+    msg_id: Mapped[str] = mapped_column(String(64))
+    ref: Mapped[str | None] = mapped_column(String(64), index=True)   # pain.002: OrgnlMsgId
+    journal_id: Mapped[int] = mapped_column(Integer)
+    received_at: Mapped[str] = mapped_column(String(40))
+
+
 
 orders = Order.__table__
 items = Item.__table__
@@ -351,3 +374,5 @@ disputes = Dispute.__table__
 refund_items = RefundItem.__table__
 statements = Statement.__table__
 statement_lines = StatementLine.__table__
+bank_feeds = BankFeed.__table__
+bank_reports = BankReport.__table__

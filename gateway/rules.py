@@ -57,7 +57,9 @@ def check_conservation(conn: Connection, order_no: str) -> dict[str, tuple[int, 
 
 
 def post_date(d: str) -> str:
-    """'20261128' -> '2026-11-28T00:00:00+08:00' (the core wants ISO 8601 with offset)."""
+    """'20261128' or '2026-11-28' -> '2026-11-28T00:00:00+08:00' (the core wants ISO 8601 with offset)."""
     if len(d) == 8 and d.isdigit():
         return f"{d[:4]}-{d[4:6]}-{d[6:]}T00:00:00+08:00"
+    if len(d) == 10 and d[4] == "-" and d[7] == "-":
+        return f"{d}T00:00:00+08:00"
     return d

@@ -1,0 +1,1 @@
+"""The `iso20022` bank dialect (shared/spec/iso20022.md)."""

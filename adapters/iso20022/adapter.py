@@ -1,0 +1,454 @@
+"""The `iso20022` dialect behind IBankAdapter: pain.001 over HTTPS with mutual TLS, reports from a feed.
+
+A batch is one pain.001.001.10 (MsgId = BatchNo, PmtInfId = BatchNo/PAY|RETRY),
+validated against its XSD and signed (enveloped XMLDSig, RSA-SHA256, exclusive
+c14n) before it leaves. `POST /payments` is idempotent on MsgId, so after an
+unknown outcome the very same bytes are posted again as the status question
+(never a new document: DU01 would follow). Results, refund confirmations, late
+returns and statements come from `GET /reports?since=cursor`: each document is
+XSD-validated and its signature checked against the pinned bank certificate(s)
+before it is journaled and kept (bank_reports); one that fails is journaled as
+failed, alarmed and never used. The cursor moves in the same transaction.
+
+A refund is a pain.001 of one transfer (EndToEndId = RefundNo, PmtInfId =
+RefundNo/REFUND) from the holding account back to the order's original account;
+it is DONE when the pain.002 says ACSC and the camt.054 shows the debit.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import io
+import json
+import os
+
+from lxml import etree
+from sqlalchemy import Connection, insert, select, update
+from twisted.internet.threads import deferToThread
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from adapters.https import HttpsBankClient, HttpsError
+from adapters.interface import (BatchItem, BatchSpec, BatchStatus, Built, IBankAdapter, ItemResult,
+                                LateReturn, RefundStatus, Reply, ResultSet, ResultsRefused, ResultTotals)
+from gateway.journal import Entry
+from gateway.models import bank_feeds, bank_reports, journal
+from protocols import iso20022 as iso
+from protocols import xmldsig
+
+log = Logger()
+CST = datetime.timezone(datetime.timedelta(hours=8))
+PAGES_PER_SYNC = 20
+FINAL = ("ACSC", "RJCT")
+
+
+def _iso_time(now: float) -> str:
+    return datetime.datetime.fromtimestamp(int(now), CST).isoformat()
+
+
+@implementer(IBankAdapter)
+class IsoAdapter:
+    """One ISO 20022 bank: its HTTPS client, our signing key, the bank's pinned certificates."""
+
+    dialect = "iso20022"
+
+    def __init__(self, reactor, bank, settings, client: HttpsBankClient, *, key_pem: bytes,
+                 cert_pem: bytes, pinned, work_dir: str, journal_store):
+        self.reactor = reactor
+        self.bank = bank
+        self.bank_id = bank.bank_id
+        self.s = settings
+        self.client = client
+        self.key_pem = key_pem
+        self.cert_pem = cert_pem
+        self.pinned = pinned            # callable(now: datetime) -> [(cert_pem, None)]
+        self.work_dir = work_dir
+        self.journal_store = journal_store   # gateway.journal.Journal: reads kept documents back
+        os.makedirs(work_dir, exist_ok=True)
+
+    # --- documents -----------------------------------------------------------------
+
+    def _header(self, msg_id: str, kind: str, count: int, amount: int, when: str, date: str):
+        return iso.PaymentInitiation(
+            msg_id=msg_id, created_at=when, nb_of_txs=count, ctrl_sum_fen=amount,
+            initiating_party=self.s.initiating_party, debtor_name=self.bank.payer_name,
+            debtor_account=self.bank.payer_acct, debtor_agent_bic=self.s.debtor_agent_bic or None,
+            debtor_agent_id=self.s.debtor_agent_id, requested_date=date,
+            pmt_inf_id=f"{msg_id}/{kind}")
+
+    def _seal(self, plain: str, final: str) -> str:
+        """Validate the written document against its XSD, sign it, and check the signed one again."""
+        iso.validate(plain)
+        if self.s.signature == "xmldsig":
+            xmldsig.sign_file(plain, final, self.key_pem, self.cert_pem)
+            os.unlink(plain)
+            iso.validate(final)
+        else:
+            os.replace(plain, final)
+        h = hashlib.sha256()
+        with open(final, "rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+        return h.hexdigest()
+
+    def build_batch(self, spec: BatchSpec, items) -> Built:
+        name = f"{spec.batch_no}.pain001.xml"
+        final = os.path.join(self.work_dir, name)
+        plain = final + ".unsigned"
+        d = spec.submit_date
+        header = self._header(spec.batch_no, spec.kind, spec.total_count, spec.total_amount,
+                              spec.created_at, f"{d[:4]}-{d[4:6]}-{d[6:]}")
+        transfers = (iso.CreditTransfer(
+            instr_id=f"{spec.batch_no}-{i.seq}", end_to_end_id=f"{spec.order_no}-{i.seq}",
+            amount_fen=i.amount, creditor_name=i.name, creditor_account=i.account_no,
+            creditor_agent_name=i.account_bank or None, creditor_id_number=i.id_number or None,
+            remittance=spec.project_short or spec.project_code) for i in items)
+        try:
+            with open(plain, "wb") as f:
+                iso.write_pain001(f, header, transfers)
+            digest = self._seal(plain, final)
+        except BaseException:
+            for p in (plain, final):
+                if os.path.exists(p):
+                    os.unlink(p)
+            raise
+        return Built(name, digest, "", spec.total_count, spec.total_amount)
+
+    def built_exists(self, batch: dict) -> bool:
+        return os.path.exists(os.path.join(self.work_dir, batch["file_name"]))
+
+    async def deliver_batch(self, batch: dict, recorder) -> None:
+        return None   # HTTPS: the document travels in the POST itself
+
+    # --- posting ----------------------------------------------------------------------
+
+    async def _post(self, ref: dict, path: str, decoded: str, recorder, before=None) -> Reply | None:
+        """Journal the document (with `before`), POST it, journal the answer; None if unknown."""
+        with open(path, "rb") as f:
+            doc = f.read()
+        await recorder.record([Entry("out", self.bank_id, "https", iso.PAIN001, decoded, payload_file=path,
+                                     msg_id=ref["msg_id"], order_no=ref["order_no"],
+                                     batch_no=ref["batch_no"])], change=before)
+        try:
+            status, answer = await self.client.post_payment(doc)
+        except HttpsError as e:
+            body = e.body or b""
+            if e.status in (400, 413):
+                ids = await recorder.record([Entry(
+                    "in", self.bank_id, "https", iso.PAIN001, f"HTTP {e.status}: {e}", payload=body,
+                    msg_id=ref["msg_id"], order_no=ref["order_no"], batch_no=ref["batch_no"],
+                    verified="ok")])
+                try:
+                    code = json.loads(body).get("error") or f"HTTP{e.status}"
+                except (ValueError, AttributeError):
+                    code = f"HTTP{e.status}"
+                return Reply("refused", str(code)[:8], str(e)[:500], journal_id=ids[-1])
+            await recorder.record([Entry("event", self.bank_id, "https", iso.PAIN001,
+                                         f"POST {ref['msg_id']}: {e}", msg_id=ref["msg_id"],
+                                         order_no=ref["order_no"], batch_no=ref["batch_no"])])
+            log.warn("{bank}: POST {msg}: {error}", bank=self.bank_id, msg=ref["msg_id"], error=e)
+            return None
+        raw = json.dumps(answer, ensure_ascii=False).encode()
+        if status == 409:
+            # DU01: the bank holds other content under this MsgId. Never resend: ask, alarm.
+            await recorder.record(
+                [Entry("in", self.bank_id, "https", iso.PAIN001, f"HTTP 409 {answer.get('error')}: "
+                       f"{answer.get('message', '')}"[:500], payload=raw, msg_id=ref["msg_id"],
+                       order_no=ref["order_no"], batch_no=ref["batch_no"], verified="ok")],
+                alarm=("critical", "message-id-conflict",
+                       f"bank holds other content under MsgId {ref['msg_id']} (DU01): not resent",
+                       ref["order_no"], ref["batch_no"]))
+            return None
+        ids = await recorder.record([Entry("in", self.bank_id, "https", iso.PAIN001,
+                                           f"HTTP {status}: {answer.get('status')} {answer.get('msg_id')}",
+                                           payload=raw, msg_id=ref["msg_id"], order_no=ref["order_no"],
+                                           batch_no=ref["batch_no"], verified="ok")])
+        if answer.get("msg_id") != ref["msg_id"]:
+            return None
+        return Reply("accepted", "", str(answer.get("status")), bank_ref=answer.get("msg_id"),
+                     journal_id=ids[-1])
+
+    async def submit_batch(self, batch: dict, recorder, before) -> Reply | None:
+        path = os.path.join(self.work_dir, batch["file_name"])
+        decoded = (f"POST /payments pain.001 {batch['batch_no']} ({batch['kind']}): {batch['total_count']} "
+                   f"transfers, {batch['total_amount']} fen, SHA-256 {batch['file_sm3']}")
+        return await self._post({"msg_id": batch["batch_no"], "order_no": batch["order_no"],
+                                 "batch_no": batch["batch_no"]}, path, decoded, recorder, before)
+
+    # --- the report feed ----------------------------------------------------------------
+
+    def _check(self, kind: str, doc: bytes, now: datetime.datetime) -> tuple[str, str | None]:
+        """Validate and verify one document (thread); (MsgId, ref) or Iso20022Error/SignatureError."""
+        # Well-formed whole first: a streaming parser can pass a document cut off partway.
+        etree.fromstring(doc, etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=True))
+        if iso.message_type(io.BytesIO(doc)) != kind:
+            raise iso.Iso20022Error(f"the feed says {kind}, the document is "
+                                    f"{iso.message_type(io.BytesIO(doc))}", "Document")
+        iso.validate(io.BytesIO(doc), kind)
+        if self.s.signature == "xmldsig":
+            xmldsig.verify_bytes(doc, self.pinned(now), now)
+        if kind == iso.PAIN002:
+            report, statuses = iso.read_pain002(io.BytesIO(doc))
+            for _ in statuses:   # to its end: the reader's last step checks the whole
+                pass
+            return report.msg_id, report.orig_msg_id
+        if kind == iso.CAMT054:
+            return iso.read_camt054(io.BytesIO(doc)).msg_id, None
+        if kind == iso.CAMT053:
+            return iso.read_camt053(io.BytesIO(doc)).msg_id, None
+        raise iso.Iso20022Error(f"{kind} is not a report the gateway takes", "type")
+
+    async def sync(self, recorder) -> int:
+        """Read the feed from the kept cursor; keep each verified document. Returns how many were kept."""
+        def cursor(conn: Connection):
+            return conn.execute(select(bank_feeds.c.cursor).where(
+                bank_feeds.c.bank_id == self.bank_id)).scalar()
+        since = await recorder.read(cursor)
+        kept = 0
+        for _ in range(PAGES_PER_SYNC):
+            reports, nxt = await self.client.reports(since)
+            if not reports:
+                break
+            now = datetime.datetime.fromtimestamp(recorder.now(), datetime.timezone.utc)
+            checked = []
+            for r in reports:
+                doc = r["document"].encode("utf-8")
+                try:
+                    msg_id, ref = await deferToThread(self._check, r["type"], doc, now)
+                    checked.append((r, doc, msg_id, ref, None))
+                except (iso.Iso20022Error, xmldsig.SignatureError, etree.XMLSyntaxError, ValueError) as e:
+                    checked.append((r, doc, None, None, f"{type(e).__name__}: {e}"))
+            new_cursor = nxt if nxt is not None else reports[-1]["cursor"]
+
+            def keep(conn: Connection, checked=checked, new_cursor=new_cursor) -> int:
+                n = 0
+                at = _iso_time(recorder.now())
+                for r, doc, msg_id, ref, bad in checked:
+                    if bad:
+                        jid = recorder.journal_in(conn, Entry(
+                            "in", self.bank_id, "https", r["type"][:20],
+                            f"report {r['cursor']} rejected: {bad}"[:500], payload=doc,
+                            verified=f"failed: {bad}"[:200]))
+                        recorder.alarm_in(conn, "critical", "bank-report-rejected",
+                                          f"report {r['cursor']} ({r['type']}) from the bank rejected, "
+                                          f"not used: {bad}"[:500], None, None, jid)
+                        continue
+                    jid = recorder.journal_in(conn, Entry(
+                        "in", self.bank_id, "https", r["type"][:20],
+                        f"report {r['cursor']}: {r['type']} {msg_id}" + (f" for {ref}" if ref else ""),
+                        payload=doc, msg_id=msg_id[:64], batch_no=ref, verified="ok"))
+                    conn.execute(insert(bank_reports).values(
+                        bank_id=self.bank_id, cursor=r["cursor"][:64], kind=r["type"][:20],
+                        msg_id=msg_id[:64], ref=(ref or None) and ref[:64], journal_id=jid,
+                        received_at=at))
+                    n += 1
+                done = conn.execute(update(bank_feeds).where(bank_feeds.c.bank_id == self.bank_id)
+                                    .values(cursor=new_cursor, updated_at=at)).rowcount
+                if not done:
+                    conn.execute(insert(bank_feeds).values(bank_id=self.bank_id, cursor=new_cursor,
+                                                           updated_at=at))
+                return n
+            kept += await recorder.read(keep)
+            if new_cursor == since:
+                break
+            since = new_cursor
+        return kept
+
+    async def _documents(self, recorder, kind: str, ref: str | None = None) -> list[tuple[int, bytes]]:
+        def find(conn: Connection):
+            q = select(bank_reports.c.journal_id).where(bank_reports.c.bank_id == self.bank_id,
+                                                        bank_reports.c.kind == kind)
+            if ref is not None:
+                q = q.where(bank_reports.c.ref == ref)
+            ids = list(conn.execute(q.order_by(bank_reports.c.id)).scalars())
+            rows = conn.execute(select(journal).where(journal.c.id.in_(ids))).all() if ids else []
+            by_id = {row.id: row for row in rows}
+            return [(i, self.journal_store.payload_of(by_id[i])) for i in ids]
+        return await recorder.read(find)
+
+    async def _notifications(self, recorder) -> list[tuple[int, iso.Entry]]:
+        out = []
+        for jid, doc in await self._documents(recorder, iso.CAMT054):
+            out.extend((jid, e) for e in iso.read_camt054(io.BytesIO(doc)).entries)
+        return out
+
+    # --- batches ------------------------------------------------------------------------
+
+    async def batch_status(self, batch: dict, recorder) -> BatchStatus | None:
+        if batch["state"] == "SUBMITTING":
+            # The POST's outcome is unknown: the same bytes again are the question (idempotent on
+            # MsgId); the bank answers 200 with its first answer if it had them.
+            reply = await self.submit_batch(batch, recorder, None)
+            if reply is None:
+                return None
+            if reply.outcome == "refused":
+                return BatchStatus("unknown_to_bank", reply.code, reply.message, journal_id=reply.journal_id)
+            return BatchStatus("pending", journal_id=reply.journal_id)
+        await self.sync(recorder)
+        returns = []
+        if batch["state"] == "DONE":
+            prefix = batch["batch_no"] + "-"
+            for jid, e in await self._notifications(recorder):
+                if e.credit and e.return_reason and e.instr_id and e.instr_id.startswith(prefix):
+                    seq = e.instr_id[len(prefix):]
+                    if seq.isdigit():
+                        returns.append(LateReturn(serial=e.entry_ref, seq=int(seq), amount=e.amount_fen,
+                                                  reason_code=e.return_reason,
+                                                  return_date=e.booking_date.replace("-", ""),
+                                                  journal_id=jid))
+            return BatchStatus("done", returns=returns)
+        docs = await self._documents(recorder, iso.PAIN002, batch["batch_no"])
+        if not docs:
+            return BatchStatus("pending")
+        jid, doc = docs[-1]
+        report, statuses = iso.read_pain002(io.BytesIO(doc))
+        if report.group_status == "RJCT" and report.group_reason:
+            outcome = iso.reason_outcome(report.group_reason)
+            return BatchStatus("rejected", report.group_reason,
+                               f"{iso.REASONS.get(report.group_reason, ('', report.group_info or ''))[1]} "
+                               f"({outcome})", journal_id=jid)
+        if all(s.status in FINAL for s in statuses) and report.group_status in ("ACSC", "PART", "RJCT"):
+            return BatchStatus("done", results={"file": str(jid), "digest": "", "key": ""}, journal_id=jid)
+        return BatchStatus("pending", journal_id=jid)
+
+    async def fetch_results(self, batch: dict, recorder) -> ResultSet:
+        jid = int(batch["result_file"])
+        rows = await recorder.read(lambda conn: conn.execute(select(journal).where(journal.c.id == jid)).all())
+        doc = self.journal_store.payload_of(rows[0])
+        prefix = batch["batch_no"] + "-"
+
+        def parse():
+            report, statuses = iso.read_pain002(io.BytesIO(doc))
+            out = []
+            for s in statuses:
+                if not s.orig_instr_id.startswith(prefix) or not s.orig_instr_id[len(prefix):].isdigit():
+                    raise ResultsRefused(f"OrgnlInstrId {s.orig_instr_id} is not an item of "
+                                         f"{batch['batch_no']}", [])
+                if s.amount_fen is None:
+                    raise ResultsRefused(f"{s.orig_instr_id}: no OrgnlTxRef/Amt to check against the item", [])
+                paid = s.status == "ACSC"
+                code = s.reason_code or ""
+                text = s.additional_info or (iso.REASONS.get(code, ("", ""))[1] if code else "")
+                out.append(ItemResult(int(s.orig_instr_id[len(prefix):]), paid, "0000" if paid else code,
+                                      (text or "")[:200], s.bank_ref or "",
+                                      (s.acceptance_date or "")[:10], s.amount_fen, s.creditor_account))
+            return report, out
+        try:
+            report, lines = await deferToThread(parse)
+        except iso.Iso20022Error as e:
+            raise ResultsRefused(f"pain.002 for {batch['batch_no']}: {e}", []) from None
+        paid = [x for x in lines if x.paid]
+        failed = [x for x in lines if not x.paid]
+        totals = ResultTotals(report.orig_msg_id, len(lines), sum(x.amount for x in lines),
+                              len(paid), sum(x.amount for x in paid), len(failed),
+                              sum(x.amount for x in failed))
+        summary = (f"pain.002 {report.msg_id}: {len(lines)} transfers, paid {totals.paid_count} / "
+                   f"{totals.paid_amount} fen, failed {totals.failed_count} / {totals.failed_amount} fen")
+
+        def evidence(verified: str) -> list:
+            return [Entry("event", self.bank_id, "https", "results",
+                          f"{summary}; kept as journal entry {jid}" if verified == "ok"
+                          else f"pain.002 {report.msg_id} (journal entry {jid}) not applied: {verified}",
+                          order_no=batch["order_no"], batch_no=batch["batch_no"], verified=verified[:200])]
+        return ResultSet(totals, lambda: iter(lines), evidence, lambda: None, summary=summary)
+
+    async def after_results(self, batch: dict) -> None:
+        path = os.path.join(self.work_dir, batch["file_name"] or "")
+        if batch["file_name"] and os.path.exists(path):
+            os.unlink(path)   # archived in the journal
+
+    # --- refunds ------------------------------------------------------------------------
+
+    def _refund_path(self, refund: dict) -> str:
+        return os.path.join(self.work_dir, f"{refund['refund_no']}.refund.pain001.xml")
+
+    def _build_refund(self, refund: dict, lines: list[dict], now: float) -> str:
+        final = self._refund_path(refund)
+        if os.path.exists(final):
+            return final   # the same bytes every time: the bank's MsgId idempotency holds
+        plain = final + ".unsigned"
+        when = _iso_time(now)
+        header = self._header(refund["refund_no"], "REFUND", 1, refund["total_amount"], when, when[:10])
+        items = [f"{x['batch_no']}:{x['seq']}:{x['amount']}" for x in lines]
+        ustrd, cur = [], "REFUND"
+        for it in items:
+            if len(cur) + 1 + len(it) > 140:
+                ustrd.append(cur)
+                cur = it
+            else:
+                cur = f"{cur} {it}"
+        ustrd.append(cur)
+        t = iso.CreditTransfer(instr_id=refund["refund_no"], end_to_end_id=refund["refund_no"],
+                               amount_fen=refund["total_amount"], creditor_name=self.s.refund_account_name,
+                               creditor_account=self.s.refund_account, creditor_agent_name=None,
+                               creditor_id_number=None, remittance=ustrd)
+        with open(plain, "wb") as f:
+            iso.write_pain001(f, header, [t])
+        self._seal(plain, final)
+        return final
+
+    async def send_refund(self, refund: dict, lines: list[dict], recorder, before) -> Reply | None:
+        path = await deferToThread(self._build_refund, refund, lines, recorder.now())
+        decoded = (f"POST /payments pain.001 refund {refund['refund_no']}: {refund['total_count']} items, "
+                   f"{refund['total_amount']} fen back to {self.s.refund_account}")
+        return await self._post({"msg_id": refund["refund_no"], "order_no": refund["order_no"],
+                                 "batch_no": refund["refund_no"]}, path, decoded, recorder, before)
+
+    async def refund_status(self, refund: dict, recorder) -> RefundStatus | None:
+        if refund["state"] == "SUBMITTING":
+            if not os.path.exists(self._refund_path(refund)):
+                return RefundStatus("unknown_to_bank")
+            decoded = f"POST /payments pain.001 refund {refund['refund_no']} again (status question)"
+            reply = await self._post({"msg_id": refund["refund_no"], "order_no": refund["order_no"],
+                                      "batch_no": refund["refund_no"]}, self._refund_path(refund),
+                                     decoded, recorder)
+            if reply is None:
+                return None
+            if reply.outcome == "refused":
+                return RefundStatus("unknown_to_bank", reply.code, reply.message, journal_id=reply.journal_id)
+            return RefundStatus("pending", journal_id=reply.journal_id)
+        await self.sync(recorder)
+        docs = await self._documents(recorder, iso.PAIN002, refund["refund_no"])
+        if not docs:
+            return RefundStatus("pending")
+        jid, doc = docs[-1]
+        report, statuses = iso.read_pain002(io.BytesIO(doc))
+        statuses = list(statuses)
+        if report.group_status == "RJCT" or any(s.status == "RJCT" for s in statuses):
+            code = report.group_reason or next((s.reason_code for s in statuses if s.reason_code), "") or ""
+            return RefundStatus("rejected", code, report.group_info or "", journal_id=jid)
+        done = [s for s in statuses if s.status == "ACSC" and s.orig_end_to_end_id == refund["refund_no"]]
+        if not done:
+            return RefundStatus("pending", journal_id=jid)
+        debit = [e for _jid, e in await self._notifications(recorder)
+                 if not e.credit and e.end_to_end_id == refund["refund_no"]]
+        if not debit:
+            return RefundStatus("pending", journal_id=jid)   # the camt.054 debit confirms it
+        return RefundStatus("done", serial=done[0].bank_ref or debit[0].bank_ref or debit[0].entry_ref,
+                            amount=debit[0].amount_fen, returned_to=self.s.refund_account, journal_id=jid)
+
+    # --- disputes and statements ------------------------------------------------------------
+
+    async def dispute(self, dispute: dict, recorder, before) -> Reply | None:
+        # iso20022.md names no message for a dispute: it goes to the bank through its own
+        # channel; the gateway records it and tracks its deadline (article 26).
+        await recorder.record([Entry("event", self.bank_id, "daemon", "dispute",
+                                     f"dispute {dispute['dispute_no']} of {dispute['batch_no']} "
+                                     f"(seqs {dispute['seqs']}): the iso20022 dialect has no dispute "
+                                     f"message; report it to the bank by its agreed channel",
+                                     order_no=dispute["order_no"], batch_no=dispute["batch_no"])],
+                              change=before,
+                              alarm=("warning", "dispute-manual",
+                                     f"dispute {dispute['dispute_no']} must be sent to bank {self.bank_id} "
+                                     f"by hand (iso20022 has no dispute message)",
+                                     dispute["order_no"], dispute["batch_no"]))
+        return Reply("accepted", "", "recorded; to be reported to the bank by hand")
+
+    async def fetch_statement(self, period: str, recorder):
+        await self.sync(recorder)
+        return [iso.read_camt053(io.BytesIO(doc))
+                for _jid, doc in await self._documents(recorder, iso.CAMT053)]
+
+    def close(self):
+        return self.client.close() if hasattr(self.client, "close") else None

@@ -1,0 +1,158 @@
+"""The entry point of the `iso20022` dialect: reads its part of a bank file and builds the adapter.
+
+Bank file keys (besides bank_id, name, dialect, payer_acct, payer_name):
+
+    [iso20022]  initiating_party, debtor_agent_id, debtor_agent_bic?, signature ("xmldsig"|"none"),
+                refund_account, refund_account_name, status_poll_s, return_poll_s,
+                result_working_days, late_return_window_days, transport ("https")
+    [https]     base_url, server_name?, timeout_s, max_body_bytes
+    [keys]      our_key, our_certificate, bank_certificate, bank_previous_certificate?,
+                bank_previous_until?, bank_ca, passphrase_file? | passphrase_env?
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from cryptography.hazmat.primitives import serialization
+from zope.interface import provider
+
+from adapters.interface import IBankAdapterFactory
+
+
+@dataclass(frozen=True)
+class IsoSettings:
+    initiating_party: str
+    debtor_agent_id: str
+    debtor_agent_bic: str
+    signature: str
+    refund_account: str
+    refund_account_name: str
+    status_poll_s: float
+    return_poll_s: float
+    result_working_days: int
+    late_return_window_days: int
+    transport: str
+    base_url: str
+    server_name: str
+    timeout_s: float
+    max_body_bytes: int
+    our_key: str
+    our_certificate: str
+    bank_certificate: str
+    bank_previous_certificate: str
+    bank_previous_until: str
+    bank_ca: str
+    passphrase_file: str
+    passphrase_env: str
+
+
+def _schemas():
+    from gateway.config import Field, REQUIRED, one_of, pattern, positive  # noqa: F401
+    top = {"iso20022": Field(dict), "https": Field(dict), "keys": Field(dict)}
+    dialect = {
+        "initiating_party": Field(str),
+        "debtor_agent_id": Field(str),
+        "debtor_agent_bic": Field(str, "", pattern(r"([A-Z0-9]{4}[A-Z]{2}[A-Z0-9]{2}([A-Z0-9]{3})?)?",
+                                                   "a BIC (8 or 11 characters) or empty")),
+        "signature": Field(str, "xmldsig", one_of("xmldsig", "none")),
+        "refund_account": Field(str, check=pattern(r"[0-9A-Za-z]{4,34}", "4 to 34 letters or digits")),
+        "refund_account_name": Field(str),
+        "status_poll_s": Field(float, 5.0, positive),
+        "return_poll_s": Field(float, 3600.0, positive),
+        "result_working_days": Field(int, 2, positive),
+        "late_return_window_days": Field(int, 30, positive),
+        "transport": Field(str, "https", one_of("https")),
+    }
+    https = {
+        "base_url": Field(str, check=pattern(r"https://[^\s]+", "an https:// URL")),
+        "server_name": Field(str, ""),
+        "timeout_s": Field(float, 60.0, positive),
+        "max_body_bytes": Field(int, 256 * 1024 * 1024, positive),
+    }
+    keys = {
+        "our_key": Field(str, path=True),
+        "our_certificate": Field(str, path=True),
+        "bank_certificate": Field(str, path=True),
+        "bank_previous_certificate": Field(str, "", path=True),
+        "bank_previous_until": Field(str, "", pattern(r"([0-9]{4}-[0-9]{2}-[0-9]{2})?", "a date YYYY-MM-DD")),
+        "bank_ca": Field(str, path=True),
+        "passphrase_file": Field(str, "", path=True),
+        "passphrase_env": Field(str, ""),
+    }
+    return top, dialect, https, keys
+
+
+@provider(IBankAdapterFactory)
+class factory:  # noqa: N801  (the entry point's object)
+    dialect = "iso20022"
+
+    @staticmethod
+    def load_settings(reader, data, base_dir):
+        top_s, dialect_s, https_s, keys_s = _schemas()
+        top = reader.table(data, "", top_s)
+        d = reader.table(top["iso20022"] or {}, "iso20022", dialect_s)
+        h = reader.table(top["https"] or {}, "https", https_s)
+        k = reader.table(top["keys"] or {}, "keys", keys_s)
+        for key in ("our_key", "our_certificate", "bank_certificate", "bank_previous_certificate",
+                    "bank_ca", "passphrase_file"):
+            if k.get(key) and not os.path.isfile(k[key]):
+                reader.err(f"keys.{key}", f"file {k[key]} does not exist")
+        if bool(k.get("bank_previous_certificate")) != bool(k.get("bank_previous_until")):
+            reader.err("keys.bank_previous_until", "bank_previous_certificate and bank_previous_until "
+                                                  "go together: set both or neither")
+        if k.get("passphrase_file") and k.get("passphrase_env"):
+            reader.err("keys.passphrase_env", "set passphrase_file or passphrase_env, not both")
+        if any(v is None for v in (*d.values(), *h.values(), *k.values())):
+            return None
+        return IsoSettings(**d, **h, **k)
+
+    @staticmethod
+    def make(reactor, bank, cfg, faults):
+        from adapters.https import HttpsBankClient
+        from adapters.iso20022.adapter import IsoAdapter
+        from gateway import keystore
+        from gateway.bankplugins import AdapterError
+        from gateway.journal import Journal
+        s = bank.settings
+        try:
+            passphrase = (keystore.Passphrase.from_file(s.passphrase_file) if s.passphrase_file else
+                          keystore.Passphrase.from_env(s.passphrase_env) if s.passphrase_env else None)
+        except keystore.KeystoreError as e:
+            key = "passphrase_file" if s.passphrase_file else "passphrase_env"
+            raise AdapterError(f"{bank.file}: keys.{key}: {e}") from None
+        try:
+            key = keystore.load_private_key(s.our_key, passphrase)
+        except (keystore.KeystoreError, OSError) as e:
+            raise AdapterError(f"{bank.file}: keys.our_key: {e}") from None
+        key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption())
+        try:
+            cert = keystore.load_certificate(s.our_certificate)
+        except (keystore.KeystoreError, OSError) as e:
+            raise AdapterError(f"{bank.file}: keys.our_certificate: {e}") from None
+        try:
+            ca = keystore.load_certificate(s.bank_ca)
+        except (keystore.KeystoreError, OSError) as e:
+            raise AdapterError(f"{bank.file}: keys.bank_ca: {e}") from None
+        try:
+            rotation = keystore.CertRotation(
+                s.bank_certificate, s.bank_previous_certificate or None,
+                datetime.date.fromisoformat(s.bank_previous_until) if s.bank_previous_until else None)
+        except (keystore.KeystoreError, OSError, ValueError) as e:
+            raise AdapterError(f"{bank.file}: keys.bank_certificate: {e}") from None
+        pem = serialization.Encoding.PEM
+
+        def pinned(now):
+            return [(c.public_bytes(pem), None) for c in rotation.acceptable(now)]
+        client = HttpsBankClient(reactor, s.base_url, ca_pem=ca.public_bytes(pem),
+                                 client_cert_pem=cert.public_bytes(pem), client_key_pem=key_pem,
+                                 server_name=s.server_name or urlsplit(s.base_url).hostname,
+                                 timeout_s=s.timeout_s, max_body=s.max_body_bytes)
+        return IsoAdapter(reactor, bank, s, client, key_pem=key_pem, cert_pem=cert.public_bytes(pem),
+                          pinned=pinned, work_dir=str(Path(cfg.work_dir) / bank.bank_id),
+                          journal_store=Journal(cfg.journal_archive_dir, cfg.journal_inline_max_bytes))
