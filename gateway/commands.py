@@ -28,8 +28,9 @@ from gateway.rpc_api import (INVALID_PARAMS, METHOD_NOT_FOUND, MISSING_EVIDENCE,
                              Caller, ICommands, RpcError)
 from gateway.validation import ACCOUNT, id_number_problem
 
-# cnbank.md item reason codes that a correction cannot fix: the money goes back by refund.
-NOT_FIXABLE = {"R009": "duplicate item (重复明细)", "R010": "account holder deceased (账户人已故)"}
+# Item reason codes that a correction cannot fix (cnbank.md and iso20022.md): refund instead.
+NOT_FIXABLE = {"R009": "duplicate item (重复明细)", "R010": "account holder deceased (账户人已故)",
+               "AM05": "duplicate (重复)", "MD07": "account holder deceased (账户人已故)"}
 EVIDENCE = ("confirmed_by", "approved_by", "approval_ref")
 
 

@@ -229,6 +229,8 @@ class BankConfig:
     receiver_id: str = ""
     our_private_key: str = ""
     bank_public_key: str = ""
+    passphrase_file: str = ""         # opens our_private_key when it is encrypted (PKCS#8)
+    passphrase_env: str = ""
     tcp: TcpSettings | None = None
     sftp: SftpSettings | None = None
     cnbank: CnBankSettings | None = None
@@ -364,7 +366,8 @@ _CNBANK_TOP = {
     "sftp": _Field(dict),
     "cnbank": _Field(dict, {}),
 }
-_KEYS = {"our_private": _Field(str, path=True), "bank_public": _Field(str, path=True)}
+_KEYS = {"our_private": _Field(str, path=True), "bank_public": _Field(str, path=True),
+         "passphrase_file": _Field(str, "", path=True), "passphrase_env": _Field(str, "")}
 _TCP = {
     "host": _Field(str),
     "port": _Field(int, check=_port),
@@ -437,6 +440,9 @@ def load_bank(path: Path, errors: list[str]) -> BankConfig | None:
         _check_file(r, "keys.our_private", keys.get("our_private"))
         _check_file(r, "keys.bank_public", keys.get("bank_public"))
         _check_file(r, "sftp.client_key", sftp.get("client_key"))
+        _check_file(r, "keys.passphrase_file", keys.get("passphrase_file"))
+        if keys.get("passphrase_file") and keys.get("passphrase_env"):
+            r.err("keys.passphrase_env", "set passphrase_file or passphrase_env, not both")
         if len(errors) > n_before:
             return None
         return BankConfig(
@@ -444,6 +450,7 @@ def load_bank(path: Path, errors: list[str]) -> BankConfig | None:
             payer_acct=top["payer_acct"], payer_name=top["payer_name"],
             sender_id=cnb["sender_id"], receiver_id=cnb["receiver_id"],
             our_private_key=keys["our_private"], bank_public_key=keys["bank_public"],
+            passphrase_file=keys["passphrase_file"], passphrase_env=keys["passphrase_env"],
             tcp=TcpSettings(**tcp), sftp=SftpSettings(**sftp), cnbank=CnBankSettings(**cn),
         )
     common = {k: data[k] for k in _BANK_TOP if k in data}

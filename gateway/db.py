@@ -79,11 +79,21 @@ class Database:
         self.reactor = reactor
         self.engine = engine
         self.pool = ThreadPool(minthreads=1, maxthreads=threads, name="gateway-db")
+        self._trigger = None
 
     def start(self) -> None:
         self.pool.start()
+        # A pool left running keeps the process alive: stop it with the reactor at the latest.
+        self._trigger = self.reactor.addSystemEventTrigger("during", "shutdown", self.stop)
 
     def stop(self) -> None:
+        if getattr(self, "_trigger", None) is None:
+            return
+        try:
+            self.reactor.removeSystemEventTrigger(self._trigger)
+        except (ValueError, KeyError):
+            pass   # the trigger is what is calling us, during shutdown
+        self._trigger = None
         self.pool.stop()
         self.engine.dispose()
 

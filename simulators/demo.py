@@ -28,8 +28,28 @@ from twisted.internet.threads import deferToThread
 
 from gateway import rpc_client
 from simulators import datagen, harness
+from protocols.iso20022 import REASONS as ISO_REASONS
 from simulators.core.departments import NOT_FIXABLE, Departments, unix_socket_rpc
+from simulators.isobank import install as isoinstall
 from simulators.outcomes import REASONS
+
+
+def iso_ledger(bank, specs) -> dict[str, dict]:
+    """The ISO bank's credits per order still standing (not returned), and double credits."""
+    doubles = bank.double_credits()
+    out = {}
+    for s in specs:
+        mine = [c for c in bank.credits() if c["end_to_end_id"].startswith(s.order_no + "-")]
+        standing = [c for c in mine if c["returned"] is None]
+        out[s.order_no] = {"count": len(standing), "amount": sum(c["amount"] for c in standing),
+                           "double": sum(1 for d in doubles if d.startswith(s.order_no + "-"))}
+    return out
+
+
+def reason_text(code: str) -> str:
+    if code in REASONS:
+        return REASONS[code][0]
+    return ISO_REASONS.get(code, ("", "?"))[1]
 
 
 def expected_state(o: dict) -> str:
@@ -98,7 +118,7 @@ def print_summary(summary: dict, ledger: dict[str, dict], statuses: dict[str, di
         for code in sorted(by_reason):
             v = by_reason[code]
             what = "refunded" if code in NOT_FIXABLE else "corrected and retried"
-            print(f"    {code} {REASONS.get(code, ('?',))[0]:<10} {v['count']:>6} items {fen(v['amount']):>14}  {what}")
+            print(f"    {code} {reason_text(code):<10} {v['count']:>6} items {fen(v['amount']):>14}  {what}")
         conserved = paid["amount"] + failed["amount"] + refunded["amount"] == o["total_amount"] and \
             paid["count"] + failed["count"] + refunded["count"] == o["total_count"]
         bank = ledger.get(no, {"count": 0, "amount": 0, "double": 0})
@@ -178,6 +198,12 @@ async def run(args) -> int:
     token = secrets.token_hex(16)
     env = await harness.start_simulators(reactor, p, keys, specs, token=token)
     config = harness.write_config(p, keys, env.ports, token=token)
+    # The second bank: ISO 20022 over HTTPS with mutual TLS and XMLDSig (its own PKI per run).
+    pki = isoinstall.make_pki(p.keys)
+    iso_bank, iso_port = isoinstall.start_iso_bank(reactor, pki)
+    isoinstall.write_bank_file(p.banks, pki, iso_port)
+    print(f"banks: cnbank-demo (TCP {env.ports.bank_tcp}, SFTP {env.ports.bank_sftp}), "
+          f"{isoinstall.ISO_BANK_ID} (HTTPS {iso_port}, mutual TLS)")
     harness.migrate(config)
     daemon = harness.Daemon(config, p.log)
     daemon.start()
@@ -200,6 +226,7 @@ async def run(args) -> int:
             o["failed_first_by_reason"] = seen["failed_first_by_reason"]
             o["confirmed"] = seen["confirmed"]
         ledger = await env.ledger_by_order()
+        ledger.update(iso_ledger(iso_bank, [s for s in specs if s.bank_id == isoinstall.ISO_BANK_ID]))
         ok = print_summary(summary, ledger, statuses)
         print("ALL ORDERS REACHED THEIR EXPECTED STATE" if ok else "SOME ORDERS DID NOT REACH THEIR EXPECTED STATE")
         result = 0 if ok and code == 0 else 1
@@ -208,6 +235,7 @@ async def run(args) -> int:
     finally:
         await departments.stop()
         daemon.stop()
+        await iso_bank.stop()
         await env.stop()
     return result
 

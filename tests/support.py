@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from twisted.internet import task
+from twisted.internet import defer, task
 
 from simulators import datagen, harness
 
@@ -79,6 +79,8 @@ class InProcess:
         return self.db.run(lambda c: c.execute(text(sql), params).rowcount)
 
     async def close(self):
+        for flow in self.gw.flows.values():
+            await defer.maybeDeferred(flow.adapter.close)
         self.gw.database.stop()
         await self.gw.core.close()
         await self.sims.stop()

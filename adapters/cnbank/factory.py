@@ -21,9 +21,17 @@ class factory:  # noqa: N801  (the entry point's object; a class used as a names
 
     @staticmethod
     def make(reactor, bank, cfg, faults):
+        from gateway import keystore
         from gateway.bankplugins import AdapterError
         try:
-            ours = keyfile.read_private_key_file(bank.our_private_key)
+            passphrase = (keystore.Passphrase.from_file(bank.passphrase_file) if bank.passphrase_file else
+                          keystore.Passphrase.from_env(bank.passphrase_env) if bank.passphrase_env else None)
+        except keystore.KeystoreError as e:
+            key = "passphrase_file" if bank.passphrase_file else "passphrase_env"
+            raise AdapterError(f"{bank.file}: keys.{key}: {e}") from None
+        try:
+            ours = keyfile.read_private_key_file(bank.our_private_key,
+                                                 passphrase=passphrase.bytes() if passphrase else None)
         except (keyfile.KeyFileError, OSError) as e:
             raise AdapterError(f"{bank.file}: keys.our_private: {e}") from None
         try:

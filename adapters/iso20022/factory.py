@@ -6,7 +6,7 @@ Bank file keys (besides bank_id, name, dialect, payer_acct, payer_name):
                 refund_account, refund_account_name, status_poll_s, return_poll_s,
                 result_working_days, late_return_window_days, transport ("https")
     [https]     base_url, server_name?, timeout_s, max_body_bytes
-    [keys]      our_key, our_certificate, bank_certificate, bank_previous_certificate?,
+    [keys]      our_rsa_key, our_certificate, bank_certificate, bank_previous_certificate?,
                 bank_previous_until?, bank_ca, passphrase_file? | passphrase_env?
 """
 
@@ -41,7 +41,7 @@ class IsoSettings:
     server_name: str
     timeout_s: float
     max_body_bytes: int
-    our_key: str
+    our_rsa_key: str
     our_certificate: str
     bank_certificate: str
     bank_previous_certificate: str
@@ -75,7 +75,7 @@ def _schemas():
         "max_body_bytes": Field(int, 256 * 1024 * 1024, positive),
     }
     keys = {
-        "our_key": Field(str, path=True),
+        "our_rsa_key": Field(str, path=True),
         "our_certificate": Field(str, path=True),
         "bank_certificate": Field(str, path=True),
         "bank_previous_certificate": Field(str, "", path=True),
@@ -98,7 +98,7 @@ class factory:  # noqa: N801  (the entry point's object)
         d = reader.table(top["iso20022"] or {}, "iso20022", dialect_s)
         h = reader.table(top["https"] or {}, "https", https_s)
         k = reader.table(top["keys"] or {}, "keys", keys_s)
-        for key in ("our_key", "our_certificate", "bank_certificate", "bank_previous_certificate",
+        for key in ("our_rsa_key", "our_certificate", "bank_certificate", "bank_previous_certificate",
                     "bank_ca", "passphrase_file"):
             if k.get(key) and not os.path.isfile(k[key]):
                 reader.err(f"keys.{key}", f"file {k[key]} does not exist")
@@ -126,9 +126,9 @@ class factory:  # noqa: N801  (the entry point's object)
             key = "passphrase_file" if s.passphrase_file else "passphrase_env"
             raise AdapterError(f"{bank.file}: keys.{key}: {e}") from None
         try:
-            key = keystore.load_private_key(s.our_key, passphrase)
+            key = keystore.load_private_key(s.our_rsa_key, passphrase)
         except (keystore.KeystoreError, OSError) as e:
-            raise AdapterError(f"{bank.file}: keys.our_key: {e}") from None
+            raise AdapterError(f"{bank.file}: keys.our_rsa_key: {e}") from None
         key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                     serialization.NoEncryption())
         try:

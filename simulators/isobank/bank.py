@@ -149,6 +149,7 @@ class IsoBankSimulator:
         self._work: set[defer.Deferred] = set()
         self._ports: list[Any] = []
         self._site: _Site | None = None
+        self._mangle: Callable[[str], str] | None = None
 
     # --- life cycle -----------------------------------------------------------------------
 
@@ -175,7 +176,11 @@ class IsoBankSimulator:
             self._ports.clear()
             if self._site is not None:
                 for ch in list(self._site.channels):
-                    ch.transport.abortConnection()
+                    # Over TLS the site's protocol may be the generic wrapper of the channel.
+                    transport = getattr(ch, "transport", None) or getattr(
+                        getattr(ch, "_channel", None), "transport", None)
+                    if transport is not None:
+                        transport.abortConnection()
             for t in list(self._timers):
                 if t.active():
                     t.cancel()
@@ -321,7 +326,16 @@ class IsoBankSimulator:
         reports = await self._in_thread(self._decide, p, body, reject, now)
         self._publish(reports)
 
+    def mangle_next_report(self, fn: Callable[[str], str]) -> None:
+        """Test hook: the next report published goes through *fn* (after signing), e.g. to tamper."""
+        self._mangle = fn
+
     def _publish(self, reports: list[tuple[str, str]]) -> None:
+        mangle = self._mangle
+        if mangle is not None and reports:
+            self._mangle = None
+            reports = [(reports[0][0], mangle(reports[0][1]))] + list(reports[1:])
+
         def put() -> None:
             with self.ledger.lock:
                 self.ledger.reports.extend(reports)

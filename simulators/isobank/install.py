@@ -120,7 +120,7 @@ server_name = "{SERVER_NAME}"          # the name the bank's certificate must ca
 timeout_s = 30
 
 [keys]
-our_key = "{keys}/gateway_rsa.pem"
+our_rsa_key = "{keys}/gateway_rsa.pem"
 our_certificate = "{keys}/gateway_cert.pem"
 bank_certificate = "{keys}/bank_cert.pem"
 bank_ca = "{keys}/bank_ca.pem"

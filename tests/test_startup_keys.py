@@ -1,0 +1,70 @@
+"""The daemon opens our private keys encrypted at rest, and refuses to start on an unsafe or unopenable one.
+
+Both dialects: the cnbank SM2 key and the iso20022 RSA key, each encrypted
+PKCS#8 opened with the passphrase file named in the bank file. A wrong
+passphrase or a key file group or others may read stops the start with a
+message naming the bank file and the key.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from gateway import config as configmod
+from gateway.service import StartupError, make_service
+from protocols import keyfile
+from simulators import harness
+from simulators.isobank import install as isoinstall
+
+
+@pytest.fixture
+def site(tmp_path):
+    p = harness.Paths(tmp_path / "inst")
+    keys = harness.make_keys(p)
+    cfg = harness.write_config(p, keys, harness.Ports(1, 2, 3), token="t")
+    pki = isoinstall.make_pki(p.keys)
+    isoinstall.write_bank_file(p.banks, pki, 4)
+    # Our SM2 key, encrypted at rest with a passphrase from a 0600 file.
+    os.unlink(p.keys / "gateway_sm2.pem")
+    keyfile.write_private_key_file(p.keys / "gateway_sm2.pem", keys.gw_sm2, passphrase=b"sm2-secret")
+    pf = p.keys / "sm2.pass"
+    pf.write_text("sm2-secret\n")
+    os.chmod(pf, 0o600)
+    bank = p.banks / f"{harness.BANK_ID}.toml"
+    bank.write_text(bank.read_text().replace(
+        'bank_public = "../../keys/bank_sm2.pub.pem"\n',
+        'bank_public = "../../keys/bank_sm2.pub.pem"\npassphrase_file = "../../keys/sm2.pass"\n'))
+    harness.migrate(cfg)
+    return p, cfg, pki
+
+
+def test_encrypted_keys_of_both_dialects_open_at_start(site):
+    """With the right passphrases both banks' adapters are made: the encrypted SM2 key and the
+    encrypted RSA key are opened (the service is built, not started)."""
+    p, cfg, _ = site
+    gw = make_service(configmod.load(cfg))
+    assert set(gw.flows) == {harness.BANK_ID, isoinstall.ISO_BANK_ID}
+    assert gw.flows[harness.BANK_ID].adapter.link.our_key.public_key == \
+        keyfile.read_public_key_file(p.keys / "gateway_sm2.pub.pem")
+
+
+def test_a_wrong_passphrase_stops_the_start_naming_the_key(site):
+    """A passphrase that does not open the SM2 key: StartupError naming the bank file and keys.our_private."""
+    p, cfg, _ = site
+    (p.keys / "sm2.pass").write_text("not-it\n")
+    with pytest.raises(StartupError) as e:
+        make_service(configmod.load(cfg))
+    assert f"{harness.BANK_ID}.toml: keys.our_private" in str(e.value)
+    assert "passphrase" in str(e.value)
+
+
+def test_a_key_readable_by_others_stops_the_start(site):
+    """Our RSA key made readable by group and others: refused with its mode, naming keys.our_rsa_key."""
+    p, cfg, pki = site
+    os.chmod(pki.dir / "gateway_rsa.pem", 0o644)
+    with pytest.raises(StartupError) as e:
+        make_service(configmod.load(cfg))
+    assert f"{isoinstall.ISO_BANK_ID}.toml: keys.our_rsa_key" in str(e.value)
+    assert "644" in str(e.value)
