@@ -131,7 +131,11 @@ class Commands:
                 select(items.c.status, func.count().label("n"), func.sum(items.c.amount).label("amt"))
                 .where(items.c.order_no == order_no).group_by(items.c.status))}
             bs = [{"batch_no": b.batch_no, "kind": b.kind, "state": b.state, "count": b.total_count,
-                   "amount": b.total_amount, "created_at": b.created_at, "updated_at": b.updated_at}
+                   "amount": b.total_amount, "created_at": b.created_at, "updated_at": b.updated_at,
+                   # deadlines (working days, conf/calendar): the bank's results, the department's
+                   # check and its dispute (article 26); and who checked the results
+                   "bank_due": b.bank_due, "confirm_due": b.confirm_due, "dispute_due": b.dispute_due,
+                   "confirmed_by": b.confirmed_by}
                   for b in conn.execute(select(batches).where(batches.c.order_no == order_no)
                                         .order_by(batches.c.seq))]
             self._rpc_entry(conn, caller, "order.status", params, f"order.status {order_no}", order_no)

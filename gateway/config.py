@@ -209,6 +209,7 @@ class CnBankSettings:
     status_poll_s: float
     return_poll_s: float
     result_working_days: int
+    statement_daily: bool = False
 
 
 @dataclass(frozen=True)
@@ -256,6 +257,11 @@ class BankConfig:
     @property
     def late_return_window_days(self) -> int:
         return self._timing.late_return_window_days
+
+    @property
+    def statement_daily(self) -> bool:
+        """Whether the flow asks for yesterday's statement each day (banks that push them: no)."""
+        return bool(getattr(self._timing, "statement_daily", False))
 
 
 @dataclass(frozen=True)
@@ -403,6 +409,7 @@ _CNBANK = {
     "status_poll_s": _Field(float, 5.0, _positive),
     "return_poll_s": _Field(float, 3600.0, _positive),   # BQ01 of DONE batches, for late returns
     "result_working_days": _Field(int, 2, _positive),    # the bank's deadline for a batch's results
+    "statement_daily": _Field(bool, False),              # RC01 for yesterday (and last month on the 1st)
 }
 
 

@@ -40,7 +40,7 @@ from gateway.config import BankConfig, GatewayConfig
 from gateway.db import Database, executemany
 from gateway.faults import Faults
 from gateway.journal import Entry, Journal
-from gateway.models import BatchState, ItemStatus, OrderState, batches, items, orders
+from gateway.models import BatchState, ItemStatus, OrderState, batches, items, orders, statements
 from gateway.article26 import Article26Steps
 from gateway.core_push import CorePushSteps
 from gateway.late_returns import LateReturnSteps
@@ -161,6 +161,7 @@ class BankFlow(RefundSteps, Article26Steps, LateReturnSteps, CorePushSteps):
         # that persists (a 4xx from the core, a bank that refuses) is not retried and
         # alarmed every tick. Kept in memory: a restart tries everything at once.
         self._backoff: dict[str, tuple[float, float]] = {}
+        self._statement_day: datetime.date | None = None
 
     # --- helpers ------------------------------------------------------------
 
@@ -213,10 +214,33 @@ class BankFlow(RefundSteps, Article26Steps, LateReturnSteps, CorePushSteps):
             await self._guard(f"late returns of {b['batch_no']}", self.query(b))
         for r in await self.db.run(self._live_refunds):
             await self._guard(f"advance refund {r['refund_no']}", self.advance_refund(r))
+        await self._guard("fetch statements", self.fetch_statements())
         await self._guard("send disputes", self.send_disputes())
         await self._guard("check deadlines", self.check_deadlines())
         await self._guard("push results", self.push_results())
         await self._guard("push order states", self.push_states())
+
+    async def fetch_statements(self) -> None:
+        """Once a day, the bank's statement (对账单) of yesterday, and of last month on the 1st,
+        for report.monthly; for banks whose adapter fetches them (statement_daily)."""
+        if not self.bank.statement_daily:
+            return
+        today = self.today()
+        if self._statement_day == today:
+            return
+        self._statement_day = today   # one attempt a day: a refusal is alarmed, not repeated
+        yesterday = today - datetime.timedelta(days=1)
+        periods = ["D" + yesterday.strftime("%Y%m%d")]
+        if today.day == 1:
+            periods.append("M" + yesterday.strftime("%Y%m"))
+        for period in periods:
+            have = await self.db.run(lambda c, period=period: c.execute(
+                select(func.count()).select_from(statements).where(
+                    statements.c.bank_id == self.bank_id, statements.c.period == period)).scalar_one())
+            if not have:
+                got = await self.adapter.fetch_statement(period, self)
+                log.info("{bank}: statement {period}: {got}", bank=self.bank_id, period=period,
+                         got=got or "not fetched")
 
     async def _guard(self, what: str, coro) -> None:
         until, delay = self._backoff.get(what, (0.0, 0.0))

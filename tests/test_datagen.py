@@ -250,9 +250,10 @@ def test_bad_specs_are_refused_naming_the_field(field, value, message):
 
 
 def test_demo_seed_loads_with_every_reason_code_and_one_invalid_order():
-    """conf/demo/orders.toml: a few thousand items for cnbank-demo, all 11 codes aimed at, one 'sum' order."""
+    """conf/demo/orders.toml: a few thousand items for the cnbank and the iso20022 demo banks, all 11
+    codes aimed at, one 'sum' order."""
     specs = datagen.load_seed(DEMO_SEED)
-    assert {s.bank_id for s in specs} == {"cnbank-demo"}
+    assert {s.bank_id for s in specs} == {"cnbank-demo", "isobank-demo"}
     assert 2000 <= sum(s.count for s in specs) <= 5000
     assert [s.corrupt for s in specs].count("sum") == 1
     assert all(s.corrupt in (None, "sum") for s in specs)

@@ -238,6 +238,13 @@ class IsoAdapter:
                         "in", self.bank_id, "https", r["type"][:20],
                         f"report {r['cursor']}: {r['type']} {msg_id}" + (f" for {ref}" if ref else ""),
                         payload=doc, msg_id=msg_id[:64], batch_no=ref, verified="ok"))
+                    if r["type"] == iso.CAMT053:
+                        try:
+                            self._store_statement(conn, doc, jid, at)
+                        except ValueError as e:   # checked whole before anything is written
+                            recorder.alarm_in(conn, "warning", "statement-not-stored",
+                                              f"camt.053 {msg_id} kept but not stored for "
+                                              f"reconciliation: {e}"[:500], None, None, jid)
                     conn.execute(insert(bank_reports).values(
                         bank_id=self.bank_id, cursor=r["cursor"][:64], kind=r["type"][:20],
                         msg_id=msg_id[:64], ref=(ref or None) and ref[:64], journal_id=jid,
@@ -254,6 +261,27 @@ class IsoAdapter:
                 break
             since = new_cursor
         return kept
+
+    def _store_statement(self, conn: Connection, doc: bytes, jid: int, at: str) -> None:
+        """Keep a verified camt.053 for report.monthly: one day is period D{date}, else M{month}."""
+        from gateway import statements
+        st = iso.read_camt053(io.BytesIO(doc))
+        day = st.from_date.replace("-", "")
+        period = f"D{day}" if st.from_date == st.to_date else f"M{day[:6]}"
+        entries = []
+        for e in st.entries:
+            if e.status != "BOOK" or not e.end_to_end_id:
+                continue
+            tail = e.end_to_end_id.rsplit("-", 1)[-1]     # OrderNo-Seq, or a refund's OrderNo-Fnn
+            kind = ("return" if e.credit and e.return_reason else
+                    "refund" if not e.credit and tail[:1] == "F" else
+                    "payment" if not e.credit else "credit")
+            entries.append({"reference": e.end_to_end_id, "amount_fen": e.amount_fen, "credit": e.credit,
+                            "booking_date": e.booking_date, "kind": kind,
+                            **({"bank_ref": e.bank_ref} if e.bank_ref else {})})
+        statements.store_entries(conn, self.bank_id, period, f"camt.053:{st.msg_id}", entries, at, jid,
+                                 account=st.account, opening_balance=st.opening_fen,
+                                 closing_balance=st.closing_fen)
 
     async def _documents(self, recorder, kind: str, ref: str | None = None) -> list[tuple[int, bytes]]:
         def find(conn: Connection):

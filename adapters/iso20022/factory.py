@@ -4,7 +4,7 @@ Bank file keys (besides bank_id, name, dialect, payer_acct, payer_name):
 
     [iso20022]  initiating_party, debtor_agent_id, debtor_agent_bic?, signature ("xmldsig"|"none"),
                 refund_account, refund_account_name, status_poll_s, return_poll_s,
-                result_working_days, late_return_window_days, transport ("https")
+                result_working_days, late_return_window_days, statement_daily, transport ("https")
     [https]     base_url, server_name?, timeout_s, max_body_bytes
     [keys]      our_rsa_key, our_certificate, bank_certificate, bank_previous_certificate?,
                 bank_previous_until?, bank_ca, passphrase_file? | passphrase_env?
@@ -36,6 +36,7 @@ class IsoSettings:
     return_poll_s: float
     result_working_days: int
     late_return_window_days: int
+    statement_daily: bool
     transport: str
     base_url: str
     server_name: str
@@ -66,6 +67,8 @@ def _schemas():
         "return_poll_s": Field(float, 3600.0, positive),
         "result_working_days": Field(int, 2, positive),
         "late_return_window_days": Field(int, 30, positive),
+        # read the feed once a day for camt.053 even when no batch is open (statements are pushed)
+        "statement_daily": Field(bool, True),
         "transport": Field(str, "https", one_of("https")),
     }
     https = {
