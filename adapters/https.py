@@ -25,12 +25,14 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer, IPolicyForHTTPS
 from zope.interface import implementer
 
+from adapters.interface import TransportError
+
 log = Logger()
 
 _ERROR_BODY_CAP = 64 * 1024
 
 
-class HttpsError(Exception):
+class HttpsError(TransportError):
     """The bank could not be reached, the TLS handshake failed, the call timed out, or the bank
     answered with a status or body the contract does not allow. `status` is the HTTP status
     (None when there was no answer); `body` the answer's bytes, capped (b"" when none)."""

@@ -25,6 +25,11 @@ from zope.interface import Attribute, Interface
 ENTRY_POINT_GROUP = "subsidy_gateway.bank_adapters"
 
 
+class TransportError(Exception):
+    """A bank could not be reached or did not answer in time: the step is tried again later
+    (with backoff) and logged as a warning, not as a failure of the gateway."""
+
+
 @dataclass
 class BatchSpec:
     """What a batch file says at its head: the batch, its order and its totals."""

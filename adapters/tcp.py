@@ -11,10 +11,11 @@ from __future__ import annotations
 from twisted.internet import defer, protocol
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 
+from adapters.interface import TransportError
 from protocols.framing import FrameDecoder, FrameError, encode_frame
 
 
-class ExchangeError(Exception):
+class ExchangeError(TransportError):
     """The exchange failed before a complete reply arrived."""
 
     def __init__(self, message: str, *, sent: bool):

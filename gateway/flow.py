@@ -32,9 +32,8 @@ from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from adapters import tcp
 from adapters.interface import (BatchItem, BatchSpec, Built, IBankAdapter, IBankRecorder, ResultSet,
-                                ResultsRefused)
+                                ResultsRefused, TransportError)
 from adapters.core_http import CoreClient, CoreContractError, CoreError, Exchange
 from gateway.config import BankConfig, GatewayConfig
 from gateway.db import Database, executemany
@@ -251,7 +250,7 @@ class BankFlow(RefundSteps, Article26Steps, LateReturnSteps, CorePushSteps):
             await coro
         except CoreContractError as e:
             await self._contract_fault(e)
-        except (CoreError, tcp.ExchangeError) as e:
+        except (CoreError, TransportError) as e:
             log.warn("{bank}: {what}: {error}; will try again", bank=self.bank_id, what=what, error=e)
         except Exception:
             log.failure("{bank}: {what} failed", bank=self.bank_id, what=what)

@@ -453,6 +453,8 @@ class IsoAdapter:
                  if not e.credit and e.end_to_end_id == refund["refund_no"]]
         if not debit:
             return RefundStatus("pending", journal_id=jid)   # the camt.054 debit confirms it
+        if os.path.exists(self._refund_path(refund)):
+            os.unlink(self._refund_path(refund))   # archived in the journal; the bank has it
         return RefundStatus("done", serial=done[0].bank_ref or debit[0].bank_ref or debit[0].entry_ref,
                             amount=debit[0].amount_fen, returned_to=self.s.refund_account, journal_id=jid)
 

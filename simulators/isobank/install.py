@@ -84,9 +84,8 @@ def make_pki(keys_dir: Path) -> IsoPki:
     gw_key = _key()
     gw = _cert("GW3301 subsidy gateway", gw_key, "Demo Bank CA", ca_key, dns="gateway.localtest")
     _write(d / "passphrase", (PASSPHRASE + "\n").encode(), 0o600)
-    _write(d / "gateway_rsa.pem", gw_key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.BestAvailableEncryption(PASSPHRASE.encode())), 0o600)
+    from gateway.keystore import dump_private_key   # as `gatewayctl keys generate` writes it
+    _write(d / "gateway_rsa.pem", dump_private_key(gw_key, PASSPHRASE.encode()), 0o600)
     _write(d / "gateway_cert.pem", _pem(gw), 0o644)
     _write(d / "bank_cert.pem", _pem(bank), 0o644)
     _write(d / "bank_ca.pem", _pem(ca), 0o644)
