@@ -46,6 +46,8 @@ from twisted.internet import defer, error, protocol, threads
 from twisted.logger import Logger, LogLevel, globalLogPublisher
 from twisted.python.failure import Failure
 
+from adapters.interface import TransportError  # noqa: E402
+
 log = Logger()
 
 # One SFTP request carries at most this much file data; OpenSSH's own client
@@ -107,7 +109,7 @@ class SFTPEndpoint:
     idle_timeout: float = 60
 
 
-class SFTPError(Exception):
+class SFTPError(TransportError):
     """An SFTP operation failed: refused by the server, timed out or cut off.
 
     ``code`` is the SFTP status code when the server refused the request.

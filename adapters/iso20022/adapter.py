@@ -1,4 +1,4 @@
-"""The `iso20022` dialect behind IBankAdapter: pain.001 over HTTPS with mutual TLS, reports from a feed.
+"""The `iso20022` dialect behind IBankAdapter: pain.001 over HTTPS with mutual TLS (or SFTP), reports from a feed.
 
 A batch is one pain.001.001.10 (MsgId = BatchNo, PmtInfId = BatchNo/PAY|RETRY),
 validated against its XSD and signed (enveloped XMLDSig, RSA-SHA256, exclusive
@@ -29,9 +29,10 @@ from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from adapters.https import HttpsBankClient, HttpsError
+from adapters.https import HttpsBankClient
 from adapters.interface import (BatchItem, BatchSpec, BatchStatus, Built, IBankAdapter, ItemResult,
-                                LateReturn, RefundStatus, Reply, ResultSet, ResultsRefused, ResultTotals)
+                                LateReturn, RefundStatus, Reply, ResultSet, ResultsRefused, ResultTotals,
+                                TransportError)
 from gateway.journal import Entry
 from gateway.models import bank_feeds, bank_reports, journal
 from protocols import iso20022 as iso
@@ -64,6 +65,7 @@ class IsoAdapter:
         self.cert_pem = cert_pem
         self.pinned = pinned            # callable(now: datetime) -> [(cert_pem, None)]
         self.work_dir = work_dir
+        self.channel = settings.transport      # "https" or "sftp", for the journal
         self.journal_store = journal_store   # gateway.journal.Journal: reads kept documents back
         os.makedirs(work_dir, exist_ok=True)
 
@@ -127,16 +129,16 @@ class IsoAdapter:
         """Journal the document (with `before`), POST it, journal the answer; None if unknown."""
         with open(path, "rb") as f:
             doc = f.read()
-        await recorder.record([Entry("out", self.bank_id, "https", iso.PAIN001, decoded, payload_file=path,
+        await recorder.record([Entry("out", self.bank_id, self.channel, iso.PAIN001, decoded, payload_file=path,
                                      msg_id=ref["msg_id"], order_no=ref["order_no"],
                                      batch_no=ref["batch_no"])], change=before)
         try:
             status, answer = await self.client.post_payment(doc)
-        except HttpsError as e:
-            body = e.body or b""
-            if e.status in (400, 413):
+        except TransportError as e:
+            body = getattr(e, "body", b"") or b""
+            if getattr(e, "status", None) in (400, 413):
                 ids = await recorder.record([Entry(
-                    "in", self.bank_id, "https", iso.PAIN001, f"HTTP {e.status}: {e}", payload=body,
+                    "in", self.bank_id, self.channel, iso.PAIN001, f"HTTP {e.status}: {e}", payload=body,
                     msg_id=ref["msg_id"], order_no=ref["order_no"], batch_no=ref["batch_no"],
                     verified="ok")])
                 try:
@@ -144,7 +146,7 @@ class IsoAdapter:
                 except (ValueError, AttributeError):
                     code = f"HTTP{e.status}"
                 return Reply("refused", str(code)[:8], str(e)[:500], journal_id=ids[-1])
-            await recorder.record([Entry("event", self.bank_id, "https", iso.PAIN001,
+            await recorder.record([Entry("event", self.bank_id, self.channel, iso.PAIN001,
                                          f"POST {ref['msg_id']}: {e}", msg_id=ref["msg_id"],
                                          order_no=ref["order_no"], batch_no=ref["batch_no"])])
             log.warn("{bank}: POST {msg}: {error}", bank=self.bank_id, msg=ref["msg_id"], error=e)
@@ -153,14 +155,14 @@ class IsoAdapter:
         if status == 409:
             # DU01: the bank holds other content under this MsgId. Never resend: ask, alarm.
             await recorder.record(
-                [Entry("in", self.bank_id, "https", iso.PAIN001, f"HTTP 409 {answer.get('error')}: "
+                [Entry("in", self.bank_id, self.channel, iso.PAIN001, f"HTTP 409 {answer.get('error')}: "
                        f"{answer.get('message', '')}"[:500], payload=raw, msg_id=ref["msg_id"],
                        order_no=ref["order_no"], batch_no=ref["batch_no"], verified="ok")],
                 alarm=("critical", "message-id-conflict",
                        f"bank holds other content under MsgId {ref['msg_id']} (DU01): not resent",
                        ref["order_no"], ref["batch_no"]))
             return None
-        ids = await recorder.record([Entry("in", self.bank_id, "https", iso.PAIN001,
+        ids = await recorder.record([Entry("in", self.bank_id, self.channel, iso.PAIN001,
                                            f"HTTP {status}: {answer.get('status')} {answer.get('msg_id')}",
                                            payload=raw, msg_id=ref["msg_id"], order_no=ref["order_no"],
                                            batch_no=ref["batch_no"], verified="ok")])
@@ -227,7 +229,7 @@ class IsoAdapter:
                 for r, doc, msg_id, ref, bad in checked:
                     if bad:
                         jid = recorder.journal_in(conn, Entry(
-                            "in", self.bank_id, "https", r["type"][:20],
+                            "in", self.bank_id, self.channel, r["type"][:20],
                             f"report {r['cursor']} rejected: {bad}"[:500], payload=doc,
                             verified=f"failed: {bad}"[:200]))
                         recorder.alarm_in(conn, "critical", "bank-report-rejected",
@@ -235,7 +237,7 @@ class IsoAdapter:
                                           f"not used: {bad}"[:500], None, None, jid)
                         continue
                     jid = recorder.journal_in(conn, Entry(
-                        "in", self.bank_id, "https", r["type"][:20],
+                        "in", self.bank_id, self.channel, r["type"][:20],
                         f"report {r['cursor']}: {r['type']} {msg_id}" + (f" for {ref}" if ref else ""),
                         payload=doc, msg_id=msg_id[:64], batch_no=ref, verified="ok"))
                     if r["type"] == iso.CAMT053:
@@ -375,7 +377,7 @@ class IsoAdapter:
                    f"{totals.paid_amount} fen, failed {totals.failed_count} / {totals.failed_amount} fen")
 
         def evidence(verified: str) -> list:
-            return [Entry("event", self.bank_id, "https", "results",
+            return [Entry("event", self.bank_id, self.channel, "results",
                           f"{summary}; kept as journal entry {jid}" if verified == "ok"
                           else f"pain.002 {report.msg_id} (journal entry {jid}) not applied: {verified}",
                           order_no=batch["order_no"], batch_no=batch["batch_no"], verified=verified[:200])]

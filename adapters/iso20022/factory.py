@@ -4,8 +4,10 @@ Bank file keys (besides bank_id, name, dialect, payer_acct, payer_name):
 
     [iso20022]  initiating_party, debtor_agent_id, debtor_agent_bic?, signature ("xmldsig"|"none"),
                 refund_account, refund_account_name, status_poll_s, return_poll_s,
-                result_working_days, late_return_window_days, statement_daily, transport ("https")
-    [https]     base_url, server_name?, timeout_s, max_body_bytes
+                result_working_days, late_return_window_days, statement_daily, transport ("https"|"sftp")
+    [https]     base_url, server_name?, timeout_s, max_body_bytes          (transport "https")
+    [sftp]      as a cnbank bank's [sftp]: host, port, username, client_key, host_key, in_dir, out_dir
+                                                                           (transport "sftp")
     [keys]      our_rsa_key, our_certificate, bank_certificate, bank_previous_certificate?,
                 bank_previous_until?, bank_ca, passphrase_file? | passphrase_env?
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 import datetime
 import os
 from dataclasses import dataclass
+from typing import Any
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -50,11 +53,13 @@ class IsoSettings:
     bank_ca: str
     passphrase_file: str
     passphrase_env: str
+    sftp: Any = None          # gateway.config.SftpSettings when transport = "sftp"
 
 
 def _schemas():
     from gateway.config import Field, REQUIRED, one_of, pattern, positive  # noqa: F401
-    top = {"iso20022": Field(dict), "https": Field(dict), "keys": Field(dict)}
+    top = {"iso20022": Field(dict), "https": Field(dict, None), "sftp": Field(dict, None),
+           "keys": Field(dict)}
     dialect = {
         "initiating_party": Field(str),
         "debtor_agent_id": Field(str),
@@ -69,7 +74,7 @@ def _schemas():
         "late_return_window_days": Field(int, 30, positive),
         # read the feed once a day for camt.053 even when no batch is open (statements are pushed)
         "statement_daily": Field(bool, True),
-        "transport": Field(str, "https", one_of("https")),
+        "transport": Field(str, "https", one_of("https", "sftp")),
     }
     https = {
         "base_url": Field(str, check=pattern(r"https://[^\s]+", "an https:// URL")),
@@ -83,7 +88,7 @@ def _schemas():
         "bank_certificate": Field(str, path=True),
         "bank_previous_certificate": Field(str, "", path=True),
         "bank_previous_until": Field(str, "", pattern(r"([0-9]{4}-[0-9]{2}-[0-9]{2})?", "a date YYYY-MM-DD")),
-        "bank_ca": Field(str, path=True),
+        "bank_ca": Field(str, "", path=True),        # required for transport https
         "passphrase_file": Field(str, "", path=True),
         "passphrase_env": Field(str, ""),
     }
@@ -99,8 +104,19 @@ class factory:  # noqa: N801  (the entry point's object)
         top_s, dialect_s, https_s, keys_s = _schemas()
         top = reader.table(data, "", top_s)
         d = reader.table(top["iso20022"] or {}, "iso20022", dialect_s)
-        h = reader.table(top["https"] or {}, "https", https_s)
         k = reader.table(top["keys"] or {}, "keys", keys_s)
+        sftp = None
+        if d.get("transport") == "sftp":
+            from gateway.config import _SFTP, SftpSettings
+            t = reader.table(top["sftp"] or {}, "sftp", _SFTP)
+            if t.get("client_key") and not os.path.isfile(t["client_key"]):
+                reader.err("sftp.client_key", f"file {t['client_key']} does not exist")
+            sftp = SftpSettings(**t) if None not in t.values() else None
+            h = {"base_url": "", "server_name": "", "timeout_s": 60.0, "max_body_bytes": 256 * 1024 * 1024}
+        else:
+            h = reader.table(top["https"] or {}, "https", https_s)
+            if not k.get("bank_ca"):
+                reader.err("keys.bank_ca", "is required for transport \"https\" (the bank's CA for TLS)")
         for key in ("our_rsa_key", "our_certificate", "bank_certificate", "bank_previous_certificate",
                     "bank_ca", "passphrase_file"):
             if k.get(key) and not os.path.isfile(k[key]):
@@ -110,9 +126,10 @@ class factory:  # noqa: N801  (the entry point's object)
                                                   "go together: set both or neither")
         if k.get("passphrase_file") and k.get("passphrase_env"):
             reader.err("keys.passphrase_env", "set passphrase_file or passphrase_env, not both")
-        if any(v is None for v in (*d.values(), *h.values(), *k.values())):
+        if any(v is None for v in (*d.values(), *h.values(), *k.values())) or (
+                d.get("transport") == "sftp" and sftp is None):
             return None
-        return IsoSettings(**d, **h, **k)
+        return IsoSettings(**d, **h, **k, sftp=sftp)
 
     @staticmethod
     def make(reactor, bank, cfg, faults):
@@ -139,10 +156,6 @@ class factory:  # noqa: N801  (the entry point's object)
         except (keystore.KeystoreError, OSError) as e:
             raise AdapterError(f"{bank.file}: keys.our_certificate: {e}") from None
         try:
-            ca = keystore.load_certificate(s.bank_ca)
-        except (keystore.KeystoreError, OSError) as e:
-            raise AdapterError(f"{bank.file}: keys.bank_ca: {e}") from None
-        try:
             rotation = keystore.CertRotation(
                 s.bank_certificate, s.bank_previous_certificate or None,
                 datetime.date.fromisoformat(s.bank_previous_until) if s.bank_previous_until else None)
@@ -152,10 +165,26 @@ class factory:  # noqa: N801  (the entry point's object)
 
         def pinned(now):
             return [(c.public_bytes(pem), None) for c in rotation.acceptable(now)]
-        client = HttpsBankClient(reactor, s.base_url, ca_pem=ca.public_bytes(pem),
-                                 client_cert_pem=cert.public_bytes(pem), client_key_pem=key_pem,
-                                 server_name=s.server_name or urlsplit(s.base_url).hostname,
-                                 timeout_s=s.timeout_s, max_body=s.max_body_bytes)
+        if s.transport == "sftp":
+            from adapters.iso20022.sftp_transport import SftpIsoTransport
+            from adapters.sftp import SFTPClient, SFTPEndpoint
+            t = s.sftp
+            try:
+                sftp = SFTPClient(reactor, SFTPEndpoint(
+                    host=t.host, port=t.port, username=t.username, client_key_path=t.client_key,
+                    host_key=t.host_key, connect_timeout=t.connect_timeout_s, idle_timeout=t.idle_timeout_s))
+            except ValueError as e:
+                raise AdapterError(f"{bank.file}: sftp.client_key: {e}") from None
+            client = SftpIsoTransport(sftp, t.in_dir, t.out_dir, t.max_file_bytes)
+        else:
+            try:
+                ca = keystore.load_certificate(s.bank_ca)
+            except (keystore.KeystoreError, OSError) as e:
+                raise AdapterError(f"{bank.file}: keys.bank_ca: {e}") from None
+            client = HttpsBankClient(reactor, s.base_url, ca_pem=ca.public_bytes(pem),
+                                     client_cert_pem=cert.public_bytes(pem), client_key_pem=key_pem,
+                                     server_name=s.server_name or urlsplit(s.base_url).hostname,
+                                     timeout_s=s.timeout_s, max_body=s.max_body_bytes)
         return IsoAdapter(reactor, bank, s, client, key_pem=key_pem, cert_pem=cert.public_bytes(pem),
                           pinned=pinned, work_dir=str(Path(cfg.work_dir) / bank.bank_id),
                           journal_store=Journal(cfg.journal_archive_dir, cfg.journal_inline_max_bytes))

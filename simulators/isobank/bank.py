@@ -22,6 +22,7 @@ import collections
 import hashlib
 import io
 import json
+import os
 import threading
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -37,6 +38,7 @@ from twisted.web import resource, server
 from protocols import iso20022 as iso
 from protocols import xmldsig
 from protocols.cnbank_envelope import CN_TZ
+from simulators import sftp_server
 from simulators.outcomes import REASONS, SUCCESS, outcome_for_account
 
 log = Logger()
@@ -150,6 +152,7 @@ class IsoBankSimulator:
         self._ports: list[Any] = []
         self._site: _Site | None = None
         self._mangle: Callable[[str], str] | None = None
+        self._sftp_root: str | None = None
 
     # --- life cycle -----------------------------------------------------------------------
 
@@ -166,6 +169,37 @@ class IsoBankSimulator:
         log.info("iso20022 bank simulator on https://{host}:{port}", host=interface,
                  port=listening.getHost().port)
         return listening
+
+    def listen_sftp(self, root: str, port: int = 0, *, authorized_keys: list[str | bytes],
+                    host_key_path: str, username: str = "gateway", interface: str = "127.0.0.1") -> Any:
+        """Serve the same bank over SFTP (iso20022.md, Transport): a pain.001 renamed into `/in`
+        whole is taken as if POSTed; every report is also written to `/out` as `{cursor:010d}.xml`
+        (under a temporary name, then renamed). Returns the IListeningPort."""
+        self._sftp_root = root
+        for d in ("in", "out"):
+            os.makedirs(os.path.join(root, d), exist_ok=True)
+        factory = sftp_server.make_sftp_server_factory(root, username, list(authorized_keys), host_key_path,
+                                                       on_operation=self._sftp_operation)
+        listening = factory.listen(self.reactor, port, interface)
+        self._ports.append(listening)
+        log.info("iso20022 bank simulator files on sftp://{user}@{host}:{port}", user=username,
+                 host=interface, port=listening.getHost().port)
+        return listening
+
+    def _sftp_operation(self, op: str, *paths: Any) -> None:
+        if op != "rename":
+            return
+        new = paths[1].decode() if isinstance(paths[1], bytes) else paths[1]
+        if not (new.startswith("/in/") and new.endswith(".xml")):
+            return
+        with open(os.path.join(self._sftp_root, new.lstrip("/")), "rb") as f:
+            body = f.read(self.max_body + 1)
+
+        async def take() -> None:
+            status, answer = await self.post_payments(body)
+            log.info("iso20022 bank: file {name} taken over SFTP: {status} {answer}", name=new,
+                     status=status, answer=answer)
+        self._track(defer.ensureDeferred(take()))
 
     def stop(self) -> defer.Deferred:
         """Stop listening, drop connections, cancel pending reports, finish running work."""
@@ -326,6 +360,19 @@ class IsoBankSimulator:
         reports = await self._in_thread(self._decide, p, body, reject, now)
         self._publish(reports)
 
+    def _append_reports(self, reports: list[tuple[str, str]]) -> None:
+        """Add reports to the feed; with SFTP on, also as files in /out (whole, then renamed)."""
+        with self.ledger.lock:
+            first = len(self.ledger.reports) + 1
+            self.ledger.reports.extend(reports)
+            if self._sftp_root is not None:
+                out = os.path.join(self._sftp_root, "out")
+                for i, (_kind, doc) in enumerate(reports):
+                    tmp = os.path.join(out, f".part-{first + i:010d}")
+                    with open(tmp, "w", encoding="utf-8") as f:
+                        f.write(doc)
+                    os.replace(tmp, os.path.join(out, f"{first + i:010d}.xml"))
+
     def mangle_next_report(self, fn: Callable[[str], str]) -> None:
         """Test hook: the next report published goes through *fn* (after signing), e.g. to tamper."""
         self._mangle = fn
@@ -337,8 +384,7 @@ class IsoBankSimulator:
             reports = [(reports[0][0], mangle(reports[0][1]))] + list(reports[1:])
 
         def put() -> None:
-            with self.ledger.lock:
-                self.ledger.reports.extend(reports)
+            self._append_reports(reports)
         if self.result_delay_s <= 0:
             put()
             return
@@ -457,8 +503,7 @@ class IsoBankSimulator:
                            c.instr_id, return_reason=reason)
             self.ledger.entries.append(entry)
         kind, doc = self._camt054(now, [entry])
-        with self.ledger.lock:
-            self.ledger.reports.append((kind, doc))
+        self._append_reports([(kind, doc)])
         return doc
 
     def _statement(self, day: date) -> str:
@@ -475,8 +520,7 @@ class IsoBankSimulator:
                           opening_fen=opening, closing_fen=opening + sum(_signed(e) for e in today),
                           entries=tuple(_iso_entry(e) for e in today))
         kind, doc = self._document(iso.CAMT053, lambda out: iso.write_camt053(out, s))
-        with self.ledger.lock:
-            self.ledger.reports.append((kind, doc))
+        self._append_reports([(kind, doc)])
         return doc
 
 

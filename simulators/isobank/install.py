@@ -93,11 +93,30 @@ def make_pki(keys_dir: Path) -> IsoPki:
 
 
 def write_bank_file(banks_dir: Path, pki: IsoPki, port: int, *, bank_id: str = ISO_BANK_ID,
-                    status_poll_s: float = 0.3, return_poll_s: float = 3600) -> Path:
+                    status_poll_s: float = 0.3, return_poll_s: float = 3600,
+                    sftp: tuple[str, str] | None = None) -> Path:
+    """The bank file; over HTTPS on *port*, or with sftp=(client key path, host key line) over
+    SFTP on *port*."""
     keys = os.path.relpath(pki.dir, banks_dir)
     path = Path(banks_dir) / f"{bank_id}.toml"
+    if sftp is not None:
+        transport = f"""[sftp]
+host = "127.0.0.1"
+port = {port}
+username = "gateway"
+client_key = "{sftp[0]}"
+host_key = "{sftp[1]}"
+in_dir = "/in"
+out_dir = "/out"
+"""
+    else:
+        transport = f"""[https]
+base_url = "https://127.0.0.1:{port}"
+server_name = "{SERVER_NAME}"          # the name the bank's certificate must carry
+timeout_s = 30
+"""
     path.write_text(f"""\
-# An agent bank speaking ISO 20022 (shared/spec/iso20022.md) over HTTPS with mutual TLS.
+# An agent bank speaking ISO 20022 (shared/spec/iso20022.md) over HTTPS with mutual TLS, or SFTP.
 bank_id = "{bank_id}"
 name = "示范ISO代发银行"
 dialect = "iso20022"
@@ -113,11 +132,9 @@ refund_account_name = "市财政局国库集中支付零余额账户"
 status_poll_s = {status_poll_s}
 return_poll_s = {return_poll_s}
 
-[https]
-base_url = "https://127.0.0.1:{port}"
-server_name = "{SERVER_NAME}"          # the name the bank's certificate must carry
-timeout_s = 30
+transport = "{"sftp" if sftp else "https"}"
 
+{transport}
 [keys]
 our_rsa_key = "{keys}/gateway_rsa.pem"
 our_certificate = "{keys}/gateway_cert.pem"
