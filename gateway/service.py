@@ -200,7 +200,8 @@ class Gateway(service.MultiService):
 
     @defer.inlineCallbacks
     def stopService(self):  # noqa: N802
-        """Stop in order: flows finish their current step, then the core client, then the database."""
+        """Stop in order: flows finish their current step, then the bank adapters, the core client,
+        the database."""
         log.info("stopping: letting each bank's current step finish")
         self.stopping = True
         for flow in self.flows.values():
@@ -209,6 +210,8 @@ class Gateway(service.MultiService):
             self.core.close()   # a call waiting to retry gives up now
         yield defer.DeferredList([defer.maybeDeferred(t.stopService) for t in self.tickers.values()
                                   if t.running])
+        # The banks' connections (an HTTPS pool) are closed once no step can use them.
+        yield defer.DeferredList([defer.maybeDeferred(f.adapter.close) for f in self.flows.values()])
         for s in reversed(list(self)):
             if s.running and s not in self.tickers.values():
                 yield defer.maybeDeferred(s.stopService)
