@@ -22,8 +22,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import client, http
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IBodyProducer
-from zope.interface import implementer
+
+from adapters.bodies import BytesProducer
 
 log = Logger()
 
@@ -49,22 +49,6 @@ class Exchange:
     request: bytes
     status: int
     response: bytes
-
-
-@implementer(IBodyProducer)
-class _Bytes:
-    def __init__(self, data: bytes):
-        self.data, self.length = data, len(data)
-
-    def startProducing(self, consumer):  # noqa: N802
-        consumer.write(self.data)
-        return defer.succeed(None)
-
-    def pauseProducing(self):  # noqa: N802
-        pass
-
-    def stopProducing(self):  # noqa: N802
-        pass
 
 
 class _IdleTimer:
@@ -232,7 +216,7 @@ class CoreClient:
 
     async def _once(self, method: str, url: str, body: bytes | None, read: Callable):
         d = self.agent.request(method.encode(), url.encode(), self._headers(body is not None),
-                               _Bytes(body) if body is not None else None)
+                               BytesProducer(body) if body is not None else None)
         d.addTimeout(self.timeout, self.reactor)
         resp = await d
         return resp.code, await read(resp)

@@ -22,9 +22,10 @@ from twisted.internet import defer, protocol, ssl
 from twisted.logger import Logger
 from twisted.web import client, http
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IBodyProducer, IPolicyForHTTPS
+from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
+from adapters.bodies import BytesProducer
 from adapters.interface import TransportError
 
 log = Logger()
@@ -71,25 +72,6 @@ class _MutualTLSPolicy:
             creator = self._cache[name] = ssl.optionsForClientTLS(
                 name, trustRoot=self.trust, clientCertificate=self.mine)
         return creator
-
-
-@implementer(IBodyProducer)
-class _Bytes:
-    def __init__(self, data: bytes):
-        self.data, self.length = data, len(data)
-
-    def startProducing(self, consumer):  # noqa: N802
-        consumer.write(self.data)
-        return defer.succeed(None)
-
-    def pauseProducing(self):  # noqa: N802
-        pass
-
-    def resumeProducing(self):  # noqa: N802
-        pass
-
-    def stopProducing(self):  # noqa: N802
-        pass
 
 
 class _Capped(protocol.Protocol):
@@ -165,7 +147,7 @@ class HttpsBankClient:
     async def _exchange(self, method: bytes, url: str, headers: Headers, body: bytes | None,
                         limit: int) -> tuple[int, bytes]:
         resp = await self.agent.request(method, url.encode("ascii"), headers,
-                                        _Bytes(body) if body is not None else None)
+                                        BytesProducer(body) if body is not None else None)
         cap = limit if 200 <= resp.code < 300 or resp.code == 409 else min(limit, _ERROR_BODY_CAP)
         if resp.length is not client.UNKNOWN_LENGTH and resp.length > cap:
             dropper = _Capped(0)  # drops the connection at the first byte
