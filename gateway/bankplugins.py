@@ -24,6 +24,21 @@ class AdapterError(Exception):
     """An adapter cannot be made for a bank; the message names the bank file and key."""
 
 
+def bank_passphrase(bank_file: str, passphrase_file: str, passphrase_env: str):
+    """The passphrase a bank file names for our private key (keys.passphrase_file or
+    keys.passphrase_env), or None; AdapterError naming the file and key if it cannot be read."""
+    from gateway import keystore
+    try:
+        if passphrase_file:
+            return keystore.Passphrase.from_file(passphrase_file)
+        if passphrase_env:
+            return keystore.Passphrase.from_env(passphrase_env)
+        return None
+    except keystore.KeystoreError as e:
+        key = "passphrase_file" if passphrase_file else "passphrase_env"
+        raise AdapterError(f"{bank_file}: keys.{key}: {e}") from None
+
+
 def known_dialects() -> list[str]:
     return sorted({ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)})
 

@@ -68,3 +68,17 @@ def test_a_key_readable_by_others_stops_the_start(site):
         make_service(configmod.load(cfg))
     assert f"{isoinstall.ISO_BANK_ID}.toml: keys.our_rsa_key" in str(e.value)
     assert "644" in str(e.value)
+
+
+def test_an_unset_passphrase_variable_stops_the_start_naming_it(site, monkeypatch):
+    """A bank file naming an environment variable that is not set: StartupError naming keys.passphrase_env."""
+    p, cfg, _ = site
+    bank = p.banks / f"{harness.BANK_ID}.toml"
+    bank.write_text(bank.read_text().replace('passphrase_file = "../../keys/sm2.pass"',
+                                             'passphrase_env = "GW_TEST_SM2_PASS"'))
+    monkeypatch.delenv("GW_TEST_SM2_PASS", raising=False)
+    with pytest.raises(StartupError) as e:
+        make_service(configmod.load(cfg))
+    assert f"{harness.BANK_ID}.toml: keys.passphrase_env" in str(e.value) and "GW_TEST_SM2_PASS" in str(e.value)
+    monkeypatch.setenv("GW_TEST_SM2_PASS", "sm2-secret")
+    assert harness.BANK_ID in make_service(configmod.load(cfg)).flows

@@ -21,14 +21,8 @@ class factory:  # noqa: N801  (the entry point's object; a class used as a names
 
     @staticmethod
     def make(reactor, bank, cfg, faults):
-        from gateway import keystore
-        from gateway.bankplugins import AdapterError
-        try:
-            passphrase = (keystore.Passphrase.from_file(bank.passphrase_file) if bank.passphrase_file else
-                          keystore.Passphrase.from_env(bank.passphrase_env) if bank.passphrase_env else None)
-        except keystore.KeystoreError as e:
-            key = "passphrase_file" if bank.passphrase_file else "passphrase_env"
-            raise AdapterError(f"{bank.file}: keys.{key}: {e}") from None
+        from gateway.bankplugins import AdapterError, bank_passphrase
+        passphrase = bank_passphrase(bank.file, bank.passphrase_file, bank.passphrase_env)
         try:
             ours = keyfile.read_private_key_file(bank.our_private_key,
                                                  passphrase=passphrase.bytes() if passphrase else None)

@@ -136,15 +136,10 @@ class factory:  # noqa: N801  (the entry point's object)
         from adapters.https import HttpsBankClient
         from adapters.iso20022.adapter import IsoAdapter
         from gateway import keystore
-        from gateway.bankplugins import AdapterError
+        from gateway.bankplugins import AdapterError, bank_passphrase
         from gateway.journal import Journal
         s = bank.settings
-        try:
-            passphrase = (keystore.Passphrase.from_file(s.passphrase_file) if s.passphrase_file else
-                          keystore.Passphrase.from_env(s.passphrase_env) if s.passphrase_env else None)
-        except keystore.KeystoreError as e:
-            key = "passphrase_file" if s.passphrase_file else "passphrase_env"
-            raise AdapterError(f"{bank.file}: keys.{key}: {e}") from None
+        passphrase = bank_passphrase(bank.file, s.passphrase_file, s.passphrase_env)
         try:
             key = keystore.load_private_key(s.our_rsa_key, passphrase)
         except (keystore.KeystoreError, OSError) as e:
