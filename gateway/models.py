@@ -8,7 +8,7 @@ them, so the journal's hash chain sees exactly the text that was stored.
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Integer, LargeBinary, String, Text, UniqueConstraint
+from sqlalchemy import BigInteger, Index, Integer, LargeBinary, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -275,9 +275,13 @@ class Correction(Base):
 
 
 class Alarm(Base):
-    """Something an operator must look at: a contract fault, a rejected file, a double payment."""
+    """Something an operator must look at (告警): a contract fault, a rejected file, a double payment.
+
+    One row is one episode; see gateway/alarms.py.
+    """
 
     __tablename__ = "alarms"
+    __table_args__ = (Index("ix_alarms_open", "kind", "cleared_at"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     at: Mapped[str] = mapped_column(String(40))
     severity: Mapped[str] = mapped_column(String(8))          # warning / critical
@@ -288,6 +292,15 @@ class Alarm(Base):
     message: Mapped[str] = mapped_column(Text)
     journal_id: Mapped[int | None] = mapped_column(Integer)
     acknowledged_by: Mapped[str | None] = mapped_column(String(64))
+    # the episode (gateway/alarms.py): what makes two raises the same alarm, how often it
+    # was seen, when last, and when the daemon saw the condition end
+    key: Mapped[str | None] = mapped_column(String(200))
+    count: Mapped[int] = mapped_column(Integer, default=1)
+    last_at: Mapped[str | None] = mapped_column(String(40))
+    last_message: Mapped[str | None] = mapped_column(Text)
+    cleared_at: Mapped[str | None] = mapped_column(String(40))
+    acknowledged_at: Mapped[str | None] = mapped_column(String(40))
+    ack_comment: Mapped[str | None] = mapped_column(Text)
 
 
 class Statement(Base):

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import datetime
 
-from sqlalchemy import Connection, func, insert, select
+from sqlalchemy import Connection, func, select
 from twisted.logger import Logger
 
-from gateway.models import ItemStatus, alarms, items, orders
+from gateway.alarms import clear_alarm, raise_alarm  # noqa: F401  (re-exported for the steps)
+from gateway.models import ItemStatus, items, orders
 
 log = Logger()
 CST = datetime.timezone(datetime.timedelta(hours=8))
@@ -29,14 +30,6 @@ class ResultRejected(Exception):
 
 def iso(seconds: float) -> str:
     return datetime.datetime.fromtimestamp(seconds, CST).isoformat(timespec="seconds")
-
-
-def raise_alarm(conn: Connection, at: str, severity: str, kind: str, message: str, *,
-                bank_id=None, order_no=None, batch_no=None, journal_id=None) -> None:
-    conn.execute(insert(alarms).values(at=at, severity=severity, kind=kind, bank_id=bank_id,
-                                       order_no=order_no, batch_no=batch_no, message=message,
-                                       journal_id=journal_id))
-    log.error("ALARM {kind} [{severity}] {message}", kind=kind, severity=severity, message=message)
 
 
 def check_conservation(conn: Connection, order_no: str) -> dict[str, tuple[int, int]]:
