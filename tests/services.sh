@@ -1,12 +1,17 @@
 #!/bin/sh
 # Make sure what the tests talk to is here: PostgreSQL on 127.0.0.1:5432, and the
-# independent tools the tests check against (openssl, sshd, xmlsec1, xmllint).
+# independent tools the tests check against (openssl, sshd, xmlsec1, xmllint, pdftotext).
 set -e
 need=""
 command -v openssl >/dev/null 2>&1 || need="$need openssl"
 [ -x /usr/sbin/sshd ] || need="$need openssh-server"
 command -v xmllint >/dev/null 2>&1 || need="$need libxml2-utils"
 command -v xmlsec1 >/dev/null 2>&1 || need="$need xmlsec1"
+# pdftotext/pdftoppm read the reports back; poppler-data maps the CID font to Unicode, and a CJK
+# font lets pdftoppm draw the pages (the PDFs use the built-in CID font STSong-Light).
+command -v pdftotext >/dev/null 2>&1 || need="$need poppler-utils"
+[ -d /usr/share/poppler/cMap ] || need="$need poppler-data"
+fc-list :lang=zh 2>/dev/null | grep -q . || need="$need fonts-wqy-zenhei"
 if [ -n "$need" ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "installing:$need"
