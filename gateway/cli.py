@@ -26,17 +26,11 @@ def _load(path: str) -> configmod.GatewayConfig:
 
 
 def setup_logging(fmt: str) -> None:
-    from twisted.logger import (FilteringLogObserver, LogLevel, LogLevelFilterPredicate,
-                                globalLogBeginner, jsonFileLogObserver, textFileLogObserver)
-    if fmt == "json" or (fmt == "auto" and not sys.stdout.isatty()):
-        obs = jsonFileLogObserver(sys.stdout)
-    else:
-        obs = textFileLogObserver(sys.stdout)
-    pred = LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)
-    # Conch says "Disconnecting with error, code 10" at info on every clean SFTP close.
-    for ns in ("adapters.sftp._ClientTransport", "twisted.conch"):
-        pred.setLogLevelForNamespace(ns, LogLevel.warn)
-    globalLogBeginner.beginLoggingTo([FilteringLogObserver(obs, [pred])], redirectStandardIO=False)
+    from twisted.logger import globalLogBeginner
+
+    from gateway.logs import make_observer
+    globalLogBeginner.beginLoggingTo([make_observer(fmt, sys.stdout, sys.stdout.isatty())],
+                                     redirectStandardIO=False)
 
 
 def gatewayd_main(argv: list[str] | None = None) -> None:

@@ -170,12 +170,13 @@ class Daemon:
     log_path: Path
     proc: subprocess.Popen | None = None
     env: dict = field(default_factory=dict)
+    log_format: str = "text"
 
     def start(self) -> None:
         log = open(self.log_path, "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [sys.executable, "-c", "from gateway.cli import gatewayd_main; gatewayd_main()",
-             "--config", str(self.config), "--log-format", "text"],
+             "--config", str(self.config), "--log-format", self.log_format],
             stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **self.env})
         log.close()
 
