@@ -374,6 +374,29 @@ class BankReport(Base):
 
 
 
+class ResultSheet(Base):
+    """A batch's result sheet (交易结果) as produced by the gateway: the PDF, sealed with its SM2 key.
+
+    The PDF and its detached signature are journal payloads (`journal_id`, `sig_journal_id`);
+    `filed_at`/`filed_by` record when the department filed it with finance (article 26).
+    """
+
+    __tablename__ = "result_sheets"
+    batch_no: Mapped[str] = mapped_column(String(64), primary_key=True)
+    order_no: Mapped[str] = mapped_column(String(64), index=True)
+    bank_id: Mapped[str] = mapped_column(String(32), index=True)
+    produced_at: Mapped[str] = mapped_column(String(40))
+    pdf_sm3: Mapped[str] = mapped_column(String(64))
+    pdf_sha256: Mapped[str] = mapped_column(String(64))
+    pdf_size: Mapped[int] = mapped_column(BigInteger)
+    signer: Mapped[str] = mapped_column(String(100))          # SHA-256 fingerprint of the seal's public key
+    journal_id: Mapped[int] = mapped_column(Integer)          # the PDF
+    sig_journal_id: Mapped[int] = mapped_column(Integer)      # its detached SM2 signature (DER)
+    filed_at: Mapped[str | None] = mapped_column(String(40))
+    filed_by: Mapped[str | None] = mapped_column(String(100))
+
+
+
 orders = Order.__table__
 items = Item.__table__
 batches = Batch.__table__
@@ -389,3 +412,4 @@ statements = Statement.__table__
 statement_lines = StatementLine.__table__
 bank_feeds = BankFeed.__table__
 bank_reports = BankReport.__table__
+result_sheets = ResultSheet.__table__
