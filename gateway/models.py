@@ -163,6 +163,7 @@ class JournalEntry(Base):
     decoded: Mapped[str] = mapped_column(Text)                # masked, human-readable view
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64))
+    mac: Mapped[str | None] = mapped_column(String(64))       # HMAC-SM3 of hash, key outside the database
 
 
 class JournalHead(Base):
@@ -172,6 +173,7 @@ class JournalHead(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     last_id: Mapped[int] = mapped_column(Integer)
     last_hash: Mapped[str] = mapped_column(String(64))
+    keyed_from: Mapped[int | None] = mapped_column(Integer)   # first entry with a MAC; NULL: none yet
 
 
 class RefundState:
