@@ -13,6 +13,7 @@ import sys
 
 from sqlalchemy import func, select
 
+from gateway import __version__
 from gateway import config as configmod
 from gateway import db as dbmod
 
@@ -35,6 +36,7 @@ def setup_logging(fmt: str) -> None:
 
 def gatewayd_main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="gatewayd", description="Run the bank gateway daemon in the foreground.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     p.add_argument("--config", required=True, help="the daemon's TOML file, e.g. conf/gateway.toml")
     p.add_argument("--log-format", choices=("auto", "text", "json"), help="overrides [log] format")
     args = p.parse_args(argv)
@@ -119,15 +121,6 @@ def cmd_orders(cfg, args) -> int:
             figures = ", ".join(f"{s} {n}/{int(a or 0)}" for s, n, a in per)
             print(f"{o['order_no']} [{o['bank_id']}] {o['state']} {o['project_short']} "
                   f"{o['total_count']} items {o['total_amount']} fen: {figures}")
-    return 0
-
-
-def cmd_alarms(cfg, args) -> int:
-    from gateway.models import alarms
-    engine = _engine(cfg)
-    with engine.connect() as conn:
-        for a in conn.execute(select(alarms).order_by(alarms.c.id)).mappings():
-            print(f"#{a['id']} {a['at']} {a['severity']} {a['kind']} {a['message']}")
     return 0
 
 
@@ -264,6 +257,7 @@ def _run_keys(args) -> None:
 
 def gatewayctl_main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="gatewayctl", description="Inspect and maintain the bank gateway.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     p.add_argument("--config", help="the daemon's TOML file (required but for `keys`)")
     sub = p.add_subparsers(dest="group", required=True)
     d = sub.add_parser("db", help="database schema").add_subparsers(dest="cmd", required=True)
@@ -280,7 +274,8 @@ def gatewayctl_main(argv: list[str] | None = None) -> None:
                        add_help=False)
     r.add_argument("rest", nargs=argparse.REMAINDER)
     r.set_defaults(fn=cmd_rpc)
-    sub.add_parser("alarms", help="alarms raised").set_defaults(fn=cmd_alarms)
+    from gateway import cli_alarms
+    cli_alarms.add_parser(sub)
     sub.add_parser("check-config", help="validate the configuration and exit").set_defaults(
         fn=lambda cfg, a: (print(json.dumps({"ok": True, "banks": sorted(cfg.banks)})), 0)[1])
     _add_keys_parser(sub)
