@@ -6,6 +6,15 @@ so memory does not grow with the order), and pushes results and order states.
 5xx answers, timeouts and dropped connections are retried with capped,
 jittered exponential backoff; a 4xx is a contract fault, raised as
 `CoreContractError` for the caller to journal and alarm.
+
+Every attempt has one overall deadline (`call_deadline_s`, from the request
+until the last byte of the answer), so a core that drips a byte a second cannot
+hold a call open: the idle timer alone restarted on every byte. The item stream
+cannot have a fixed deadline (an order can hold a million items); it must keep
+a minimum rate instead: while we wait on the core (the consumer's time does not
+count), each window of `stream_window_s` must bring at least
+`stream_min_bytes_per_s` times the window. `close()` cancels every request in
+flight, so stopping the daemon never waits on the core.
 """
 
 from __future__ import annotations
@@ -94,6 +103,8 @@ class _Collect(protocol.Protocol):
 
     def connectionLost(self, reason) -> None:  # noqa: N802
         self.timer.stop()
+        if self.done.called:
+            return    # cancelled (deadline or close): the call has already failed
         if self.timer.fired:
             self.done.errback(CoreError(f"core answer stalled: no data for {self.timer.idle:g}s"))
         elif self.size > self.limit:
@@ -108,8 +119,13 @@ class _Stream(protocol.Protocol):
     """Hands the body on in chunks of about `chunk` bytes; pauses while the consumer is busy."""
 
     def __init__(self, done: defer.Deferred, consume: Callable[[bytes], defer.Deferred], chunk: int,
-                 clock=None, idle: float | None = None):
+                 clock=None, idle: float | None = None, window: float | None = None,
+                 min_rate: float = 0):
         self.done, self.consume, self.chunk = done, consume, chunk
+        self.clock, self.window, self.min_rate = clock, window, min_rate
+        self.window_call = None
+        self.window_bytes = 0
+        self.too_slow: str | None = None
         self.buf: list[bytes] = []
         self.size = 0
         self.busy: defer.Deferred | None = None
@@ -121,10 +137,34 @@ class _Stream(protocol.Protocol):
 
     def connectionMade(self) -> None:  # noqa: N802
         self.timer.start()
+        self._window_start()
+
+    def _window_start(self) -> None:
+        """A new rate window; runs only while we wait on the core (stopped while the consumer works)."""
+        self._window_stop()
+        self.window_bytes = 0
+        if self.clock is not None and self.window and self.min_rate and not self.ended:
+            self.window_call = self.clock.callLater(self.window, self._window_end)
+
+    def _window_stop(self) -> None:
+        if self.window_call is not None and self.window_call.active():
+            self.window_call.cancel()
+        self.window_call = None
+
+    def _window_end(self) -> None:
+        self.window_call = None
+        need = self.min_rate * self.window
+        if self.window_bytes < need:
+            self.too_slow = (f"core stream too slow: {self.window_bytes} bytes in {self.window:g}s, "
+                             f"below the minimum of {self.min_rate:g} bytes/s")
+            self.transport.stopProducing()
+        else:
+            self._window_start()
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802
         if self.busy is None:
             self.timer.start()
+        self.window_bytes += len(data)
         self.buf.append(data)
         self.size += len(data)
         self.total += len(data)
@@ -134,6 +174,7 @@ class _Stream(protocol.Protocol):
     def _flush(self) -> defer.Deferred:
         data, self.buf, self.size = b"".join(self.buf), [], 0
         self.timer.stop()
+        self._window_stop()
         self.transport.pauseProducing()
         d = self.busy = defer.maybeDeferred(self.consume, data)
 
@@ -145,6 +186,7 @@ class _Stream(protocol.Protocol):
                 pass
             if not self.ended:
                 self.timer.start()
+                self._window_start()
             if self.size >= self.chunk:
                 self._flush()
             return r
@@ -164,6 +206,8 @@ class _Stream(protocol.Protocol):
             return self.failed
         if self.timer.fired:
             return Failure(CoreError(f"core stream stalled: no data for {self.timer.idle:g}s"))
+        if self.too_slow:
+            return Failure(CoreError(self.too_slow))
         if not reason.check(client.ResponseDone):
             return reason
         if self.size:
@@ -175,7 +219,18 @@ class _Stream(protocol.Protocol):
     def connectionLost(self, reason) -> None:  # noqa: N802
         self.ended = True
         self.timer.stop()
-        self._finish(reason).chainDeferred(self.done)
+        self._window_stop()
+
+        def settle(result):
+            if not self.done.called:   # a cancelled stream has failed already
+                self.done.callback(result)
+        self._finish(reason).addBoth(settle)
+
+    def cancel(self, why: str) -> None:
+        """Stop reading (the daemon is stopping); `done` fails once the consumer is idle."""
+        self.too_slow = why
+        if self.transport is not None:
+            self.transport.stopProducing()
 
 
 class _QuietFactory(client._HTTP11ClientFactory):  # noqa: SLF001
@@ -183,14 +238,24 @@ class _QuietFactory(client._HTTP11ClientFactory):  # noqa: SLF001
 
 
 class CoreClient:
-    """Calls the core's HTTP API with retries; one instance per daemon."""
+    """Calls the core's HTTP API with retries; one instance per daemon.
+
+    `watch(fn)` registers a listener told the outcome of every call once it is over
+    (retries included): fn(None) for a good answer, fn(CoreError) for a failed call,
+    so that the daemon keeps one "core unreachable" alarm episode.
+    """
 
     def __init__(self, reactor, base_url: str, token: str, *, timeout_s: float = 60,
-                 max_delay_s: float = 60, attempts: int = 6, rng: random.Random | None = None):
+                 max_delay_s: float = 60, attempts: int = 6, rng: random.Random | None = None,
+                 call_deadline_s: float | None = None, stream_window_s: float | None = None,
+                 stream_min_bytes_per_s: float = 1024):
         self.reactor = reactor
         self.base = base_url.rstrip("/")
         self._auth = f"Bearer {token}".encode()
         self.timeout = timeout_s
+        self.deadline = call_deadline_s if call_deadline_s is not None else timeout_s
+        self.stream_window = stream_window_s if stream_window_s is not None else self.deadline
+        self.stream_min_rate = stream_min_bytes_per_s
         self.max_delay = max_delay_s
         self.attempts = attempts
         self.rng = rng or random.Random()
@@ -199,13 +264,29 @@ class CoreClient:
         self.pool._factory = _QuietFactory  # noqa: SLF001  (one log line per connection is noise)
         self._closing = False
         self._waits: set[defer.Deferred] = set()
-        self.agent = client.Agent(reactor, pool=self.pool, connectTimeout=timeout_s)
+        self._inflight: set[defer.Deferred] = set()
+        self._streams: set[_Stream] = set()
+        self._watchers: list[Callable] = []
+        self.agent = client.Agent(reactor, pool=self.pool, connectTimeout=min(timeout_s, self.deadline))
+
+    def watch(self, fn: Callable) -> None:
+        self._watchers.append(fn)
+
+    def _tell(self, problem) -> None:
+        for fn in self._watchers:
+            try:
+                fn(problem)
+            except Exception:  # noqa: BLE001  (a listener's fault is not the call's)
+                log.failure("core call listener failed")
 
     def close(self) -> defer.Deferred:
-        """Stop retrying (a waiting call fails with CoreError) and close idle connections."""
+        """Stop retrying (a waiting call fails with CoreError), cancel every request in flight and
+        close the connections: nothing of the daemon's stop waits on the core."""
         self._closing = True
-        for d in list(self._waits):
+        for d in list(self._waits) + list(self._inflight):
             d.cancel()
+        for st in list(self._streams):
+            st.cancel("the daemon is stopping")
         return self.pool.closeCachedConnections()
 
     def _headers(self, json_body: bool) -> Headers:
@@ -214,19 +295,40 @@ class CoreClient:
             h.addRawHeader(b"Content-Type", b"application/json")
         return h
 
-    async def _once(self, method: str, url: str, body: bytes | None, read: Callable):
-        d = self.agent.request(method.encode(), url.encode(), self._headers(body is not None),
-                               BytesProducer(body) if body is not None else None)
-        d.addTimeout(self.timeout, self.reactor)
-        resp = await d
-        return resp.code, await read(resp)
+    def _attempt(self, method: str, url: str, body: bytes | None, read: Callable) -> defer.Deferred:
+        """One request and its whole answer under one deadline; cancellable (close)."""
+        async def once():
+            resp = await self.agent.request(method.encode(), url.encode(),
+                                            self._headers(body is not None),
+                                            BytesProducer(body) if body is not None else None)
+            return resp.code, await read(resp)
+        d = defer.ensureDeferred(once())
+        d.addTimeout(self.deadline, self.reactor)
+        self._inflight.add(d)
+        d.addBoth(lambda r: (self._inflight.discard(d), r)[1])
+        return d
 
     async def _call(self, method: str, url: str, body: bytes | None, read: Callable):
+        try:
+            result = await self._call_retrying(method, url, body, read)
+        except CoreContractError:
+            raise     # the core answered: a contract fault, journaled and alarmed by the caller
+        except CoreError as e:
+            self._tell(e)
+            raise
+        self._tell(None)
+        return result
+
+    async def _call_retrying(self, method: str, url: str, body: bytes | None, read: Callable):
         delay = 0.5
         for attempt in range(1, self.attempts + 1):
+            if self._closing:
+                raise CoreError(f"{method} {url}: not sent, the daemon is stopping")
             try:
-                code, result = await self._once(method, url, body, read)
-            except (defer.TimeoutError, defer.CancelledError, ierror.ConnectError,
+                code, result = await self._attempt(method, url, body, read)
+            except defer.TimeoutError:
+                problem = f"no whole answer within the call deadline of {self.deadline:g}s"
+            except (defer.CancelledError, ierror.ConnectError,
                     ierror.ConnectionLost, ierror.ConnectionDone, client.ResponseFailed,
                     client.ResponseNeverReceived, http.PotentialDataLoss, CoreError) as e:
                 problem = f"{type(e).__name__}: {e}"
@@ -255,8 +357,14 @@ class CoreClient:
 
     def _read_all(self, limit: int = 64 * 1024 * 1024):
         def read(resp):
-            d = defer.Deferred()
-            resp.deliverBody(_Collect(d, limit, self.reactor, self.timeout))
+            proto: list = []
+
+            def cancel(d):
+                if proto and proto[0].transport is not None:
+                    proto[0].transport.stopProducing()
+            d = defer.Deferred(cancel)
+            proto.append(_Collect(d, limit, self.reactor, self.timeout))
+            resp.deliverBody(proto[0])
             return d
         return read
 
@@ -294,24 +402,60 @@ class CoreClient:
         """Stream the order's NDJSON to *consume* in chunks (not split on lines); total bytes.
 
         Not retried here: a broken stream leaves the order to be loaded again from the start.
+        The answer's head is under the call deadline; the body under the minimum rate.
         """
         url = f"{self.base}/api/orders/{quote(order_no, safe='')}/items"
-
-        def read(resp):
-            if resp.code != 200:
-                return self._read_all(1 << 20)(resp)
-            d = defer.Deferred()
-            resp.deliverBody(_Stream(d, consume, chunk, self.reactor, self.timeout))
-            return d
-        d = self.agent.request(b"GET", url.encode(), self._headers(False), None)
-        d.addTimeout(self.timeout, self.reactor)
-        resp = await d
-        result = await read(resp)
-        if resp.code != 200:
-            if 400 <= resp.code < 500:
-                raise CoreContractError("GET", url, resp.code, result)
-            raise CoreError(f"GET {url} answered {resp.code}")
+        if self._closing:
+            raise CoreError(f"GET {url}: not sent, the daemon is stopping")
+        try:
+            result, code = await self._stream_once(url, consume, chunk)
+        except CoreContractError:
+            raise
+        except CoreError as e:
+            self._tell(e)
+            raise
+        except (defer.TimeoutError, defer.CancelledError, ierror.ConnectError, ierror.ConnectionLost,
+                ierror.ConnectionDone, client.ResponseFailed, client.ResponseNeverReceived,
+                http.PotentialDataLoss) as e:
+            err = CoreError(f"GET {url}: {type(e).__name__}: {e}")
+            self._tell(err)
+            raise err from None
+        if code != 200:
+            if 400 <= code < 500:
+                raise CoreContractError("GET", url, code, result)
+            err = CoreError(f"GET {url} answered {code}")
+            self._tell(err)
+            raise err
+        self._tell(None)
         return result
+
+    async def _stream_once(self, url: str, consume, chunk: int):
+        d = self.agent.request(b"GET", url.encode(), self._headers(False), None)
+        d.addTimeout(self.deadline, self.reactor)
+        self._inflight.add(d)
+        try:
+            resp = await d
+        finally:
+            self._inflight.discard(d)
+        if resp.code != 200:
+            body = self._read_all(1 << 20)(resp)
+            body.addTimeout(self.deadline, self.reactor)
+            self._inflight.add(body)
+            try:
+                return await body, resp.code
+            finally:
+                self._inflight.discard(body)
+        done = defer.Deferred()
+        st = _Stream(done, consume, chunk, self.reactor, self.timeout, self.stream_window,
+                     self.stream_min_rate)
+        self._streams.add(st)
+        try:
+            resp.deliverBody(st)
+            if self._closing:
+                st.cancel("the daemon is stopping")
+            return await done, 200
+        finally:
+            self._streams.discard(st)
 
     async def post_json(self, path: str, payload: dict) -> Exchange:
         url = self.base + path

@@ -207,7 +207,7 @@ async def test_core_that_stalls_mid_answer_times_out(reactor, core) -> None:
         req.write(b'{"orders": [')
         return server.NOT_DONE_YET
     core.handler = stall
-    c = core.client(timeout_s=0.2, attempts=2)
+    c = core.client(timeout_s=0.2, call_deadline_s=5, attempts=2)
     with pytest.raises(CoreError) as ei:
         await _bounded(reactor, c.get_json("/api/orders?state=funded"), 10)
     assert "stalled" in str(ei.value)
@@ -242,6 +242,113 @@ async def test_close_stops_retrying(reactor, core, stage) -> None:
         await d
     assert not isinstance(ei.value, CoreContractError)
     assert len(core.seen) == 1
+
+
+class _Drip:
+    """Sends *body* one byte every *every* seconds (never idle long enough for an idle timer)."""
+
+    def __init__(self, reactor, req, body: bytes, every: float):
+        self.reactor, self.req, self.body, self.every, self.sent = reactor, req, body, every, 0
+        self.call = reactor.callLater(0, self.tick)
+
+    def tick(self):
+        if self.req.finished or self.req.channel is None or self.req._disconnected:
+            return
+        if self.sent < len(self.body):
+            self.req.write(self.body[self.sent:self.sent + 1])
+            self.sent += 1
+            self.call = self.reactor.callLater(self.every, self.tick)
+        else:
+            self.req.finish()
+
+    def stop(self):
+        if self.call.active():
+            self.call.cancel()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_dripping_core_is_given_up_at_the_call_deadline(reactor, core) -> None:
+    """A core that sends one byte every 20 ms (so the 0.2 s idle timer never fires) is given up on
+    at the overall call deadline of each attempt, not held open for as long as it drips."""
+    drips: list[_Drip] = []
+
+    def handler(req):
+        req.setHeader(b"content-length", b"100000")
+        drips.append(_Drip(reactor, req, b"x" * 100000, 0.02))
+        return server.NOT_DONE_YET
+    core.handler = handler
+    c = core.client(timeout_s=0.2, call_deadline_s=0.5, attempts=2)
+    started = reactor.seconds()
+    try:
+        with pytest.raises(CoreError) as ei:
+            await _bounded(reactor, c.get_json("/api/orders/FF1"), 10)
+    finally:
+        for d in drips:
+            d.stop()
+    assert "call deadline of 0.5s" in str(ei.value)
+    assert len(core.seen) == 2 and reactor.seconds() - started < 3
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_dripping_item_stream_is_stopped_by_the_minimum_rate(reactor, core) -> None:
+    """An item stream dripping one byte every 20 ms (50 bytes/s, below the 1000 bytes/s minimum)
+    fails once a 0.3 s window brings too little, naming the rate."""
+    drips: list[_Drip] = []
+
+    def handler(req):
+        drips.append(_Drip(reactor, req, b'{"seq":1}\n' * 10000, 0.02))
+        return server.NOT_DONE_YET
+    core.handler = handler
+    c = core.client(timeout_s=0.2, call_deadline_s=5, stream_window_s=0.3, stream_min_bytes_per_s=1000)
+    try:
+        with pytest.raises(CoreError) as ei:
+            await _bounded(reactor, c.stream_items("FF1", lambda d: None, chunk=1024), 10)
+    finally:
+        for d in drips:
+            d.stop()
+    assert "too slow" in str(ei.value) and "1000 bytes/s" in str(ei.value)
+
+
+@pytest.mark.parametrize("what", ["call", "stream"])
+@pytest_twisted.ensureDeferred
+async def test_close_cancels_a_request_in_flight(reactor, core, what) -> None:
+    """close() (the daemon stopping) ends a request the core never answers, or an item stream in the
+    middle, at once with CoreError, instead of waiting for the 30 s timeouts."""
+    def handler(req):
+        if what == "stream":
+            req.write(b'{"seq":1}\n')
+        return server.NOT_DONE_YET
+    core.handler = handler
+    c = core.client(timeout_s=30, call_deadline_s=30)
+    call = (c.get_json("/api/orders/FF1") if what == "call"
+            else c.stream_items("FF1", lambda d: None, chunk=1 << 20))
+    d = _bounded(reactor, call, 5)
+    while not core.seen:
+        await deferLater(reactor, 0.01, lambda: None)
+    await deferLater(reactor, 0.05, lambda: None)
+    assert not d.called
+    started = reactor.seconds()
+    await c.close()
+    with pytest.raises(CoreError):
+        await d
+    assert reactor.seconds() - started < 1 and len(core.seen) == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_watchers_hear_each_call_outcome(reactor, core) -> None:
+    """A listener hears a CoreError when a call fails after its retries (503) and None when a later
+    call is answered; a contract fault (4xx) is not reported as the core being unreachable."""
+    heard: list = []
+    answers = iter([503, 503, 200, 404])
+    core.handler = lambda req: _json(req, {}, next(answers))
+    c = core.client(attempts=2)
+    c.watch(heard.append)
+    with pytest.raises(CoreError):
+        await _bounded(reactor, c.get_json("/api/orders/FF1"))
+    await _bounded(reactor, c.get_json("/api/orders/FF1"))
+    with pytest.raises(CoreContractError):
+        await _bounded(reactor, c.get_json("/api/orders/FF1"))
+    assert [type(h) for h in heard] == [CoreError, type(None)]
 
 
 # --- paging -----------------------------------------------------------------------
