@@ -272,6 +272,11 @@ class CoreSettings:
     timeout_s: float
     results_chunk: int
     retry_max_delay_s: float
+    call_deadline_s: float = 60.0          # one attempt, request to the last byte of the answer
+    stream_window_s: float = 60.0          # the item stream's rate is checked over this window...
+    stream_min_bytes_per_s: float = 1024.0  # ...and must bring at least this much while we wait
+    max_item_line_bytes: int = 65536       # one NDJSON item line; longer makes the order INVALID
+    allow_plain_http: bool = False         # http:// to a host other than loopback
 
 
 @dataclass(frozen=True)
@@ -323,6 +328,11 @@ _CORE = {
     "timeout_s": _Field(float, 60.0, _positive),
     "results_chunk": _Field(int, 5000, _positive),
     "retry_max_delay_s": _Field(float, 60.0, _positive),
+    "call_deadline_s": _Field(float, 60.0, _positive),
+    "stream_window_s": _Field(float, 60.0, _positive),
+    "stream_min_bytes_per_s": _Field(float, 1024.0, _positive),
+    "max_item_line_bytes": _Field(int, 65536, _positive),
+    "allow_plain_http": _Field(bool, False),
 }
 _JOURNAL = {"archive_dir": _Field(str, path=True), "inline_max_bytes": _Field(int, 65536, _positive)}
 _WORK = {"dir": _Field(str, path=True)}
@@ -520,6 +530,13 @@ def load(path: str | os.PathLike) -> GatewayConfig:
             rpc = RpcSettings(rt["unix_socket"], int(rt["unix_mode"] or "0660", 8),
                               rt["tcp_port"] or None, rt["token_file"] or None)
 
+    if core.get("base_url") and not core.get("allow_plain_http"):
+        # The token and every personal datum of an order would cross the network in clear.
+        from urllib.parse import urlsplit
+        u = urlsplit(core["base_url"])
+        if u.scheme == "http" and (u.hostname or "") not in ("127.0.0.1", "::1", "localhost"):
+            r.err("core.base_url", f"{core['base_url']} is plain http to a host other than loopback; "
+                                   f"use https, or set core.allow_plain_http = true to accept it")
     token = None
     if core.get("token_file"):
         try:
@@ -554,7 +571,11 @@ def load(path: str | os.PathLike) -> GatewayConfig:
         core=CoreSettings(base_url=core["base_url"].rstrip("/"), token=token,
                           poll_interval_s=core["poll_interval_s"], timeout_s=core["timeout_s"],
                           results_chunk=core["results_chunk"],
-                          retry_max_delay_s=core["retry_max_delay_s"]),
+                          retry_max_delay_s=core["retry_max_delay_s"],
+                          call_deadline_s=core["call_deadline_s"], stream_window_s=core["stream_window_s"],
+                          stream_min_bytes_per_s=core["stream_min_bytes_per_s"],
+                          max_item_line_bytes=core["max_item_line_bytes"],
+                          allow_plain_http=core["allow_plain_http"]),
         banks=banks, log_format=log["format"], crash_after=testing["crash_after"], rpc=rpc,
         calendar=calendar, confirm_working_days=cal["confirm_working_days"],
         dispute_working_days=cal["dispute_working_days"],
