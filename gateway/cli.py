@@ -62,6 +62,11 @@ def gatewayd_main(argv: list[str] | None = None) -> None:
             reactor.stop()
             return
         reactor.addSystemEventTrigger("before", "shutdown", gw.stopService)
+        notifier.ready(reactor, f"serving {len(cfg.banks)} bank(s)")
+        reactor.addSystemEventTrigger("before", "shutdown", notifier.stopping)
+
+    from gateway.sdnotify import Notifier
+    notifier = Notifier()
     reactor.callWhenRunning(start)
     reactor.run()
     raise SystemExit(exit_code[0])
