@@ -45,7 +45,7 @@ from gateway.core_push import CorePushSteps
 from gateway.late_returns import LateReturnSteps
 from gateway.refund_flow import RefundSteps
 from gateway.rules import (CST, RETRYABLE_REFUSALS, ConservationError, ResultRejected,  # noqa: F401
-                           check_conservation, iso, post_date, raise_alarm)
+                           check_conservation, clear_alarm, iso, post_date, raise_alarm)
 from gateway.validation import OrderValidator, header_problems
 
 log = Logger()
@@ -252,10 +252,18 @@ class BankFlow(RefundSteps, Article26Steps, LateReturnSteps, CorePushSteps):
             await self._contract_fault(e)
         except (CoreError, TransportError) as e:
             log.warn("{bank}: {what}: {error}; will try again", bank=self.bank_id, what=what, error=e)
+        except ConservationError as e:
+            # Rule 1: the change was refused (its transaction rolled back); one alarm episode
+            # per step, cleared when the step goes through.
+            log.error("{bank}: {what} refused: {error}", bank=self.bank_id, what=what, error=e)
+            await self.db.run(lambda c: self._alarm(c, "critical", "conservation",
+                                                    f"{what} refused: {e}", key=what))
         except Exception:
             log.failure("{bank}: {what} failed", bank=self.bank_id, what=what)
         else:
-            self._backoff.pop(what, None)
+            if self._backoff.pop(what, None) is not None:
+                await self.db.run(lambda c: clear_alarm(c, self.at(), "conservation",
+                                                        bank_id=self.bank_id, key=what))
             return
         delay = min(max(2 * delay, 1.0), 300.0)
         self._backoff[what] = (self.now() + delay, delay)

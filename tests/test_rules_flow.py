@@ -1,0 +1,175 @@
+"""Rules 1 and 2 of domain.md where a whole-batch rejection or a late return meets items already paid.
+
+Each test drives the real flow against the real simulators on loopback (in
+process, tick by tick) into the situation where a missing check would pay an
+item twice or lose a fen, and proves the outcome from the bank simulator's own
+ledger (`credits`, `double_credits`, the batches it accepted), not from the
+gateway's tables. Written so that removing the code that enforces the rule
+makes them fail (tools/mutate.py checks that).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+import pytest_twisted
+
+from adapters.interface import LateReturn
+from gateway.rpc_api import Caller
+from simulators import datagen
+from tests.support import in_process, spec
+
+pytestmark = [pytest.mark.loopback]
+CALLER = Caller("unix", "uid=0,gid=0")
+GOOD = "6228480000000123457"
+
+
+def _correct(seq: int, order_no: str) -> dict:
+    return {"order_no": order_no, "seq": seq, "account_no": GOOD, "confirmed_by": "收款人本人",
+            "approved_by": "李科长", "approval_ref": "NY[2026]18号"}
+
+
+async def _states(env, order_no):
+    rows = await env.query("select seq, status, batch_no from items where order_no=:o order by seq",
+                           o=order_no)
+    return {r["seq"]: (r["status"], r["batch_no"]) for r in rows}
+
+
+def _credited_once(env, order_no, seqs):
+    """From the bank's ledger: every seq in *seqs* credited exactly once, net of returns."""
+    per = Counter(c.seq for c in env.sims.bank.credits(order_no))
+    assert {s: per[s] for s in seqs} == {s: 1 for s in seqs}, per
+    assert not env.sims.bank.double_credits()
+
+
+@pytest_twisted.ensureDeferred
+async def test_rjct_of_a_retry_batch_sends_only_its_own_items_again(reactor, tmp_path, db_url):
+    """P01 pays most items and fails some; the corrected ones go out in R02, which the bank
+    rejects whole (RJCT E005): only R02's items go out again (in R03, naming P01 as the batch
+    they failed in), never an item P01 already paid. The bank's ledger shows R03 holding exactly
+    the corrected items and every item of the order credited exactly once."""
+    o = "RJRT0001"
+    s = spec(o, 16, failures={"R001": 0.3}, seed=11)
+    env = await in_process(reactor, tmp_path, [s], db_url=db_url)
+    try:
+        await env.until(lambda: env.query("select 1 from batches where state='DONE'"), what="P01 DONE")
+        first = await _states(env, o)
+        failed = sorted(seq for seq, (st, _) in first.items() if st == "FAILED")
+        paid = sorted(seq for seq, (st, _) in first.items() if st == "PAID")
+        assert failed and paid, first
+        for seq in failed:
+            await env.gw.commands.call("item.correct", _correct(seq, o), CALLER)
+        env.sims.bank.reject_next_batch("E005")
+        await env.gw.commands.call("order.retry", {"order_no": o}, CALLER)
+        await env.until(lambda: env.query("select 1 from batches where batch_no=:b and state='RJCT'",
+                                          b=f"{o}-R02"), what="R02 rejected whole")
+        after = await _states(env, o)
+        assert {seq: after[seq] for seq in failed} == {seq: ("CORRECTED", f"{o}-P01") for seq in failed}
+        assert {seq: after[seq] for seq in paid} == {seq: ("PAID", f"{o}-P01") for seq in paid}
+        await env.until(lambda: env.query("select 1 from batches where batch_no=:b and state='DONE'",
+                                          b=f"{o}-R03"), what="R03 paid")
+        r03 = env.sims.bank.batch_now(f"{o}-R03")
+        assert r03["kind"] == "RETRY" and r03["total_count"] == len(failed)
+        assert sorted(c.seq for c in env.sims.bank.credits(o) if c.batch_no == f"{o}-R03") == failed
+        assert not [c for c in env.sims.bank.credits(o) if c.batch_no == f"{o}-R02"]
+        _credited_once(env, o, range(1, s.count + 1))
+        final = await _states(env, o)
+        assert set(st for st, _ in final.values()) == {"PAID"}
+        assert (await env.query("select state from orders"))[0]["state"] == "SETTLED"
+    finally:
+        await env.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_rjct_of_a_pay_batch_sends_every_item_again_once(reactor, tmp_path):
+    """The PAY batch is rejected whole: the order goes back to LOADED and P02 carries every item,
+    none left behind and none twice; the bank credits each item once, all in P02."""
+    o = "RJPY0001"
+    s = spec(o, 9)
+    env = await in_process(reactor, tmp_path, [s])
+    try:
+        env.sims.bank.reject_next_batch("E005")
+        await env.until(lambda: env.query("select 1 from batches where state='RJCT'"), what="RJCT")
+        rows = await env.query("select status, batch_no from items")
+        assert {(r["status"], r["batch_no"]) for r in rows} <= {("PENDING", None), ("PENDING", f"{o}-P02"),
+                                                                 ("SENT", f"{o}-P02")}
+        assert (await env.query("select count(*) n from alarms where kind='batch-rjct'"))[0]["n"] == 1
+        await env.until(lambda: env.query("select 1 from orders where state='SETTLED'"), what="SETTLED")
+        assert env.sims.bank.batch_now(f"{o}-P02")["total_count"] == s.count
+        assert {c.batch_no for c in env.sims.bank.credits(o)} == {f"{o}-P02"}
+        _credited_once(env, o, [datagen.item(s, p)["seq"] for p in range(1, s.count + 1)])
+    finally:
+        await env.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_late_return_is_applied_and_its_item_paid_again_only_after_correction(reactor, tmp_path):
+    """A paid item returned late must not stay PAID in the gateway (the core would be told it was
+    paid while the money is back at the bank): it becomes FAILED with the return's reason, the
+    order leaves SETTLED, and conservation still holds. It is not sent again by itself: only a
+    correction and a retry pay it again, and the ledger shows it credited twice and returned
+    once, never credited twice net."""
+    o = "LRET0001"
+    s = spec(o, 6)
+    env = await in_process(reactor, tmp_path, [s], return_poll_s=0.1)
+    try:
+        await env.until(lambda: env.query("select 1 from orders where state='SETTLED'"), what="SETTLED")
+        seq = datagen.item(s, 2)["seq"]
+        await env.sims.bank.return_item(f"{o}-P01", seq, "R004")
+        await env.until(lambda: env.query("select 1 from late_returns"), what="the return applied")
+        for _ in range(4):
+            await env.flow.tick()
+        st = await _states(env, o)
+        assert st[seq] == ("FAILED", f"{o}-P01")
+        assert (await env.query("select state, results_pending from orders"))[0]["state"] == "DISPATCHED"
+        assert [b["batch_no"] for b in await env.query("select batch_no from batches")] == [f"{o}-P01"]
+        applied = await env.query("select return_serial, seq, amount from late_returns")
+        assert [(r["seq"], r["amount"]) for r in applied] == [(seq, datagen.item(s, 2)["amount"])]
+        await env.gw.commands.call("item.correct", _correct(seq, o), CALLER)
+        await env.gw.commands.call("order.retry", {"order_no": o}, CALLER)
+        await env.until(lambda: env.query("select 1 from orders where state='SETTLED'"), what="SETTLED again")
+        credits = [c.batch_no for c in env.sims.bank.credits(o) if c.seq == seq]
+        assert credits == [f"{o}-P01", f"{o}-R02"]
+        assert env.sims.bank.batch_now(f"{o}-R02")["total_count"] == 1
+        assert not env.sims.bank.double_credits()
+    finally:
+        await env.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_late_return_that_matches_no_paid_item_is_alarmed_not_applied(reactor, tmp_path):
+    """A return naming an item that is not PAID in that batch, or with another amount, or a
+    serial already applied, changes nothing: the first two raise a critical alarm (money may
+    have moved twice); a repeated serial is silently skipped."""
+    o = "LRUN0001"
+    s = spec(o, 4, failures={"R001": 0.3}, seed=3)
+    env = await in_process(reactor, tmp_path, [s])
+    try:
+        await env.until(lambda: env.query("select 1 from batches where state='DONE'"), what="DONE")
+        st = await _states(env, o)
+        paid = [q for q, (x, _) in st.items() if x == "PAID"]
+        failed = [q for q, (x, _) in st.items() if x == "FAILED"]
+        assert paid and failed, st
+        b = (await env.query("select * from batches"))[0]
+        amount = {r["seq"]: r["amount"] for r in await env.query("select seq, amount from items")}
+        wrong = [LateReturn("RTX-1", failed[0], amount[failed[0]], "R004", "20261201"),
+                 LateReturn("RTX-2", paid[0], amount[paid[0]] + 1, "R004", "20261201")]
+        await env.db.run(env.flow._apply_returns, b, wrong, None)
+        assert await _states(env, o) == st
+        alarms = await env.query("select severity, count, message, last_message from alarms "
+                                 "where kind='late-return-unmatched'")
+        # one episode per batch (gateway/alarms.py), seen once per unmatched return
+        assert [(a["severity"], a["count"]) for a in alarms] == [("critical", 2)], alarms
+        assert "RTX-1" in alarms[0]["message"] and "RTX-2" in alarms[0]["last_message"]
+        assert not await env.query("select 1 from late_returns")
+        jid = (await env.query("select max(id) m from journal"))[0]["m"]
+        good = LateReturn("RTX-3", paid[0], amount[paid[0]], "R004", "20261201")
+        await env.db.run(env.flow._apply_returns, b, [good], jid)
+        await env.db.run(env.flow._apply_returns, b, [good], jid)
+        assert len(await env.query("select 1 from late_returns")) == 1
+        assert (await _states(env, o))[paid[0]] == ("FAILED", b["batch_no"])
+        # Whatever the gateway thinks, the bank's books were not touched by made-up returns.
+        assert not env.sims.bank.double_credits()
+    finally:
+        await env.close()
