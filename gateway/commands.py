@@ -27,6 +27,7 @@ from gateway.rpc_api import (INVALID_PARAMS, METHOD_NOT_FOUND, MISSING_EVIDENCE,
                              UNKNOWN_BATCH, UNKNOWN_ITEM, UNKNOWN_ORDER, UNKNOWN_REFUND, WRONG_STATE,
                              Caller, ICommands, RpcError)
 from gateway.validation import ACCOUNT, id_number_problem
+from gateway.paper.rpc_methods import methods as paper_methods
 
 # Item reason codes that a correction cannot fix (cnbank.md and iso20022.md): refund instead.
 NOT_FIXABLE = {"R009": "duplicate item (重复明细)", "R010": "account holder deceased (账户人已故)",
@@ -72,7 +73,7 @@ class Commands:
                 "refund.request": self.refund_request, "refund.status": self.refund_status,
                 "batch.confirm": self.batch_confirm, "batch.dispute": self.batch_dispute,
                 "report.monthly": self.report_monthly,
-                "health": self.health}
+                "health": self.health, **paper_methods(self)}   # batch.register, report.yearly
 
     def call(self, method: str, params: dict, caller: Caller):
         fn = self._table().get(method)

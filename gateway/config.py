@@ -288,6 +288,18 @@ class RpcSettings:
 
 
 @dataclass(frozen=True)
+class PaperSettings:
+    """[paper]: the result sheets, reports and archives on paper (gateway/paper/)."""
+
+    seal_key: str              # our SM2 private key that seals sheets and archive manifests
+    passphrase_file: str       # opens seal_key when it is encrypted
+    passphrase_env: str
+    signer_id: str             # the SM2 signer ID (distid) of the seal's signatures
+    out_dir: str               # where sheets, workbooks and PDFs are written
+    font_file: str             # "" = the built-in CID font STSong-Light; else a TTF/TTC to embed
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     file: str
     database_url: str
@@ -305,6 +317,7 @@ class GatewayConfig:
     dispute_working_days: int = 3  # test hook: "" or a named point, see gateway/faults.py
     retry_times: tuple[str, ...] = ()  # [schedule]: "HH:MM" CST on working days; () = only order.retry
     ha_retry_s: float = 5.0            # [ha]: a standby tries for the lock, the active checks it, this often
+    paper: PaperSettings | None = None  # [paper]: None = sheets cannot be sealed
 
 
 _GATEWAY_TOP = {
@@ -319,6 +332,7 @@ _GATEWAY_TOP = {
     "testing": _Field(dict, {}),
     "schedule": _Field(dict, {}),
     "ha": _Field(dict, {}),
+    "paper": _Field(dict, None),
 }
 _DATABASE = {"url": _Field(str), "threads": _Field(int, 1, _positive)}
 _CORE = {
@@ -361,6 +375,14 @@ def _times_of_day(v: list) -> str | None:
 
 _SCHEDULE = {"retry_times": _Field(list, [], _times_of_day)}
 _HA = {"retry_s": _Field(float, 5.0, _positive)}
+_PAPER = {
+    "seal_key": _Field(str, path=True),
+    "passphrase_file": _Field(str, "", path=True),
+    "passphrase_env": _Field(str, ""),
+    "signer_id": _Field(str, "1234567812345678", _pattern(r"[ -~]{1,64}", "1 to 64 printable ASCII characters")),
+    "out_dir": _Field(str, "../var/paper", path=True),
+    "font_file": _Field(str, "", path=True),
+}
 _LOG = {"format": _Field(str, "auto", _one_of("auto", "text", "json"))}
 _TESTING = {"crash_after": _Field(str, "")}
 
@@ -519,6 +541,15 @@ def load(path: str | os.PathLike) -> GatewayConfig:
                 errors.extend(e.errors)
     if schedule.get("retry_times") and not (isinstance(top["calendar"], dict) and top["calendar"].get("dir")):
         r.err("schedule.retry_times", "needs [calendar] dir: scheduled retries run on working days only")
+    paper = None
+    if top["paper"] is not None:
+        pt = r.table(top["paper"], "paper", _PAPER)
+        _check_file(r, "paper.seal_key", pt.get("seal_key"))
+        _check_file(r, "paper.font_file", pt.get("font_file"))
+        if pt.get("passphrase_file") and pt.get("passphrase_env"):
+            r.err("paper.passphrase_env", "set passphrase_file or passphrase_env, not both")
+        if pt.get("seal_key"):
+            paper = PaperSettings(**pt)
     rpc = None
     if top["rpc"] is not None:
         rt = r.table(top["rpc"], "rpc", _RPC)
@@ -580,6 +611,7 @@ def load(path: str | os.PathLike) -> GatewayConfig:
         calendar=calendar, confirm_working_days=cal["confirm_working_days"],
         dispute_working_days=cal["dispute_working_days"],
         retry_times=tuple(sorted(schedule["retry_times"] or ())), ha_retry_s=ha["retry_s"],
+        paper=paper,
     )
 
 

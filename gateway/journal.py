@@ -6,6 +6,16 @@ view, and the hash of the entry before it. The entry's own hash covers all of
 that, so editing, deleting or reordering entries, or changing an archived
 file, is found by `verify_chain`, which names the first broken entry.
 
+A hash chain alone does not stop someone who can write to the database: with
+the SM3 code in hand they can rewrite an entry and recompute every hash after
+it. So each entry also carries a MAC, HMAC-SM3 of its hash under a key the
+database does not hold (`[journal] key_file`), and the chain's head is exported
+outside the database (`gateway.journal_watch`, `gatewayctl journal head`):
+rewriting needs the key, and cutting entries off the end is found against an
+exported head (`--expect-head`, the head file). Entries written before a key
+was configured carry no MAC; they are protected by the first keyed entry's
+hash, which covers them through the chain, and are reported as unkeyed.
+
 `append` runs inside the caller's transaction: the journal entry and the state
 change it caused commit together (domain.md rule 5). Appends lock the single
 `journal_head` row, which serialises writers on PostgreSQL as well as SQLite.
@@ -13,18 +23,106 @@ change it caused commit together (domain.md rule 5). Appends lock the single
 
 from __future__ import annotations
 
+import hmac
 import json
 import os
+import re
+import secrets
+import stat
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable, Iterator
 
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hmac as chmac
 from sqlalchemy import Connection, insert, select, update
 
 from gateway.models import journal, journal_head
 from protocols.sm import SM3Hasher, sm3_hex
 
 GENESIS = "0" * 64
+KEY_BYTES = 32
+
+
+class JournalKeyError(Exception):
+    """The journal key file is missing, unsafe or malformed, or does not fit the journal."""
+
+
+def _hmac_sm3(key: bytes, data: bytes) -> str:
+    h = chmac.HMAC(key, hashes.SM3())
+    h.update(data)
+    return h.finalize().hex()
+
+
+class JournalKey:
+    """The journal's HMAC-SM3 key; its repr never shows it.
+
+    Entry MACs and head-file MACs are computed under distinct labels, so a MAC of
+    one kind can never be passed off as the other.
+    """
+
+    __slots__ = ("_key", "source")
+
+    def __init__(self, key: bytes, source: str = ""):
+        if len(key) < 16:
+            raise JournalKeyError(f"{source or 'journal key'}: a journal key has at least 128 bits")
+        object.__setattr__(self, "_key", bytes(key))
+        object.__setattr__(self, "source", source)
+
+    def __setattr__(self, name, value):  # noqa: ANN001
+        raise AttributeError("JournalKey is immutable")
+
+    def __repr__(self) -> str:
+        return f"JournalKey(<redacted>, source={self.source!r})"
+
+    __str__ = __repr__
+
+    def entry_mac(self, entry_hash: str) -> str:
+        return _hmac_sm3(self._key, b"subsidy-gateway journal entry\x00" + entry_hash.encode("ascii"))
+
+    def entry_mac_ok(self, entry_hash: str, mac: str | None) -> bool:
+        return mac is not None and hmac.compare_digest(self.entry_mac(entry_hash), mac)
+
+    def head_mac(self, at: str, last_id: int, head_hash: str, keyed_from: int | None) -> str:
+        body = json.dumps([at, last_id, head_hash, keyed_from], separators=(",", ":"))
+        return _hmac_sm3(self._key, b"subsidy-gateway journal head\x00" + body.encode("ascii"))
+
+
+def generate_key_file(path: str | os.PathLike) -> None:
+    """Write a new random 256-bit journal key as one line of hex, mode 0600; never overwrites."""
+    path = os.fspath(path)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise JournalKeyError(f"{path} already exists: a journal key is never overwritten "
+                              "(entries made with it could no longer be verified)") from None
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, (secrets.token_hex(KEY_BYTES) + "\n").encode("ascii"))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_key_file(path: str | os.PathLike) -> JournalKey:
+    """Read the journal key, refusing a file that group or others may read or write."""
+    path = os.fspath(path)
+    try:
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
+            raise JournalKeyError(f"{path} is not a regular file")
+        if st.st_mode & 0o077:
+            raise JournalKeyError(f"{path} may be read or written by group or others "
+                                  f"(mode {stat.S_IMODE(st.st_mode):04o}): chmod 600 {path}")
+        with open(path, "rb") as f:
+            text = f.read(4096).decode("ascii", "replace").strip()
+    except OSError as e:
+        raise JournalKeyError(f"cannot read {path}: {e.strerror}") from None
+    if not re.fullmatch(r"[0-9a-fA-F]{64}", text):
+        raise JournalKeyError(f"{path} must hold one line of 64 hex digits (a 256-bit key), as "
+                              "`gatewayctl keys generate-journal` writes it")
+    return JournalKey(bytes.fromhex(text), path)
 
 
 @dataclass
@@ -69,9 +167,12 @@ def _fsync_dir(path: Path) -> None:
 
 
 class Journal:
-    def __init__(self, archive_dir: str, inline_max_bytes: int = 65536):
+    """Appends entries; with a key, each entry carries the MAC of its hash."""
+
+    def __init__(self, archive_dir: str, inline_max_bytes: int = 65536, key: JournalKey | None = None):
         self.archive_dir = Path(archive_dir)
         self.inline_max = inline_max_bytes
+        self.key = key
 
     def _archive(self, src: str | None, data: bytes | None) -> tuple[str, str, int]:
         """Store a payload in the archive by its SM3; returns (ref, sm3, size).
@@ -130,9 +231,13 @@ class Journal:
         conn.execute(update(journal_head).where(journal_head.c.id == 1)
                      .values(last_id=journal_head.c.last_id))
         head = conn.execute(
-            select(journal_head.c.last_id, journal_head.c.last_hash)
+            select(journal_head.c.last_id, journal_head.c.last_hash, journal_head.c.keyed_from)
             .where(journal_head.c.id == 1).with_for_update()
         ).one()
+        if self.key is None and head.keyed_from is not None:
+            # Fail closed: an unkeyed entry after keyed ones is what a forger would write.
+            raise JournalKeyError(f"the journal is keyed from entry {head.keyed_from}: "
+                                  "this writer has no journal key ([journal] key_file)")
         row = {
             "id": head.last_id + 1, "at": at, "direction": e.direction, "peer": e.peer,
             "channel": e.channel, "tx_code": e.tx_code, "msg_id": e.msg_id,
@@ -141,9 +246,12 @@ class Journal:
             "decoded": e.decoded, "prev_hash": head.last_hash,
         }
         row["hash"] = _entry_hash(row)
+        row["mac"] = self.key.entry_mac(row["hash"]) if self.key is not None else None
         conn.execute(insert(journal).values(**row))
-        conn.execute(update(journal_head).where(journal_head.c.id == 1)
-                     .values(last_id=row["id"], last_hash=row["hash"]))
+        moved = {"last_id": row["id"], "last_hash": row["hash"]}
+        if self.key is not None and head.keyed_from is None:
+            moved["keyed_from"] = row["id"]
+        conn.execute(update(journal_head).where(journal_head.c.id == 1).values(**moved))
         return row["id"]
 
     def payload_of(self, row) -> bytes:  # noqa: ANN001
@@ -152,51 +260,278 @@ class Journal:
         return row.payload or b""
 
 
+# --- verification --------------------------------------------------------------
+
+
 @dataclass
 class ChainReport:
     ok: bool
     checked: int
     first_bad_id: int | None = None
     reason: str = ""
+    unkeyed_upto: int | None = None     # entries 1..N carry no MAC (written before the key)
+    keyed_from: int | None = None       # the first entry with a MAC
+    macs_checked: int = 0               # MACs recomputed with the key (0 without a key)
+    macs_unchecked: int = 0             # MACs present but no key to check them with
+    last_id: int = 0
+    last_hash: str = GENESIS
+    marks_checked: list[str] = field(default_factory=list)   # exported heads the chain reaches
 
 
-def verify_chain(conn: Connection, archive_dir: str, *, check_payloads: bool = True) -> ChainReport:
-    """Walk the journal in id order and report the first entry whose chain, hash or payload fails."""
-    prev, expected_id, n = GENESIS, 1, 0
-    archive = Path(archive_dir)
+@dataclass(frozen=True)
+class HeadMark:
+    """A head recorded outside the database: the chain must still pass through it."""
+
+    last_id: int
+    head_hash: str
+    source: str                 # where it came from, for the message
+    keyed_from: int | None = None
+
+
+class HeadFileError(Exception):
+    """The exported-head file is not ours or not in order; the message names the line."""
+
+
+_HEAD_RX = re.compile(r"([0-9]+):([0-9a-f]{64})")
+
+
+def parse_expect_head(text: str) -> HeadMark:
+    """`ID:HASH` as `gatewayctl journal head` prints it."""
+    m = _HEAD_RX.fullmatch(text.strip().lower())
+    if not m:
+        raise ValueError(f"expected ID:HASH (an entry id, a colon, 64 hex digits), got {text!r}")
+    return HeadMark(int(m.group(1)), m.group(2), f"--expect-head {m.group(1)}:{m.group(2)[:12]}...")
+
+
+def head_line(key: JournalKey, at: str, last_id: int, head_hash: str, keyed_from: int | None) -> bytes:
+    """One line of the head file: time, last id, head hash, keyed_from and their MAC."""
+    rec = {"at": at, "last_id": last_id, "head_hash": head_hash, "keyed_from": keyed_from,
+           "mac": key.head_mac(at, last_id, head_hash, keyed_from)}
+    return (json.dumps(rec, separators=(",", ":")) + "\n").encode("ascii")
+
+
+def append_head_line(path: str, line: bytes) -> None:
+    """Append one line to the head file: O_APPEND, created 0600, fsynced before we return."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        if stat.S_IMODE(os.fstat(fd).st_mode) & 0o077:
+            os.fchmod(fd, 0o600)
+        os.write(fd, line)   # one write of one line: O_APPEND keeps it whole at the end
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def iter_head_file(path: str, key: JournalKey | None) -> Iterator[HeadMark]:
+    """The head file's marks in order; HeadFileError names a line that is malformed, whose MAC
+    does not match (when the key is given), or that goes backwards."""
+    prev: HeadMark | None = None
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            where = f"head file {path} line {n}"
+            try:
+                rec = json.loads(raw)
+                at, last_id, head_hash = rec["at"], rec["last_id"], rec["head_hash"]
+                keyed_from, mac = rec["keyed_from"], rec["mac"]
+                ok = (isinstance(at, str) and isinstance(last_id, int) and isinstance(mac, str)
+                      and isinstance(head_hash, str) and re.fullmatch(r"[0-9a-f]{64}", head_hash)
+                      and (keyed_from is None or isinstance(keyed_from, int)))
+            except (ValueError, KeyError, TypeError):
+                ok = False
+            if not ok:
+                raise HeadFileError(f"{where} is not a head record")
+            if key is not None and not hmac.compare_digest(key.head_mac(at, last_id, head_hash, keyed_from), mac):
+                raise HeadFileError(f"{where}: its MAC does not match (not written with this journal key)")
+            mark = HeadMark(last_id, head_hash, f"{where} (exported {at})", keyed_from)
+            if prev is not None:
+                if last_id < prev.last_id or (last_id == prev.last_id and head_hash != prev.head_hash):
+                    raise HeadFileError(f"{where}: entry {last_id} after entry {prev.last_id} "
+                                        "(the exported heads go backwards)")
+                if prev.keyed_from is not None and keyed_from != prev.keyed_from:
+                    raise HeadFileError(f"{where}: keyed_from {keyed_from} after {prev.keyed_from}")
+            prev = mark
+            yield mark
+
+
+def head_file_summary(path: str, key: JournalKey | None) -> tuple[int, HeadMark | None, int | None]:
+    """One pass over the head file: (lines, last mark, keyed_from); raises HeadFileError."""
+    n, last, keyed_from = 0, None, None
+    for mark in iter_head_file(path, key):
+        n, last = n + 1, mark
+        if keyed_from is None:
+            keyed_from = mark.keyed_from
+    return n, last, keyed_from
+
+
+class ChainWalker:
+    """Checks entries in id order, one at a time, keeping only the state the next one needs.
+
+    `verify_chain` runs one over the whole journal; the daemon's self-check keeps one
+    between runs and feeds it only the entries appended since (gateway.journal_watch).
+    `keyed_from` is the first keyed entry as recorded outside the database (the head
+    file), if known: an entry from there on without a MAC is a removed MAC.
+    """
+
+    def __init__(self, archive_dir: str, key: JournalKey | None, *, check_payloads: bool = True,
+                 keyed_from: int | None = None, marks: Iterable[HeadMark] = ()):
+        self.archive = Path(archive_dir)
+        self.key = key
+        self.check_payloads = check_payloads
+        self.outside_keyed_from = keyed_from
+        self.marks = iter(marks)
+        self.mark: HeadMark | None = next(self.marks, None)
+        self.report = ChainReport(True, 0)
+
+    @property
+    def next_id(self) -> int:
+        return self.report.last_id + 1
+
+    def fail(self, rid: int | None, reason: str) -> ChainReport:
+        self.report.ok, self.report.first_bad_id, self.report.reason = False, rid, reason
+        return self.report
+
+    def step(self, row, head) -> ChainReport | None:  # noqa: ANN001
+        """Check one entry (a mapping) against the one before; the failed report, or None."""
+        r, rid = self.report, row["id"]
+        if rid != self.next_id:
+            return self.fail(self.next_id, f"entry {self.next_id} is missing (next is {rid})")
+        if row["prev_hash"] != r.last_hash:
+            return self.fail(rid, "prev_hash does not match the entry before it")
+        if _entry_hash(dict(row)) != row["hash"]:
+            return self.fail(rid, "entry was altered: its hash does not match its content")
+        problem = self._mac(rid, row["hash"], row["mac"], head)
+        if problem:
+            return self.fail(rid, problem)
+        if head is not None and rid == head.last_id and row["hash"] != head.last_hash:
+            return self.fail(rid, "the head records another hash for this entry")
+        while self.mark is not None and self.mark.last_id <= rid:
+            if self.mark.last_id == rid and self.mark.head_hash != row["hash"]:
+                return self.fail(rid, f"the chain no longer passes through the head in {self.mark.source}: "
+                                      "this entry or one before it was rewritten")
+            if self.mark.last_id == rid:
+                r.marks_checked.append(self.mark.source)
+            self.mark = next(self.marks, None)
+        if self.check_payloads:
+            problem = self._payload(row)
+            if problem:
+                return self.fail(rid, problem)
+        r.checked += 1
+        r.last_id, r.last_hash = rid, row["hash"]
+        return None
+
+    def _mac(self, rid: int, entry_hash: str, mac: str | None, head) -> str | None:  # noqa: ANN001
+        r = self.report
+        if mac is None:
+            if r.keyed_from is not None:
+                return f"entry carries no MAC but entry {r.keyed_from} before it does: its MAC was removed"
+            if self.outside_keyed_from is not None and rid >= self.outside_keyed_from:
+                return (f"entry carries no MAC but the exported heads record the journal keyed from entry "
+                        f"{self.outside_keyed_from}: its MAC was removed")
+            if head is not None and head.keyed_from is not None and rid >= head.keyed_from:
+                return (f"entry carries no MAC but the head row records the journal keyed from entry "
+                        f"{head.keyed_from}: its MAC was removed")
+            r.unkeyed_upto = rid
+            return None
+        if r.keyed_from is None:
+            r.keyed_from = rid
+            if self.outside_keyed_from is not None and self.outside_keyed_from != rid:
+                return ("first entry with a MAC, but the exported heads record the journal keyed from entry "
+                        f"{self.outside_keyed_from}")
+            # (An entry past the head we read was appended while we read: the head row is older.)
+            if head is not None and rid <= head.last_id and head.keyed_from != rid:
+                return (f"first entry with a MAC, but the head row records the journal keyed from "
+                        f"{'no entry' if head.keyed_from is None else f'entry {head.keyed_from}'}")
+        if self.key is None:
+            r.macs_unchecked += 1
+            return None
+        if not self.key.entry_mac_ok(entry_hash, mac):
+            return ("MAC does not match: the entry was altered and its hashes recomputed, or it was "
+                    "written with another key")
+        r.macs_checked += 1
+        return None
+
+    def _payload(self, row) -> str | None:  # noqa: ANN001
+        if row["payload_ref"]:
+            path = self.archive / row["payload_ref"]
+            if not path.exists():
+                return f"archived payload {path} is missing"
+            digest, size = _file_sm3(str(path))
+        else:
+            data = row["payload"] or b""
+            digest, size = sm3_hex(data), len(data)
+        if digest != row["payload_sm3"] or size != row["payload_size"]:
+            return "payload was altered: its SM3 does not match"
+        return None
+
+    def finish(self, head) -> ChainReport:  # noqa: ANN001
+        """After the last entry: the head row and every exported head must be reached."""
+        r = self.report
+        if head is not None and head.last_id > r.last_id:
+            return self.fail(r.last_id + 1, f"the chain ends at entry {r.last_id} but the head records entry "
+                                            f"{head.last_id}: entries were deleted from the end")
+        if self.mark is not None:
+            return self.fail(r.last_id + 1, f"the chain ends at entry {r.last_id} but {self.mark.source} "
+                                            f"records entry {self.mark.last_id}: entries were deleted from the end")
+        if head is not None and head.keyed_from is not None and r.keyed_from is None:
+            return self.fail(head.keyed_from, f"the head row records the journal keyed from entry "
+                                              f"{head.keyed_from} but no entry carries a MAC")
+        if self.outside_keyed_from is not None and r.keyed_from is None:
+            return self.fail(self.outside_keyed_from, "the exported heads record the journal keyed from entry "
+                                                      f"{self.outside_keyed_from} but no entry carries a MAC")
+        return r
+
+
+def read_head_row(conn: Connection):
+    return conn.execute(select(journal_head).where(journal_head.c.id == 1)).one_or_none()
+
+
+def verify_chain(conn: Connection, archive_dir: str, *, check_payloads: bool = True,
+                 key: JournalKey | None = None, marks: Iterable[HeadMark] = (),
+                 keyed_from: int | None = None) -> ChainReport:
+    """Walk the journal in id order and report the first entry whose chain, hash, MAC or payload
+    fails, or that an exported head (`marks`, in id order) no longer matches."""
     # The head is read before the rows: entries appended while we read (the daemon keeps
     # running) are then beyond the head we hold, not a mismatch that looks like deletion.
-    head = conn.execute(select(journal_head).where(journal_head.c.id == 1)).one_or_none()
+    head = read_head_row(conn)
     if head is None:
         return ChainReport(False, 0, None, "the journal_head row is missing: the journal's end "
                                             "cannot be checked")
+    walker = ChainWalker(archive_dir, key, check_payloads=check_payloads, keyed_from=keyed_from, marks=marks)
     rows = conn.execution_options(yield_per=1000).execute(
         select(journal).order_by(journal.c.id)).mappings()   # streamed: a journal has millions of rows
     for row in rows:
-        n += 1
-        rid = row["id"]
-        if rid != expected_id:
-            return ChainReport(False, n, expected_id, f"entry {expected_id} is missing (next is {rid})")
-        if row["prev_hash"] != prev:
-            return ChainReport(False, n, rid, "prev_hash does not match the entry before it")
-        if _entry_hash(dict(row)) != row["hash"]:
-            return ChainReport(False, n, rid, "entry was altered: its hash does not match its content")
-        if rid == head.last_id and row["hash"] != head.last_hash:
-            return ChainReport(False, n, rid, "the head records another hash for this entry")
-        if check_payloads:
-            if row["payload_ref"]:
-                path = archive / row["payload_ref"]
-                if not path.exists():
-                    return ChainReport(False, n, rid, f"archived payload {path} is missing")
-                digest, size = _file_sm3(str(path))
-            else:
-                data = row["payload"] or b""
-                digest, size = sm3_hex(data), len(data)
-            if digest != row["payload_sm3"] or size != row["payload_size"]:
-                return ChainReport(False, n, rid, "payload was altered: its SM3 does not match")
-        prev, expected_id = row["hash"], rid + 1
-    if head.last_id > expected_id - 1:
-        return ChainReport(False, n, expected_id,
-                           f"the chain ends at entry {expected_id - 1} but the head records entry "
-                           f"{head.last_id}: entries were deleted from the end")
-    return ChainReport(True, n)
+        failed = walker.step(row, head)
+        if failed is not None:
+            rows.close()
+            return failed
+    return walker.finish(head)
+
+
+@dataclass
+class Head:
+    last_id: int
+    last_hash: str
+    mac: str | None
+    keyed_from: int | None
+    problem: str | None = None     # why this head cannot be vouched for
+
+
+def current_head(conn: Connection, key: JournalKey | None) -> Head:
+    """The head row, checked against its entry and that entry's MAC (cheap: two rows)."""
+    head = read_head_row(conn)
+    if head is None:
+        return Head(0, GENESIS, None, None, "the journal_head row is missing")
+    if head.last_id == 0:
+        return Head(0, GENESIS, None, head.keyed_from,
+                    None if head.last_hash == GENESIS else "an empty journal's head must be the zero hash")
+    row = conn.execute(select(journal.c.hash, journal.c.mac).where(journal.c.id == head.last_id)).one_or_none()
+    out = Head(head.last_id, head.last_hash, row.mac if row else None, head.keyed_from)
+    if row is None:
+        out.problem = f"entry {head.last_id}, which the head row names, is missing"
+    elif row.hash != head.last_hash:
+        out.problem = f"entry {head.last_id}'s hash is not the one the head row records"
+    elif head.keyed_from is not None and key is None:
+        out.problem = f"the journal is keyed from entry {head.keyed_from}: no key to check the head's MAC"
+    elif head.keyed_from is not None and not key.entry_mac_ok(row.hash, row.mac):
+        out.problem = f"entry {head.last_id}'s MAC does not match"
+    return out
