@@ -173,3 +173,45 @@ async def test_a_late_return_that_matches_no_paid_item_is_alarmed_not_applied(re
         assert not env.sims.bank.double_credits()
     finally:
         await env.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_refund_returns_only_the_failed_items_and_a_rejected_one_gives_them_back(reactor, tmp_path):
+    """refund.request of FAILED items: the first refund is rejected by the bank (RJCT), so its
+    items are FAILED again (alarmed) and nothing is marked REFUNDED; the second is done, its
+    items become REFUNDED with the bank's serial and the order SETTLED. The bank's ledger holds
+    both refunds with exactly those items, and no item both credited and refunded."""
+    o = "REFD0001"
+    s = spec(o, 8, failures={"R001": 0.4}, seed=3)
+    env = await in_process(reactor, tmp_path, [s])
+    try:
+        await env.until(lambda: env.query("select 1 from batches where state='DONE'"), what="DONE")
+        failed = sorted(q for q, (x, _) in (await _states(env, o)).items() if x == "FAILED")
+        assert failed
+        env.sims.bank.reject_next_refund("E005")
+        first = await env.gw.commands.call("refund.request", {
+            "order_no": o, "seqs": "all_failed", "reason": "退回", "approved_by": "科长"}, CALLER)
+        assert first["items"] == len(failed)
+        await env.until(lambda: env.query("select 1 from refunds where state='RJCT'"), what="refund RJCT")
+        st = await _states(env, o)
+        assert {q: st[q][0] for q in failed} == {q: "FAILED" for q in failed}
+        assert await env.query("select 1 from alarms where kind='refund-refused'")
+        await env.gw.commands.call("refund.request", {
+            "order_no": o, "seqs": "all_failed", "reason": "退回", "approved_by": "科长"}, CALLER)
+        await env.until(lambda: env.query("select 1 from orders where state='SETTLED'"), what="SETTLED")
+        rows = await env.query("select seq, status, bank_serial from items where status='REFUNDED'")
+        assert sorted(r["seq"] for r in rows) == failed and all(r["bank_serial"] for r in rows)
+        ref = (await env.query("select refund_no, refund_serial, total_amount from refunds "
+                               "where state='DONE'"))[0]
+        assert rows[0]["bank_serial"] == ref["refund_serial"]
+        bank = env.sims.bank.ledger
+        done = bank._read("select refund_no, status, total_amount from refunds order by refund_no")
+        assert [(r["status"]) for r in done] == ["RJCT", "DONE"]
+        refunded = [r["seq"] for r in bank._read("select seq from refund_items where refund_no=?",
+                                                 (ref["refund_no"],))]
+        assert sorted(refunded) == failed
+        credited = {c.seq for c in env.sims.bank.credits(o)}
+        assert not credited & set(failed)
+        assert done[1]["total_amount"] == ref["total_amount"]
+    finally:
+        await env.close()
