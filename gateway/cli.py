@@ -284,9 +284,13 @@ def gatewayctl_main(argv: list[str] | None = None) -> None:
     sub.add_parser("check-config", help="validate the configuration and exit").set_defaults(
         fn=lambda cfg, a: (print(json.dumps({"ok": True, "banks": sorted(cfg.banks)})), 0)[1])
     _add_keys_parser(sub)
+    from gateway.paper.cli import add_parsers as add_paper_parsers
+    add_paper_parsers(sub)   # sheet, register, report, archive (gateway/paper/)
     args = p.parse_args(argv)
     if args.group == "keys":
         _run_keys(args)   # key files need no valid configuration (keys check reads it itself)
+    if getattr(args, "no_config", False):
+        raise SystemExit(args.fn(None, args))   # sheet verify, archive verify: offline, for auditors
     if not args.config:
         p.error("the following arguments are required: --config")
     cfg = _load(args.config)

@@ -1,0 +1,196 @@
+"""`gatewayctl` subcommands for paper and the archive: sheet, register, report, ledger, volume, archive.
+
+Registered on gatewayctl's parser by `add_parsers`; each command is fn(cfg, args)
+like the others. `sheet verify` and `archive verify` need no configuration
+(an auditor runs them without the gateway) and are marked `no_config`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import sys
+from pathlib import Path
+
+from gateway.rules import CST
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(CST)
+
+
+def _at() -> str:
+    return _now().isoformat(timespec="seconds")
+
+
+def _month(text: str) -> tuple[int, int]:
+    m = re.fullmatch(r"([0-9]{4})-([0-9]{2})", text or "")
+    if m is None or not 1 <= int(m.group(2)) <= 12:
+        raise SystemExit(f"--month must be YYYY-MM, got {text!r}")
+    return int(m.group(1)), int(m.group(2))
+
+
+def open_journal(cfg):  # noqa: ANN001, ANN201
+    """The journal as the daemon opens it (with its key when the journal is keyed)."""
+    from gateway.journal import Journal
+    key = getattr(getattr(cfg, "journal_auth", None), "key", None)
+    if key is not None:
+        return Journal(cfg.journal_archive_dir, cfg.journal_inline_max_bytes, key=key)
+    return Journal(cfg.journal_archive_dir, cfg.journal_inline_max_bytes)
+
+
+def _engine(cfg):  # noqa: ANN001, ANN202
+    from gateway import db as dbmod
+    engine = dbmod.make_engine(cfg.database_url)
+    dbmod.check_migrated(engine, cfg.file)
+    return engine
+
+
+def _seal(cfg):  # noqa: ANN001, ANN202
+    from gateway.paper.seal import Seal
+    if cfg.paper is None:
+        raise SystemExit(f"{cfg.file}: [paper] seal_key is not set: result sheets and archives are sealed "
+                         f"with the gateway's SM2 key (gatewayctl keys generate --kind sm2)")
+    return Seal.from_settings(cfg.paper)
+
+
+def _out_dir(cfg, args) -> Path:  # noqa: ANN001
+    d = Path(getattr(args, "out_dir", None) or (cfg.paper.out_dir if cfg.paper else "paper"))
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def _bank_names(cfg) -> dict[str, str]:  # noqa: ANN001
+    return {b: c.name for b, c in cfg.banks.items()}
+
+
+# --- sheet -----------------------------------------------------------------------------
+
+def cmd_sheet_make(cfg, args) -> int:  # noqa: ANN001
+    from gateway.paper import sheets
+    seal = _seal(cfg)
+    jr = open_journal(cfg)
+    engine = _engine(cfg)
+    names = _bank_names(cfg)
+    out = _out_dir(cfg, args)
+    with engine.connect() as conn:
+        todo = [args.batch] if args.batch else sheets.done_batches_without_sheet(conn, order_no=args.order)
+    for batch_no in todo:
+        with engine.begin() as conn:
+            try:
+                row = sheets.ensure_sheet(conn, jr, seal, batch_no, _at(),
+                                          bank_name=names.get(_bank_of(conn, batch_no), ""),
+                                          font_file=cfg.paper.font_file)
+            except sheets.SheetError as e:
+                print(f"ERROR {e}", file=sys.stderr)
+                return 1
+            data, sig = sheets.sheet_files(conn, jr, batch_no)
+        (out / f"{batch_no}.pdf").write_bytes(data)
+        (out / f"{batch_no}.pdf.sig").write_bytes(sig)
+        print(f"{out / (batch_no + '.pdf')}: sheet of {batch_no}, produced {row['produced_at']}, "
+              f"SHA-256 {row['pdf_sha256']}, sealed by {row['signer']} (signature {batch_no}.pdf.sig)")
+    pub = out / "seal.pub.pem"
+    if not pub.exists():
+        pub.write_bytes(seal.public_pem())
+    if not todo:
+        print("every DONE batch has its sheet")
+    return 0
+
+
+def _bank_of(conn, batch_no: str) -> str:  # noqa: ANN001
+    from sqlalchemy import select
+
+    from gateway.models import batches
+    return conn.execute(select(batches.c.bank_id).where(batches.c.batch_no == batch_no)).scalar() or ""
+
+
+def cmd_sheet_file(cfg, args) -> int:  # noqa: ANN001
+    """Record that the department filed a batch's sheet with finance (报送财政部门备案)."""
+    from sqlalchemy import update
+
+    from gateway.journal import Entry
+    from gateway.models import result_sheets
+    jr = open_journal(cfg)
+    with _engine(cfg).begin() as conn:
+        at = _at()
+        n = conn.execute(update(result_sheets).where(result_sheets.c.batch_no == args.batch,
+                                                     result_sheets.c.filed_at.is_(None))
+                         .values(filed_at=at, filed_by=args.by)).rowcount
+        if n != 1:
+            print(f"ERROR batch {args.batch} has no sheet, or it was filed already", file=sys.stderr)
+            return 1
+        jr.append(conn, Entry("event", "operator", "cli", "sheet-filed",
+                              f"result sheet of {args.batch} filed with finance by {args.by}",
+                              batch_no=args.batch), at)
+    print(f"{args.batch}: filed with finance at {at} by {args.by}")
+    return 0
+
+
+def cmd_sheet_verify(cfg, args) -> int:  # noqa: ANN001
+    from gateway.paper import seal
+    data = Path(args.pdf).read_bytes()
+    sig = Path(args.sig).read_bytes()
+    try:
+        pub = seal.load_public(Path(args.key).read_bytes(), args.key)
+    except Exception as e:  # noqa: BLE001  (KeyFileError and friends: named, exit 2)
+        print(f"ERROR {args.key}: {e}", file=sys.stderr)
+        return 2
+    fp = seal.fingerprint_of(pub)
+    if seal.verify(data, sig, pub, args.signer_id):
+        print(f"OK {args.pdf}: sealed by {fp} (SM2-with-SM3, signer ID {args.signer_id})")
+        return 0
+    print(f"BAD {args.pdf}: the signature {args.sig} does not match it under {fp}")
+    return 1
+
+
+# --- register -----------------------------------------------------------------------------
+
+def cmd_register(cfg, args) -> int:  # noqa: ANN001
+    from gateway.paper import register, sheets
+    year, month = _month(args.month)
+    engine = _engine(cfg)
+    if args.make_sheets:
+        seal, jr = _seal(cfg), open_journal(cfg)
+        with engine.begin() as conn:
+            for b in register.register(conn, year, month, args.bank, today=_now().date())["batches"]:
+                sheets.ensure_sheet(conn, jr, seal, b["batch_no"], _at(),
+                                    bank_name=_bank_names(cfg).get(b["bank_id"], ""),
+                                    font_file=cfg.paper.font_file)
+    with engine.connect() as conn:
+        reg = register.register(conn, year, month, args.bank, today=_now().date(), calendar=cfg.calendar)
+    if args.json:
+        print(json.dumps(reg, ensure_ascii=False, indent=1))
+    else:
+        print("\n".join(register.lines(reg)))
+    return 0
+
+
+def add_parsers(sub) -> None:  # noqa: ANN001
+    s = sub.add_parser("sheet", help="result sheets (交易结果): make, verify, record filing").add_subparsers(
+        dest="cmd", required=True)
+    m = s.add_parser("make", help="produce and seal the sheet of a DONE batch (or of every one without)")
+    g = m.add_mutually_exclusive_group()
+    g.add_argument("--batch")
+    g.add_argument("--order", help="every DONE batch of this order")
+    m.add_argument("--out-dir", help="where to write BATCH.pdf and BATCH.pdf.sig (default [paper] out_dir)")
+    m.set_defaults(fn=cmd_sheet_make)
+    v = s.add_parser("verify", help="check a sheet's detached seal offline (no --config): PDF SIG PUBKEY")
+    v.add_argument("pdf")
+    v.add_argument("sig")
+    v.add_argument("key", help="the seal's public key, SubjectPublicKeyInfo PEM (seal.pub.pem)")
+    v.add_argument("--signer-id", default="1234567812345678")
+    v.set_defaults(fn=cmd_sheet_verify, no_config=True)
+    f = s.add_parser("file", help="record that a batch's sheet was filed with finance")
+    f.add_argument("--batch", required=True)
+    f.add_argument("--by", required=True, help="who filed it")
+    f.set_defaults(fn=cmd_sheet_file)
+    r = sub.add_parser("register", help="the handover register (交接登记簿) of a month")
+    r.add_argument("--month", required=True, help="YYYY-MM")
+    r.add_argument("--bank")
+    r.add_argument("--json", action="store_true")
+    r.add_argument("--make-sheets", action="store_true", help="produce missing result sheets first")
+    r.set_defaults(fn=cmd_register)
+
+
+__all__ = ["add_parsers", "open_journal"]
