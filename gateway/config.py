@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -317,6 +317,7 @@ class GatewayConfig:
     dispute_working_days: int = 3  # test hook: "" or a named point, see gateway/faults.py
     retry_times: tuple[str, ...] = ()  # [schedule]: "HH:MM" CST on working days; () = only order.retry
     ha_retry_s: float = 5.0            # [ha]: a standby tries for the lock, the active checks it, this often
+    journal_auth: JournalAuth = field(default_factory=lambda: JournalAuth())   # [journal] key, head export
     paper: PaperSettings | None = None  # [paper]: None = sheets cannot be sealed
 
 
@@ -348,7 +349,40 @@ _CORE = {
     "max_item_line_bytes": _Field(int, 65536, _positive),
     "allow_plain_http": _Field(bool, False),
 }
-_JOURNAL = {"archive_dir": _Field(str, path=True), "inline_max_bytes": _Field(int, 65536, _positive)}
+_JOURNAL = {
+    "archive_dir": _Field(str, path=True),
+    "inline_max_bytes": _Field(int, 65536, _positive),
+    "key_file": _Field(str, "", path=True),            # HMAC-SM3 key of the entries' MACs (0600)
+    "head_file": _Field(str, "", path=True),           # append-only export of the chain head
+    "head_export_s": _Field(float, 60.0, _positive),
+    "self_verify_s": _Field(float, 3600.0, lambda v: None if v >= 0 else "must be 0 (off) or more"),
+}
+
+
+@dataclass(frozen=True)
+class JournalAuth:
+    """[journal] key and head export (gateway/journal.py, gateway/journal_watch.py)."""
+
+    key: Any = None            # gateway.journal.JournalKey (repr redacted), or None: entries unkeyed
+    key_file: str = ""
+    head_file: str = ""        # "" = the head is not exported
+    head_export_s: float = 60.0
+    self_verify_s: float = 3600.0   # 0 = no periodic self-check
+
+
+def _journal_auth(r: _Reader, journal: dict) -> JournalAuth:
+    key = None
+    if journal.get("key_file"):
+        from gateway.journal import JournalKeyError, read_key_file
+        try:
+            key = read_key_file(journal["key_file"])
+        except JournalKeyError as e:
+            r.err("journal.key_file", str(e))
+    if journal.get("head_file") and not journal.get("key_file"):
+        r.err("journal.head_file", "needs journal.key_file: each exported head carries its MAC")
+    return JournalAuth(key, journal.get("key_file") or "", journal.get("head_file") or "",
+                       journal.get("head_export_s") or 60.0,
+                       journal["self_verify_s"] if journal.get("self_verify_s") is not None else 3600.0)
 _WORK = {"dir": _Field(str, path=True)}
 _BANKS = {"dir": _Field(str, path=True)}
 _RPC = {
@@ -524,6 +558,7 @@ def load(path: str | os.PathLike) -> GatewayConfig:
     db = r.table(top["database"] or {}, "database", _DATABASE)
     core = r.table(top["core"] or {}, "core", _CORE)
     journal = r.table(top["journal"] or {}, "journal", _JOURNAL)
+    journal_auth = _journal_auth(r, journal)
     work = r.table(top["work"] or {}, "work", _WORK)
     banks_t = r.table(top["banks"] or {}, "banks", _BANKS)
     log = r.table(top["log"] or {}, "log", _LOG)
@@ -598,7 +633,7 @@ def load(path: str | os.PathLike) -> GatewayConfig:
     return GatewayConfig(
         file=str(path), database_url=resolve_database_url(db["url"] or "", path.parent), db_threads=db["threads"],
         work_dir=work["dir"], journal_archive_dir=journal["archive_dir"],
-        journal_inline_max_bytes=journal["inline_max_bytes"],
+        journal_inline_max_bytes=journal["inline_max_bytes"], journal_auth=journal_auth,
         core=CoreSettings(base_url=core["base_url"].rstrip("/"), token=token,
                           poll_interval_s=core["poll_interval_s"], timeout_s=core["timeout_s"],
                           results_chunk=core["results_chunk"],

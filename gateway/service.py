@@ -251,15 +251,25 @@ def make_service(cfg: GatewayConfig, reactor=None) -> Gateway:
         engine.dispose()
         raise StartupError(f"{cfg.file}: database.url: cannot open "
                            f"{engine.url.render_as_string(hide_password=True)}: {e}") from None
+    from gateway.journal_watch import JournalWatch, check_at_start
+    problem = check_at_start(engine, cfg)
+    if problem:
+        engine.dispose()
+        raise StartupError(problem)
     gw = Gateway()
     database = dbmod.Database(reactor, engine, cfg.db_threads)
     gw.database = database
     _DatabaseService(database).setServiceParent(gw)
+    journal = Journal(cfg.journal_archive_dir, cfg.journal_inline_max_bytes, key=cfg.journal_auth.key)
+    # Right after the database: stopped just before it, so its last head export comes after
+    # every other service (the RPC too) has stopped appending.
+    JournalWatch(reactor, engine, journal, cfg.journal_auth,
+                 ticker_factory=lambda job, interval: Ticker(reactor, "journal-watch", job, interval)
+                 ).setServiceParent(gw)
     core = CoreClient(reactor, cfg.core.base_url, cfg.core.token.value, timeout_s=cfg.core.timeout_s,
                       max_delay_s=cfg.core.retry_max_delay_s)
     gw.core = core
     _CoreService(core).setServiceParent(gw)
-    journal = Journal(cfg.journal_archive_dir, cfg.journal_inline_max_bytes)
     gw.commands = Commands(reactor, database, journal, gw)
     if cfg.rpc is not None:
         _RpcService(reactor, cfg, gw.commands, _refusal_journal(reactor, database, journal)
