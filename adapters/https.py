@@ -27,6 +27,7 @@ from zope.interface import implementer
 
 from adapters.bodies import BytesProducer
 from adapters.interface import TransportError
+from protocols.iso_feed import FeedError, FeedPage, FeedReport
 
 log = Logger()
 
@@ -111,6 +112,68 @@ class _Capped(protocol.Protocol):
             self.done.errback(reason)
 
 
+class PageTooLarge(HttpsError):
+    """A report page longer than the page cap (`max_body`): nothing of it was taken."""
+
+
+class PageMalformed(HttpsError):
+    """A report page that is not the feed's JSON shape: nothing of it was taken."""
+
+
+class _FeedReader(protocol.Protocol):
+    """Feeds a report page to a `FeedPage` as it arrives, at most `limit` bytes of it. Stops
+    early (dropping the connection) once the page holds enough documents; past `limit`, or on
+    a page that is not a feed page, drops the connection and fails."""
+
+    def __init__(self, page: FeedPage, limit: int):
+        self.page = page
+        self.limit = limit
+        self.size = 0
+        self.error: HttpsError | None = None
+        self.stopped = False
+        self.done = defer.Deferred(self._cancel)
+
+    def _cancel(self, _d) -> None:
+        if self.transport is not None:
+            self.transport.stopProducing()
+
+    def _stop(self) -> None:
+        self.stopped = True
+        self.transport.stopProducing()
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        if self.stopped:
+            return
+        self.size += len(data)
+        if self.size > self.limit:
+            self.error = PageTooLarge(f"report page exceeds {self.limit} bytes")
+            self._stop()
+            return
+        try:
+            self.page.feed(data)
+        except FeedError as e:
+            self.error = PageMalformed(f"report page: {e}")
+            self._stop()
+            return
+        if self.page.full:
+            self._stop()
+
+    def connectionLost(self, reason) -> None:  # noqa: N802
+        if self.done.called:  # cancelled by the deadline
+            return
+        if self.error is not None:
+            self.done.errback(self.error)
+        elif self.page.full:
+            self.done.callback((self.page.reports, self.page.reports[-1].cursor))
+        elif reason.check(client.ResponseDone, http.PotentialDataLoss):
+            try:
+                self.done.callback(self.page.close())
+            except FeedError as e:
+                self.done.errback(PageMalformed(f"report page: {e}"))
+        else:
+            self.done.errback(reason)
+
+
 class _QuietFactory(client._HTTP11ClientFactory):  # noqa: SLF001
     noisy = False
 
@@ -123,16 +186,17 @@ class HttpsBankClient:
 
     def __init__(self, reactor, base_url: str, *, ca_pem: bytes, client_cert_pem: bytes,
                  client_key_pem: bytes, server_name: str | None = None, timeout_s: float = 60,
-                 max_body: int = 256 << 20):
+                 max_body: int = 1 << 30, max_document: int = 64 << 20):
         parts = urlsplit(base_url)
         if parts.scheme != "https" or not parts.hostname:
             raise ValueError(f"base_url {base_url!r}: must be an https:// URL with a host")
-        if timeout_s <= 0 or max_body <= 0:
-            raise ValueError("timeout_s and max_body must be positive")
+        if timeout_s <= 0 or max_body <= 0 or max_document <= 0:
+            raise ValueError("timeout_s, max_body and max_document must be positive")
         self.reactor = reactor
         self.base = base_url.rstrip("/")
         self.timeout = timeout_s
         self.max_body = max_body
+        self.max_document = max_document
         self.pool = client.HTTPConnectionPool(reactor, persistent=True)
         self.pool.maxPersistentPerHost = 2
         self.pool._factory = _QuietFactory  # noqa: SLF001  (one log line per connection is noise)
@@ -145,7 +209,7 @@ class HttpsBankClient:
         return self.pool.closeCachedConnections()
 
     async def _exchange(self, method: bytes, url: str, headers: Headers, body: bytes | None,
-                        limit: int) -> tuple[int, bytes]:
+                        limit: int, page: FeedPage | None = None) -> tuple[int, object]:
         resp = await self.agent.request(method, url.encode("ascii"), headers,
                                         BytesProducer(body) if body is not None else None)
         cap = limit if 200 <= resp.code < 300 or resp.code == 409 else min(limit, _ERROR_BODY_CAP)
@@ -153,15 +217,20 @@ class HttpsBankClient:
             dropper = _Capped(0)  # drops the connection at the first byte
             dropper.done.addErrback(lambda _f: None)
             resp.deliverBody(dropper)
-            raise HttpsError(f"{method.decode()} {url}: answer of {resp.length} bytes exceeds "
-                             f"{cap}", resp.code)
+            error = PageTooLarge if page is not None and resp.code == 200 else HttpsError
+            raise error(f"{method.decode()} {url}: answer of {resp.length} bytes exceeds "
+                        f"{cap}", resp.code)
+        if page is not None and resp.code == 200:
+            feed = _FeedReader(page, cap)
+            resp.deliverBody(feed)
+            return resp.code, await feed.done
         reader = _Capped(cap)
         resp.deliverBody(reader)
         return resp.code, await reader.done
 
     async def _timed(self, method: bytes, url: str, headers: Headers, body: bytes | None,
-                     limit: int) -> tuple[int, bytes]:
-        d = defer.ensureDeferred(self._exchange(method, url, headers, body, limit))
+                     limit: int, page: FeedPage | None = None) -> tuple[int, object]:
+        d = defer.ensureDeferred(self._exchange(method, url, headers, body, limit, page))
         expired = []
 
         def expire() -> None:
@@ -180,9 +249,9 @@ class HttpsBankClient:
                 deadline.cancel()
 
     async def _call(self, method: bytes, url: str, headers: Headers, body: bytes | None,
-                    limit: int) -> tuple[int, bytes]:
+                    limit: int, page: FeedPage | None = None) -> tuple[int, object]:
         try:
-            return await self._timed(method, url, headers, body, limit)
+            return await self._timed(method, url, headers, body, limit, page)
         except HttpsError:
             raise
         except client.ResponseNeverReceived as e:
@@ -216,28 +285,27 @@ class HttpsBankClient:
             raise HttpsError(f"POST {url} answered {status} without msg_id and status", status, raw)
         return status, answer
 
-    async def reports(self, since: str | None, limit: int = 100) -> tuple[list[dict], str | None]:
+    async def reports(self, since: str | None, limit: int = 100) -> tuple[list[FeedReport], str | None]:
         """GET the bank's reports after cursor *since* (None: from the start), oldest first:
-        `([{"cursor", "type", "document"}, ...], next_cursor)`. Pass `next_cursor` as
-        *since* to continue; the same cursor comes back when there is nothing new."""
+        `([FeedReport, ...], next_cursor)`. Pass `next_cursor` as *since* to continue; the same
+        cursor comes back when there is nothing new.
+
+        The page is parsed as it arrives (protocols.iso_feed): each document is held only up
+        to `max_document` bytes, one over it or one that does not decode comes back refused
+        (with its cursor) instead of failing the page; once the page holds `max_document`
+        bytes of documents the rest is left for the next call (next = the last cursor taken).
+        A page over `max_body` bytes raises PageTooLarge, one not in the feed's shape
+        PageMalformed."""
         query = {"limit": str(limit)}
         if since is not None:
             query["since"] = since
         url = self.base + "/reports?" + urlencode(query)
         headers = Headers({b"Accept": [b"application/json"]})
-        status, raw = await self._call(b"GET", url, headers, None, self.max_body)
+        page = FeedPage(self.max_document)
+        status, answer = await self._call(b"GET", url, headers, None, self.max_body, page)
         if status != 200:
-            raise HttpsError(f"GET {url} answered {status}", status, raw)
-        answer = _json_object(raw, f"GET {url}", status)
-        reports, nxt = answer.get("reports"), answer.get("next")
-        if not isinstance(reports, list) or not (nxt is None or isinstance(nxt, str)):
-            raise HttpsError(f"GET {url}: answer lacks a reports list and a next cursor",
-                             status, raw[:_ERROR_BODY_CAP])
-        for i, r in enumerate(reports):
-            if not (isinstance(r, dict) and isinstance(r.get("cursor"), str)
-                    and isinstance(r.get("type"), str) and isinstance(r.get("document"), str)):
-                raise HttpsError(f"GET {url}: reports[{i}] lacks cursor, type or document",
-                                 status, raw[:_ERROR_BODY_CAP])
+            raise HttpsError(f"GET {url} answered {status}", status, answer)
+        reports, nxt = answer
         return reports, nxt
 
 
@@ -256,4 +324,4 @@ def _reasons(reasons) -> str:
     return "; ".join(f"{f.type.__name__}: {f.getErrorMessage()}" for f in reasons) or "unknown"
 
 
-__all__ = ["HttpsBankClient", "HttpsError"]
+__all__ = ["HttpsBankClient", "HttpsError", "PageMalformed", "PageTooLarge"]

@@ -316,7 +316,11 @@ class GatewayConfig:
     confirm_working_days: int = 5
     dispute_working_days: int = 3  # test hook: "" or a named point, see gateway/faults.py
     retry_times: tuple[str, ...] = ()  # [schedule]: "HH:MM" CST on working days; () = only order.retry
-    ha_retry_s: float = 5.0            # [ha]: a standby tries for the lock, the active checks it, this often
+    ha_retry_s: float = 2.0            # [ha]: a standby tries for a lease this often
+    ha_mode: str = "single"            # [ha]: "single" (one lease) or "per-bank" (core + one per bank)
+    ha_lease_s: float = 8.0            # [ha]: a lease lasts this long (database clock) unless renewed
+    ha_margin_s: float = 2.0           # [ha]: the holder stops acting this long before its lease can end
+    ha_prefer: tuple[str, ...] = ()    # [ha] per-bank: leases this daemon takes first; others after a grace
     journal_auth: JournalAuth = field(default_factory=lambda: JournalAuth())   # [journal] key, head export
     paper: PaperSettings | None = None  # [paper]: None = sheets cannot be sealed
 
@@ -408,7 +412,9 @@ def _times_of_day(v: list) -> str | None:
 
 
 _SCHEDULE = {"retry_times": _Field(list, [], _times_of_day)}
-_HA = {"retry_s": _Field(float, 5.0, _positive)}
+_HA = {"retry_s": _Field(float, 2.0, _positive), "mode": _Field(str, "single", _one_of("single", "per-bank")),
+       "lease_s": _Field(float, 8.0, _positive), "margin_s": _Field(float, 2.0, _positive),
+       "prefer": _Field(list, [])}
 _PAPER = {
     "seal_key": _Field(str, path=True),
     "passphrase_file": _Field(str, "", path=True),
@@ -565,6 +571,8 @@ def load(path: str | os.PathLike) -> GatewayConfig:
     testing = r.table(top["testing"] or {}, "testing", _TESTING)
     schedule = r.table(top["schedule"] or {}, "schedule", _SCHEDULE)
     ha = r.table(top["ha"] or {}, "ha", _HA)
+    if ha.get("lease_s") and ha.get("margin_s") and ha["margin_s"] * 2 > ha["lease_s"]:
+        r.err("ha.margin_s", "must be at most half of ha.lease_s (the holder renews and acts in the rest)")
     calendar, cal = None, {"confirm_working_days": 5, "dispute_working_days": 3}
     if top["calendar"] is not None:
         cal = r.table(top["calendar"], "calendar", _CALENDAR)
@@ -646,6 +654,8 @@ def load(path: str | os.PathLike) -> GatewayConfig:
         calendar=calendar, confirm_working_days=cal["confirm_working_days"],
         dispute_working_days=cal["dispute_working_days"],
         retry_times=tuple(sorted(schedule["retry_times"] or ())), ha_retry_s=ha["retry_s"],
+        ha_mode=ha["mode"], ha_lease_s=ha["lease_s"], ha_margin_s=ha["margin_s"],
+        ha_prefer=tuple(str(b) for b in ha["prefer"] or ()),
         paper=paper,
     )
 

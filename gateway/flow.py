@@ -38,6 +38,7 @@ from adapters.core_http import CoreClient, CoreContractError, CoreError, Exchang
 from gateway.config import BankConfig, GatewayConfig
 from gateway.db import Database, executemany
 from gateway.faults import Faults
+from gateway.leadership import Deposed
 from gateway.journal import Entry, Journal
 from gateway.models import BatchState, ItemStatus, OrderState, batches, items, orders, statements
 from gateway.article26 import Article26Steps
@@ -252,6 +253,10 @@ class BankFlow(RefundSteps, Article26Steps, LateReturnSteps, CorePushSteps):
             await self._contract_fault(e)
         except (CoreError, TransportError) as e:
             log.warn("{bank}: {what}: {error}; will try again", bank=self.bank_id, what=what, error=e)
+        except Deposed as e:
+            # The lease is lost: what committed was fenced; the next holder resumes from it.
+            log.warn("{bank}: {what} stopped: {error}", bank=self.bank_id, what=what, error=e)
+            return
         except ConservationError as e:
             # Rule 1: the change was refused (its transaction rolled back); one alarm episode
             # per step, cleared when the step goes through.

@@ -399,6 +399,37 @@ class ResultSheet(Base):
 
 
 
+class Lease(Base):
+    """Who may act (gateway/leadership.py): one row per lease ("gateway", or "core" and each bank).
+
+    `epoch` grows by one with each new holder, in the transaction that takes the lease; it is
+    the fencing token every transaction of the flows checks. Times are milliseconds of the
+    database's clock (PostgreSQL `clock_timestamp()`), which alone decides expiry.
+    """
+
+    __tablename__ = "leases"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    epoch: Mapped[int] = mapped_column(BigInteger, default=0)
+    holder: Mapped[str | None] = mapped_column(String(200))
+    acquired_ms: Mapped[int | None] = mapped_column(BigInteger)
+    expires_ms: Mapped[int | None] = mapped_column(BigInteger)     # NULL on SQLite (flock)
+
+
+class LeaseTerm(Base):
+    """One row per (lease, epoch): who held it, from when, and until when the database let it
+    (the last renewal's expiry, or when it was released); for operators and the overlap check."""
+
+    __tablename__ = "lease_terms"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    epoch: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    holder: Mapped[str] = mapped_column(String(200))
+    acquired_ms: Mapped[int] = mapped_column(BigInteger)
+    expires_ms: Mapped[int | None] = mapped_column(BigInteger)
+    released_ms: Mapped[int | None] = mapped_column(BigInteger)
+
+
 orders = Order.__table__
 items = Item.__table__
 batches = Batch.__table__
@@ -415,3 +446,5 @@ statement_lines = StatementLine.__table__
 bank_feeds = BankFeed.__table__
 bank_reports = BankReport.__table__
 result_sheets = ResultSheet.__table__
+leases = Lease.__table__
+lease_terms = LeaseTerm.__table__

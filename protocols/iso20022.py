@@ -527,6 +527,7 @@ class _Reader:
             raise _locate(self.source, self.pos, self.kind, exc) from None
         if not self._started:
             self._started = True
+            _no_doctype(el)
             if el.tag != f"{{{self.ns}}}Document":
                 raise Iso20022Error("Document", f"root is {el.tag}, expected {{{self.ns}}}Document")
         return event, el
@@ -1036,10 +1037,30 @@ def message_type(source: Any) -> str:
     finally:
         if pos is not None:
             source.seek(pos)
+    _no_doctype(root)
     q = etree.QName(root)
+    if q.localname == "Document" and q.namespace not in _KIND_BY_NS and \
+            (q.namespace or "").startswith(_ISO_NS_PREFIX):
+        named = q.namespace[len(_ISO_NS_PREFIX):]
+        expected = [k for k in _NS_BY_KIND if k[:8] == named[:8]]
+        if expected:
+            raise Iso20022Error("Document", f"{named} is not a version the gateway takes: "
+                                f"{expected[0]} expected")
     if q.localname != "Document" or q.namespace not in _KIND_BY_NS:
         raise Iso20022Error("Document", f"root {root.tag} is not a pain.001/pain.002/camt.053/camt.054 Document")
     return _KIND_BY_NS[q.namespace]
+
+
+_ISO_NS_PREFIX = "urn:iso:std:iso:20022:tech:xsd:"
+
+
+def _no_doctype(root: etree._Element) -> None:
+    """Refuse a document with a DOCTYPE: the messages have none, and a DTD is how entity
+    expansion, external entities and the validator's internal errors get in."""
+    info = root.getroottree().docinfo
+    if info.doctype or info.internalDTD is not None or info.system_url:
+        raise Iso20022Error("Document", f"a DOCTYPE ({(info.doctype or '<!DOCTYPE>')[:80]}) is refused: "
+                            "ISO 20022 messages carry no DTD or entity declarations")
 
 
 # The elements that repeat by the thousand; only they need dropping as we go.
@@ -1084,7 +1105,9 @@ def _locate(source: Any, pos: int | None, kind: str, exc: etree.XMLSyntaxError) 
             return first
         err = xsd.error_log[0]
         return _schema_error_from(err.line, err.message, err.path)
-    except (OSError, etree.XMLSyntaxError):
+    except (OSError, ValueError, etree.LxmlError):
+        # Whatever the second look trips on (libxml2's "Internal error in XML Schema
+        # validation" on an entity reference, say), the first error stands.
         return first
     finally:
         if pos is not None:
@@ -1106,8 +1129,9 @@ def validate(source: Any, kind: str | None = None) -> None:
     pain.001 (49 MB), against 450 MB for XMLSchema.validate() on the parsed tree. Raises SchemaError("line N: message") at the first error.
     """
     pos = _rewind(source)
+    named = message_type(source)    # refuses a DOCTYPE before anything else is read
     if kind is None:
-        kind = message_type(source)
+        kind = named
     if kind not in _NS_BY_KIND:
         raise Iso20022Error("Document", f"unknown message type {kind!r}")
     ns = _NS_BY_KIND[kind]

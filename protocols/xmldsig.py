@@ -23,7 +23,9 @@ million-transfer document whole.
 from __future__ import annotations
 
 import base64
+import copy
 import datetime
+import io
 import os
 
 import xmlsec
@@ -46,12 +48,85 @@ class SignatureError(Exception):
     """Refused: message says why (no signature, digest mismatch, certificate not pinned, expired, ...)."""
 
 
-def _parse(doc: bytes) -> etree._ElementTree:
-    parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, huge_tree=True)
+def _parse(doc: bytes, huge: bool = True) -> etree._ElementTree:
+    # What we sign is ours and may be large; what we verify is the bank's: libxml2's limits on.
+    parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, huge_tree=huge)
     try:
-        return etree.ElementTree(etree.fromstring(doc, parser))
+        tree = etree.ElementTree(etree.fromstring(doc, parser))
     except etree.XMLSyntaxError as exc:
         raise SignatureError(f"not well-formed XML: {exc}") from None
+    if tree.docinfo.doctype or tree.docinfo.internalDTD is not None:
+        raise SignatureError("a DOCTYPE is refused (no DTD or entity declarations in a signed message)")
+    return tree
+
+
+_SIGNATURE_DEPTH = 5   # Document / message / SplmtryData / Envlp / Signature
+
+
+def _scan_signature(doc: bytes) -> etree._Element:
+    """One streaming pass that keeps nothing but a copy of the one Signature.
+
+    Checks, before any tree of the document is built, that there is exactly one
+    Signature, in the message's last SplmtryData/Envlp, and no DOCTYPE: a document
+    unsigned, signed twice or in the wrong place is refused at the cost of reading it
+    once, whatever its size.
+    """
+    it = etree.iterparse(io.BytesIO(doc), events=("start", "end"), resolve_entities=False,
+                         no_network=True, load_dtd=False, remove_comments=True, remove_pis=True)
+    depth = 0
+    found = None
+    inside = False          # within the Signature: keep it whole
+    after = False           # the Signature's SplmtryData has closed
+    count = 0
+    try:
+        for event, el in it:
+            if event == "start":
+                depth += 1
+                if depth == 1:
+                    info = el.getroottree().docinfo
+                    if info.doctype or info.internalDTD is not None or info.system_url:
+                        raise SignatureError("a DOCTYPE is refused (no DTD or entity declarations "
+                                             "in a signed message)")
+                    _message_element_name(el)
+                elif depth == 2 and el.getprevious() is not None:
+                    raise SignatureError(f"{el.getparent().tag} is not an ISO 20022 Document with one "
+                                         "message element")
+                elif depth == 3 and after:
+                    raise SignatureError("the Signature is not in the message's last SplmtryData/Envlp")
+                if el.tag == _SIG:
+                    count += 1
+                    if count > 1:
+                        raise SignatureError("more than one Signature element, exactly one expected")
+                    envelope = el.getparent()
+                    supplementary = envelope.getparent() if envelope is not None else None
+                    ns = etree.QName(el.getroottree().getroot()).namespace
+                    if (depth != _SIGNATURE_DEPTH or envelope.tag != f"{{{ns}}}Envlp"
+                            or supplementary.tag != f"{{{ns}}}SplmtryData"):
+                        raise SignatureError("the Signature is not in the message's last SplmtryData/Envlp")
+                    inside = True
+                continue
+            if el.tag == _SIG and inside and depth == _SIGNATURE_DEPTH:
+                found = copy.deepcopy(el)
+                inside = False
+            elif depth == 3 and found is not None:
+                after = True
+            if not inside and depth > 1:
+                el.clear(keep_tail=False)
+                parent = el.getparent()
+                while parent is not None and el.getprevious() is not None:
+                    del parent[0]
+            depth -= 1
+    except etree.XMLSyntaxError as exc:
+        raise SignatureError(f"not well-formed XML: {exc}") from None
+    if found is None:
+        raise SignatureError("the document is not signed")
+    return found
+
+
+def _message_element_name(root: etree._Element) -> None:
+    q = etree.QName(root)
+    if q.localname != "Document" or not (q.namespace or "").startswith(_ISO_PREFIX):
+        raise SignatureError(f"{root.tag} is not an ISO 20022 Document with one message element")
 
 
 def _message_element(root: etree._Element) -> etree._Element:
@@ -173,36 +248,13 @@ def _end_of(override: str, tz: datetime.tzinfo) -> datetime.datetime:
         raise SignatureError(f"pinned certificate end date {override!r} is not an ISO date") from None
 
 
-def verify_bytes(doc: bytes, pinned: list[tuple[bytes, str | None]], now: datetime.datetime) -> bytes:
-    """Verify *doc*'s signature with a pinned certificate; return that certificate's PEM.
-
-    *pinned* is [(certificate PEM, end date or None)]: the bank's current
-    certificate and, during a rotation, the previous one with the date after
-    which it is no longer accepted.
-    """
-    if not pinned:
-        raise SignatureError("no pinned certificate configured")
-    tree = _parse(doc)
-    root = tree.getroot()
-    message = _message_element(root)
-    signatures = root.findall(f".//{_SIG}")
-    if not signatures:
-        raise SignatureError("the document is not signed")
-    if len(signatures) > 1:
-        raise SignatureError(f"{len(signatures)} Signature elements, exactly one expected")
-    signature = signatures[0]
-    envelope = signature.getparent()
-    supplementary = envelope.getparent()
-    ns = etree.QName(root).namespace
-    if (envelope.tag != f"{{{ns}}}Envlp" or supplementary is None or supplementary.tag != f"{{{ns}}}SplmtryData"
-            or supplementary.getparent() is not message or message[len(message) - 1] is not supplementary):
-        raise SignatureError("the Signature is not in the message's last SplmtryData/Envlp")
-    cert_el = _check_profile(signature)
+def _pinned_match(cert_el: etree._Element, pinned: list[tuple[bytes, str | None]],
+                  now: datetime.datetime) -> bytes:
+    """The pinned certificate (PEM) that is byte for byte the embedded one, in date; or refused."""
     try:
         embedded = base64.b64decode("".join((cert_el.text or "").split()), validate=True)
     except ValueError:
         raise SignatureError("X509Certificate is not base64") from None
-
     now = _aware(now)
     match = None
     for pem, override in pinned:
@@ -219,8 +271,40 @@ def verify_bytes(doc: bytes, pinned: list[tuple[bytes, str | None]], now: dateti
         raise SignatureError(f"the certificate expired at {cert.not_valid_after_utc.isoformat()}")
     if override is not None and now >= _end_of(override, now.tzinfo):
         raise SignatureError(f"the previous certificate was accepted until {override} (rotation)")
+    return pem
+
+
+def verify_bytes(doc: bytes, pinned: list[tuple[bytes, str | None]], now: datetime.datetime) -> bytes:
+    """Verify *doc*'s signature with a pinned certificate; return that certificate's PEM.
+
+    *pinned* is [(certificate PEM, end date or None)]: the bank's current
+    certificate and, during a rotation, the previous one with the date after
+    which it is no longer accepted.
+    """
+    if not pinned:
+        raise SignatureError("no pinned certificate configured")
+    # Signature first, cheaply: its place, its profile and its certificate (pinned, in date)
+    # are checked on one streaming pass; only then is the tree built to check the digest.
+    _pinned_match(_check_profile(_scan_signature(doc)), pinned, now)
+    tree = _parse(doc, huge=False)
+    root = tree.getroot()
+    message = _message_element(root)
+    signatures = root.findall(f".//{_SIG}")
+    if not signatures:
+        raise SignatureError("the document is not signed")
+    if len(signatures) > 1:
+        raise SignatureError(f"{len(signatures)} Signature elements, exactly one expected")
+    signature = signatures[0]
+    envelope = signature.getparent()
+    supplementary = envelope.getparent()
+    ns = etree.QName(root).namespace
+    if (envelope.tag != f"{{{ns}}}Envlp" or supplementary is None or supplementary.tag != f"{{{ns}}}SplmtryData"
+            or supplementary.getparent() is not message or message[len(message) - 1] is not supplementary):
+        raise SignatureError("the Signature is not in the message's last SplmtryData/Envlp")
+    pem = _pinned_match(_check_profile(signature), pinned, now)
 
     ctx = xmlsec.SignatureContext()
+
     ctx.key = xmlsec.Key.from_memory(pem, xmlsec.constants.KeyDataFormatCertPem, None)
     for transform in (xmlsec.constants.TransformExclC14N, xmlsec.constants.TransformRsaSha256):
         ctx.enable_signature_transform(transform)

@@ -16,7 +16,7 @@ import pytest_twisted
 from twisted.internet import defer, ssl
 from twisted.web import resource, server
 
-from adapters.https import HttpsBankClient, HttpsError
+from adapters.https import HttpsBankClient, HttpsError, PageMalformed, PageTooLarge
 from tests import tlsfixtures
 
 pytestmark = pytest.mark.loopback
@@ -156,14 +156,16 @@ async def test_reports_passes_the_cursor_and_checks_the_page(make_server, make_c
     c = make_client(f"https://127.0.0.1:{s.number}", server_name="bank.test")
     page = {"reports": [{"cursor": "7", "type": "pain.002.001.11", "document": "<D/>"}], "next": "7"}
     s.root.answers[(b"GET", "/reports")] = (200, json.dumps(page).encode())
-    assert await c.reports("6", limit=5) == (page["reports"], "7")
+    reports, nxt = await c.reports("6", limit=5)
+    assert nxt == "7" and [(r.cursor, r.type, r.document, r.refused) for r in reports] == \
+        [("7", "pain.002.001.11", b"<D/>", None)]
     assert parse_qs(urlsplit(s.root.seen[-1][1]).query) == {"since": ["6"], "limit": ["5"]}
     await c.reports(None)
     assert parse_qs(urlsplit(s.root.seen[-1][1]).query) == {"limit": ["100"]}
     for bad in ({"reports": {}, "next": "1"}, {"reports": [], "next": 3},
                 {"reports": [{"cursor": "1", "type": "pain.002.001.11"}], "next": "1"}):
         s.root.answers[(b"GET", "/reports")] = (200, json.dumps(bad).encode())
-        with pytest.raises(HttpsError):
+        with pytest.raises(PageMalformed):
             await c.reports(None)
     s.root.answers[(b"GET", "/reports")] = (503, b"busy")
     with pytest.raises(HttpsError) as e:
@@ -180,10 +182,63 @@ async def test_an_answer_past_max_body_is_cut_off(make_server, make_client):
     big = json.dumps({"reports": [], "next": "0", "pad": "x" * 50_000}).encode()
     for status in (200, 299):
         s.root.answers[(b"GET", "/reports")] = (status, big)
-        with pytest.raises(HttpsError, match="exceeds 10000"):
+        with pytest.raises(PageTooLarge, match="exceeds 10000"):
             await c.reports(None)
     s.root.answers[(b"GET", "/reports")] = (200, b'{"reports": [], "next": "0"}')
     assert await c.reports(None) == ([], "0")
+
+
+def _page(*docs, nxt=None):
+    reports = [{"cursor": str(i), "type": "pain.002.001.11", "document": d} for i, d in enumerate(docs, 1)]
+    return json.dumps({"reports": reports, "next": nxt or str(len(docs))}, ensure_ascii=False).encode()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_document_past_max_document_is_refused_alone_while_reading(make_server, make_client):
+    """A document over max_document inside a page is refused on its own with its cursor and
+    the page's other documents are taken, whether the page is announced or streamed chunked;
+    what is kept of it is its head, not the whole (the cap holds while reading)."""
+    s = make_server()
+    c = make_client(f"https://127.0.0.1:{s.number}", server_name="bank.test", max_document=4096)
+    body = _page("<D>一</D>", "<D>" + "x" * 200_000 + "</D>", "<D>三</D>")
+    for status in (200, 299):
+        s.root.answers[(b"GET", "/reports")] = (status, body)
+        reports, nxt = await c.reports(None)
+        assert nxt == "3"
+        assert [r.cursor for r in reports] == ["1", "2", "3"]
+        assert reports[0].document == "<D>一</D>".encode() and reports[2].document == "<D>三</D>".encode()
+        big = reports[1]
+        assert big.document is None and "over max_document_bytes 4096" in big.refused
+        assert big.size == 200_007 and len(big.raw) <= 65536
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_document_that_does_not_decode_is_refused_alone(make_server, make_client):
+    """A lone surrogate in a document's JSON string (and a string that is not UTF-8) refuses
+    that document, with its raw string as it arrived, not the page."""
+    s = make_server()
+    c = make_client(f"https://127.0.0.1:{s.number}", server_name="bank.test")
+    body = (b'{"reports": [{"cursor": "1", "type": "pain.002.001.11", "document": "<D>\\ud800</D>"},'
+            b' {"cursor": "2", "type": "pain.002.001.11", "document": "<D>\xff</D>"},'
+            b' {"cursor": "3", "type": "pain.002.001.11", "document": "<D/>"}], "next": "3"}')
+    s.root.answers[(b"GET", "/reports")] = (200, body)
+    reports, nxt = await c.reports(None)
+    assert nxt == "3" and [r.cursor for r in reports] == ["1", "2", "3"]
+    assert reports[0].document is None and "lone surrogate U+D800" in reports[0].refused
+    assert reports[0].raw == b"<D>\\ud800</D>"
+    assert reports[1].document is None and "not UTF-8" in reports[1].refused
+    assert reports[2].document == b"<D/>"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_page_stops_once_it_holds_enough(make_server, make_client):
+    """Once the documents taken reach max_document bytes the rest of the page is left for the
+    next call: next is the last cursor taken, not the page's."""
+    s = make_server()
+    c = make_client(f"https://127.0.0.1:{s.number}", server_name="bank.test", max_document=3000)
+    s.root.answers[(b"GET", "/reports")] = (299, _page(*["<D>" + "y" * 2000 + "</D>"] * 5))
+    reports, nxt = await c.reports(None)
+    assert [r.cursor for r in reports] == ["1", "2"] and nxt == "2"
 
 
 @pytest_twisted.ensureDeferred

@@ -323,3 +323,43 @@ def test_20000_transfers_stream_through_write_validate_read(tmp_path):
     for count, t in enumerate(it, 1):
         assert t.amount_fen == count and t.end_to_end_id == f"O202611001-{count}"
     assert count == n
+
+
+# --- hostile documents ---------------------------------------------------------------------
+
+_HOSTILE_PAIN002 = (b'<?xml version="1.0"?>\n<!DOCTYPE Document [<!ENTITY x "boom">]>\n'
+                    b'<Document xmlns="urn:iso:std:iso:20022:tech:xsd:pain.002.001.11"><CstmrPmtStsRpt>'
+                    b'<GrpHdr><MsgId>&x;</MsgId><CreDtTm>2026-01-01T00:00:00</CreDtTm></GrpHdr>'
+                    b'<OrgnlGrpInfAndSts><OrgnlMsgId>A</OrgnlMsgId><OrgnlMsgNmId>pain.001.001.10</OrgnlMsgNmId>'
+                    b'<Bad/></OrgnlGrpInfAndSts></CstmrPmtStsRpt></Document>')
+
+
+def test_a_doctype_is_refused_outright():
+    """A document with a DOCTYPE (an entity declared and referenced) is refused as such by
+    message_type, validate and the readers, with Iso20022Error; before, validate let the
+    streaming pass through and the line locator raised lxml's XMLSchemaValidateError."""
+    for call in (lambda d: I.message_type(io.BytesIO(d)), lambda d: I.validate(io.BytesIO(d), I.PAIN002),
+                 lambda d: I.validate(io.BytesIO(d)), lambda d: I.read_pain002(io.BytesIO(d))):
+        with pytest.raises(I.Iso20022Error, match="DOCTYPE"):
+            call(_HOSTILE_PAIN002)
+    external = b'<!DOCTYPE Document SYSTEM "http://127.0.0.1:9/x.dtd">' + _HOSTILE_PAIN002.split(b"]>\n", 1)[1]
+    with pytest.raises(I.Iso20022Error, match="DOCTYPE"):
+        I.message_type(io.BytesIO(external.replace(b"&x;", b"M")))
+
+
+def test_the_line_locator_never_raises_lxml_errors():
+    """_locate (the second look that names an error's line) gives back the first error when the
+    tree validator fails internally (an entity reference), instead of raising it."""
+    from lxml import etree
+    exc = etree.XMLSyntaxError("Element 'Bad': This element is not expected.", 0, 0, 0)
+    err = I._locate(io.BytesIO(_HOSTILE_PAIN002), 0, I.PAIN002, exc)
+    assert isinstance(err, I.SchemaError)
+
+
+def test_a_foreign_version_names_the_version_expected():
+    """A pain.002 of another version (pain.002.001.03) is refused naming what it is and the
+    version the gateway takes."""
+    doc = (b'<Document xmlns="urn:iso:std:iso:20022:tech:xsd:pain.002.001.03"><CstmrPmtStsRpt/></Document>')
+    with pytest.raises(I.Iso20022Error, match=r"pain\.002\.001\.03 is not a version the gateway takes: "
+                                              r"pain\.002\.001\.11 expected"):
+        I.message_type(io.BytesIO(doc))

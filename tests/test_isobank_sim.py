@@ -121,16 +121,16 @@ def pain001(pki, msg_id: str, kind: str, lines: list[tuple[str, str, int]], *, s
 
 def checked(pki, report: dict) -> bytes:
     """The report's document after proving it XSD-valid, of its stated type, and signed by the bank."""
-    doc = report["document"].encode("utf-8")
-    iso.validate(doc, report["type"])
-    assert iso.message_type(doc) == report["type"]
+    doc = report.document
+    iso.validate(doc, report.type)
+    assert iso.message_type(doc) == report.type
     now = T0.replace(tzinfo=CN_TZ)
     assert xmldsig.verify_bytes(doc, [(pki.bank_sig.cert_pem, None)], now) == pki.bank_sig.cert_pem
     return doc
 
 
 def pain002(pki, report: dict):
-    assert report["type"] == iso.PAIN002
+    assert report.type == iso.PAIN002
     header, statuses = iso.read_pain002(checked(pki, report))
     return header, list(statuses)
 
@@ -147,7 +147,7 @@ async def test_a_payment_is_taken_once_and_answered_by_a_signed_pain002(pki, ban
     await bank.sim.settle()
     assert bank.sim.payments_received("B20261128001") == 1
     reports, nxt = await gw.reports(None)
-    assert [r["cursor"] for r in reports] == ["1"] and nxt == "1"
+    assert [r.cursor for r in reports] == ["1"] and nxt == "1"
     header, statuses = pain002(pki, reports[0])
     assert (header.orig_msg_id, header.group_status, header.orig_pmt_inf_id) == \
         ("B20261128001", "PART", "B20261128001/PAY")
@@ -317,7 +317,7 @@ async def test_refund_is_answered_acsc_and_a_camt054_debit(pki, bank, gw):
     (p2, n), _ = await gw.reports(None)
     header, (st,) = pain002(pki, p2)
     assert (header.group_status, st.status, st.orig_end_to_end_id) == ("ACSC", "ACSC", "RF20261128001")
-    assert n["type"] == iso.CAMT054
+    assert n.type == iso.CAMT054
     note = iso.read_camt054(checked(pki, n))
     (entry,) = note.entries
     assert note.account == HOLDING
@@ -363,7 +363,7 @@ async def test_statement_is_a_valid_camt053_whose_balances_add_up(pki, bank, gw)
     await bank.sim.return_item("FS13-2", "AC06")
     await bank.sim.statement(date(2026, 11, 28))
     reports, _ = await gw.reports(None)
-    assert reports[-1]["type"] == iso.CAMT053
+    assert reports[-1].type == iso.CAMT053
     s = iso.read_camt053(checked(pki, reports[-1]))
     assert (s.account, s.from_date, s.opening_fen, s.closing_fen) == \
         (HOLDING, "2026-11-28", 0, -1000 - 234 - 66 + 234)
@@ -371,7 +371,7 @@ async def test_statement_is_a_valid_camt053_whose_balances_add_up(pki, bank, gw)
         [("FS13-1", False, 1000), ("FS13-2", False, 234), ("FS13-2", True, 234), ("RF13", False, 66)]
     bank.clock.advance(86400)
     await bank.sim.statement(date(2026, 11, 29))
-    s2 = iso.read_camt053(checked(pki, (await gw.reports(reports[-1]["cursor"]))[0][0]))
+    s2 = iso.read_camt053(checked(pki, (await gw.reports(reports[-1].cursor))[0][0]))
     assert (s2.opening_fen, s2.closing_fen, s2.entries) == (s.closing_fen, s.closing_fen, ())
 
 
@@ -389,9 +389,9 @@ async def test_results_wait_for_the_delay_and_reports_page(pki, make_bank, make_
     assert await gw.reports(None) == ([], "0")
     b.clock.advance(1)
     page, nxt = await gw.reports(None, limit=2)
-    assert [r["cursor"] for r in page] == ["1", "2"] and nxt == "2"
+    assert [r.cursor for r in page] == ["1", "2"] and nxt == "2"
     page, nxt = await gw.reports(nxt, limit=2)
-    assert [r["cursor"] for r in page] == ["3"] and nxt == "3"
+    assert [r.cursor for r in page] == ["3"] and nxt == "3"
     resp = await gw.agent.request(b"GET", (b.url + "/other").encode(), Headers(), None)
     await web_client.readBody(resp)
     assert resp.code == 404 and b.sim.requests()[-1] == ("GET", "/other", 404)

@@ -231,7 +231,7 @@ async def test_a_job_that_raises_is_logged_and_the_scheduler_keeps_running(react
 
 def test_config_schedule_and_ha(tmp_path):
     """[schedule] retry_times and [ha] retry_s are read and validated: absent sections give
-    no retry times and 5 s; bad times, duplicates, a zero period and unknown keys are each
+    no retry times and 2 s; bad times, duplicates, a zero period and unknown keys are each
     reported naming the key; retry times without a calendar are refused."""
     from simulators import harness
     p = harness.Paths(tmp_path / "inst")
@@ -247,7 +247,7 @@ def test_config_schedule_and_ha(tmp_path):
             return None, e.errors
 
     cfg, errs = load("")
-    assert errs == [] and cfg.retry_times == () and cfg.ha_retry_s == 5.0
+    assert errs == [] and cfg.retry_times == () and cfg.ha_retry_s == 2.0
     cfg, errs = load('[schedule]\nretry_times = ["15:30", "10:00"]\n[ha]\nretry_s = 2\n')
     assert errs == [] and cfg.retry_times == ("10:00", "15:30") and cfg.ha_retry_s == 2.0
     _, errs = load('[schedule]\nretry_times = ["10:00", "24:00", "9:30", 10]\n[ha]\nretry_s = 0\n')

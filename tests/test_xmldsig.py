@@ -177,7 +177,7 @@ def test_two_signatures_are_refused(signed, bank):
     message = root[0]
     message.insert(len(message) - 1, etree.fromstring(etree.tostring(message[len(message) - 1])))
     doubled = etree.tostring(root, xml_declaration=True, encoding="UTF-8")
-    with pytest.raises(D.SignatureError, match="2 Signature"):
+    with pytest.raises(D.SignatureError, match="one Signature|Signature elements|not in the message.s last"):
         D.verify_bytes(doubled, [(bank[1], None)], NOW)
 
 

@@ -23,25 +23,55 @@ import io
 import json
 import os
 
-from lxml import etree
 from sqlalchemy import Connection, insert, select, update
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from adapters.https import HttpsBankClient
+from adapters.https import HttpsBankClient, PageMalformed, PageTooLarge
 from adapters.interface import (BatchItem, BatchSpec, BatchStatus, Built, IBankAdapter, ItemResult,
                                 LateReturn, RefundStatus, Reply, ResultSet, ResultsRefused, ResultTotals,
                                 TransportError)
 from gateway.journal import Entry
-from gateway.models import bank_feeds, bank_reports, journal
+from gateway.models import alarms, bank_feeds, bank_reports, batches, items, journal, orders, refunds
 from protocols import iso20022 as iso
 from protocols import xmldsig
+from protocols.iso_feed import FeedReport
 
 log = Logger()
 CST = datetime.timezone(datetime.timedelta(hours=8))
 PAGES_PER_SYNC = 20
+PAGE_LIMIT = 100          # reports asked per page; fewer after a page too large
+MAX_ASK_AGAIN = 3         # status questions per MsgId after refused reports, per run
 FINAL = ("ACSC", "RJCT")
+
+
+def _type_label(kind: str) -> str:
+    """The journal's message-type column for what the feed says (a bank's text: capped, marked)."""
+    return kind if len(kind) <= 35 else kind[:34] + "~"
+
+
+def _document_key(r: FeedReport) -> str:
+    """An alarm episode's key for a refused document: its digest and size as received, so the
+    same document served again (the bank repeating itself) is the same episode, not another."""
+    h = hashlib.sha256(r.document if r.document is not None else r.raw).hexdigest()
+    return f"sha256:{h[:40]}:{r.size or len(r.document or b'')}"
+
+
+def _feed_key(since: str | None) -> str:
+    return (since or "(start)")[:64]
+
+
+class _Judged:
+    """One received document and what judging it found."""
+
+    def __init__(self, r: FeedReport):
+        self.r = r
+        self.bad: str | None = None
+        self.msg_id: str | None = None
+        self.ref: str | None = None          # pain.002 OrgnlMsgId
+        self.orig_name: str | None = None    # pain.002 OrgnlMsgNmId
+        self.entries: list[tuple[str | None, str | None]] = []   # camt.054 (EndToEndId, InstrId)
 
 
 def _iso_time(now: float) -> str:
@@ -67,6 +97,8 @@ class IsoAdapter:
         self.work_dir = work_dir
         self.channel = settings.transport      # "https" or "sftp", for the journal
         self.journal_store = journal_store   # gateway.journal.Journal: reads kept documents back
+        self._page_limit: dict[str | None, int] = {}   # cursor -> page size that fits, after a page too large
+        self._asked_again: dict[str, int] = {}
         os.makedirs(work_dir, exist_ok=True)
 
     # --- documents -----------------------------------------------------------------
@@ -180,89 +212,252 @@ class IsoAdapter:
 
     # --- the report feed ----------------------------------------------------------------
 
-    def _check(self, kind: str, doc: bytes, now: datetime.datetime) -> tuple[str, str | None]:
-        """Validate and verify one document (thread); (MsgId, ref) or Iso20022Error/SignatureError."""
-        # Well-formed whole first: a streaming parser can pass a document cut off partway.
-        etree.fromstring(doc, etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=True))
-        if iso.message_type(io.BytesIO(doc)) != kind:
-            raise iso.Iso20022Error(f"the feed says {kind}, the document is "
-                                    f"{iso.message_type(io.BytesIO(doc))}", "Document")
-        iso.validate(io.BytesIO(doc), kind)
-        if self.s.signature == "xmldsig":
-            xmldsig.verify_bytes(doc, self.pinned(now), now)
-        if kind == iso.PAIN002:
-            report, statuses = iso.read_pain002(io.BytesIO(doc))
-            for _ in statuses:   # to its end: the reader's last step checks the whole
-                pass
-            return report.msg_id, report.orig_msg_id
-        if kind == iso.CAMT054:
-            return iso.read_camt054(io.BytesIO(doc)).msg_id, None
-        if kind == iso.CAMT053:
-            return iso.read_camt053(io.BytesIO(doc)).msg_id, None
-        raise iso.Iso20022Error(f"{kind} is not a report the gateway takes", "type")
+    def _judge(self, r: FeedReport, now: datetime.datetime) -> "_Judged":
+        """Judge one received document on its own (thread); never raises.
+
+        Signature first (a streaming pass finds the one Signature and checks its pinned,
+        in-date certificate before any tree is built), then the message type against the
+        feed's, the XSD (streaming), and a full read. A DOCTYPE is refused outright. Whatever
+        fails, the document alone is refused: the feed moves past it.
+        """
+        j = _Judged(r)
+        if r.document is None:
+            j.bad = f"refused as received: {r.refused}"
+            return j
+        doc = r.document
+        if len(doc) > self.s.max_document_bytes:   # a transport that could not cap it
+            j.bad = f"the document is {len(doc)} bytes, over max_document_bytes {self.s.max_document_bytes}"
+            return j
+        kind = r.type
+        try:
+            if self.s.signature == "xmldsig":
+                xmldsig.verify_bytes(doc, self.pinned(now), now)
+            actual = iso.message_type(io.BytesIO(doc))
+            if actual != kind:
+                raise iso.Iso20022Error("Document", f"the feed says {kind}, the document is {actual}")
+            if kind not in (iso.PAIN002, iso.CAMT054, iso.CAMT053):
+                raise iso.Iso20022Error("type", f"{kind} is not a report the gateway takes "
+                                        f"({iso.PAIN002}, {iso.CAMT054} or {iso.CAMT053} expected)")
+            iso.validate(io.BytesIO(doc), kind)
+            if kind == iso.PAIN002:
+                report, statuses = iso.read_pain002(io.BytesIO(doc))
+                for _ in statuses:   # to its end: the reader's last step checks the whole
+                    pass
+                j.msg_id, j.ref, j.orig_name = report.msg_id, report.orig_msg_id, report.orig_msg_nm_id
+            elif kind == iso.CAMT054:
+                n = iso.read_camt054(io.BytesIO(doc))
+                j.msg_id = n.msg_id
+                j.entries = [(e.end_to_end_id, e.instr_id) for e in n.entries]
+            else:
+                j.msg_id = iso.read_camt053(io.BytesIO(doc)).msg_id
+        except Exception as e:  # noqa: BLE001  (whatever a hostile document trips, it alone is refused)
+            j.bad = f"{type(e).__name__}: {e}"
+            if not isinstance(e, (iso.Iso20022Error, xmldsig.SignatureError)):
+                log.warn("{bank}: report {cursor} refused on an unexpected error: {error}",
+                         bank=self.bank_id, cursor=r.cursor, error=j.bad[:300])
+        return j
+
+    def _original(self, conn: Connection, j: "_Judged") -> str | None:
+        """Why a valid, signed document names nothing the gateway sent (None: it does)."""
+        if j.r.type == iso.PAIN002:
+            if j.orig_name != iso.PAIN001:
+                return f"OrgnlMsgNmId {j.orig_name!r}, {iso.PAIN001} expected"
+            if not self._sent(conn, j.ref):
+                return f"OrgnlMsgId {j.ref!r} names no message the gateway sent to {self.bank_id}"
+        elif j.r.type == iso.CAMT054:
+            for e2e, instr in j.entries:
+                if e2e is not None and not self._sent_transfer(conn, e2e):
+                    return f"entry EndToEndId {e2e!r} names no transfer the gateway sent to {self.bank_id}"
+                if e2e is None and instr is not None and not self._sent(conn, instr.rsplit("-", 1)[0]):
+                    return f"entry InstrId {instr!r} names no batch the gateway sent to {self.bank_id}"
+        return None
+
+    def _sent(self, conn: Connection, msg_id: str | None) -> bool:
+        """A MsgId we sent this bank: a batch's (BatchNo) or a refund's (RefundNo)."""
+        if not msg_id:
+            return False
+        if conn.execute(select(batches.c.batch_no).where(
+                batches.c.batch_no == msg_id, batches.c.bank_id == self.bank_id)).first():
+            return True
+        return conn.execute(select(refunds.c.refund_no).where(
+            refunds.c.refund_no == msg_id, refunds.c.bank_id == self.bank_id)).first() is not None
+
+    def _sent_transfer(self, conn: Connection, e2e: str) -> bool:
+        """An EndToEndId we sent this bank: OrderNo-Seq of one of its items, or a RefundNo."""
+        order_no, _, seq = e2e.rpartition("-")
+        if order_no and seq.isdigit() and conn.execute(
+                select(items.c.seq).select_from(items.join(orders, items.c.order_no == orders.c.order_no))
+                .where(items.c.order_no == order_no, items.c.seq == int(seq),
+                       orders.c.bank_id == self.bank_id)).first():
+            return True
+        return conn.execute(select(refunds.c.refund_no).where(
+            refunds.c.refund_no == e2e, refunds.c.bank_id == self.bank_id)).first() is not None
+
+    def _keep_page(self, recorder, judged: list["_Judged"], since: str | None, new_cursor: str | None):
+        """The transaction of one page: each document journaled (refused ones with what arrived
+        and one alarm episode each), the good ones kept, the cursor moved past all of them."""
+        def new_episode(conn: Connection, kind: str, key: str) -> bool:
+            return conn.execute(select(alarms.c.id).where(
+                alarms.c.kind == kind, alarms.c.bank_id == self.bank_id, alarms.c.key == key,
+                alarms.c.cleared_at.is_(None))).first() is None
+
+        def keep(conn: Connection) -> tuple[int, int]:
+            n = new_bad = 0
+            at = _iso_time(recorder.now())
+            for j in judged:
+                r = j.r
+                label = _type_label(r.type)
+                why = j.bad
+                key = _document_key(r)
+                if why is None:
+                    why = self._original(conn, j)
+                    if why is not None:
+                        new_bad += new_episode(conn, "report-unknown-original", key)
+                        jid = recorder.journal_in(conn, Entry(
+                            "in", self.bank_id, self.channel, label,
+                            f"report {r.cursor}: {r.type} {j.msg_id} applied to nothing: {why}"[:500],
+                            payload=r.document, msg_id=(j.msg_id or "")[:64] or None,
+                            verified=f"failed: unknown original: {why}"[:200]))
+                        recorder.alarm_in(conn, "critical", "report-unknown-original",
+                                          f"report {r.cursor} ({r.type} {j.msg_id}) from bank {self.bank_id} "
+                                          f"is signed and valid but {why}: applied to nothing"[:500],
+                                          None, None, jid, key=key)
+                        continue
+                else:
+                    new_bad += new_episode(conn, "report-refused", key)
+                    jid = recorder.journal_in(conn, Entry(
+                        "in", self.bank_id, self.channel, label,
+                        f"report {r.cursor} ({r.type}, {r.size} bytes as received) refused: {why}"[:500],
+                        payload=r.document if r.document is not None else r.raw,
+                        verified=f"failed: {why}"[:200]))
+                    recorder.alarm_in(conn, "critical", "report-refused",
+                                      f"report {r.cursor} ({r.type}) from bank {self.bank_id} refused, "
+                                      f"not used; the feed goes on: {why}"[:500], None, None, jid,
+                                      key=key)
+                    continue
+                jid = recorder.journal_in(conn, Entry(
+                    "in", self.bank_id, self.channel, label,
+                    f"report {r.cursor}: {r.type} {j.msg_id}" + (f" for {j.ref}" if j.ref else ""),
+                    payload=r.document, msg_id=j.msg_id[:64], batch_no=j.ref, verified="ok"))
+                if r.type == iso.CAMT053:
+                    try:
+                        self._store_statement(conn, r.document, jid, at)
+                    except ValueError as e:   # checked whole before anything is written
+                        recorder.alarm_in(conn, "warning", "statement-not-stored",
+                                          f"camt.053 {j.msg_id} kept but not stored for "
+                                          f"reconciliation: {e}"[:500], None, None, jid)
+                conn.execute(insert(bank_reports).values(
+                    bank_id=self.bank_id, cursor=r.cursor[:64], kind=r.type,
+                    msg_id=j.msg_id[:64], ref=(j.ref or None) and j.ref[:64], journal_id=jid,
+                    received_at=at))
+                n += 1
+            for kind in ("feed-page-too-large", "feed-page-malformed"):
+                recorder.clear_in(conn, kind, key=_feed_key(since))
+            done = conn.execute(update(bank_feeds).where(bank_feeds.c.bank_id == self.bank_id)
+                                .values(cursor=new_cursor, updated_at=at)).rowcount
+            if not done:
+                conn.execute(insert(bank_feeds).values(bank_id=self.bank_id, cursor=new_cursor,
+                                                       updated_at=at))
+            return n, new_bad
+        return recorder.read(keep)
+
+    async def _feed_fault(self, recorder, kind: str, since: str | None, why: str) -> None:
+        """A page that cannot be taken at all: one alarm episode per cursor, journaled once."""
+        def rec(conn: Connection) -> None:
+            key = _feed_key(since)
+            first = not conn.execute(select(alarms.c.id).where(
+                alarms.c.kind == kind, alarms.c.bank_id == self.bank_id, alarms.c.key == key,
+                alarms.c.cleared_at.is_(None))).first()
+            jid = None
+            if first:
+                jid = recorder.journal_in(conn, Entry(
+                    "event", self.bank_id, self.channel, "GET reports",
+                    f"report page after cursor {since or '(start)'} not taken: {why}"[:500]))
+            recorder.alarm_in(conn, "critical", kind,
+                              f"bank {self.bank_id}: the report page after cursor {since or '(start)'} "
+                              f"cannot be taken ({why}); the feed waits there, the rest of the "
+                              f"daemon goes on"[:500], None, None, jid, key=key)
+        await recorder.read(rec)
+        log.warn("{bank}: report page after {since}: {why}", bank=self.bank_id, since=since, why=why)
 
     async def sync(self, recorder) -> int:
-        """Read the feed from the kept cursor; keep each verified document. Returns how many were kept."""
+        """Read the feed from the kept cursor; keep each verified document. Returns how many were kept.
+
+        Each document is judged on its own: one refused is journaled with what arrived,
+        alarmed once, and passed (the cursor moves); the open batches and refunds of this bank
+        are then asked again (the same bytes re-POSTed: the status question), so what the
+        refused document may have said is learnt again from the bank, never guessed. A page
+        too large is asked again in smaller pages; one that cannot be taken even one report
+        at a time is alarmed once and the feed waits at that cursor.
+        """
         def cursor(conn: Connection):
             return conn.execute(select(bank_feeds.c.cursor).where(
                 bank_feeds.c.bank_id == self.bank_id)).scalar()
         since = await recorder.read(cursor)
-        kept = 0
+        kept = refused = 0
+        limit = self._page_limit.get(since, PAGE_LIMIT)
         for _ in range(PAGES_PER_SYNC):
-            reports, nxt = await self.client.reports(since)
+            try:
+                reports, nxt = await self.client.reports(since, limit)
+            except PageTooLarge as e:
+                if limit > 1:
+                    limit = max(1, limit // 4)
+                    self._page_limit[since] = limit
+                    continue
+                await self._feed_fault(recorder, "feed-page-too-large", since, str(e))
+                break
+            except PageMalformed as e:
+                await self._feed_fault(recorder, "feed-page-malformed", since, str(e))
+                break
             if not reports:
                 break
             now = datetime.datetime.fromtimestamp(recorder.now(), datetime.timezone.utc)
-            checked = []
+            judged = []
             for r in reports:
-                doc = r["document"].encode("utf-8")
-                try:
-                    msg_id, ref = await deferToThread(self._check, r["type"], doc, now)
-                    checked.append((r, doc, msg_id, ref, None))
-                except (iso.Iso20022Error, xmldsig.SignatureError, etree.XMLSyntaxError, ValueError) as e:
-                    checked.append((r, doc, None, None, f"{type(e).__name__}: {e}"))
-            new_cursor = nxt if nxt is not None else reports[-1]["cursor"]
-
-            def keep(conn: Connection, checked=checked, new_cursor=new_cursor) -> int:
-                n = 0
-                at = _iso_time(recorder.now())
-                for r, doc, msg_id, ref, bad in checked:
-                    if bad:
-                        jid = recorder.journal_in(conn, Entry(
-                            "in", self.bank_id, self.channel, r["type"][:20],
-                            f"report {r['cursor']} rejected: {bad}"[:500], payload=doc,
-                            verified=f"failed: {bad}"[:200]))
-                        recorder.alarm_in(conn, "critical", "bank-report-rejected",
-                                          f"report {r['cursor']} ({r['type']}) from the bank rejected, "
-                                          f"not used: {bad}"[:500], None, None, jid)
-                        continue
-                    jid = recorder.journal_in(conn, Entry(
-                        "in", self.bank_id, self.channel, r["type"][:20],
-                        f"report {r['cursor']}: {r['type']} {msg_id}" + (f" for {ref}" if ref else ""),
-                        payload=doc, msg_id=msg_id[:64], batch_no=ref, verified="ok"))
-                    if r["type"] == iso.CAMT053:
-                        try:
-                            self._store_statement(conn, doc, jid, at)
-                        except ValueError as e:   # checked whole before anything is written
-                            recorder.alarm_in(conn, "warning", "statement-not-stored",
-                                              f"camt.053 {msg_id} kept but not stored for "
-                                              f"reconciliation: {e}"[:500], None, None, jid)
-                    conn.execute(insert(bank_reports).values(
-                        bank_id=self.bank_id, cursor=r["cursor"][:64], kind=r["type"][:20],
-                        msg_id=msg_id[:64], ref=(ref or None) and ref[:64], journal_id=jid,
-                        received_at=at))
-                    n += 1
-                done = conn.execute(update(bank_feeds).where(bank_feeds.c.bank_id == self.bank_id)
-                                    .values(cursor=new_cursor, updated_at=at)).rowcount
-                if not done:
-                    conn.execute(insert(bank_feeds).values(bank_id=self.bank_id, cursor=new_cursor,
-                                                           updated_at=at))
-                return n
-            kept += await recorder.read(keep)
+                judged.append(await deferToThread(self._judge, r, now))
+            new_cursor = nxt if nxt is not None else reports[-1].cursor
+            n, bad = await self._keep_page(recorder, judged, since, new_cursor)
+            kept += n
+            refused += bad
+            self._page_limit.pop(since, None)
             if new_cursor == since:
                 break
             since = new_cursor
+        if refused:
+            await self._ask_again(recorder)
         return kept
+
+    def _may_ask_again(self, msg_id: str) -> bool:
+        """A bank whose reports keep failing is not asked without end: a few times per MsgId
+        (per run); past that the batch's deadline alarms (bank_due) take over."""
+        n = self._asked_again.get(msg_id, 0)
+        if n >= MAX_ASK_AGAIN:
+            return False
+        self._asked_again[msg_id] = n + 1
+        return True
+
+    async def _ask_again(self, recorder) -> None:
+        """After a refused report: the status question (the same bytes again) for every open
+        batch and refund of this bank; the bank answers it and puts its reports in the feed
+        again."""
+        def open_ones(conn: Connection):
+            bs = [dict(r) for r in conn.execute(select(batches).where(
+                batches.c.bank_id == self.bank_id, batches.c.state == "ACCEPTED")).mappings()]
+            rs = [dict(r) for r in conn.execute(select(refunds).where(
+                refunds.c.bank_id == self.bank_id, refunds.c.state == "ACCEPTED")).mappings()]
+            return bs, rs
+        bs, rs = await recorder.read(open_ones)
+        for b in bs:
+            path = os.path.join(self.work_dir, b["file_name"] or "")
+            if b["file_name"] and os.path.exists(path) and self._may_ask_again(b["batch_no"]):
+                await self._post({"msg_id": b["batch_no"], "order_no": b["order_no"], "batch_no": b["batch_no"]},
+                                 path, f"POST /payments pain.001 {b['batch_no']} again (status question: "
+                                 f"a report of this bank was refused)", recorder)
+        for r in rs:
+            if os.path.exists(self._refund_path(r)) and self._may_ask_again(r["refund_no"]):
+                await self._post({"msg_id": r["refund_no"], "order_no": r["order_no"], "batch_no": r["refund_no"]},
+                                 self._refund_path(r), f"POST /payments pain.001 refund {r['refund_no']} again "
+                                 f"(status question: a report of this bank was refused)", recorder)
 
     def _store_statement(self, conn: Connection, doc: bytes, jid: int, at: str) -> None:
         """Keep a verified camt.053 for report.monthly: one day is period D{date}, else M{month}."""
@@ -384,9 +579,13 @@ class IsoAdapter:
         return ResultSet(totals, lambda: iter(lines), evidence, lambda: None, summary=summary)
 
     async def after_results(self, batch: dict) -> None:
+        """The bank is done with the batch (results applied, or rejected whole): our pain.001
+        goes, locally (archived in the journal) and, over SFTP, from the bank's in folder."""
         path = os.path.join(self.work_dir, batch["file_name"] or "")
         if batch["file_name"] and os.path.exists(path):
-            os.unlink(path)   # archived in the journal
+            os.unlink(path)
+        if self.s.transport == "sftp" and self.s.sftp is not None and self.s.sftp.remove_uploads:
+            await self.client.remove_upload(batch["batch_no"])
 
     # --- refunds ------------------------------------------------------------------------
 

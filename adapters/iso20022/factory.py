@@ -4,12 +4,16 @@ Bank file keys (besides bank_id, name, dialect, payer_acct, payer_name):
 
     [iso20022]  initiating_party, debtor_agent_id, debtor_agent_bic?, signature ("xmldsig"|"none"),
                 refund_account, refund_account_name, status_poll_s, return_poll_s,
-                result_working_days, late_return_window_days, statement_daily, transport ("https"|"sftp")
-    [https]     base_url, server_name?, timeout_s, max_body_bytes          (transport "https")
+                result_working_days, late_return_window_days, statement_daily, transport ("https"|"sftp"),
+                max_document_bytes (each received document, capped while reading; 64 MiB)
+    [https]     base_url, server_name?, timeout_s, max_body_bytes (a report page, bytes read; 1 GiB)
+                                                                           (transport "https")
     [sftp]      as a cnbank bank's [sftp]: host, port, username, client_key, host_key, in_dir, out_dir
                                                                            (transport "sftp")
     [keys]      our_rsa_key, our_certificate, bank_certificate, bank_previous_certificate?,
                 bank_previous_until?, bank_ca, passphrase_file? | passphrase_env?
+    [testing]   allow_unsigned_reports (only with signature = "none" over SFTP: result files that
+                nobody authenticates are refused at load unless this says so; never in production)
 """
 
 from __future__ import annotations
@@ -53,13 +57,15 @@ class IsoSettings:
     bank_ca: str
     passphrase_file: str
     passphrase_env: str
+    max_document_bytes: int = 64 * 1024 * 1024
+    allow_unsigned_reports: bool = False
     sftp: Any = None          # gateway.config.SftpSettings when transport = "sftp"
 
 
 def _schemas():
     from gateway.config import Field, REQUIRED, one_of, pattern, positive  # noqa: F401
     top = {"iso20022": Field(dict), "https": Field(dict, None), "sftp": Field(dict, None),
-           "keys": Field(dict)}
+           "keys": Field(dict), "testing": Field(dict, None)}
     dialect = {
         "initiating_party": Field(str),
         "debtor_agent_id": Field(str),
@@ -75,12 +81,15 @@ def _schemas():
         # read the feed once a day for camt.053 even when no batch is open (statements are pushed)
         "statement_daily": Field(bool, True),
         "transport": Field(str, "https", one_of("https", "sftp")),
+        "max_document_bytes": Field(int, 64 * 1024 * 1024, positive),
     }
     https = {
         "base_url": Field(str, check=pattern(r"https://[^\s]+", "an https:// URL")),
         "server_name": Field(str, ""),
         "timeout_s": Field(float, 60.0, positive),
-        "max_body_bytes": Field(int, 256 * 1024 * 1024, positive),
+        # A page is parsed as it arrives and each document capped on its own, so this bounds
+        # the bytes read for one page (time on the wire), not the memory held.
+        "max_body_bytes": Field(int, 1024 * 1024 * 1024, positive),
     }
     keys = {
         "our_rsa_key": Field(str, path=True),
@@ -92,7 +101,8 @@ def _schemas():
         "passphrase_file": Field(str, "", path=True),
         "passphrase_env": Field(str, ""),
     }
-    return top, dialect, https, keys
+    testing = {"allow_unsigned_reports": Field(bool, False)}
+    return top, dialect, https, keys, testing
 
 
 @provider(IBankAdapterFactory)
@@ -101,10 +111,16 @@ class factory:  # noqa: N801  (the entry point's object)
 
     @staticmethod
     def load_settings(reader, data, base_dir):
-        top_s, dialect_s, https_s, keys_s = _schemas()
+        top_s, dialect_s, https_s, keys_s, testing_s = _schemas()
         top = reader.table(data, "", top_s)
         d = reader.table(top["iso20022"] or {}, "iso20022", dialect_s)
         k = reader.table(top["keys"] or {}, "keys", keys_s)
+        t_s = reader.table(top["testing"] or {}, "testing", testing_s)
+        if d.get("signature") == "none" and d.get("transport") == "sftp" and not t_s.get("allow_unsigned_reports"):
+            reader.err("iso20022.signature", '"none" with transport "sftp" takes result files nobody '
+                                             'authenticates (anyone who can write the out folder could '
+                                             'report a batch paid): refused unless [testing] '
+                                             'allow_unsigned_reports = true')
         sftp = None
         if d.get("transport") == "sftp":
             from gateway.config import _SFTP, SftpSettings
@@ -112,7 +128,7 @@ class factory:  # noqa: N801  (the entry point's object)
             if t.get("client_key") and not os.path.isfile(t["client_key"]):
                 reader.err("sftp.client_key", f"file {t['client_key']} does not exist")
             sftp = SftpSettings(**t) if None not in t.values() else None
-            h = {"base_url": "", "server_name": "", "timeout_s": 60.0, "max_body_bytes": 256 * 1024 * 1024}
+            h = {"base_url": "", "server_name": "", "timeout_s": 60.0, "max_body_bytes": 1024 * 1024 * 1024}
         else:
             h = reader.table(top["https"] or {}, "https", https_s)
             if not k.get("bank_ca"):
@@ -129,7 +145,8 @@ class factory:  # noqa: N801  (the entry point's object)
         if any(v is None for v in (*d.values(), *h.values(), *k.values())) or (
                 d.get("transport") == "sftp" and sftp is None):
             return None
-        return IsoSettings(**d, **h, **k, sftp=sftp)
+        return IsoSettings(**d, **h, **k, allow_unsigned_reports=bool(t_s.get("allow_unsigned_reports")),
+                           sftp=sftp)
 
     @staticmethod
     def make(reactor, bank, cfg, faults):
@@ -170,7 +187,7 @@ class factory:  # noqa: N801  (the entry point's object)
                     host_key=t.host_key, connect_timeout=t.connect_timeout_s, idle_timeout=t.idle_timeout_s))
             except ValueError as e:
                 raise AdapterError(f"{bank.file}: sftp.client_key: {e}") from None
-            client = SftpIsoTransport(sftp, t.in_dir, t.out_dir, t.max_file_bytes)
+            client = SftpIsoTransport(sftp, t.in_dir, t.out_dir, t.max_file_bytes, s.max_document_bytes)
         else:
             try:
                 ca = keystore.load_certificate(s.bank_ca)
@@ -179,7 +196,8 @@ class factory:  # noqa: N801  (the entry point's object)
             client = HttpsBankClient(reactor, s.base_url, ca_pem=ca.public_bytes(pem),
                                      client_cert_pem=cert.public_bytes(pem), client_key_pem=key_pem,
                                      server_name=s.server_name or urlsplit(s.base_url).hostname,
-                                     timeout_s=s.timeout_s, max_body=s.max_body_bytes)
+                                     timeout_s=s.timeout_s, max_body=s.max_body_bytes,
+                                     max_document=s.max_document_bytes)
         return IsoAdapter(reactor, bank, s, client, key_pem=key_pem, cert_pem=cert.public_bytes(pem),
                           pinned=pinned, work_dir=str(Path(cfg.work_dir) / bank.bank_id),
                           journal_store=Journal(cfg.journal_archive_dir, cfg.journal_inline_max_bytes))

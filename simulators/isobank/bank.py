@@ -11,9 +11,16 @@ control sum (RJCT AM10) and the funds hook (RJCT AM04), then decides each transf
 is put in `GET /reports` after `result_delay_s` on the clock, signed with the bank's key.
 A TLS client without a certificate from the bank's CA never reaches HTTP.
 
+A pain.001 posted again with the same bytes after it was processed (the gateway's status
+question) is answered 200 with the first answer, and the reports it produced are put in the
+feed again (new cursors), so a gateway that had to refuse one of them learns the outcome again.
+
 Validation, signatures and XML run in threads; the ledger is guarded by a lock, so the
 reactor only moves bytes. Test hooks: `reject_next_payment`, `return_item`, `statement`,
-and the ledger reads `credits`, `double_credits`, `payments_received`, `requests`.
+`mangle_next_report`, `hostile_next_report` (DOCTYPE, lone surrogate, oversized),
+`inject_report` (any text as a report), `inject_pain002` (a signed, valid pain.002 naming
+any MsgId / OrgnlMsgNmId), `pad_pages` (pages over a cap); the ledger reads `credits`,
+`double_credits`, `payments_received`, `requests`.
 """
 
 from __future__ import annotations
@@ -64,6 +71,7 @@ class _Payment:
     received_at: float
     kind: str = ""
     group_status: str = ""           # set once processed: ACSC / PART / RJCT
+    reports: list = field(default_factory=list)   # what processing put in the feed
 
 
 @dataclass
@@ -152,6 +160,7 @@ class IsoBankSimulator:
         self._ports: list[Any] = []
         self._site: _Site | None = None
         self._mangle: Callable[[str], str] | None = None
+        self._padding = (0, 0)           # (bytes, only when the limit asked is over this)
         self._sftp_root: str | None = None
 
     # --- life cycle -----------------------------------------------------------------------
@@ -314,6 +323,8 @@ class IsoBankSimulator:
             seen = self.ledger.payments.get(msg_id)
             if seen is not None:
                 if seen.digest == digest:
+                    if seen.reports:   # asked again once processed: its reports again
+                        self._append_reports(list(seen.reports))
                     return 200, seen.answer
                 return 409, {"error": "DU01",
                              "message": f"MsgId {msg_id} was taken before with other content"}
@@ -330,7 +341,11 @@ class IsoBankSimulator:
             page = self.ledger.reports[start:start + limit]
         out = [{"cursor": str(start + i + 1), "type": t, "document": d}
                for i, (t, d) in enumerate(page)]
-        return {"reports": out, "next": out[-1]["cursor"] if out else str(start)}
+        answer = {"reports": out, "next": out[-1]["cursor"] if out else str(start)}
+        size, over = self._padding
+        if size and limit > over:
+            answer["padding"] = "p" * size
+        return answer
 
     # --- payments ---------------------------------------------------------------------------
 
@@ -358,6 +373,7 @@ class IsoBankSimulator:
     async def _process(self, p: _Payment, body: bytes, reject: str | None) -> None:
         now = self._now()
         reports = await self._in_thread(self._decide, p, body, reject, now)
+        p.reports = list(reports)
         self._publish(reports)
 
     def _append_reports(self, reports: list[tuple[str, str]]) -> None:
@@ -376,6 +392,53 @@ class IsoBankSimulator:
     def mangle_next_report(self, fn: Callable[[str], str]) -> None:
         """Test hook: the next report published goes through *fn* (after signing), e.g. to tamper."""
         self._mangle = fn
+
+    def hostile_next_report(self, case: str, size: int = 0) -> None:
+        """Test hook: the next report published (a real one, signed) is made hostile:
+        "doctype" (a DTD with an entity, referenced in MsgId), "surrogate" (a lone surrogate
+        in the JSON string, served as the escape \\ud800), "oversized" (padded with a comment
+        to *size* characters)."""
+        def doctype(doc: str) -> str:
+            decl, rest = doc.split("?>", 1) if doc.startswith("<?xml") else ("", doc)
+            head = decl + "?>" if decl else ""
+            rest = rest.replace("<MsgId>", "<MsgId>&boom;", 1)
+            return head + '\n<!DOCTYPE Document [<!ENTITY boom "boom">]>' + rest
+
+        def surrogate(doc: str) -> str:
+            return doc.replace("<MsgId>", "<MsgId>\ud800", 1)
+
+        def oversized(doc: str) -> str:
+            return doc + "<!--" + "x" * max(0, size - len(doc) - 7) + "-->"
+        self._mangle = {"doctype": doctype, "surrogate": surrogate, "oversized": oversized}[case]
+
+    def inject_report(self, kind: str, document: str) -> None:
+        """Test hook: put *document* (any text) in the feed as a report of type *kind*, now."""
+        self._append_reports([(kind, document)])
+
+    def inject_pain002(self, orig_msg_id: str, orig_msg_nm_id: str = iso.PAIN001,
+                       group_status: str = "ACSC") -> defer.Deferred:
+        """Test hook: a signed, XSD-valid pain.002 naming *orig_msg_id* / *orig_msg_nm_id* (a
+        MsgId the gateway never sent, or the wrong message name) put in the feed; fires with it."""
+        def make() -> str:
+            header = iso.PaymentInitiation(
+                msg_id=orig_msg_id, created_at="", nb_of_txs=0, ctrl_sum_fen=0, initiating_party="",
+                debtor_name="", debtor_account=self.holding_account, debtor_agent_bic=None,
+                debtor_agent_id="", requested_date="", pmt_inf_id=f"{orig_msg_id}/PAY")
+            kind, doc = self._pain002(header, self._now(), group_status, [])
+            if orig_msg_nm_id != iso.PAIN001:
+                kind, doc = self._document(iso.PAIN002, lambda out: iso.write_pain002(out, iso.StatusReport(
+                    msg_id=self.ledger.next_serial("P2"),
+                    created_at=self._now().isoformat(timespec="seconds"), orig_msg_id=orig_msg_id,
+                    orig_msg_nm_id=orig_msg_nm_id, group_status=group_status, group_reason=None,
+                    group_info=None), []))
+            self._append_reports([(kind, doc)])
+            return doc
+        return self._in_thread(make)
+
+    def pad_pages(self, size: int, when_limit_over: int = 0) -> None:
+        """Test hook: every feed page asked with a limit over *when_limit_over* carries *size*
+        bytes of padding (an extra field), to be over a page cap; size 0 stops it."""
+        self._padding = (size, when_limit_over)
 
     def _publish(self, reports: list[tuple[str, str]]) -> None:
         mangle = self._mangle
@@ -666,7 +729,10 @@ class _BankResource(resource.Resource):
 
     def _answer(self, request, method: str, path: str, status: int, payload: dict,
                 done: bool = True):
-        body = json.dumps(payload, ensure_ascii=False).encode("utf-8")
+        try:
+            body = json.dumps(payload, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:   # a lone surrogate (a test hook): it travels as its JSON escape
+            body = json.dumps(payload).encode("ascii")
         self.bank._record(method, path, status)
         request.setResponseCode(status)
         request.setHeader(b"Content-Type", b"application/json")

@@ -94,9 +94,11 @@ def make_pki(keys_dir: Path) -> IsoPki:
 
 def write_bank_file(banks_dir: Path, pki: IsoPki, port: int, *, bank_id: str = ISO_BANK_ID,
                     status_poll_s: float = 0.3, return_poll_s: float = 3600,
-                    sftp: tuple[str, str] | None = None) -> Path:
+                    sftp: tuple[str, str] | None = None, iso_extra: str = "", transport_extra: str = "",
+                    extra_tables: str = "") -> Path:
     """The bank file; over HTTPS on *port*, or with sftp=(client key path, host key line) over
-    SFTP on *port*."""
+    SFTP on *port*. *iso_extra* / *transport_extra* are more lines for the [iso20022] and the
+    [https]/[sftp] tables, *extra_tables* whole tables at the end (tests)."""
     keys = os.path.relpath(pki.dir, banks_dir)
     path = Path(banks_dir) / f"{bank_id}.toml"
     if sftp is not None:
@@ -108,13 +110,13 @@ client_key = "{sftp[0]}"
 host_key = "{sftp[1]}"
 in_dir = "/in"
 out_dir = "/out"
-"""
+{transport_extra}"""
     else:
         transport = f"""[https]
 base_url = "https://127.0.0.1:{port}"
 server_name = "{SERVER_NAME}"          # the name the bank's certificate must carry
 timeout_s = 30
-"""
+{transport_extra}"""
     path.write_text(f"""\
 # An agent bank speaking ISO 20022 (shared/spec/iso20022.md) over HTTPS with mutual TLS, or SFTP.
 bank_id = "{bank_id}"
@@ -131,7 +133,7 @@ refund_account = "6217000019990001"
 refund_account_name = "市财政局国库集中支付零余额账户"
 status_poll_s = {status_poll_s}
 return_poll_s = {return_poll_s}
-
+{iso_extra}
 transport = "{"sftp" if sftp else "https"}"
 
 {transport}
@@ -141,7 +143,7 @@ our_certificate = "{keys}/gateway_cert.pem"
 bank_certificate = "{keys}/bank_cert.pem"
 bank_ca = "{keys}/bank_ca.pem"
 passphrase_file = "{keys}/passphrase"
-""")
+{extra_tables}""")
     return path
 
 
