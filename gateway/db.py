@@ -38,7 +38,11 @@ def make_engine(url: str) -> Engine:
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    # A link that dies silently fails the next call within seconds instead of the kernel's two
+    # hours: keepalives for an idle connection, a user timeout for unacknowledged data.
+    return create_engine(url, pool_pre_ping=True, connect_args={
+        "connect_timeout": 5, "keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2,
+        "keepalives_count": 3, "tcp_user_timeout": 10000})
 
 
 def alembic_config(url: str) -> AlembicConfig:
@@ -107,6 +111,69 @@ class Database:
     def run_plain(self, fn: Callable[..., T], *args: Any, **kw: Any):
         """Run fn(*args) on the pool without a connection (file work that must stay in order)."""
         return deferToThreadPool(self.reactor, self.pool, fn, *args, **kw)
+
+
+class FencedDatabase:
+    """The same `run`/`run_plain` as Database, for the flows: every transaction is fenced.
+
+    A transaction starts only while the fence (gateway/leadership.py) is held and its local
+    deadline has not passed; inside, it first checks the epoch against the database's (a
+    deposed leader's transaction raises Deposed and rolls back), and it re-checks the local
+    deadline before committing. A result that comes back after the deadline is not handed
+    to the flow (Deposed): what committed was committed under a valid epoch, and the state
+    machine resumes from it (a SUBMITTING batch is asked about first), but nothing is sent
+    on the strength of it. When the lease is lost, the calls in flight are cancelled.
+    """
+
+    def __init__(self, database: "Database", fence):
+        self.database = database
+        self.fence = fence
+        self.reactor = database.reactor
+        self.engine = database.engine
+        self.pool = database.pool
+
+    def run(self, fn: Callable[..., T], *args: Any, **kw: Any):
+        from twisted.internet import defer
+        from gateway.leadership import Deposed
+        fence = self.fence
+        epoch = fence.epoch
+        if not fence.valid(epoch):
+            return defer.fail(Deposed(f"lease {fence.name!r} not held"))
+
+        def work() -> T:
+            with self.engine.begin() as conn:
+                fence.check_in(conn, epoch)
+                out = fn(conn, *args, **kw)
+                fence.check(epoch)      # the deadline passed while we worked: roll back
+                return out
+        return self._after(fence.track(deferToThreadPool(self.reactor, self.pool, work)), epoch)
+
+    def run_plain(self, fn: Callable[..., T], *args: Any, **kw: Any):
+        from twisted.internet import defer
+        from gateway.leadership import Deposed
+        fence = self.fence
+        epoch = fence.epoch
+        if not fence.valid(epoch):
+            return defer.fail(Deposed(f"lease {fence.name!r} not held"))
+        # Not cancelled when the lease is lost: file work (a batch being built) runs to its end,
+        # so the step, and with it the stand-down, waits for it; this daemon takes no new epoch
+        # while a file of the old one is still being written.
+        return self._after(deferToThreadPool(self.reactor, self.pool, fn, *args, **kw), epoch)
+
+    def _after(self, d, epoch):
+        from twisted.internet import defer
+        from gateway.leadership import Deposed
+        fence = self.fence
+
+        def ok(result):
+            fence.check(epoch)
+            return result
+
+        def cancelled(f):
+            f.trap(defer.CancelledError)
+            raise Deposed(f"lease {fence.name!r} lost while the call was in flight")
+        d.addCallbacks(ok, cancelled)
+        return d
 
 
 def begin(engine: Engine) -> Connection:

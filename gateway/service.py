@@ -22,7 +22,8 @@ from gateway.config import GatewayConfig
 from gateway.faults import Faults
 from gateway.flow import BankFlow
 from gateway.journal import Journal
-from gateway.leadership import Leadership, lock_for_url
+from gateway.leadership import (CORE, SINGLE, LeaseSet, Leadership, claim_work_dir, default_holder,
+                                 lease_for_url)
 from gateway.scheduler import RetryScheduler
 
 log = Logger()
@@ -177,26 +178,30 @@ class Gateway(service.MultiService):
         if ticker is not None and ticker.running:
             ticker.kick()
 
-    def on_active(self) -> None:
-        """This daemon holds the database's lock: run the flows and the scheduled retries."""
+    def on_active(self, banks=None, scheduler: bool = True) -> None:
+        """This daemon holds a lease: run its flows (*banks*, default all) and, with the
+        single or the "core" lease, the scheduled retries."""
         if self.stopping:
             return
-        for flow in self.flows.values():
-            flow.stopping = False
-        for t in self.tickers.values():
-            if not t.running:
-                t.startService()
-        if self.scheduler is not None:
+        ids = list(self.flows) if banks is None else banks
+        for b in ids:
+            self.flows[b].stopping = False
+        for b in ids:
+            if not self.tickers[b].running:
+                self.tickers[b].startService()
+        if scheduler and self.scheduler is not None:
             self.scheduler.start()
 
-    def on_standby(self):
-        """The lock is lost or released: the scheduler stops, each flow finishes its step and stops."""
-        if self.scheduler is not None:
+    def on_standby(self, banks=None, scheduler: bool = True):
+        """A lease is lost or released: the scheduler stops (with its lease), each of the lease's
+        flows finishes its step and stops."""
+        if scheduler and self.scheduler is not None:
             self.scheduler.shutdown()
-        for flow in self.flows.values():
-            flow.stopping = True
-        return defer.DeferredList([defer.maybeDeferred(t.stopService) for t in self.tickers.values()
-                                   if t.running])
+        ids = list(self.flows) if banks is None else banks
+        for b in ids:
+            self.flows[b].stopping = True
+        return defer.DeferredList([defer.maybeDeferred(self.tickers[b].stopService) for b in ids
+                                   if self.tickers[b].running])
 
     @defer.inlineCallbacks
     def stopService(self):  # noqa: N802
@@ -274,8 +279,36 @@ def make_service(cfg: GatewayConfig, reactor=None) -> Gateway:
     if cfg.rpc is not None:
         _RpcService(reactor, cfg, gw.commands, _refusal_journal(reactor, database, journal)
                     ).setServiceParent(gw)
+    # Leases (gateway/leadership.py): one for everything, or "core" plus one per bank; each
+    # bank's flow runs its transactions through a database fenced by its lease.
+    try:
+        claim_work_dir(cfg.work_dir)
+    except RuntimeError as e:
+        engine.dispose()
+        raise StartupError(f"{cfg.file}: work.dir: {e}") from None
+    holder = default_holder()
+    if cfg.ha_mode == "per-bank":
+        groups = [(CORE, [], True)] + [(b, [b], False) for b in cfg.banks]
+    else:
+        groups = [(SINGLE, list(cfg.banks), True)]
+    leaders, fence_of = {}, {}
+    for name, bank_ids, sched in groups:
+        try:
+            lease = lease_for_url(cfg.database_url, name, holder, lease_s=cfg.ha_lease_s)
+        except ValueError as e:
+            engine.dispose()
+            raise StartupError(f"{cfg.file}: database.url: {e}") from None
+        eager = cfg.ha_mode == "single" or not cfg.ha_prefer or name in cfg.ha_prefer
+        leaders[name] = Leadership(
+            reactor, lease, name=name, retry_s=cfg.ha_retry_s, lease_s=cfg.ha_lease_s,
+            margin_s=cfg.ha_margin_s, patience=1.0 if eager else 3.0,
+            on_active=lambda bank_ids=bank_ids, sched=sched: gw.on_active(bank_ids, sched),
+            on_standby=lambda bank_ids=bank_ids, sched=sched: gw.on_standby(bank_ids, sched))
+        for b in bank_ids:
+            fence_of[b] = leaders[name].fence
     for bank_id, bank in cfg.banks.items():
-        flow = BankFlow(reactor, cfg, bank, database, journal, core, adapters[bank_id], faults)
+        flow = BankFlow(reactor, cfg, bank, dbmod.FencedDatabase(database, fence_of[bank_id]), journal,
+                        core, adapters[bank_id], faults)
         interval = min(bank.status_poll_s, cfg.core.poll_interval_s)
         # Not a child service: leadership starts and stops it (Gateway.on_active/on_standby).
         ticker = Ticker(reactor, f"flow-{bank_id}", flow.tick, interval)
@@ -283,13 +316,8 @@ def make_service(cfg: GatewayConfig, reactor=None) -> Gateway:
         gw.tickers[bank_id] = ticker
     gw.scheduler = RetryScheduler(reactor, database.engine, journal, cfg.calendar, cfg.retry_times,
                                   cfg.banks, gw.kick)
-    try:
-        lock = lock_for_url(cfg.database_url)
-    except ValueError as e:
-        engine.dispose()
-        raise StartupError(f"{cfg.file}: database.url: {e}") from None
-    # The last child: on stop it releases the lock only after the flows have stopped.
-    gw.leadership = Leadership(reactor, lock, retry_s=cfg.ha_retry_s, on_active=gw.on_active,
-                               on_standby=gw.on_standby)
-    gw.leadership.setServiceParent(gw)
+    # The last children: on stop each releases its lease only after its flows have stopped.
+    gw.leadership = LeaseSet(leaders)
+    for lead in leaders.values():
+        lead.setServiceParent(gw)
     return gw

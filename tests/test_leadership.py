@@ -1,45 +1,59 @@
-"""Leadership: one active daemon per database (PostgreSQL advisory lock, SQLite flock).
+"""Leadership: leases with an epoch (the fencing token) on PostgreSQL, flock + epoch on SQLite.
 
-The retry loop runs on a `task.Clock`; the lock calls are real (a PostgreSQL on
-127.0.0.1, files and a child process on this machine). The daemon test builds the
-real service on loopback simulators and uses real time only to see a standby
-become active once the lock is free.
+The loop runs on a `task.Clock`, and the holder's deadline on a monotonic clock read from
+the same Clock; the lease calls are real (a PostgreSQL on 127.0.0.1, files and a child
+process on this machine). Expiry by the database's clock is stood for by moving the
+lease row's `expires_ms` into the past, so no test waits for a lease to run out.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
 import sys
+import threading
 
 import pytest
 import pytest_twisted
 import sqlalchemy as sa
-from twisted.internet import task
+from twisted.internet import defer, task
 
-from gateway.leadership import (ACTIVE, LOCK_KEY, STANDBY, FileLock, Leadership, PgAdvisoryLock,
-                                ProcessLock, lock_for_url)
+from gateway import db as dbmod
+from gateway.leadership import (ACTIVE, CORE, SINGLE, STANDBY, Deposed, Fence, FileLock, Leadership,
+                                LockLease, PgLease, ProcessLock, claim_work_dir, lease_for_url,
+                                lease_key, lock_for_url)
 
-RETRY_S = 5.0
+RETRY_S = 2.0
+LEASE_S = 8.0
+MARGIN_S = 2.0
 JITTER = 0.2
-FULL_PERIOD = RETRY_S * (1 + JITTER) + 0.01   # the longest a retry or a check waits
+FULL_PERIOD = RETRY_S * (1 + JITTER) + 0.01   # the longest a standby waits between tries
 
 
-def _pair(reactor, make_lock):
-    """Two daemons' leadership on one database, their retries on one Clock; events recorded."""
+def _migrated(url: str) -> str:
+    dbmod.upgrade(url)
+    return url
+
+
+def _leader(reactor, clock, lease, events=None, tag="x", **kw):
+    return Leadership(reactor, lease, retry_s=RETRY_S, lease_s=LEASE_S, margin_s=MARGIN_S,
+                      jitter=JITTER, clock=clock, monotonic=clock.seconds,
+                      on_active=lambda: events is not None and events.append((tag, ACTIVE)),
+                      on_standby=lambda: events is not None and events.append((tag, STANDBY)), **kw)
+
+
+def _pair(reactor, make_lease):
+    """Two daemons' leadership on one database, their loops on one Clock; events recorded."""
     clock = task.Clock()
     events: list[tuple[str, str]] = []
-
-    def one(name):
-        return Leadership(reactor, make_lock(), retry_s=RETRY_S, jitter=JITTER, clock=clock,
-                          on_active=lambda: events.append((name, ACTIVE)),
-                          on_standby=lambda: events.append((name, STANDBY)))
-    return clock, one("a"), one("b"), events
+    return clock, _leader(reactor, clock, make_lease("a"), events, "a"), \
+        _leader(reactor, clock, make_lease("b"), events, "b"), events
 
 
 async def _turn(clock, *leaders, by: float = 0.0):
-    """Advance the Clock, then wait (for real) until every lock call it started has returned."""
+    """Advance the Clock, then wait (for real) until every lease call it started has returned."""
     clock.advance(by)
     for lead in leaders:
         await lead.settled()
@@ -59,16 +73,38 @@ async def _stop(*leaders):
             await lead.stopService()
 
 
-def _lock_holder_pid(url: str) -> int:
-    e = sa.create_engine(url)
+def _sql(url: str, sql: str, **params):
+    e = sa.create_engine(url, isolation_level="AUTOCOMMIT")
     try:
         with e.connect() as c:
-            return c.execute(sa.text(
-                "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted "
-                "AND classid = :hi AND objid = :lo AND objsubid = 1"),
-                {"hi": (LOCK_KEY >> 32) & 0xFFFFFFFF, "lo": LOCK_KEY & 0xFFFFFFFF}).scalar_one()
+            r = c.execute(sa.text(sql), params)
+            return [tuple(x) for x in r] if r.returns_rows else r.rowcount
     finally:
         e.dispose()
+
+
+def _expire(url: str, name: str = SINGLE) -> None:
+    """Stand for the lease running out on the database's clock."""
+    assert _sql(url, "UPDATE leases SET expires_ms = 0 WHERE name = :n", n=name) == 1
+
+
+def _pg(url, holder, **kw):
+    return PgLease(url, SINGLE, holder, lease_s=LEASE_S, **kw)
+
+
+class _Probe:
+    """A table the fenced transactions write to, so a test can see which of them committed."""
+
+    def __init__(self, url):
+        self.url = url
+        _sql(url, "CREATE TABLE probe (v integer)")
+
+    def values(self) -> list[int]:
+        return sorted(r[0] for r in _sql(self.url, "SELECT v FROM probe"))
+
+
+def _write(v):
+    return lambda conn: conn.execute(sa.text("INSERT INTO probe (v) VALUES (:v)"), {"v": v})
 
 
 # --- PostgreSQL ------------------------------------------------------------------
@@ -77,51 +113,181 @@ def _lock_holder_pid(url: str) -> int:
 @pytest.mark.postgres
 @pytest_twisted.ensureDeferred
 async def test_postgres_one_active_and_the_other_takes_over_when_the_leader_stops(reactor, pg_url):
-    """Two daemons on one PostgreSQL database: exactly one is active and stays so while it
-    holds the advisory lock; when it stops, it calls on_standby and the other is active
-    after one retry period, not before."""
-    clock, a, b, events = _pair(reactor, lambda: PgAdvisoryLock(pg_url))
+    """Two daemons on one PostgreSQL database: exactly one holds the lease and keeps it by
+    renewing; stopping it releases the lease (on_standby first), and the other takes it at
+    its next try, under the next epoch."""
+    url = _migrated(pg_url)
+    clock, a, b, events = _pair(reactor, lambda tag: _pg(url, tag))
     try:
         leader, other = await _start_both(clock, a, b)
-        await _turn(clock, a, b, by=FULL_PERIOD)    # the leader checks, the other retries
+        first_epoch = leader.epoch
+        for _ in range(4):                                   # 4 renewals, one lease's worth
+            await _turn(clock, a, b, by=LEASE_S / 4 * 1.21)
         assert (leader.role, other.role) == (ACTIVE, STANDBY)
-        assert other.attempts == 2
+        assert other.attempts >= 2 and leader.fence.valid()
 
         await leader.stopService()
-        assert leader.role == STANDBY
-        await _turn(clock, other, by=FULL_PERIOD / 2)
-        assert other.role == STANDBY, "not before its retry"
-        await _turn(clock, other, by=FULL_PERIOD / 2)
-        assert other.role == ACTIVE
-        first = "a" if leader is a else "b"
-        second = "b" if first == "a" else "a"
+        assert leader.role == STANDBY and not leader.fence.valid()
+        await _turn(clock, other, by=FULL_PERIOD)
+        assert other.role == ACTIVE and other.epoch == first_epoch + 1
+        first, second = ("a", "b") if leader is a else ("b", "a")
         assert events == [(first, ACTIVE), (first, STANDBY), (second, ACTIVE)]
+        terms = _sql(url, "SELECT epoch, holder, released_ms IS NOT NULL FROM lease_terms ORDER BY epoch")
+        assert terms == [(first_epoch, first, True), (first_epoch + 1, second, False)]
     finally:
         await _stop(a, b)
 
 
 @pytest.mark.postgres
 @pytest_twisted.ensureDeferred
-async def test_postgres_leader_whose_connection_dies_steps_down_and_the_other_takes_over(reactor, pg_url):
-    """The server ending the leader's session (as when it crashes or its link dies) frees the
-    lock: within one period the leader finds its lock gone and steps down, and the standby
-    becomes active; afterwards exactly one is active."""
-    clock, a, b, events = _pair(reactor, lambda: PgAdvisoryLock(pg_url))
+async def test_postgres_a_lease_is_taken_only_once_the_database_says_it_expired(reactor, pg_url):
+    """The standby cannot take a lease the database still counts as running, however long it
+    tries; once the row's expiry is past by the database's clock it takes it with the epoch
+    incremented, and the old holder's next renewal is refused, so it stands down."""
+    url = _migrated(pg_url)
+    clock, a, b, events = _pair(reactor, lambda tag: _pg(url, tag))
     try:
         leader, other = await _start_both(clock, a, b)
-        admin = sa.create_engine(pg_url)
-        with admin.connect() as c:
-            # With a timeout it returns once the backend has exited (and freed the lock).
-            assert c.execute(sa.text("SELECT pg_terminate_backend(:p, 10000)"),
-                             {"p": _lock_holder_pid(pg_url)}).scalar_one()
-        admin.dispose()
-        await _turn(clock, a, b, by=FULL_PERIOD)
-        assert (leader.role, other.role) == (STANDBY, ACTIVE)
-        assert sorted(e[1] for e in events) == [ACTIVE, ACTIVE, STANDBY]
-        await _turn(clock, a, b, by=FULL_PERIOD)    # the old leader retries: the lock is taken
-        assert (leader.role, other.role) == (STANDBY, ACTIVE)
+        e0 = leader.epoch
+        leader._call.cancel()           # the leader's loop is frozen: it neither renews nor stands down
+        for _ in range(3):
+            await _turn(clock, other, by=FULL_PERIOD)
+        assert other.role == STANDBY
+        _expire(url)
+        await _turn(clock, other, by=FULL_PERIOD)
+        assert other.role == ACTIVE and other.epoch == e0 + 1
+        assert not await defer.ensureDeferred(_renews(leader))
     finally:
         await _stop(a, b)
+
+
+async def _renews(lead) -> bool:
+    return await lead._call_lease(lead.lease.renew, lead.epoch, timeout=5)
+
+
+@pytest.mark.postgres
+@pytest_twisted.ensureDeferred
+async def test_postgres_a_deposed_leaders_transactions_roll_back(reactor, pg_url):
+    """The fencing token: a transaction run through FencedDatabase under epoch e commits while
+    e is the database's epoch; once another daemon took the lease (e+1), the same leader's
+    next transaction raises Deposed and writes nothing, although its local deadline has not
+    passed (a daemon that does not know it lost the lease cannot write)."""
+    url = _migrated(pg_url)
+    probe = _Probe(url)
+    database = dbmod.Database(reactor, dbmod.make_engine(url))
+    database.start()
+    a, b = _pg(url, "a"), _pg(url, "b")
+    try:
+        fence = Fence(SINGLE)
+        fence.checker = a.checker
+        fence.grant(a.acquire(), math.inf)
+        fenced = dbmod.FencedDatabase(database, fence)
+        await fenced.run(_write(1))
+        _expire(url)
+        assert b.acquire() == fence.epoch + 1
+        with pytest.raises(Deposed, match="superseded"):
+            await fenced.run(_write(2))
+        assert probe.values() == [1]
+    finally:
+        a.close()
+        b.close()
+        database.stop()
+
+
+@pytest.mark.postgres
+@pytest_twisted.ensureDeferred
+async def test_postgres_takeover_ends_a_deposed_leaders_open_transaction(reactor, pg_url):
+    """A deposed leader's transaction that passed the check and then hangs (its link frozen, the
+    server never told) cannot commit after the takeover: taking the lease terminates the
+    session that holds the lease's lock in shared mode and only then commits the new epoch;
+    the hanging transaction's commit fails, and the takeover takes bounded time."""
+    url = _migrated(pg_url)
+    probe = _Probe(url)
+    a, b = _pg(url, "a"), _pg(url, "b")
+    fence = Fence(SINGLE)
+    fence.grant(a.acquire(), math.inf)
+    engine = sa.create_engine(url)
+    conn = engine.connect()
+    try:
+        tx = conn.begin()
+        a.checker(conn, fence, fence.epoch)      # checked: holds the lock in shared mode
+        _write(7)(conn)
+        _expire(url)
+        started = reactor.seconds()
+        got = await defer.ensureDeferred(_blocking(reactor, b.acquire))
+        assert got == fence.epoch + 1
+        assert reactor.seconds() - started < 5
+        with pytest.raises(sa.exc.DBAPIError):
+            tx.commit()
+        assert probe.values() == []
+    finally:
+        conn.invalidate()
+        engine.dispose()
+        a.close()
+        b.close()
+
+
+async def _blocking(reactor, fn):
+    from twisted.internet.threads import deferToThread
+    return await deferToThread(fn)
+
+
+@pytest.mark.postgres
+@pytest_twisted.ensureDeferred
+async def test_postgres_a_leader_that_cannot_renew_stands_down_before_its_lease_can_end(reactor, pg_url):
+    """A leader whose renewals hang (a frozen link) stands down by itself at lease_s - margin_s
+    after its last renewal was sent, by its own monotonic clock, without waiting for the
+    database: the fence is revoked then, and a fenced call still in flight fails Deposed
+    at that moment instead of whenever its link wakes up."""
+    url = _migrated(pg_url)
+    gate = threading.Event()
+
+    class Frozen(PgLease):
+        frozen = False
+
+        def renew(self, epoch):
+            if self.frozen:
+                gate.wait(30)
+                raise ConnectionError("link frozen")
+            return super().renew(epoch)
+
+    clock = task.Clock()
+    events = []
+    lease = Frozen(url, SINGLE, "a", lease_s=LEASE_S)
+    lead = _leader(reactor, clock, lease, events, "a")
+    database = dbmod.Database(reactor, dbmod.make_engine(url))
+    database.start()
+    try:
+        lead.startService()
+        await _turn(clock, lead)
+        assert lead.active
+        taken_at = clock.seconds()
+        lease.frozen = True
+        hung = threading.Event()
+        fenced = dbmod.FencedDatabase(database, lead.fence)
+        in_flight = fenced.run(lambda conn: hung.wait(30))
+        clock.advance(LEASE_S / 4 * 1.21)         # a renewal goes out and hangs
+        clock.advance(LEASE_S - MARGIN_S - clock.seconds() + taken_at - 0.01)
+        assert lead.active, "not before its deadline"
+        clock.advance(0.02)
+        assert not lead.fence.valid()
+        with pytest.raises(Deposed):
+            await in_flight
+        hung.set()
+        gate.set()
+        await lead.settled()
+        await _turn(clock, lead, by=0.01)
+        assert lead.role == STANDBY and events == [("a", ACTIVE), ("a", STANDBY)]
+        # the database still counts the lease as running: nobody else could have taken it yet
+        assert _sql(url, f"SELECT expires_ms > {_now_ms()} FROM leases") == [(True,)]
+    finally:
+        gate.set()
+        await _stop(lead)
+        database.stop()
+
+
+def _now_ms() -> str:
+    return "(extract(epoch from clock_timestamp()) * 1000)::bigint"
 
 
 @pytest.mark.postgres
@@ -130,8 +296,8 @@ async def test_postgres_unreachable_stays_standby_and_keeps_trying(reactor):
     """A database that cannot be reached leaves the daemon standby, trying again each period
     (the loop survives the error)."""
     clock = task.Clock()
-    lead = Leadership(reactor, PgAdvisoryLock("postgresql+psycopg://nobody@127.0.0.1:1/none",
-                                              connect_timeout_s=1), retry_s=RETRY_S, clock=clock)
+    lead = _leader(reactor, clock, PgLease("postgresql+psycopg://nobody@127.0.0.1:1/none", SINGLE, "a",
+                                           lease_s=LEASE_S, connect_timeout_s=1))
     try:
         lead.startService()
         await _turn(clock, lead)
@@ -141,31 +307,64 @@ async def test_postgres_unreachable_stays_standby_and_keeps_trying(reactor):
         await _stop(lead)
 
 
-# --- SQLite: flock -------------------------------------------------------------------
+# --- SQLite: flock + epoch --------------------------------------------------------------
+
+
+def _flock_lease(url, path, tag):
+    return LockLease(FileLock(path), url, SINGLE, tag)
 
 
 @pytest_twisted.ensureDeferred
 async def test_sqlite_flock_one_active_and_the_other_takes_over_when_the_leader_stops(reactor, tmp_path):
     """Two daemons on one SQLite file: one holds the flock on <file>.lock; stopping it frees
-    the lock and the other is active after one retry period."""
+    the lock and the other is active after one retry period, under the next epoch."""
+    url = _migrated(f"sqlite:///{tmp_path}/gateway.db")
     lock_path = str(tmp_path / "gateway.db.lock")
-    clock, a, b, events = _pair(reactor, lambda: FileLock(lock_path))
+    clock, a, b, events = _pair(reactor, lambda tag: _flock_lease(url, lock_path, tag))
     try:
         leader, other = await _start_both(clock, a, b)
+        e0 = leader.epoch
         await _turn(clock, a, b, by=FULL_PERIOD)
         assert (leader.role, other.role) == (ACTIVE, STANDBY)
         await leader.stopService()
         await _turn(clock, other, by=FULL_PERIOD)
-        assert other.role == ACTIVE and leader.role == STANDBY
+        assert other.role == ACTIVE and leader.role == STANDBY and other.epoch == e0 + 1
         assert [e[1] for e in events] == [ACTIVE, STANDBY, ACTIVE]
     finally:
         await _stop(a, b)
 
 
 @pytest_twisted.ensureDeferred
+async def test_sqlite_a_stale_epoch_cannot_write(reactor, tmp_path):
+    """SQLite gets the epoch check too: a transaction fenced with an epoch the database no
+    longer holds raises Deposed and writes nothing; with the current epoch it commits."""
+    url = _migrated(f"sqlite:///{tmp_path}/gateway.db")
+    _sql(url, "CREATE TABLE probe (v integer)")
+    database = dbmod.Database(reactor, dbmod.make_engine(url))
+    database.start()
+    first = _flock_lease(url, str(tmp_path / "gateway.db.lock"), "a")
+    try:
+        fence = Fence(SINGLE)
+        fence.checker = first.checker
+        fence.grant(first.acquire(), math.inf)
+        fenced = dbmod.FencedDatabase(database, fence)
+        await fenced.run(_write(1))
+        first.release(fence.epoch)
+        second = _flock_lease(url, str(tmp_path / "gateway.db.lock"), "b")
+        assert second.acquire() == fence.epoch + 1
+        with pytest.raises(Deposed):
+            await fenced.run(_write(2))
+        assert sorted(r[0] for r in _sql(url, "SELECT v FROM probe")) == [1]
+        second.release(fence.epoch + 1)
+    finally:
+        database.stop()
+
+
+@pytest_twisted.ensureDeferred
 async def test_sqlite_flock_of_a_killed_process_is_freed(reactor, tmp_path):
     """A daemon process killed with SIGKILL holds the flock no longer: the standby here is
     refused while it lives and active one period after it dies."""
+    url = _migrated(f"sqlite:///{tmp_path}/gateway.db")
     lock_path = str(tmp_path / "gateway.db.lock")
     child = subprocess.Popen(
         [sys.executable, "-c", "import sys; from gateway.leadership import FileLock; "
@@ -175,7 +374,7 @@ async def test_sqlite_flock_of_a_killed_process_is_freed(reactor, tmp_path):
     try:
         assert child.stdout.readline().strip() == "True"
         clock = task.Clock()
-        lead = Leadership(reactor, FileLock(lock_path), retry_s=RETRY_S, clock=clock)
+        lead = _leader(reactor, clock, _flock_lease(url, lock_path, "a"))
         lead.startService()
         await _turn(clock, lead)
         assert lead.role == STANDBY
@@ -193,30 +392,60 @@ async def test_sqlite_flock_of_a_killed_process_is_freed(reactor, tmp_path):
 @pytest_twisted.ensureDeferred
 async def test_sqlite_lock_file_replaced_under_the_leader_makes_it_step_down(reactor, tmp_path):
     """If the lock file is deleted (so another daemon can lock a new file of that name), the
-    leader counts its lock as lost and steps down: never two active daemons for long."""
+    leader counts its lease as lost at its next renewal and steps down."""
+    url = _migrated(f"sqlite:///{tmp_path}/gateway.db")
     lock_path = str(tmp_path / "gateway.db.lock")
-    clock, a, b, events = _pair(reactor, lambda: FileLock(lock_path))
+    clock, a, b, events = _pair(reactor, lambda tag: _flock_lease(url, lock_path, tag))
     try:
         leader, other = await _start_both(clock, a, b)
         os.unlink(lock_path)
         await _turn(clock, a, b, by=FULL_PERIOD)
         assert (leader.role, other.role) == (STANDBY, ACTIVE)
-        assert [e[1] for e in events] == [ACTIVE, STANDBY, ACTIVE] or \
-            [e[1] for e in events] == [ACTIVE, ACTIVE, STANDBY]   # the two happen in either order
     finally:
         await _stop(a, b)
 
 
-def test_lock_chosen_from_the_database_url(tmp_path):
-    """PostgreSQL URLs get the advisory lock, SQLite files a flock beside the file, in-memory
-    SQLite a process lock; any other database is refused with a message."""
-    assert isinstance(lock_for_url("postgresql+psycopg://gw@db/gw"), PgAdvisoryLock)
-    f = lock_for_url(f"sqlite:///{tmp_path}/g.db")
-    assert isinstance(f, FileLock) and f.path == f"{tmp_path}/g.db.lock"
-    assert isinstance(lock_for_url("sqlite://"), ProcessLock)
+def test_lease_chosen_from_the_database_url(tmp_path):
+    """PostgreSQL URLs get a lease row with expiry, SQLite files a flock beside the file (one
+    per lease in per-bank mode), in-memory SQLite a process lock; any other database is
+    refused with a message; every daemon computes the same lock key per lease name."""
+    assert isinstance(lease_for_url("postgresql+psycopg://gw@db/gw", SINGLE, "a"), PgLease)
+    f = lease_for_url(f"sqlite:///{tmp_path}/g.db", SINGLE, "a")
+    assert isinstance(f, LockLease) and f.lock.path == f"{tmp_path}/g.db.lock"
+    assert lease_for_url(f"sqlite:///{tmp_path}/g.db", "bank-1", "a").lock.path == f"{tmp_path}/g.db.bank-1.lock"
+    assert isinstance(lease_for_url("sqlite://", SINGLE, "a").lock, ProcessLock)
     with pytest.raises(ValueError, match="PostgreSQL or SQLite"):
-        lock_for_url("mysql://gw@db/gw")
-    assert -(2 ** 63) <= LOCK_KEY < 2 ** 63
+        lease_for_url("mysql://gw@db/gw")
+    assert lease_key(CORE) == lease_key(CORE) != lease_key(SINGLE)
+    assert -(2 ** 63) <= lease_key(SINGLE) < 2 ** 63
+
+
+def test_a_work_folder_is_claimed_by_one_daemon(tmp_path):
+    """Two daemons never share a work folder on one machine: a second process claiming it is
+    refused naming the folder (the claim is held by this process for its life)."""
+    work = tmp_path / "work"
+    claim_work_dir(str(work))
+    claim_work_dir(str(work))          # the same process may build its service again
+    out = subprocess.run([sys.executable, "-c", "from gateway.leadership import claim_work_dir; "
+                          f"claim_work_dir({str(work)!r})"], capture_output=True, text=True, timeout=30)
+    assert out.returncode != 0 and "in use by another daemon" in out.stderr
+
+
+def test_margin_must_leave_room_in_the_lease(tmp_path):
+    """[ha] margin_s more than half the lease is refused naming the key; mode is one of the two."""
+    from gateway import config as configmod
+    from simulators import harness
+    p = harness.Paths(tmp_path / "inst")
+    cfg_path = harness.write_config(p, harness.make_keys(p), harness.Ports(1, 2, 3))
+    base = cfg_path.read_text()
+    cfg_path.write_text(base + '\n[ha]\nmode = "per-bank"\nlease_s = 10\nmargin_s = 2\nprefer = ["x"]\n')
+    cfg = configmod.load(cfg_path)
+    assert (cfg.ha_mode, cfg.ha_lease_s, cfg.ha_margin_s, cfg.ha_prefer) == ("per-bank", 10.0, 2.0, ("x",))
+    cfg_path.write_text(base + '\n[ha]\nmode = "both"\nlease_s = 3\nmargin_s = 2\n')
+    with pytest.raises(configmod.ConfigError) as e:
+        configmod.load(cfg_path)
+    text = str(e.value)
+    assert "ha.margin_s" in text and "ha.mode" in text
 
 
 # --- the daemon -----------------------------------------------------------------------
@@ -262,6 +491,37 @@ async def test_standby_daemon_never_polls_the_core_until_it_becomes_active(react
         assert health["role"] == ACTIVE
     finally:
         other.release()
+        if gw.running:
+            await gw.stopService()
+        await sims.stop()
+
+
+@pytest.mark.loopback
+@pytest_twisted.ensureDeferred
+async def test_per_bank_mode_makes_a_core_lease_and_one_per_bank(reactor, tmp_path):
+    """[ha] mode = "per-bank": the service holds "core" and one lease per bank; each bank's
+    flow is fenced by its own bank's lease, and holding the bank's lease is what starts it."""
+    from gateway import config as configmod
+    from gateway.service import make_service
+    from simulators import harness
+    from tests.support import install, spec, wait_for
+
+    p, keys, sims, cfg_path = await install(reactor, tmp_path, [spec("FS3401212026110002", 5)])
+    with open(cfg_path, "a") as f:
+        f.write('\n[ha]\nretry_s = 0.2\nmode = "per-bank"\n')
+    cfg = configmod.load(cfg_path)
+    gw = make_service(cfg, reactor)
+    try:
+        assert sorted(lead.lease_name for lead in gw.leadership) == sorted([CORE, harness.BANK_ID])
+        bank_lead = gw.leadership.leaders[harness.BANK_ID]
+        assert gw.flows[harness.BANK_ID].db.fence is bank_lead.fence
+        gw.startService()
+
+        async def polled():
+            return sims.core.api_requests > 0
+        await wait_for(reactor, polled, 30, "the bank's lease to start its flow")
+        assert bank_lead.active and gw.tickers[harness.BANK_ID].running
+    finally:
         if gw.running:
             await gw.stopService()
         await sims.stop()
