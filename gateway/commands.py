@@ -2,10 +2,24 @@
 
 Each method validates its params whole before touching anything (a refusal
 changes nothing), and a method that changes state writes its journal entry,
-naming the caller, in the same transaction as the change. Implemented so far:
-order.submit, order.status, item.correct, order.retry, refund.request,
-refund.status, batch.confirm, batch.dispute, health. report.monthly is not
-implemented yet and answers METHOD_NOT_FOUND, so a client can tell.
+naming the caller, in the same transaction as the change. Implemented:
+order.submit, order.status, item.correct, item.correct_many, order.retry,
+refund.request, refund.status, batch.confirm, batch.dispute, report.monthly,
+health.
+
+Concurrency (the RPC runs beside the flows, and beside another daemon's RPC):
+a method that changes state first makes its transaction a write transaction
+(`_write_transaction`: SQLite serialises writers only from the first write),
+then locks the rows it decides on (`SELECT ... FOR UPDATE`, items in seq
+order), checks them, and checks that every UPDATE changed exactly the rows it
+locked; anything else aborts the whole call. The lock order, the same in every
+transaction of the gateway (docs/lock-order.md): the rows of one table group
+(items by seq, or the batch, or the order) first, the journal head
+(`Journal.append`) last, alarms after the journal. A method here locks one
+group only, so it never holds the journal head while it waits for a row.
+Refund and dispute numbers are allocated under the row locks and taken with a
+plain INSERT on their primary key: a concurrent call that took the same number
+first makes ours fail on the key, and we take the next one (savepoint, retry).
 """
 
 from __future__ import annotations
@@ -15,6 +29,7 @@ import re
 from typing import Any
 
 from sqlalchemy import Connection, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
 from twisted.internet import defer
 from zope.interface import implementer
 
@@ -33,6 +48,74 @@ from gateway.paper.rpc_methods import methods as paper_methods
 NOT_FIXABLE = {"R009": "duplicate item (重复明细)", "R010": "account holder deceased (账户人已故)",
                "AM05": "duplicate (重复)", "MD07": "account holder deceased (账户人已故)"}
 EVIDENCE = ("confirmed_by", "approved_by", "approval_ref")
+CORRECTABLE = ("account_no", "account_bank", "name", "id_number")
+MAX_CORRECTIONS = 10000   # item.correct_many: one department's sheet, in one transaction
+_LOCK_CHUNK = 500         # seqs per IN (...) list: well under SQLite's bound-variable limit
+_NUMBER_ATTEMPTS = 5
+
+
+def _write_transaction(conn: Connection) -> None:
+    """Make this transaction a write transaction now, before it reads what it decides on.
+
+    SQLite (pysqlite) runs SELECTs outside any transaction until the first write, so a
+    read-then-write method could decide on a row another writer changes before our write;
+    a first statement that writes (and matches nothing) takes SQLite's write lock at once,
+    as BEGIN IMMEDIATE would. PostgreSQL needs nothing here: the rows are locked with
+    SELECT ... FOR UPDATE.
+    """
+    if conn.dialect.name == "sqlite":
+        conn.execute(update(orders).where(orders.c.order_no.is_(None)).values(state=orders.c.state))
+
+
+def _lock_items(conn: Connection, order_no: str, seqs: list[int] | None = None,
+                status: str | None = None) -> list[dict]:
+    """The order's items (those in *seqs*, or all with *status*), locked FOR UPDATE in seq order."""
+    q = select(items).where(items.c.order_no == order_no)
+    if status is not None:
+        q = q.where(items.c.status == status)
+    if seqs is None:
+        return [dict(r) for r in conn.execute(q.order_by(items.c.seq).with_for_update()).mappings()]
+    ordered, rows = sorted(seqs), []
+    for i in range(0, len(ordered), _LOCK_CHUNK):
+        part = ordered[i:i + _LOCK_CHUNK]
+        rows += [dict(r) for r in conn.execute(
+            q.where(items.c.seq.in_(part)).order_by(items.c.seq).with_for_update()).mappings()]
+    return rows
+
+
+def _seq_ranges(seqs: list[int]) -> str:
+    """[1, 2, 3, 7] -> '1-3, 7' (for a journal line that stays short)."""
+    out: list[list[int]] = []
+    for s in sorted(seqs):
+        if out and out[-1][1] == s - 1:
+            out[-1][1] = s
+        else:
+            out.append([s, s])
+    return ", ".join(f"{a}-{b}" if a != b else f"{a}" for a, b in out)
+
+
+def _insert_numbered(conn: Connection, table, key: str, make_no, count_of, values: dict) -> str:
+    """INSERT a row whose primary key is the next number of its parent; returns the number.
+
+    The number is count + 1 of the rows already there. Under the caller's locks two calls
+    on the same parent cannot interleave on SQLite; on PostgreSQL two calls locking
+    different items of one order can, and the second INSERT then fails on the key (after
+    waiting for the first to commit): it is retried with the next number in a savepoint.
+    """
+    for _ in range(_NUMBER_ATTEMPTS):
+        n = conn.execute(count_of).scalar_one()
+        no = make_no(n + 1)
+        if conn.dialect.name == "sqlite":
+            conn.execute(insert(table).values(**{key: no}, **values))
+            return no
+        try:
+            with conn.begin_nested():
+                conn.execute(insert(table).values(**{key: no}, **values))
+            return no
+        except IntegrityError:
+            continue
+    raise RpcError(WRONG_STATE, f"could not allocate a {key} after {_NUMBER_ATTEMPTS} attempts: "
+                                f"too many concurrent calls; ask again")
 
 
 def _str(params: dict, key: str, *, required: bool = True, max_len: int = 100) -> str | None:
@@ -69,7 +152,8 @@ class Commands:
 
     def _table(self) -> dict:
         return {"order.submit": self.order_submit, "order.status": self.order_status,
-                "item.correct": self.item_correct, "order.retry": self.order_retry,
+                "item.correct": self.item_correct, "item.correct_many": self.item_correct_many,
+                "order.retry": self.order_retry,
                 "refund.request": self.refund_request, "refund.status": self.refund_status,
                 "batch.confirm": self.batch_confirm, "batch.dispute": self.batch_dispute,
                 "report.monthly": self.report_monthly,
@@ -146,68 +230,166 @@ class Commands:
                     "invalid_reasons": json.loads(o["detail"])["reasons"] if o["detail"] else []}
         return await self.db.run(read)
 
+    @staticmethod
+    def _evidence(params: dict, keys: tuple[str, ...], where: str = "", field_prefix: str = "") -> None:
+        for k in keys:
+            if not isinstance(params.get(k), str) or not params[k].strip():
+                raise RpcError(MISSING_EVIDENCE, f"{where}{k} is required: a correction needs who confirmed "
+                                                 f"it, who approved it and the approval reference",
+                               field_prefix + k)
+            try:
+                _str(params, k)
+            except RpcError as e:
+                raise RpcError(e.code, where + e.message, field_prefix + k) from None
+
+    @staticmethod
+    def _new_values(params: dict, where: str = "", field_prefix: str = "") -> dict[str, Any]:
+        """The account data a correction gives, validated; refusals prefixed with *where* (the seq)."""
+        try:
+            acct = _str(params, "account_no", max_len=32)
+            if not ACCOUNT.fullmatch(acct):
+                raise RpcError(INVALID_PARAMS, "account_no must be 8 to 32 digits", "account_no")
+            new: dict[str, Any] = {"account_no": acct}
+            if params.get("account_bank") is not None:
+                new["account_bank"] = _str(params, "account_bank", required=False) or ""
+            if params.get("name") is not None:
+                new["name"] = _str(params, "name", max_len=50)
+            if params.get("id_number") is not None:
+                problem = id_number_problem(params["id_number"])
+                if problem:
+                    raise RpcError(INVALID_PARAMS, problem, "id_number")
+                new["id_number"] = params["id_number"]
+        except RpcError as e:
+            raise RpcError(e.code, where + e.message, field_prefix + (e.field or "")) from None
+        return new
+
+    @staticmethod
+    def _correctable(it: dict | None, order_no: str, seq: int, field: str) -> None:
+        if it is None:
+            raise RpcError(UNKNOWN_ITEM, f"order {order_no} has no item seq {seq}", field)
+        if it["status"] != ItemStatus.FAILED:
+            raise RpcError(WRONG_STATE, f"item {seq} is {it['status']}; only a FAILED item can be "
+                                        f"corrected", field)
+        if it["reason_code"] in NOT_FIXABLE:
+            raise RpcError(NOT_ALLOWED, f"item {seq} failed {it['reason_code']} "
+                                        f"({NOT_FIXABLE[it['reason_code']]}): it cannot be corrected, "
+                                        f"only refunded", field)
+
+    def _apply_corrections(self, conn: Connection, order_no: str, fixes: list[tuple[int, dict, dict]],
+                           approved_by: str, approval_ref: str, caller: Caller, method: str,
+                           journal_params: dict, decoded) -> int:
+        """Lock, check and correct every (seq, new values, evidence) of one order, or raise and change nothing.
+
+        Lock order: items (seq order), then the journal head, then the rows that name the entry.
+        """
+        _write_transaction(conn)
+        self._order(conn, order_no)
+        by_seq = {r["seq"]: r for r in _lock_items(conn, order_no, [seq for seq, _, _ in fixes])}
+        for i, (seq, _, _) in enumerate(fixes):
+            self._correctable(by_seq.get(seq), order_no, seq,
+                              "seq" if method == "item.correct" else f"corrections[{i}].seq")
+        at, who = self._at(), f"{caller.transport}:{caller.identity}"[:200]
+        rows = []
+        for seq, new, evidence in fixes:
+            it = by_seq[seq]
+            changed = conn.execute(update(items).where(
+                items.c.order_no == order_no, items.c.seq == seq, items.c.status == ItemStatus.FAILED)
+                .values(status=ItemStatus.CORRECTED, **new)).rowcount
+            if changed != 1:   # cannot happen under the row lock; if it does, nothing is kept
+                raise RpcError(WRONG_STATE, f"item {seq} changed while it was being corrected; ask again",
+                               "seq")
+            rows.append({"order_no": order_no, "seq": seq, "at": at, "failed_batch_no": it["batch_no"],
+                         "reason_code": it["reason_code"],
+                         "old_values": json.dumps({k: it[k] for k in new}, ensure_ascii=False),
+                         "new_values": json.dumps(new, ensure_ascii=False),
+                         "confirmed_by": evidence["confirmed_by"], "approved_by": approved_by,
+                         "approval_ref": approval_ref, "caller": who})
+        check_conservation(conn, order_no)
+        jid = self._rpc_entry(conn, caller, method, journal_params, decoded(by_seq), order_no)
+        conn.execute(insert(corrections), [{**r, "journal_id": jid} for r in rows])
+        return jid
+
+    @staticmethod
+    def _masked_correction(c: dict) -> dict:
+        return {**c, **{k: mask(c[k]) for k in ("account_no", "id_number") if isinstance(c.get(k), str)}}
+
     async def item_correct(self, params: dict, caller: Caller) -> dict:
         """A FAILED item gets new account data, with who confirmed and who approved (article 23)."""
-        _known(params, {"order_no", "seq", "account_no", "account_bank", "name", "id_number",
-                        *EVIDENCE})
+        _known(params, {"order_no", "seq", *CORRECTABLE, *EVIDENCE})
         order_no = _str(params, "order_no", max_len=64)
         seq = params.get("seq")
         if not isinstance(seq, int) or isinstance(seq, bool) or seq <= 0:
             raise RpcError(INVALID_PARAMS, "seq must be a positive integer", "seq")
-        for k in EVIDENCE:
-            if not isinstance(params.get(k), str) or not params[k].strip():
-                raise RpcError(MISSING_EVIDENCE, f"{k} is required: a correction needs who confirmed "
-                                                 f"it, who approved it and the approval reference", k)
-            _str(params, k)
-        acct = _str(params, "account_no", max_len=32)
-        if not ACCOUNT.fullmatch(acct):
-            raise RpcError(INVALID_PARAMS, "account_no must be 8 to 32 digits", "account_no")
-        new: dict[str, Any] = {"account_no": acct}
-        if params.get("account_bank") is not None:
-            new["account_bank"] = _str(params, "account_bank", required=False) or ""
-        if params.get("name") is not None:
-            new["name"] = _str(params, "name", max_len=50)
-        if params.get("id_number") is not None:
-            problem = id_number_problem(params["id_number"])
-            if problem:
-                raise RpcError(INVALID_PARAMS, problem, "id_number")
-            new["id_number"] = params["id_number"]
+        self._evidence(params, EVIDENCE)
+        new = self._new_values(params)
 
         def correct(conn: Connection) -> dict:
-            o = self._order(conn, order_no)
-            it = conn.execute(select(items).where(items.c.order_no == order_no, items.c.seq == seq)
-                              ).mappings().one_or_none()
-            if it is None:
-                raise RpcError(UNKNOWN_ITEM, f"order {order_no} has no item seq {seq}", "seq")
-            if it["status"] != ItemStatus.FAILED:
-                raise RpcError(WRONG_STATE, f"item {seq} is {it['status']}; only a FAILED item can be "
-                                            f"corrected", "seq")
-            if it["reason_code"] in NOT_FIXABLE:
-                raise RpcError(NOT_ALLOWED, f"item {seq} failed {it['reason_code']} "
-                                            f"({NOT_FIXABLE[it['reason_code']]}): it cannot be corrected, "
-                                            f"only refunded", "seq")
-            old = {k: it[k] for k in new}
-            jid = self._rpc_entry(
-                conn, caller, "item.correct", {**params, "account_no": mask(acct),
-                                               **({"id_number": mask(new["id_number"])}
-                                                  if "id_number" in new else {})},
-                f"item.correct {order_no} seq {seq}: account {mask(it['account_no'])} -> {mask(acct)}, "
-                f"confirmed by {params['confirmed_by']}, approved by {params['approved_by']} "
-                f"({params['approval_ref']})", order_no)
-            conn.execute(insert(corrections).values(
-                order_no=order_no, seq=seq, at=self._at(), failed_batch_no=it["batch_no"],
-                reason_code=it["reason_code"], old_values=json.dumps(old, ensure_ascii=False),
-                new_values=json.dumps(new, ensure_ascii=False), confirmed_by=params["confirmed_by"],
-                approved_by=params["approved_by"], approval_ref=params["approval_ref"],
-                caller=f"{caller.transport}:{caller.identity}"[:200], journal_id=jid))
-            conn.execute(update(items).where(items.c.order_no == order_no, items.c.seq == seq,
-                                             items.c.status == ItemStatus.FAILED)
-                         .values(status=ItemStatus.CORRECTED, **new))
-            check_conservation(conn, order_no)
+            self._apply_corrections(
+                conn, order_no, [(seq, new, params)], params["approved_by"], params["approval_ref"], caller,
+                "item.correct", self._masked_correction(params),
+                lambda before: f"item.correct {order_no} seq {seq}: account "
+                               f"{mask(before[seq]['account_no'])} -> {mask(new['account_no'])}, "
+                               f"confirmed by {params['confirmed_by']}, approved by {params['approved_by']} "
+                               f"({params['approval_ref']})")
             n = conn.execute(select(func.count()).where(corrections.c.order_no == order_no,
                                                         corrections.c.seq == seq)).scalar_one()
+            bank_id = conn.execute(select(orders.c.bank_id).where(orders.c.order_no == order_no)).scalar_one()
             return {"order_no": order_no, "seq": seq, "status": ItemStatus.CORRECTED,
-                    "corrections": n, "bank_id": o["bank_id"]}
+                    "corrections": n, "bank_id": bank_id}
+        return await self.db.run(correct)
+
+    async def item_correct_many(self, params: dict, caller: Caller) -> dict:
+        """Many FAILED items of one order corrected under one approval, all or none (core-api.md).
+
+        Each correction is checked as item.correct checks it; a refusal names the seq and
+        the field (`corrections[i].field`, data.seq). One transaction, one journal entry.
+        """
+        _known(params, {"order_no", "approved_by", "approval_ref", "corrections"})
+        order_no = _str(params, "order_no", max_len=64)
+        self._evidence(params, ("approved_by", "approval_ref"))
+        listed = params.get("corrections")
+        if not isinstance(listed, list) or not listed or len(listed) > MAX_CORRECTIONS:
+            raise RpcError(INVALID_PARAMS, f"corrections must be a list of 1 to {MAX_CORRECTIONS} "
+                                           f"corrections", "corrections")
+        fixes: list[tuple[int, dict, dict]] = []
+        seen: set[int] = set()
+        for i, c in enumerate(listed):
+            where = f"corrections[{i}]."
+            if not isinstance(c, dict):
+                raise RpcError(INVALID_PARAMS, f"corrections[{i}] must be an object", f"corrections[{i}]")
+            seq = c.get("seq")
+            if not isinstance(seq, int) or isinstance(seq, bool) or seq <= 0:
+                raise RpcError(INVALID_PARAMS, f"corrections[{i}]: seq must be a positive integer",
+                               where + "seq")
+            try:
+                _known(c, {"seq", "confirmed_by", *CORRECTABLE})
+            except RpcError as e:
+                raise RpcError(e.code, f"seq {seq}: {e.message}", where + (e.field or ""), {"seq": seq}) from None
+            if seq in seen:
+                raise RpcError(INVALID_PARAMS, f"seq {seq} is listed twice", where + "seq", {"seq": seq})
+            seen.add(seq)
+            try:
+                self._evidence(c, ("confirmed_by",), f"seq {seq}: ", where)
+                new = self._new_values(c, f"seq {seq}: ", where)
+            except RpcError as e:
+                raise RpcError(e.code, e.message, e.field, {"seq": seq}) from None
+            fixes.append((seq, new, c))
+
+        def correct(conn: Connection) -> dict:
+            try:
+                self._apply_corrections(
+                    conn, order_no, fixes, params["approved_by"], params["approval_ref"], caller,
+                    "item.correct_many",
+                    {**params, "corrections": [self._masked_correction(c) for c in listed]},
+                    lambda _: f"item.correct_many {order_no}: {len(fixes)} items corrected (seqs "
+                              f"{_seq_ranges([s for s, _, _ in fixes])}), approved by {params['approved_by']} "
+                              f"({params['approval_ref']})")
+            except RpcError as e:
+                seq = next((s for i, (s, _, _) in enumerate(fixes) if e.field == f"corrections[{i}].seq"), None)
+                raise RpcError(e.code, e.message, e.field, {"seq": seq} if seq else e.data) from None
+            bank_id = conn.execute(select(orders.c.bank_id).where(orders.c.order_no == order_no)).scalar_one()
+            return {"order_no": order_no, "corrected": len(fixes), "status": ItemStatus.CORRECTED,
+                    "bank_id": bank_id}
         return await self.db.run(correct)
 
     async def order_retry(self, params: dict, caller: Caller) -> dict:
@@ -216,7 +398,11 @@ class Commands:
         order_no = _str(params, "order_no", max_len=64)
 
         def request(conn: Connection) -> dict:
-            o = self._order(conn, order_no)
+            _write_transaction(conn)
+            o = dict(conn.execute(select(orders).where(orders.c.order_no == order_no).with_for_update())
+                     .mappings().one_or_none() or {})
+            if not o:
+                raise RpcError(UNKNOWN_ORDER, f"no order {order_no!r} is known to the gateway", "order_no")
             if o["state"] != OrderState.DISPATCHED:
                 raise RpcError(WRONG_STATE, f"order {order_no} is {o['state']}; only a DISPATCHED order "
                                             f"has failed items to send again", "order_no")
@@ -255,43 +441,46 @@ class Commands:
                                                'integers', "seqs")
 
         def request(conn: Connection) -> dict:
+            _write_transaction(conn)
             o = self._order(conn, order_no)
-            q = select(items.c.seq, items.c.status, items.c.batch_no, items.c.amount).where(
-                items.c.order_no == order_no)
             if seqs == "all_failed":
-                rows = list(conn.execute(q.where(items.c.status == ItemStatus.FAILED).order_by(items.c.seq)))
+                rows = _lock_items(conn, order_no, status=ItemStatus.FAILED)
                 if not rows:
                     raise RpcError(WRONG_STATE, f"order {order_no} has no FAILED item", "seqs")
             else:
-                rows = list(conn.execute(q.where(items.c.seq.in_(seqs)).order_by(items.c.seq)))
-                missing = sorted(set(seqs) - {r.seq for r in rows})
+                rows = _lock_items(conn, order_no, seqs)
+                missing = sorted(set(seqs) - {r["seq"] for r in rows})
                 if missing:
                     raise RpcError(UNKNOWN_ITEM, f"order {order_no} has no item seq {missing[0]}", "seqs")
                 for r in rows:
-                    if r.status != ItemStatus.FAILED:
-                        raise RpcError(WRONG_STATE, f"item {r.seq} is {r.status}; only FAILED items can be "
-                                                    f"refunded", "seqs")
-            n = conn.execute(select(func.count()).where(refunds.c.order_no == order_no)).scalar_one()
-            refund_no = f"{order_no}-F{n + 1:02d}"
-            total = sum(r.amount for r in rows)
+                    if r["status"] != ItemStatus.FAILED:
+                        raise RpcError(WRONG_STATE, f"item {r['seq']} is {r['status']}; only FAILED items can "
+                                                    f"be refunded", "seqs")
+            total = sum(r["amount"] for r in rows)
             at = self._at()
             who = f"{caller.transport}:{caller.identity}"[:200]
-            self._rpc_entry(conn, caller, "refund.request", params,
-                            f"refund.request {order_no}: {refund_no}, {len(rows)} items, {total} fen, "
-                            f"approved by {approved_by}: {reason}", order_no)
-            conn.execute(insert(refunds).values(
-                refund_no=refund_no, order_no=order_no, bank_id=o["bank_id"], state=RefundState.NEW,
-                total_count=len(rows), total_amount=total, reason=reason, approved_by=approved_by,
-                caller=who, attempts=0, created_at=at, updated_at=at))
+            refund_no = _insert_numbered(
+                conn, refunds, "refund_no", lambda n: f"{order_no}-F{n:02d}",
+                select(func.count()).where(refunds.c.order_no == order_no),
+                dict(order_no=order_no, bank_id=o["bank_id"], state=RefundState.NEW,
+                     total_count=len(rows), total_amount=total, reason=reason, approved_by=approved_by,
+                     caller=who, attempts=0, created_at=at, updated_at=at))
             conn.execute(insert(refund_items), [
-                {"refund_no": refund_no, "seq": r.seq, "order_no": order_no, "batch_no": r.batch_no,
-                 "amount": r.amount} for r in rows])
-            changed = conn.execute(update(items).where(
-                items.c.order_no == order_no, items.c.status == ItemStatus.FAILED,
-                items.c.seq.in_([r.seq for r in rows])).values(status=ItemStatus.REFUND_PENDING)).rowcount
+                {"refund_no": refund_no, "seq": r["seq"], "order_no": order_no, "batch_no": r["batch_no"],
+                 "amount": r["amount"]} for r in rows])
+            changed = 0
+            seq_list = [r["seq"] for r in rows]
+            for i in range(0, len(seq_list), _LOCK_CHUNK):
+                changed += conn.execute(update(items).where(
+                    items.c.order_no == order_no, items.c.status == ItemStatus.FAILED,
+                    items.c.seq.in_(seq_list[i:i + _LOCK_CHUNK])).values(
+                    status=ItemStatus.REFUND_PENDING)).rowcount
             if changed != len(rows):
                 raise RpcError(WRONG_STATE, "items changed while the refund was being recorded; ask again")
             check_conservation(conn, order_no)
+            self._rpc_entry(conn, caller, "refund.request", params,
+                            f"refund.request {order_no}: {refund_no}, {len(rows)} items, {total} fen, "
+                            f"approved by {approved_by}: {reason}", order_no)
             return {"refund_no": refund_no, "items": len(rows), "amount": total, "bank_id": o["bank_id"]}
         result = await self.db.run(request)
         self._wake(result["bank_id"])
@@ -315,7 +504,10 @@ class Commands:
 
     @staticmethod
     def _done_batch(conn: Connection, batch_no: str) -> dict:
-        b = conn.execute(select(batches).where(batches.c.batch_no == batch_no)).mappings().one_or_none()
+        """The batch, locked FOR UPDATE (after `_write_transaction`), refused unless DONE."""
+        _write_transaction(conn)
+        b = conn.execute(select(batches).where(batches.c.batch_no == batch_no).with_for_update()
+                         ).mappings().one_or_none()
         if b is None:
             raise RpcError(UNKNOWN_BATCH, f"no batch {batch_no!r}", "batch_no")
         if b["state"] != BatchState.DONE:
@@ -340,11 +532,15 @@ class Commands:
                 raise RpcError(WRONG_STATE, f"batch {batch_no} was confirmed by {b['confirmed_by']} at "
                                             f"{b['confirmed_at']}", "batch_no")
             on_time = b["confirm_due"] is None or self._today() <= b["confirm_due"]
+            changed = conn.execute(update(batches).where(
+                batches.c.batch_no == batch_no, batches.c.confirmed_by.is_(None)).values(
+                confirmed_by=who, confirmed_at=self._at())).rowcount
+            if changed != 1:   # cannot happen under the row lock; if it does, nothing is kept
+                raise RpcError(WRONG_STATE, f"batch {batch_no} was confirmed meanwhile; ask order.status",
+                               "batch_no")
             self._rpc_entry(conn, caller, "batch.confirm", params,
                             f"batch.confirm {batch_no} by {who}"
                             + ("" if on_time else f", after its due date {b['confirm_due']}"), b["order_no"])
-            conn.execute(update(batches).where(batches.c.batch_no == batch_no).values(
-                confirmed_by=who, confirmed_at=self._at()))
             return {"batch_no": batch_no, "confirmed_by": who, "confirm_due": b["confirm_due"],
                     "on_time": on_time, "dispute_due": b["dispute_due"]}
         return await self.db.run(confirm)
@@ -368,17 +564,17 @@ class Commands:
             missing = sorted(set(seqs) - have)
             if missing:
                 raise RpcError(UNKNOWN_ITEM, f"seq {missing[0]} is not an item of batch {batch_no}", "seqs")
-            n = conn.execute(select(func.count()).where(disputes.c.batch_no == batch_no)).scalar_one()
-            dispute_no = f"{batch_no}-D{n + 1:02d}"
             on_time = b["dispute_due"] is None or self._today() <= b["dispute_due"]
             at = self._at()
+            dispute_no = _insert_numbered(
+                conn, disputes, "dispute_no", lambda n: f"{batch_no}-D{n:02d}",
+                select(func.count()).where(disputes.c.batch_no == batch_no),
+                dict(batch_no=batch_no, order_no=b["order_no"], bank_id=b["bank_id"],
+                     seqs=json.dumps(sorted(seqs)), reason=reason, raised_by=raised_by, state="NEW",
+                     due=b["dispute_due"], on_time=int(on_time), attempts=0, created_at=at, updated_at=at))
             jid = self._rpc_entry(conn, caller, "batch.dispute", params,
                                   f"batch.dispute {batch_no}: {dispute_no}, {len(seqs)} items, raised by "
                                   f"{raised_by}: {reason}", b["order_no"])
-            conn.execute(insert(disputes).values(
-                dispute_no=dispute_no, batch_no=batch_no, order_no=b["order_no"], bank_id=b["bank_id"],
-                seqs=json.dumps(sorted(seqs)), reason=reason, raised_by=raised_by, state="NEW",
-                due=b["dispute_due"], on_time=int(on_time), attempts=0, created_at=at, updated_at=at))
             if not on_time:
                 raise_alarm(conn, at, "warning", "dispute-overdue",
                             f"dispute {dispute_no} of batch {batch_no} raised after its due date "
