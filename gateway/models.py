@@ -151,7 +151,8 @@ class JournalEntry(Base):
     direction: Mapped[str] = mapped_column(String(8))         # in / out / event
     peer: Mapped[str] = mapped_column(String(64))
     channel: Mapped[str] = mapped_column(String(16))          # tcp / sftp / http / rpc / daemon
-    tx_code: Mapped[str] = mapped_column(String(32))
+    # the message type: up to an ISO 20022 MsgNmId (Max35Text), e.g. pain.002.001.03.ch.02
+    tx_code: Mapped[str] = mapped_column(String(35))
     msg_id: Mapped[str | None] = mapped_column(String(64))
     order_no: Mapped[str | None] = mapped_column(String(64), index=True)
     batch_no: Mapped[str | None] = mapped_column(String(64), index=True)
