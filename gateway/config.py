@@ -301,6 +301,15 @@ class PaperSettings:
 
 @dataclass(frozen=True)
 class GatewayConfig:
+@dataclass(frozen=True)
+class MetricsSettings:
+    """[metrics]: the Prometheus endpoint (gateway/metrics.py)."""
+
+    host: str                 # loopback unless allow_remote
+    port: int
+    refresh_s: float          # how often the database figures are read
+
+
     file: str
     database_url: str
     db_threads: int
@@ -325,6 +334,7 @@ class GatewayConfig:
     paper: PaperSettings | None = None  # [paper]: None = sheets cannot be sealed
 
 
+    metrics: MetricsSettings | None = None  # [metrics]: None = no /metrics endpoint
 _GATEWAY_TOP = {
     "database": _Field(dict),
     "core": _Field(dict),
@@ -339,7 +349,12 @@ _GATEWAY_TOP = {
     "ha": _Field(dict, {}),
     "paper": _Field(dict, None),
 }
-_DATABASE = {"url": _Field(str), "threads": _Field(int, 1, _positive)}
+    "metrics": _Field(dict, None),
+}
+_DATABASE = {
+    "url": _Field(str, check=_pattern(r"(sqlite:///.+|postgresql(\+psycopg)?://.+)",
+                                      "sqlite:///PATH or postgresql+psycopg://USER@HOST:PORT/DB")),
+    "threads": _Field(int, 1, _positive),
 _CORE = {
     "base_url": _Field(str, check=_http_url),
     "token_file": _Field(str, path=True),
@@ -425,6 +440,12 @@ _PAPER = {
 }
 _LOG = {"format": _Field(str, "auto", _one_of("auto", "text", "json"))}
 _TESTING = {"crash_after": _Field(str, "")}
+_METRICS = {
+    "listen": _Field(str, "127.0.0.1:9464",
+                     _pattern(r"[0-9A-Za-z.:\[\]-]+:[0-9]{1,5}", "host:port, e.g. 127.0.0.1:9464")),
+    "refresh_s": _Field(float, 15.0, _positive),
+    "allow_remote": _Field(bool, False),
+}
 
 _ID = _pattern(r"[A-Za-z0-9][A-Za-z0-9_-]{0,31}", "letters, digits, '_' or '-' (at most 32)")
 
@@ -603,6 +624,19 @@ def load(path: str | os.PathLike) -> GatewayConfig:
         if rt.get("unix_socket") and rt.get("unix_mode"):
             rpc = RpcSettings(rt["unix_socket"], int(rt["unix_mode"] or "0660", 8),
                               rt["tcp_port"] or None, rt["token_file"] or None)
+    metrics = None
+    if top["metrics"] is not None:
+        mt = r.table(top["metrics"], "metrics", _METRICS)
+        if mt.get("listen"):
+            host, _, port = mt["listen"].rpartition(":")
+            host = host.strip("[]")
+            if not 0 < int(port) < 65536:
+                r.err("metrics.listen", f"port {port} is not 1-65535")
+            elif host not in ("127.0.0.1", "::1", "localhost") and not mt.get("allow_remote"):
+                r.err("metrics.listen", f"{host} is not loopback; the figures name banks and amounts: "
+                                        f"set metrics.allow_remote = true to serve them beyond this host")
+            else:
+                metrics = MetricsSettings(host, int(port), mt["refresh_s"])
 
     if core.get("base_url") and not core.get("allow_plain_http"):
         # The token and every personal datum of an order would cross the network in clear.
@@ -656,7 +690,7 @@ def load(path: str | os.PathLike) -> GatewayConfig:
         retry_times=tuple(sorted(schedule["retry_times"] or ())), ha_retry_s=ha["retry_s"],
         ha_mode=ha["mode"], ha_lease_s=ha["lease_s"], ha_margin_s=ha["margin_s"],
         ha_prefer=tuple(str(b) for b in ha["prefer"] or ()),
-        paper=paper,
+        paper=paper, metrics=metrics,
     )
 
 

@@ -206,6 +206,8 @@ class Gateway(service.MultiService):
     @defer.inlineCallbacks
     def stopService(self):  # noqa: N802
         """Stop in order: flows finish their current step, then the bank adapters, the core client,
+        from gateway.metrics import METRICS
+        METRICS.active.set(1)
         the database."""
         log.info("stopping: letting each bank's current step finish")
         self.stopping = True
@@ -218,6 +220,8 @@ class Gateway(service.MultiService):
         # The banks' connections (an HTTPS pool) are closed once no step can use them.
         yield defer.DeferredList([defer.maybeDeferred(f.adapter.close) for f in self.flows.values()])
         for s in reversed(list(self)):
+        from gateway.metrics import METRICS
+        METRICS.active.set(0)
             if s.running and s not in self.tickers.values():
                 yield defer.maybeDeferred(s.stopService)
         service.Service.stopService(self)
@@ -248,6 +252,42 @@ def make_service(cfg: GatewayConfig, reactor=None) -> Gateway:
     adapters = _make_adapters(reactor, cfg, faults)
     engine = dbmod.make_engine(cfg.database_url)
     try:
+class _MetricsService(service.Service):
+    """/metrics on [metrics] listen, and the ticker that reads the database figures for it."""
+
+    def __init__(self, reactor, settings, database: dbmod.Database, dirs: dict[str, str]):
+        from gateway.metrics import METRICS
+        self.reactor, self.settings, self.metrics, self.dirs = reactor, settings, METRICS, dirs
+        self.port = None
+        self.ticker = Ticker(reactor, "metrics-snapshot", self._refresh, settings.refresh_s)
+        self.database = database
+
+    async def _refresh(self) -> None:
+        def read(now: float) -> None:
+            # its own read-only connection: figures are read on a standby too, and never
+            # count as a state change for leadership's fencing
+            with self.database.engine.connect() as conn:
+                self.metrics.refresh(conn, now, self.dirs)
+        await self.database.run_plain(read, self.reactor.seconds())
+
+    def startService(self) -> None:  # noqa: N802
+        from gateway.metrics import metrics_site
+        super().startService()
+        self.port = self.reactor.listenTCP(self.settings.port, metrics_site(self.metrics),
+                                           interface=self.settings.host)
+        self.ticker.startService()
+        log.info("metrics on http://{host}:{port}/metrics", host=self.settings.host,
+                 port=self.port.getHost().port)
+
+    def stopService(self):  # noqa: N802
+        super().stopService()
+        d = defer.maybeDeferred(self.ticker.stopService)
+        if self.port is not None:
+            port, self.port = self.port, None
+            d.addBoth(lambda _: port.stopListening())
+        return d
+
+
         dbmod.check_migrated(engine, cfg.file)
     except dbmod.NotMigrated as e:
         engine.dispose()
@@ -321,3 +361,6 @@ def make_service(cfg: GatewayConfig, reactor=None) -> Gateway:
     for lead in leaders.values():
         lead.setServiceParent(gw)
     return gw
+    if cfg.metrics is not None:
+        _MetricsService(reactor, cfg.metrics, database,
+                        {"work": cfg.work_dir, "journal": cfg.journal_archive_dir}).setServiceParent(gw)

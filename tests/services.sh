@@ -11,6 +11,9 @@ command -v xmlsec1 >/dev/null 2>&1 || need="$need xmlsec1"
 # font lets pdftoppm draw the pages (the PDFs use the built-in CID font STSong-Light).
 command -v pdftotext >/dev/null 2>&1 || need="$need poppler-utils"
 [ -d /usr/share/poppler/cMap ] || need="$need poppler-data"
+# promtool checks and tests the shipped alert rules; systemd-analyze verifies the unit file.
+command -v promtool >/dev/null 2>&1 || need="$need prometheus"
+command -v systemd-analyze >/dev/null 2>&1 || need="$need systemd"
 fc-list :lang=zh 2>/dev/null | grep -q . || need="$need fonts-wqy-zenhei"
 if [ -n "$need" ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

@@ -1,0 +1,152 @@
+"""Prometheus metrics (/metrics): what the daemon is doing, for dashboards and alert rules.
+
+Two kinds of figures. Counters and histograms are updated where things happen (a stage
+finished, a request to a bank or the core answered): `METRICS.stage(...)`,
+`METRICS.bank_request(...)`, `METRICS.core_request(...)`. Figures that live in the
+database (items and amounts by state per bank, batches by state, open alarms by
+severity, journal size) come from a snapshot that a ticker refreshes off the reactor
+thread every `refresh_s`; a scrape only reads the last snapshot, so scraping never
+waits on the database and a slow database never stalls a scrape.
+
+Served by `prometheus_client`'s Twisted resource on `[metrics] listen` (loopback by
+default). The alert rules in conf/prometheus/alerts.yml are written against these names.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from sqlalchemy import Connection, func, select
+
+from gateway import __version__
+
+_STAGE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class _Snapshot:
+    """Collector over the last database snapshot (a dict of family -> [(labels, value)])."""
+
+    def __init__(self) -> None:
+        self.families: dict[str, tuple[str, list[str], list[tuple[tuple, float]]]] = {}
+
+    def collect(self):
+        for name, (doc, labels, samples) in self.families.items():
+            g = GaugeMetricFamily(name, doc, labels=labels)
+            for lv, v in samples:
+                g.add_metric(list(lv), v)
+            yield g
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.snapshot = _Snapshot()
+        r.register(self.snapshot)
+        Gauge("gateway_build_info", "the running release", ["version"], registry=r).labels(__version__).set(1)
+        self.stage_seconds = Histogram("gateway_stage_seconds", "duration of a flow stage per bank",
+                                       ["bank", "stage"], buckets=_STAGE_BUCKETS, registry=r)
+        self.bank_seconds = Histogram("gateway_bank_request_seconds", "latency of a request to a bank",
+                                      ["bank", "tx"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.bank_errors = Counter("gateway_bank_errors", "requests to a bank that failed, by code",
+                                   ["bank", "tx", "code"], registry=r)
+        self.core_seconds = Histogram("gateway_core_request_seconds", "latency of a call to the core",
+                                      ["call"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.core_errors = Counter("gateway_core_errors", "calls to the core that failed, by code",
+                                   ["call", "code"], registry=r)
+        self.last_core_ok = Gauge("gateway_core_last_success_timestamp_seconds",
+                                  "when the core last answered a call well", registry=r)
+        self.last_bank_ok = Gauge("gateway_bank_last_success_timestamp_seconds",
+                                  "when a bank last answered well", ["bank"], registry=r)
+        self.link_up = Gauge("gateway_bank_link_up", "1 while the bank's link answers, 0 while it fails",
+                             ["bank"], registry=r)
+        self.active = Gauge("gateway_leader_active", "1 on the daemon that acts, 0 on a standby", registry=r)
+        self.epoch = Gauge("gateway_leader_epoch", "the leadership epoch this daemon last held", registry=r)
+        self.db_wait = Histogram("gateway_db_pool_wait_seconds", "time a database job waited for a thread",
+                                 buckets=_LATENCY_BUCKETS, registry=r)
+        self.snapshot_at = Gauge("gateway_snapshot_timestamp_seconds",
+                                 "when the database figures were last read", registry=r)
+
+    # --- updated where things happen -------------------------------------------------------
+    def stage(self, bank: str, stage: str, seconds: float) -> None:
+        self.stage_seconds.labels(bank, stage).observe(seconds)
+
+    def bank_request(self, bank: str, tx: str, seconds: float, code: str = "0000", now: float | None = None) -> None:
+        self.bank_seconds.labels(bank, tx).observe(seconds)
+        if code in ("0000", "ok", ""):
+            self.last_bank_ok.labels(bank).set(now if now is not None else time.time())
+            self.link_up.labels(bank).set(1)
+        else:
+            self.bank_errors.labels(bank, tx, code).inc()
+
+    def bank_link_failed(self, bank: str, tx: str, what: str) -> None:
+        self.bank_errors.labels(bank, tx, what).inc()
+        self.link_up.labels(bank).set(0)
+
+    def core_request(self, call: str, seconds: float, code: str = "200", now: float | None = None) -> None:
+        self.core_seconds.labels(call).observe(seconds)
+        if code.startswith("2"):
+            self.last_core_ok.set(now if now is not None else time.time())
+        else:
+            self.core_errors.labels(call, code).inc()
+
+    # --- the database snapshot ----------------------------------------------------------------
+    def refresh(self, conn: Connection, now: float, dirs: dict[str, str] | None = None) -> None:
+        """Read the figures that live in the database and on disk (run off the reactor thread)."""
+        from gateway.models import alarms, batches, items, journal, orders
+        fam: dict = {}
+        rows = conn.execute(select(orders.c.bank_id, items.c.status, func.count(), func.sum(items.c.amount))
+                            .select_from(items.join(orders, items.c.order_no == orders.c.order_no))
+                            .group_by(orders.c.bank_id, items.c.status)).all()
+        fam["gateway_items"] = ("items by state per bank", ["bank", "state"],
+                                [((b, s), n) for b, s, n, _ in rows])
+        fam["gateway_items_amount_fen"] = ("amount of items by state per bank, in fen", ["bank", "state"],
+                                           [((b, s), int(a or 0)) for b, s, _, a in rows])
+        rows = conn.execute(select(orders.c.bank_id, orders.c.state, func.count())
+                            .group_by(orders.c.bank_id, orders.c.state)).all()
+        fam["gateway_orders"] = ("orders by state per bank", ["bank", "state"], [((b, s), n) for b, s, n in rows])
+        rows = conn.execute(select(batches.c.bank_id, batches.c.state, func.count())
+                            .group_by(batches.c.bank_id, batches.c.state)).all()
+        fam["gateway_batches"] = ("batches by state per bank", ["bank", "state"], [((b, s), n) for b, s, n in rows])
+        rows = conn.execute(select(alarms.c.severity, func.count()).where(alarms.c.cleared_at.is_(None))
+                            .group_by(alarms.c.severity)).all()
+        per = {"warning": 0, "critical": 0} | {s: n for s, n in rows}
+        fam["gateway_alarms_open"] = ("open alarm episodes by severity", ["severity"],
+                                      [((s,), n) for s, n in per.items()])
+        rows = conn.execute(select(alarms.c.kind, alarms.c.bank_id, func.count())
+                            .where(alarms.c.cleared_at.is_(None))
+                            .group_by(alarms.c.kind, alarms.c.bank_id)).all()
+        fam["gateway_alarms_open_by_kind"] = ("open alarm episodes by kind and bank", ["kind", "bank"],
+                                              [((k, b or ""), n) for k, b, n in rows])
+        n, size = conn.execute(select(func.count(), func.sum(journal.c.payload_size))).one()
+        fam["gateway_journal_entries"] = ("entries in the journal", [], [((), n)])
+        fam["gateway_journal_payload_bytes"] = ("bytes of payload kept by the journal", [], [((), int(size or 0))])
+        free = []
+        for label, path in (dirs or {}).items():
+            try:
+                st = os.statvfs(path)
+                free.append(((label,), st.f_bavail * st.f_frsize))
+            except OSError:
+                pass
+        fam["gateway_dir_free_bytes"] = ("free bytes on the file system of the work and journal folders",
+                                         ["dir"], free)
+        self.snapshot.families = fam
+        self.snapshot_at.set(now)
+
+
+METRICS = Metrics()
+
+
+def metrics_site(metrics: Metrics = METRICS):
+    from prometheus_client.twisted import MetricsResource
+    from twisted.web.resource import Resource
+    from twisted.web.server import Site
+    root = Resource()
+    root.putChild(b"metrics", MetricsResource(registry=metrics.registry))
+    site = Site(root)
+    site.displayTracebacks = False
+    site.noisy = False
+    return site
