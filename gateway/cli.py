@@ -85,16 +85,85 @@ def cmd_db_upgrade(cfg, args) -> int:
 
 
 def cmd_journal_verify(cfg, args) -> int:
-    from gateway.journal import verify_chain
+    """Exit 0 intact, 1 broken (the first broken entry named), 2 cannot check (no key, bad argument)."""
+    import heapq
+    import os
+
+    from gateway.journal import HeadFileError, head_file_summary, iter_head_file, parse_expect_head, verify_chain
+    key = cfg.journal_auth.key
+    try:
+        expect = sorted((parse_expect_head(t) for t in args.expect_head), key=lambda m: m.last_id)
+    except ValueError as e:
+        print(f"ERROR --expect-head: {e}", file=sys.stderr)
+        return 2
+    head_file = args.head_file or ("" if args.no_head_file else cfg.journal_auth.head_file)
+    keyed_from, lines = None, 0
+    if head_file and not os.path.exists(head_file):
+        if args.head_file:
+            print(f"ERROR --head-file: {head_file} does not exist", file=sys.stderr)
+            return 2
+        print(f"note: the head file {head_file} does not exist yet (no head exported so far)")
+        head_file = ""
+    try:
+        if head_file:
+            lines, _, keyed_from = head_file_summary(head_file, key)
+        marks = heapq.merge(expect, iter_head_file(head_file, key) if head_file else [],
+                            key=lambda m: m.last_id)
+        engine = _engine(cfg)
+        dbmod.check_migrated(engine, cfg.file)
+        with engine.connect() as conn:
+            r = verify_chain(conn, cfg.journal_archive_dir, key=key, marks=marks, keyed_from=keyed_from,
+                             check_payloads=not args.no_payloads)
+    except HeadFileError as e:
+        print(f"JOURNAL BROKEN: {e}")
+        return 1
+    if not r.ok:
+        where = f"at entry {r.first_bad_id}" if r.first_bad_id is not None else "(no entry to name)"
+        print(f"JOURNAL BROKEN {where}: {r.reason} ({r.checked} entries verified before it)")
+        return 1
+    if r.macs_unchecked:
+        print(f"cannot authenticate the journal: entries from {r.keyed_from} carry MACs but no [journal] "
+              f"key_file is configured in {cfg.file}", file=sys.stderr)
+        return 2
+    what = "chain, MACs" + ("" if args.no_payloads else " and payloads")
+    print(f"journal intact: {r.checked} entries, {what} verified; head entry {r.last_id} {r.last_hash}")
+    if r.unkeyed_upto:
+        print(f"  unkeyed up to entry {r.unkeyed_upto} (written before the journal key; covered by the "
+              f"chain{' up to entry ' + str(r.keyed_from) + ', the first with a MAC' if r.keyed_from else ''})")
+    if key is None:
+        print("  WARNING: no [journal] key_file: anyone who can write to the database can rewrite this "
+              "journal undetected")
+    if expect or head_file:
+        print(f"  reaches {len(r.marks_checked)} exported head(s)" + (f" ({lines} line(s) in {head_file})"
+                                                                      if head_file else ""))
+    else:
+        print("  no exported head checked: entries cut off the end cannot be seen (--expect-head ID:HASH, "
+              "[journal] head_file)")
+    return 0
+
+
+def cmd_journal_head(cfg, args) -> int:
+    """The current head for an operator to copy elsewhere; exit 1 if it cannot be vouched for."""
+    from gateway.journal import current_head
     engine = _engine(cfg)
     dbmod.check_migrated(engine, cfg.file)
     with engine.connect() as conn:
-        r = verify_chain(conn, cfg.journal_archive_dir)
-    if r.ok:
-        print(f"journal intact: {r.checked} entries, chain and payloads verified")
-        return 0
-    print(f"JOURNAL BROKEN at entry {r.first_bad_id}: {r.reason} ({r.checked} entries read)")
-    return 1
+        h = current_head(conn, cfg.journal_auth.key)
+    if args.json:
+        print(json.dumps({"last_id": h.last_id, "head_hash": h.last_hash, "mac": h.mac,
+                          "keyed_from": h.keyed_from, "problem": h.problem}))
+    else:
+        print(f"journal head: entry {h.last_id}")
+        print(f"  hash {h.last_hash}")
+        print(f"  mac  {h.mac or '(none: unkeyed entry)'}")
+        print(f"  keyed from entry {h.keyed_from}" if h.keyed_from else "  no keyed entry yet")
+        print(f"  {h.last_id}:{h.last_hash}")
+        print(f"copy it outside this host; later: gatewayctl --config {cfg.file} journal verify "
+              f"--expect-head {h.last_id}:{h.last_hash}")
+    if h.problem:
+        print(f"HEAD NOT AUTHENTIC: {h.problem}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def cmd_journal_show(cfg, args) -> int:
@@ -207,6 +276,18 @@ def cmd_keys_check(args) -> int:
     return 2 if "error" in levels else 1 if "warn" in levels else 0
 
 
+def cmd_keys_generate_journal(args) -> int:
+    from gateway.journal import JournalKeyError, generate_key_file
+    try:
+        generate_key_file(args.out)
+    except JournalKeyError as e:
+        print(f"ERROR {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.out}: journal key (HMAC-SM3, 256 bits), mode 0600; name it in [journal] key_file "
+          "and keep a copy where the database's administrators cannot reach it (keys/README.md)")
+    return 0
+
+
 def _add_keys_parser(sub) -> None:
     k = sub.add_parser("keys", help="our private keys, certificates and the banks' keys (keys/README.md)")
     ks = k.add_subparsers(dest="cmd", required=True)
@@ -249,6 +330,11 @@ def _add_keys_parser(sub) -> None:
     passphrase_opts(c)
     c.set_defaults(keys_fn=cmd_keys_check)
 
+    jk = ks.add_parser("generate-journal", help="a new journal key (HMAC-SM3, 256 bits, mode 0600) for "
+                                               "[journal] key_file; never overwrites")
+    jk.add_argument("--out", required=True, metavar="FILE", help="e.g. keys/journal.key")
+    jk.set_defaults(keys_fn=cmd_keys_generate_journal)
+
 
 def _run_keys(args) -> None:
     from gateway.keystore import KeystoreError
@@ -268,7 +354,17 @@ def gatewayctl_main(argv: list[str] | None = None) -> None:
     d = sub.add_parser("db", help="database schema").add_subparsers(dest="cmd", required=True)
     d.add_parser("upgrade", help="apply the migrations (alembic upgrade head)").set_defaults(fn=cmd_db_upgrade)
     j = sub.add_parser("journal", help="the message journal").add_subparsers(dest="cmd", required=True)
-    j.add_parser("verify", help="check the hash chain and archived payloads").set_defaults(fn=cmd_journal_verify)
+    v = j.add_parser("verify", help="check the hash chain, MACs, archived payloads and exported heads "
+                                    "(exit 0 intact, 1 broken, 2 cannot check)")
+    v.add_argument("--expect-head", action="append", default=[], metavar="ID:HASH",
+                   help="a head printed earlier by `journal head`: the chain must still pass through it")
+    v.add_argument("--head-file", metavar="F", help="check this exported-head file (default: [journal] head_file)")
+    v.add_argument("--no-head-file", action="store_true", help="do not check [journal] head_file")
+    v.add_argument("--no-payloads", action="store_true", help="skip the archived payloads (faster)")
+    v.set_defaults(fn=cmd_journal_verify)
+    jh = j.add_parser("head", help="the current head (id, hash, MAC), checked, for copying elsewhere")
+    jh.add_argument("--json", action="store_true", help="one JSON object")
+    jh.set_defaults(fn=cmd_journal_head)
     show = j.add_parser("show", help="recent entries, masked")
     show.add_argument("--order")
     show.add_argument("--batch")

@@ -89,6 +89,12 @@ def write_config(p: Paths, keys: Keys, ports: Ports, *, db_url: str | None = Non
     tok.write_text(token + "\n")
     os.chmod(tok, 0o600)
     db_url = db_url or f"sqlite:///{p.gateway_db}"
+    # The journal's MAC key, as an operator makes it (gatewayctl keys generate-journal): 0600, kept.
+    journal_key = p.keys / "journal.key"
+    if not journal_key.exists():
+        from gateway.journal import generate_key_file
+        p.keys.mkdir(parents=True, exist_ok=True)
+        generate_key_file(journal_key)
     testing = f'\n[testing]\ncrash_after = "{crash_after}"\n' if crash_after else ""
     (p.conf / "gateway.toml").write_text(f"""\
 # Written by simulators/harness.py for a loopback installation.
@@ -105,6 +111,8 @@ retry_max_delay_s = 2
 
 [journal]
 archive_dir = "../journal"
+key_file = "../keys/journal.key"
+head_file = "../journal-heads.jsonl"
 
 [work]
 dir = "../work"
