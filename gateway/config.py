@@ -285,6 +285,9 @@ class RpcSettings:
     unix_mode: int
     tcp_port: int | None      # None: no TCP listener
     token_file: str | None
+    head_timeout_s: float = 10.0   # a connection's request head must be in within this
+    body_timeout_s: float = 30.0   # and its body within this after the head
+    max_connections: int = 64      # open connections per listener; more are answered 503
 
 
 @dataclass(frozen=True)
@@ -409,6 +412,9 @@ _RPC = {
     "unix_mode": _Field(str, "0660", _pattern(r"0[0-7][0-7]0", "an octal mode giving others nothing, e.g. 0660")),
     "tcp_port": _Field(int, 0, lambda v: None if 0 <= v < 65536 else "must be 0 (off) or a port"),
     "token_file": _Field(str, "", path=True),
+    "head_timeout_s": _Field(float, 10.0, _positive),
+    "body_timeout_s": _Field(float, 30.0, _positive),
+    "max_connections": _Field(int, 64, _positive),
 }
 _CALENDAR = {
     "dir": _Field(str, path=True),
@@ -623,7 +629,8 @@ def load(path: str | os.PathLike) -> GatewayConfig:
             r.err("rpc.unix_socket", "path is longer than the 107 bytes a Unix socket allows")
         if rt.get("unix_socket") and rt.get("unix_mode"):
             rpc = RpcSettings(rt["unix_socket"], int(rt["unix_mode"] or "0660", 8),
-                              rt["tcp_port"] or None, rt["token_file"] or None)
+                              rt["tcp_port"] or None, rt["token_file"] or None,
+                              float(rt["head_timeout_s"]), float(rt["body_timeout_s"]), rt["max_connections"])
     metrics = None
     if top["metrics"] is not None:
         mt = r.table(top["metrics"], "metrics", _METRICS)

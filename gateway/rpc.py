@@ -27,6 +27,17 @@ Choices the JSON-RPC 2.0 text leaves open, made here:
   413 (body over 1 MiB), 415 (not application/json). Those carry a JSON-RPC
   error body too. A body over `DISCARD_LIMIT` is not drained for its 413: the
   connection is cut.
+- JSON nested deeper than `MAX_DEPTH` (32) levels is one Invalid Request
+  (-32600, data.limit) before any method runs: nothing the methods take is that
+  deep, and the masking and journaling walk it recursively.
+- Every request is answered: an exception anywhere after the body arrived
+  (validation, masking, a method, the journal) becomes an INTERNAL_ERROR answer
+  and, where the journal still works, an entry.
+- A connection must send its request head within `head_timeout` seconds of
+  opening (or of its previous answer) and its body within `body_timeout` more,
+  or it is cut: a client trickling header bytes holds nothing for long, token
+  or not. At most `max_connections` connections are open per listener; past it
+  a new one is answered 503 and closed.
 - Each request object is journaled once, after it ran, with its caller,
   masked params and outcome; a body that is not JSON, over the cap or not sent
   as application/json is journaled once with method None. Unauthenticated TCP requests have no caller and
@@ -54,6 +65,7 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 from zope.interface.verify import verifyObject
@@ -69,7 +81,11 @@ MAX_BODY = 1 << 20
 # reads the answer only after sending); past this much more, the connection is cut.
 DISCARD_LIMIT = 16 << 20
 MAX_BATCH = 100
+MAX_DEPTH = 32
 IDLE_TIMEOUT_S = 60
+HEAD_TIMEOUT_S = 10.0
+BODY_TIMEOUT_S = 30.0
+MAX_CONNECTIONS = 64
 MIN_TOKEN_LEN = 16
 UNIX_PATH_MAX = 107
 
@@ -117,6 +133,23 @@ def _decode(body: bytes) -> Any:
         raise RpcError(PARSE_ERROR, "body is not JSON: nested too deeply") from None
     except ValueError as e:
         raise RpcError(PARSE_ERROR, f"body is not JSON: {e}") from None
+
+
+def _too_deep(doc: Any, limit: int = MAX_DEPTH) -> bool:
+    """True when arrays/objects nest deeper than *limit* levels (walked without recursion)."""
+    stack = [(doc, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            children = value.values()
+        elif isinstance(value, list):
+            children = value
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((v, depth + 1) for v in children if isinstance(v, (dict, list)))
+    return False
 
 
 def _valid_id(value: Any) -> bool:
@@ -258,19 +291,45 @@ async def _one(obj: Any, commands: Any, caller: Caller, journal: Journal | None)
     return answer if error is None else error_body(error, call.id)
 
 
+def _usable_id(obj: Any) -> Any:
+    if isinstance(obj, dict) and "id" in obj and _valid_id(obj["id"]):
+        return obj["id"]
+    return None
+
+
+async def _one_answered(obj: Any, commands: Any, caller: Caller, journal: Journal | None) -> bytes | None:
+    """`_one`, but an exception in it (not a method's: those are answered already) is answered too."""
+    try:
+        return await _one(obj, commands, caller, journal)
+    except Exception:  # noqa: BLE001 - every request is answered
+        _log_failure(Failure(), "RPC request from {caller} failed outside its method", caller=caller.identity)
+        e = RpcError(INTERNAL_ERROR, "internal error; see the gateway's log")
+        method = obj.get("method") if isinstance(obj, dict) and isinstance(obj.get("method"), str) else None
+        await _journal(journal, caller, method and method[:64], {}, _error_outcome(e))
+        if isinstance(obj, dict) and "id" not in obj:
+            return None
+        return error_body(e, _usable_id(obj))
+
+
 async def _handle(body: bytes, commands: Any, caller: Caller, journal: Journal | None) -> bytes | None:
     try:
         doc = _decode(body)
     except RpcError as e:
         await _journal(journal, caller, None, {}, _error_outcome(e))
         return error_body(e)
+    if _too_deep(doc):
+        e = RpcError(INVALID_REQUEST, f"the request nests arrays/objects deeper than {MAX_DEPTH} levels, "
+                                      f"the limit", "params", {"limit": MAX_DEPTH})
+        method = doc.get("method") if isinstance(doc, dict) and isinstance(doc.get("method"), str) else None
+        await _journal(journal, caller, method and method[:64], {}, _error_outcome(e))
+        return error_body(e, _usable_id(doc))
     if not isinstance(doc, list):
-        return await _one(doc, commands, caller, journal)
+        return await _one_answered(doc, commands, caller, journal)
     if not doc or len(doc) > MAX_BATCH:
         e = RpcError(INVALID_REQUEST, f"a batch holds 1 to {MAX_BATCH} requests, not {len(doc)}")
         await _journal(journal, caller, None, {}, _error_outcome(e))
         return error_body(e)
-    answers = [a for a in [await _one(obj, commands, caller, journal) for obj in doc] if a is not None]
+    answers = [a for a in [await _one_answered(obj, commands, caller, journal) for obj in doc] if a is not None]
     return b"[" + b",".join(answers) + b"]" if answers else None
 
 
@@ -356,6 +415,78 @@ class _RpcRequest(Request):
         _send(self, status, error_body(error))
 
 
+class _RpcChannel(HTTPChannel):
+    """An HTTP/1.1 channel with deadlines for the request head and body, counted against the site's cap.
+
+    twisted.web's own timeout is an idle timeout: any byte restarts it, so a client
+    sending one header byte every few seconds would hold the connection (and, on TCP,
+    it is refused only once all headers are in). Here the head must be complete within
+    the site's head_timeout of the connection opening (or of the previous answer on a
+    kept-alive connection), and the body within body_timeout after the head.
+    """
+
+    _deadline: Any = None
+    _counted = False
+    _refused = False
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        if not self._refused:   # a connection over the cap was answered 503; nothing it sends is read
+            super().dataReceived(data)
+
+    def connectionMade(self) -> None:  # noqa: N802
+        super().connectionMade()
+        site = self.site
+        if site.open_connections >= site.max_connections:
+            log.warn("RPC connection from {peer} refused: {n} connections open, the limit",
+                     peer=str(self.transport.getPeer()), n=site.open_connections)
+            body = error_body(RpcError(INTERNAL_ERROR, f"too many connections ({site.max_connections}); "
+                                                       f"try again"))
+            self.transport.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                                 b"Connection: close\r\nContent-Length: " + str(len(body)).encode() +
+                                 b"\r\n\r\n" + body)
+            self.transport.loseConnection()
+            self._refused = True
+            return
+        site.open_connections += 1
+        self._counted = True
+        self._arm(site.head_timeout, "send its request head")
+
+    def _arm(self, seconds: float, what: str) -> None:
+        self._disarm()
+        self._deadline = self.site.reactor.callLater(seconds, self._expired, what, seconds)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
+
+    def _expired(self, what: str, seconds: float) -> None:
+        self._deadline = None
+        log.warn("RPC connection from {peer} cut: it did not {what} within {s} s",
+                 peer=str(self.transport.getPeer()), what=what, s=seconds)
+        self.transport.abortConnection()
+
+    def allHeadersReceived(self) -> None:  # noqa: N802
+        self._arm(self.site.body_timeout, "send its request body")
+        super().allHeadersReceived()
+
+    def allContentReceived(self) -> None:  # noqa: N802
+        self._disarm()
+        super().allContentReceived()
+
+    def requestDone(self, request: Request) -> None:  # noqa: N802
+        super().requestDone(request)
+        if self.persistent and self.transport is not None and self.transport.connected:
+            self._arm(self.site.head_timeout, "send its next request head")
+
+    def connectionLost(self, reason: Failure) -> None:  # noqa: N802
+        self._disarm()
+        if self._counted:
+            self._counted = False
+            self.site.open_connections -= 1
+        super().connectionLost(reason)
+
+
 def _send(request: Request, status: int, body: bytes | None, headers: dict[bytes, bytes] | None = None) -> None:
     request.setResponseCode(status)
     for name, value in (headers or {}).items():
@@ -375,17 +506,24 @@ class RpcSite(Site):
     """
 
     requestFactory = _RpcRequest
+    protocol = _RpcChannel
 
     def __init__(self, resource: Resource, *, token_digest: bytes | None = None, max_body: int = MAX_BODY,
-                 timeout: float = IDLE_TIMEOUT_S, reactor: Any = None) -> None:
+                 timeout: float = IDLE_TIMEOUT_S, reactor: Any = None, head_timeout: float = HEAD_TIMEOUT_S,
+                 body_timeout: float = BODY_TIMEOUT_S, max_connections: int = MAX_CONNECTIONS) -> None:
         super().__init__(resource, timeout=timeout, reactor=reactor)
         self.token_digest = token_digest
         self.max_body = max_body
+        self.head_timeout = head_timeout
+        self.body_timeout = body_timeout
+        self.max_connections = max_connections
+        self.open_connections = 0
 
     def with_token(self, token: bytes) -> RpcSite:
-        """The same resources behind a bearer token (for the 127.0.0.1 listener)."""
+        """The same resources behind a bearer token (for the 127.0.0.1 listener); its own connection count."""
         return RpcSite(self.resource, token_digest=hashlib.sha256(token).digest(), max_body=self.max_body,
-                       timeout=self.timeOut, reactor=self.reactor)
+                       timeout=self.timeOut, reactor=self.reactor, head_timeout=self.head_timeout,
+                       body_timeout=self.body_timeout, max_connections=self.max_connections)
 
     def admit(self, request: Request) -> tuple[Caller | None, tuple[int, RpcError, str] | None]:
         """(caller, None), or (None, (401, error, challenge)) for a TCP request without the token."""
@@ -477,6 +615,19 @@ class RpcResource(Resource):
         return NOT_DONE_YET
 
     async def _serve(self, request: Request, caller: Caller, gone: list[bool]) -> None:
+        try:
+            status, body = await self._answer(request, caller)
+        except Exception:  # noqa: BLE001 - every request is answered, whatever failed
+            _log_failure(Failure(), "serving an RPC request from {caller} failed", caller=caller.identity)
+            error = RpcError(INTERNAL_ERROR, "internal error; see the gateway's log")
+            await _journal(self._journal, caller, None, {}, _error_outcome(error))
+            status, body = 200, error_body(error)
+        if gone:
+            log.info("RPC caller {caller} left before its answer", caller=caller.identity)
+            return
+        _send(request, status, body)
+
+    async def _answer(self, request: Request, caller: Caller) -> tuple[int, bytes | None]:
         if request.too_large:
             error = RpcError(INVALID_REQUEST, f"body exceeds {request.channel.site.max_body} bytes")
             status, body = 413, error_body(error)
@@ -488,18 +639,20 @@ class RpcResource(Resource):
         else:
             answer = await handle_body(request.content.getvalue(), self._commands, caller, self._journal)
             status, body = (200, answer) if answer is not None else (204, None)
-        if gone:
-            log.info("RPC caller {caller} left before its answer", caller=caller.identity)
-            return
-        _send(request, status, body)
+        return status, body
 
 
 def rpc_site(commands: Any, journal: Journal | None, *, reactor: Any = None, max_body: int = MAX_BODY,
-             timeout: float = IDLE_TIMEOUT_S) -> RpcSite:
+             timeout: float = IDLE_TIMEOUT_S, head_timeout: float = HEAD_TIMEOUT_S,
+             body_timeout: float = BODY_TIMEOUT_S, max_connections: int = MAX_CONNECTIONS) -> RpcSite:
     """The RPC site (for the Unix socket; `listen_rpc` derives the TCP one): /rpc and 404s elsewhere."""
     root = _Root()
     root.putChild(b"rpc", RpcResource(commands, journal))
-    return RpcSite(root, max_body=max_body, timeout=timeout, reactor=reactor)
+    if reactor is None:
+        from twisted.internet import reactor as global_reactor
+        reactor = global_reactor
+    return RpcSite(root, max_body=max_body, timeout=timeout, reactor=reactor, head_timeout=head_timeout,
+                   body_timeout=body_timeout, max_connections=max_connections)
 
 
 # --- listening ---------------------------------------------------------------

@@ -143,7 +143,8 @@ class _RpcService(service.Service):
         from gateway.rpc import listen_rpc, rpc_site
         super().startService()
         r = self.cfg.rpc
-        site = rpc_site(self.commands, self.journal_hook, reactor=self.reactor)
+        site = rpc_site(self.commands, self.journal_hook, reactor=self.reactor, head_timeout=r.head_timeout_s,
+                        body_timeout=r.body_timeout_s, max_connections=r.max_connections)
         self.listeners = listen_rpc(self.reactor, site, unix_path=r.unix_socket, unix_mode=r.unix_mode,
                                     tcp_port=r.tcp_port, token_file=r.token_file)
 

@@ -361,3 +361,16 @@ def test_core_base_url_must_be_http(inst: Install) -> None:
     """The core's base URL must be http(s)."""
     _edit(inst.gateway, 'base_url = "http://127.0.0.1:8081/"', 'base_url = "ftp://core"')
     assert _has(inst.errors(), inst.gateway.resolve(), "core.base_url", "http(s) URL")
+
+
+@pytest.mark.parametrize("key, value, words", [
+    ("head_timeout_s", "0", ("greater than 0",)),
+    ("body_timeout_s", "-1", ("greater than 0",)),
+    ("max_connections", "0", ("greater than 0",)),
+    ("max_connections", "1.5", ("must be int",)),
+])
+def test_rpc_deadlines_and_connection_cap_are_validated(inst: Install, key: str, value: str, words) -> None:
+    """[rpc] head_timeout_s, body_timeout_s and max_connections are read and a bad value names its key."""
+    with open(inst.gateway, "a") as f:
+        f.write(f'\n[rpc]\nunix_socket = "/tmp/gw-test.sock"\n{key} = {value}\n')
+    assert _has(inst.errors(), inst.gateway.resolve(), f"rpc.{key}", *words)

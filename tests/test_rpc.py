@@ -846,3 +846,201 @@ def test_client_garbage_reply_is_unavailable():
     finally:
         t.join(5)
         srv.close()
+
+
+# --- robustness: nesting, deadlines, the connection cap, every request answered -------------
+
+def _nested(depth: int) -> Any:
+    value: Any = 1
+    for _ in range(depth):
+        value = {"a": value}
+    return value
+
+
+@pytest.mark.parametrize("via", ["unix", "tcp"])
+@pytest_twisted.ensureDeferred
+async def test_params_nested_600_deep_are_answered_with_the_limit(rpc, via):
+    """A request whose params nest 600 levels deep is answered -32600 naming the limit (32), journaled,
+    and runs nothing (before, the masking recursed outside any try and the caller never got an answer)."""
+    doc = await rpc.rpc(req("order.status", {"order_no": "O1", "x": _nested(600)}, id_=11), via=via)
+    assert doc["id"] == 11 and doc["error"]["code"] == INVALID_REQUEST
+    assert doc["error"]["data"]["limit"] == 32 and "32" in doc["error"]["message"]
+    assert rpc.fake.calls == []
+    assert [(m, o["error"]["code"]) for _, m, _, o in rpc.journal] == [("order.status", INVALID_REQUEST)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_nesting_up_to_the_limit_is_served(rpc):
+    """The limit is not lower than it says: a request 32 levels deep in all (params 30 deep) runs."""
+    doc = await rpc.rpc(req("order.status", {"order_no": "O1", "x": _nested(29)}, id_=12))
+    assert doc["result"]["order_no"] == "O1"
+    doc = await rpc.rpc(req("order.status", {"order_no": "O1", "x": _nested(31)}, id_=13))
+    assert doc["error"]["code"] == INVALID_REQUEST
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_failure_outside_the_method_is_still_answered_and_journaled(rpc, monkeypatch):
+    """Whatever raises while a request is handled (here the masking of its params) becomes -32603 for the
+    caller, with its id, and an entry in the journal; the connection is not left hanging."""
+    import gateway.rpc as rpcmod
+
+    def broken(record):
+        raise RuntimeError(f"mask failed on {ACCOUNT}")
+    monkeypatch.setattr(rpcmod, "mask_record", broken)
+    doc = await rpc.rpc(req("order.status", {"order_no": "O1"}, id_=14))
+    assert doc["id"] == 14 and doc["error"]["code"] == INTERNAL_ERROR and ACCOUNT not in json.dumps(doc)
+    assert [(m, o["error"]["code"]) for _, m, _, o in rpc.journal] == [("order.status", INTERNAL_ERROR)]
+
+
+@dataclass
+class Timed:
+    reactor: Any
+    clock: task.Clock
+    fake: FakeCommands
+    dir: str
+    port: int
+    site: Any          # the TCP listener's site (its own connection count)
+    listeners: Any
+
+    def in_thread(self, f, *args, **kw):
+        return deferToThreadPool(self.reactor, self.reactor.getThreadPool(), f, *args, **kw)
+
+    async def until(self, check, what: str) -> None:
+        for _ in range(1000):
+            if check():
+                return
+            await task.deferLater(self.reactor, 0.005, lambda: None)
+        raise AssertionError(f"never: {what}")
+
+
+@pytest.fixture
+def timed(reactor):
+    """The RPC over real sockets whose deadlines run on a task.Clock the test advances."""
+    d = short_dir()
+    clock = task.Clock()
+    fake = FakeCommands()
+    site = rpc_site(fake, None, reactor=clock, head_timeout=10, body_timeout=30, max_connections=2)
+    listeners = listen_rpc(reactor, site, unix_path=os.path.join(d, "rpc.sock"), tcp_port=0,
+                           token_file=write_token(d))
+    yield Timed(reactor, clock, fake, d, listeners.tcp.getHost().port, listeners.tcp.factory, listeners)
+    pytest_twisted.blockon(listeners.stop())
+    shutil.rmtree(d)
+
+
+def _closed_by_peer(s: socket.socket) -> bool:
+    """True once the server closed or reset the connection (reads until EOF; 5 s bound)."""
+    s.settimeout(5)
+    try:
+        while True:
+            data = s.recv(65536)
+            if not data:
+                return True
+    except ConnectionResetError:
+        return True
+    except socket.timeout:
+        return False
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_trickling_its_headers_is_cut_at_the_head_deadline(timed):
+    """A TCP client that sends header bytes one at a time, never the token, is cut 10 s (the head
+    deadline) after it connected, although it kept sending; nothing runs. Before, the idle timeout
+    restarted on every byte and the token was only looked at after the last header."""
+    s = socket.create_connection(("127.0.0.1", timed.port))
+    try:
+        s.sendall(b"POST /rpc HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+        await timed.until(lambda: timed.site.open_connections == 1, "the connection is open")
+        for _ in range(9):
+            timed.clock.advance(1.0)
+            s.sendall(b"a")
+        await task.deferLater(timed.reactor, 0.05, lambda: None)   # let the bytes arrive
+        assert timed.site.open_connections == 1
+        timed.clock.advance(1.5)
+        assert await timed.in_thread(_closed_by_peer, s)
+        await timed.until(lambda: timed.site.open_connections == 0, "the connection is counted closed")
+        assert timed.fake.calls == []
+    finally:
+        s.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_withholding_its_body_is_cut_at_the_body_deadline(timed):
+    """Head complete (with the token) but the declared body never finished: cut 30 s after the head."""
+    s = socket.create_connection(("127.0.0.1", timed.port))
+    try:
+        s.sendall(b"POST /rpc HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                  b"Authorization: Bearer " + TOKEN.encode() + b"\r\nContent-Length: 100\r\n\r\n{\"json")
+        await timed.until(lambda: timed.site.open_connections == 1, "the connection is open")
+        await task.deferLater(timed.reactor, 0.05, lambda: None)
+        timed.clock.advance(29)
+        await task.deferLater(timed.reactor, 0.05, lambda: None)
+        assert timed.site.open_connections == 1
+        timed.clock.advance(2)
+        assert await timed.in_thread(_closed_by_peer, s)
+        assert timed.fake.calls == []
+    finally:
+        s.close()
+
+
+def _request_bytes(body: bytes) -> bytes:
+    return (b"POST /rpc HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nAuthorization: Bearer "
+            + TOKEN.encode() + b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+
+
+def _read_response(s: socket.socket) -> bytes:
+    s.settimeout(5)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += s.recv(65536)
+    head, _, rest = data.partition(b"\r\n\r\n")
+    length = int(re.search(rb"(?i)content-length: (\d+)", head).group(1))
+    while len(rest) < length:
+        rest += s.recv(65536)
+    return head + b"\r\n\r\n" + rest
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_kept_alive_connection_gets_a_new_head_deadline_after_each_answer(timed):
+    """After an answer the connection may send its next request within the head deadline; past it, cut."""
+    s = socket.create_connection(("127.0.0.1", timed.port))
+    try:
+        s.sendall(_request_bytes(json.dumps(req()).encode()))
+        answer = await timed.in_thread(_read_response, s)
+        assert answer.startswith(b"HTTP/1.1 200")
+        timed.clock.advance(9)
+        s.sendall(_request_bytes(json.dumps(req()).encode()))
+        assert (await timed.in_thread(_read_response, s)).startswith(b"HTTP/1.1 200")
+        timed.clock.advance(10.5)
+        assert await timed.in_thread(_closed_by_peer, s)
+        assert len(timed.fake.calls) == 2
+    finally:
+        s.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_connections_past_the_cap_are_answered_503_and_closed(timed):
+    """With max_connections = 2, a third connection gets 503 with a JSON-RPC error and is closed; once
+    one of the two goes away, a new connection is served."""
+    a = socket.create_connection(("127.0.0.1", timed.port))
+    b = socket.create_connection(("127.0.0.1", timed.port))
+    try:
+        await timed.until(lambda: timed.site.open_connections == 2, "two connections are open")
+        c = socket.create_connection(("127.0.0.1", timed.port))
+        try:
+            c.settimeout(5)
+            got = await timed.in_thread(lambda: c.recv(65536))
+            assert got.startswith(b"HTTP/1.1 503") and b'"code":-32603' in got
+            assert await timed.in_thread(_closed_by_peer, c)
+        finally:
+            c.close()
+        a.close()
+        await timed.until(lambda: timed.site.open_connections == 1, "one connection is left")
+        d = socket.create_connection(("127.0.0.1", timed.port))
+        try:
+            d.sendall(_request_bytes(json.dumps(req()).encode()))
+            assert (await timed.in_thread(_read_response, d)).startswith(b"HTTP/1.1 200")
+        finally:
+            d.close()
+    finally:
+        a.close()
+        b.close()
