@@ -694,9 +694,8 @@ class Leadership(service.Service):
         self.since = now
         # One structured line per change, with the wall time: tests read each daemon's active
         # intervals from these.
-        log.info("leadership: now {role} for {lease} epoch {epoch}", role=role, lease=self.lease_name,
-                 epoch=self.epoch, leadership_role=role, leadership_lease=self.lease_name,
-                 leadership_epoch=self.epoch, leadership_at=time.time())
+        log.info("leadership: now {role} for {lease} epoch {epoch} at {at:.3f}", role=role,
+                 lease=self.lease_name, epoch=self.epoch, at=time.time())
         if role == STANDBY:
             self.epoch = None
         cb = self.on_active if role == ACTIVE else self.on_standby
