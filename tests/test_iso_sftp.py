@@ -9,6 +9,8 @@ HTTPS, and the bank's ledger shows each transfer credited once.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import pytest_twisted
 
@@ -69,3 +71,81 @@ async def test_iso20022_over_sftp_pays_and_takes_a_late_return(reactor, tmp_path
     assert bank.double_credits() == [] and len(bank.credits()) == per["PAID"]
     assert bank.payments_received("ISOF0001-P01") == 1
     assert "sftp" in {c["channel"] for c in channels} and "https" not in {c["channel"] for c in channels}
+
+
+def _sftp_install(tmp_path, **bank_file):
+    p = harness.Paths(tmp_path / "inst")
+    keys = harness.make_keys(p)
+    cfg = harness.write_config(p, keys, harness.Ports(1, 2, 3), token="test-token")
+    pki = isoinstall.make_pki(p.keys)
+    path = isoinstall.write_bank_file(p.banks, pki, 4, sftp=(keys.gw_ssh, "ssh-ed25519 AAAA"), **bank_file)
+    return cfg, path
+
+
+def test_unsigned_reports_over_sftp_are_refused_at_load_unless_testing_says_so(tmp_path):
+    """signature = "none" with transport "sftp" (result files nobody authenticates) stops the load
+    naming the file and key; [testing] allow_unsigned_reports = true lets a test installation
+    have it; over HTTPS (mutual TLS authenticates the bank) "none" stays allowed."""
+    from gateway import config as configmod
+    cfg, path = _sftp_install(tmp_path)
+    path.write_text(path.read_text().replace('signature = "xmldsig"', 'signature = "none"'))
+    with pytest.raises(configmod.ConfigError) as e:
+        configmod.load(cfg)
+    assert any("iso20022.signature" in m and "allow_unsigned_reports" in m for m in e.value.errors), e.value.errors
+    path.write_text(path.read_text() + "\n[testing]\nallow_unsigned_reports = true\n")
+    loaded = configmod.load(cfg)
+    bank = loaded.banks[isoinstall.ISO_BANK_ID]
+    assert bank.settings.signature == "none" and bank.settings.allow_unsigned_reports
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_oversized_report_file_is_refused_unread_and_a_rejected_batch_leaves_no_upload(reactor, tmp_path):
+    """Over SFTP: a report file over max_document_bytes is refused without being read (journaled,
+    one alarm) and passed, the status question brings the bank's copy again and the batch gets
+    its result; a batch the bank rejects whole (AM04) leaves no pain.001 behind, neither in the
+    bank's /in folder nor in the work folder, like a finished one."""
+    order = datagen.OrderSpec(
+        order_no="ISOG0001", bank_id=isoinstall.ISO_BANK_ID, count=3, seed=8,
+        budget_unit="长丰县民政局", project_code="MZ2026-03", project_name="2026年高龄津贴",
+        project_short="高龄津贴", region="340121", funded_at="2026-11-02T09:30:00+08:00",
+        failures={}, corrupt=None)
+    p = harness.Paths(tmp_path / "inst")
+    keys = harness.make_keys(p)
+    sims = await harness.start_simulators(reactor, p, keys, [order], token="test-token")
+    cfg = harness.write_config(p, keys, sims.ports, token="test-token", poll_s=0.2, status_poll_s=0.1)
+    pki = isoinstall.make_pki(p.keys)
+    bank, _https = isoinstall.start_iso_bank(reactor, pki, result_delay_s=0)
+    root = tmp_path / "iso-sftp"
+    port = bank.listen_sftp(str(root), authorized_keys=[sftp_server.public_key_line(keys.gw_ssh)],
+                            host_key_path=keys.bank_host).getHost().port
+    isoinstall.write_bank_file(p.banks, pki, port, status_poll_s=0.1, sftp=(
+        keys.gw_ssh, sftp_server.public_key_line(keys.bank_host + ".pub")), iso_extra="max_document_bytes = 100000")
+    harness.migrate(cfg)
+    bank.reject_next_payment("AM04")
+    ip = InProcess(reactor, p, keys, sims, cfg)
+    ip.flow = ip.gw.flows[isoinstall.ISO_BANK_ID]
+    try:
+        async def rejected():
+            return await ip.query("SELECT batch_no FROM batches WHERE state = 'RJCT'")
+        await ip.until(rejected, 60, "the batch rejected whole")
+        for _ in range(3):
+            await ip.flow.tick()
+        left_after_reject = sorted(x.name for x in (root / "in").iterdir())
+        work_after_reject = sorted(x.name for x in Path(ip.flow.adapter.work_dir).iterdir())
+        bank.hostile_next_report("oversized", size=300_000)
+
+        async def done():
+            return await ip.query("SELECT batch_no FROM batches WHERE state = 'DONE'")
+        await ip.until(done, 60, "the second batch's results after the oversized file")
+        alarms = await ip.query("SELECT kind FROM alarms WHERE kind = 'report-refused'")
+        refused = await ip.query("SELECT verified FROM journal WHERE verified LIKE 'failed%'")
+    finally:
+        try:
+            await bank.stop()
+        finally:
+            await ip.close()
+    assert "ISOG0001-P01.xml" not in left_after_reject, left_after_reject
+    assert not any(n.startswith("ISOG0001-P01") for n in work_after_reject), work_after_reject
+    assert alarms == [{"kind": "report-refused"}]
+    assert len(refused) == 1 and "over the limit of 100000" in refused[0]["verified"]
+    assert bank.payments_received("ISOG0001-P02") == 1
