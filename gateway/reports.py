@@ -79,6 +79,36 @@ class _Month:
     def of_seconds(self, s: int | None) -> str | None:
         return None if s is None else datetime.datetime.fromtimestamp(s, CST).strftime("%Y-%m")
 
+    # The statement that covers the period whole, and the shorter ones that can stand in for it.
+    own, part, part_name = "M", "D", "daily"
+
+    @property
+    def label(self) -> str:
+        return f"{self.yyyymm[:4]}-{self.yyyymm[4:]}"
+
+    @property
+    def key(self) -> str:
+        return self.yyyymm
+
+
+class _Year(_Month):
+    """A calendar year in China time: the same questions as a month, over twelve of them."""
+
+    own, part, part_name = "Y", "M", "monthly"
+
+    def __init__(self, year: int):
+        start = datetime.datetime(year, 1, 1, tzinfo=CST)
+        end = datetime.datetime(year + 1, 1, 1, tzinfo=CST)
+        self.year, self.month = year, None
+        self.text_from, self.text_until = start.isoformat(), end.isoformat()
+        self.secs_from, self.secs_until = int(start.timestamp()), int(end.timestamp())
+        self.ymd_from, self.ymd_until = start.strftime("%Y%m%d"), end.strftime("%Y%m%d")
+        self.yyyymm = f"{year:04d}"
+
+    @property
+    def label(self) -> str:
+        return self.yyyymm
+
 
 def _ca(count: int = 0, amount: int = 0) -> dict[str, int]:
     return {"count": int(count or 0), "amount": int(amount or 0)}
@@ -236,7 +266,7 @@ def _conservation(conn: Connection, m: _Month, scope: list, loaded: tuple) -> di
 # --- reconciliation ---------------------------------------------------------------------
 
 def _covering(m: _Month):
-    return or_(statements.c.period == f"M{m.yyyymm}", statements.c.period.like(f"D{m.yyyymm}%"))
+    return or_(statements.c.period == f"{m.own}{m.key}", statements.c.period.like(f"{m.part}{m.key}%"))
 
 
 def _chosen_statements(conn: Connection, m: _Month, bank_id: str) -> list[dict]:
@@ -244,9 +274,9 @@ def _chosen_statements(conn: Connection, m: _Month, bank_id: str) -> list[dict]:
     rows = [dict(r) for r in conn.execute(select(statements).where(
         statements.c.bank_id == bank_id, _covering(m))
         .order_by(statements.c.fetched_at, statements.c.id)).mappings()]
-    months = [r for r in rows if r["period"].startswith("M")]
-    if months:
-        return [months[-1]]
+    whole = [r for r in rows if r["period"].startswith(m.own)]
+    if whole:
+        return [whole[-1]]
     per_day = {r["period"]: r for r in rows}
     return [per_day[p] for p in sorted(per_day)]
 
@@ -273,8 +303,8 @@ def _reconcile(conn: Connection, m: _Month, bank_id: str, project_code: str | No
     chosen = _chosen_statements(conn, m, bank_id)
     if not chosen:
         return {"statement": None,
-                "note": f"no statement of bank {bank_id} is stored for {m.yyyymm[:4]}-{m.yyyymm[4:]} "
-                        f"(M{m.yyyymm}, or daily D{m.yyyymm}dd): nothing reconciled yet",
+                "note": f"no statement of bank {bank_id} is stored for {m.label} "
+                        f"({m.own}{m.key}, or {m.part_name} {m.part}{m.key}..): nothing reconciled yet",
                 "matched": 0, "differences": [], "differences_total": 0, "by_kind": {}}
     ids = [s["id"] for s in chosen]
     fetched = {s["id"]: s["fetched_at"] for s in chosen}
@@ -303,10 +333,11 @@ def _reconcile(conn: Connection, m: _Month, bank_id: str, project_code: str | No
     by_kind: dict[str, int] = defaultdict(int)
     for d in diffs:
         by_kind[d["kind"]] += 1
-    days = [s["period"] for s in chosen if s["period"].startswith("D")]
+    days = [s["period"] for s in chosen if s["period"].startswith(m.part)]
     statement = {"periods": [s["period"] for s in chosen], "sources": [s["source"] for s in chosen],
                  "fetched_at": max(s["fetched_at"] for s in chosen),
-                 "coverage": "days" if days else "month", "lines": len(lines)}
+                 "coverage": ("days" if m.part == "D" else "months") if days else
+                             ("month" if m.own == "M" else "year"), "lines": len(lines)}
     if len(chosen) == 1 and chosen[0]["totals"]:
         statement["totals"] = json.loads(chosen[0]["totals"])
     for k in ("account", "opening_balance", "closing_balance"):
@@ -315,8 +346,8 @@ def _reconcile(conn: Connection, m: _Month, bank_id: str, project_code: str | No
     out = {"statement": statement, "matched": matched, "differences": diffs[:MAX_LISTED],
            "differences_total": len(diffs), "by_kind": dict(by_kind)}
     if days:
-        out["note"] = (f"no month statement M{m.yyyymm} is stored; reconciled against the daily "
-                       f"statements of {len(days)} days")
+        out["note"] = (f"no statement {m.own}{m.key} is stored; reconciled against the {m.part_name} "
+                       f"statements of {len(days)} {'days' if m.part == 'D' else 'months'}")
     return out
 
 
@@ -497,3 +528,123 @@ def _reconcile_entries(conn, m: _Month, bank_id, project_code, lines, ids):
             else:
                 diffs.append(_diff("gateway_only", line, ref, order_no, {"amounts": g}, None))
     return matched, diffs
+
+
+# --- the yearly report and the January check (article 26) ----------------------------------
+
+def _fig_row(bank_id: str, project_code: str, region: str, month: str) -> dict[str, Any]:
+    return {"bank_id": bank_id, "project_code": project_code, "region": region, "month": month,
+            "funded": _ca(), "paid": _ca(), "refunded": _ca(), "failed": _ca(),
+            "batches_done": 0, "batch_paid": _ca(), "batch_failed": _ca(),
+            "refunds_done": _ca(), "late_returned": _ca()}
+
+
+_SUMMED = ("funded", "paid", "refunded", "failed", "batch_paid", "batch_failed", "refunds_done", "late_returned")
+
+
+def _sum_rows(rows: Iterable[dict], **key) -> dict[str, Any]:
+    out = {**key, **{k: _ca() for k in _SUMMED}, "batches_done": 0}
+    for r in rows:
+        for k in _SUMMED:
+            _add(out[k], r[k]["count"], r[k]["amount"])
+        out["batches_done"] += r["batches_done"]
+    return out
+
+
+def yearly(conn: Connection, year: int, bank_id: str | None = None,
+           project_code: str | None = None) -> dict[str, Any]:
+    """The year's figures per project, bank, region and month (China time), and the January check.
+
+    Each figure is put in its month on the same basis as `monthly` (an item by its latest
+    result and its status now, a batch by the time its results were applied, a refund
+    when confirmed, a late return by its ReturnDate, an order by funded_at; INVALID orders
+    aside), so the twelve monthly reports add up to the year. The reconciliation uses the
+    bank's yearly statement (period Y{year}: cnbank RC01 with a Y period, or a camt.053
+    over the year) or, without one, its monthly statements, and lists every difference.
+    """
+    y = _Year(year)
+    scope = []
+    if bank_id is not None:
+        scope.append(orders.c.bank_id == bank_id)
+    if project_code is not None:
+        scope.append(orders.c.project_code == project_code)
+    key = (orders.c.bank_id, orders.c.project_code, orders.c.region)
+    rows: dict[tuple, dict] = {}
+
+    def row(r, month: str) -> dict:
+        k = (r[0], r[1], r[2], month)
+        if k not in rows:
+            rows[k] = _fig_row(*k)
+        return rows[k]
+
+    month_of = func.substr
+    fm = month_of(orders.c.funded_at, 1, 7)
+    for r in conn.execute(select(*key, fm, func.count(), func.sum(orders.c.total_amount))
+                          .where(y.text(orders.c.funded_at), orders.c.state != OrderState.INVALID, *scope)
+                          .group_by(*key, fm)):
+        _add(row(r, r[3])["funded"], r[4], r[5])
+    im = month_of(items.c.result_at, 1, 7)
+    for r in conn.execute(select(*key, im, items.c.status, func.count(), func.sum(items.c.amount))
+                          .join(orders, orders.c.order_no == items.c.order_no)
+                          .where(y.text(items.c.result_at), *scope).group_by(*key, im, items.c.status)):
+        what = {ItemStatus.PAID: "paid", ItemStatus.REFUNDED: "refunded"}.get(r.status, "failed")
+        _add(row(r, r[3])[what], r[5], r[6])
+    for r in conn.execute(select(*key, batches.c.done_at, batches.c.updated_at, batches.c.succ_cnt,
+                                 batches.c.succ_amt, batches.c.fail_cnt, batches.c.fail_amt)
+                          .join(orders, orders.c.order_no == batches.c.order_no)
+                          .where(y.done(), *scope)):
+        f = row(r, y.of_seconds(r.done_at) if r.done_at is not None else r.updated_at[:7])
+        f["batches_done"] += 1
+        _add(f["batch_paid"], r.succ_cnt, r.succ_amt)
+        _add(f["batch_failed"], r.fail_cnt, r.fail_amt)
+    rm = month_of(refunds.c.updated_at, 1, 7)
+    for r in conn.execute(select(*key, rm, func.sum(refunds.c.total_count), func.sum(refunds.c.refund_amount))
+                          .join(orders, orders.c.order_no == refunds.c.order_no)
+                          .where(refunds.c.state == RefundState.DONE, y.text(refunds.c.updated_at), *scope)
+                          .group_by(*key, rm)):
+        _add(row(r, r[3])["refunds_done"], r[4], r[5])
+    lm = month_of(late_returns.c.return_date, 1, 6)
+    for r in conn.execute(select(*key, lm, func.count(), func.sum(late_returns.c.amount))
+                          .join(orders, orders.c.order_no == late_returns.c.order_no)
+                          .where(late_returns.c.return_date >= y.ymd_from, late_returns.c.return_date < y.ymd_until,
+                                 *scope).group_by(*key, lm)):
+        _add(row(r, f"{r[3][:4]}-{r[3][4:]}")["late_returned"], r[4], r[5])
+
+    ordered = [rows[k] for k in sorted(rows)]
+    names = dict(conn.execute(select(orders.c.project_code, func.max(orders.c.project_name)).where(
+        *scope).group_by(orders.c.project_code)).all())
+    for r in ordered:
+        r["project_name"] = names.get(r["project_code"])
+
+    def totals(by: tuple[str, ...]) -> list[dict]:
+        groups: dict[tuple, list[dict]] = defaultdict(list)
+        for r in ordered:
+            groups[tuple(r[k] for k in by)].append(r)
+        return [_sum_rows(groups[k], **dict(zip(by, k))) for k in sorted(groups)]
+
+    banks = {r["bank_id"] for r in ordered}
+    banks |= set(conn.execute(select(statements.c.bank_id).where(
+        _covering(y), *([statements.c.bank_id == bank_id] if bank_id else [])).distinct()).scalars())
+    if bank_id is not None:
+        banks = {bank_id}
+    recon = {b: _reconcile(conn, y, b, project_code) for b in sorted(banks)}
+    check = {b: {"statement": (r["statement"] or {}).get("periods"),
+                 "yearly_statement": bool(r["statement"]) and f"Y{year}" in r["statement"]["periods"],
+                 "differences": r["differences_total"],
+                 "ok": bool(r["statement"]) and f"Y{year}" in r["statement"]["periods"]
+                 and r["differences_total"] == 0}
+             for b, r in recon.items()}
+    return {
+        "year": year, "period": f"Y{year}", "from": y.text_from, "until": y.text_until,
+        "bank_id": bank_id, "project_code": project_code,
+        "basis": {"months": "China time; each figure in its month on the basis of report.monthly",
+                  "funded": "orders funded in the month (INVALID aside): count of orders, amount"},
+        "rows": ordered,
+        "by_project_bank": totals(("bank_id", "project_code")),
+        "by_region": totals(("region",)),
+        "by_month": totals(("month",)),
+        "total": _sum_rows(ordered),
+        "reconciliation": recon,
+        "january_check": {"due_by": f"{year + 1}-01-31", "banks": check,
+                          "ok": bool(check) and all(c["ok"] for c in check.values())},
+    }

@@ -166,6 +166,66 @@ def cmd_register(cfg, args) -> int:  # noqa: ANN001
     return 0
 
 
+# --- reports and ledger --------------------------------------------------------------------
+
+def _write(path: str, data: bytes) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_bytes(data)
+    print(f"wrote {path} ({len(data)} bytes)")
+
+
+def cmd_report_monthly(cfg, args) -> int:  # noqa: ANN001
+    from gateway.paper import figures, printed, workbook
+    year, month = _month(args.month)
+    with _engine(cfg).connect() as conn:
+        detail = figures.month_detail(conn, year, month, args.bank, args.project)
+    names = _bank_names(cfg)
+    font_file = cfg.paper.font_file if cfg.paper else ""
+    if args.xlsx:
+        _write(args.xlsx, workbook.monthly_workbook(detail, bank_names=names, generated_at=_at()))
+    if args.pdf:
+        _write(args.pdf, printed.monthly_pdf(detail, bank_names=names, font_file=font_file))
+    if args.json or not (args.xlsx or args.pdf):
+        print(json.dumps(detail["report"], ensure_ascii=False, indent=1))
+    return 0
+
+
+def cmd_report_yearly(cfg, args) -> int:  # noqa: ANN001
+    from gateway import reports
+    from gateway.paper import printed
+    with _engine(cfg).connect() as conn:
+        yr = reports.yearly(conn, args.year, args.bank, args.project)
+    if args.pdf:
+        _write(args.pdf, printed.yearly_pdf(yr, font_file=cfg.paper.font_file if cfg.paper else ""))
+    if args.json or not args.pdf:
+        print(json.dumps(yr, ensure_ascii=False, indent=1))
+    jc = yr["january_check"]
+    print(f"January check {args.year}: " + ("agrees" if jc["ok"] else "NOT agreed") + "; "
+          + "; ".join(f"{b}: {c['differences']} differences"
+                      + ("" if c["yearly_statement"] else ", no yearly statement")
+                      for b, c in jc["banks"].items()), file=sys.stderr)
+    return 0 if jc["ok"] else 1
+
+
+def cmd_ledger(cfg, args) -> int:  # noqa: ANN001
+    from gateway.paper import ledger
+    from gateway.paper.pdf import yuan
+    with _engine(cfg).connect() as conn:
+        led = ledger.ledger(conn, year=args.year, bank_id=args.bank, project_code=args.project)
+    if args.json:
+        print(json.dumps(led, ensure_ascii=False, indent=1))
+        return 0
+    for lg in led["ledgers"]:
+        print(f"台账 ledger {lg['bank_id']} / {lg['project_code']} {lg['project_name'] or ''}: opening "
+              f"{yuan(lg['opening'])}")
+        for m in lg["movements"]:
+            print(f"  {m['date']} {m['label']:<20} {m['order_no']:<22} {m['reference']:<22} {m['count']:>8} "
+                  f"{yuan(m['amount']):>16} {yuan(m['effect']):>16} {yuan(m['balance']):>16}")
+        held = f", held now {yuan(lg['held_now'])}" + ("" if lg["balanced"] in (True, None) else " DIFFERS")
+        print(f"  closing {yuan(lg['closing'])}{held if args.year is None else ''}")
+    return 0
+
+
 def add_parsers(sub) -> None:  # noqa: ANN001
     s = sub.add_parser("sheet", help="result sheets (交易结果): make, verify, record filing").add_subparsers(
         dest="cmd", required=True)
@@ -191,6 +251,30 @@ def add_parsers(sub) -> None:  # noqa: ANN001
     r.add_argument("--json", action="store_true")
     r.add_argument("--make-sheets", action="store_true", help="produce missing result sheets first")
     r.set_defaults(fn=cmd_register)
+    rp = sub.add_parser("report", help="monthly and yearly reports: JSON, XLSX, PDF").add_subparsers(
+        dest="cmd", required=True)
+    rm = rp.add_parser("monthly", help="a month's report (report.monthly) as JSON, --xlsx and --pdf")
+    rm.add_argument("--month", required=True, help="YYYY-MM")
+    rm.add_argument("--bank")
+    rm.add_argument("--project")
+    rm.add_argument("--xlsx", metavar="FILE")
+    rm.add_argument("--pdf", metavar="FILE")
+    rm.add_argument("--json", action="store_true")
+    rm.set_defaults(fn=cmd_report_monthly)
+    ry = rp.add_parser("yearly", help="the year per project, bank, region and month, and the January check "
+                                      "(exit 1 unless every bank's yearly statement agrees)")
+    ry.add_argument("--year", required=True, type=int)
+    ry.add_argument("--bank")
+    ry.add_argument("--project")
+    ry.add_argument("--pdf", metavar="FILE")
+    ry.add_argument("--json", action="store_true")
+    ry.set_defaults(fn=cmd_report_yearly)
+    lg = sub.add_parser("ledger", help="the per-project ledger (台账): movements with running balances")
+    lg.add_argument("--year", type=int)
+    lg.add_argument("--bank")
+    lg.add_argument("--project")
+    lg.add_argument("--json", action="store_true")
+    lg.set_defaults(fn=cmd_ledger)
 
 
 __all__ = ["add_parsers", "open_journal"]
