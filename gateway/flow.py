@@ -25,9 +25,14 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import re
+import threading
+import traceback
 from typing import Any
 
 from sqlalchemy import Connection, and_, delete, func, insert, select, update
+from sqlalchemy import exc as sa_exc
+from twisted.internet import defer
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -47,14 +52,39 @@ from gateway.late_returns import LateReturnSteps
 from gateway.refund_flow import RefundSteps
 from gateway.rules import (CST, RETRYABLE_REFUSALS, ConservationError, ResultRejected,  # noqa: F401
                            check_conservation, clear_alarm, iso, post_date, raise_alarm)
-from gateway.validation import OrderValidator, header_problems
+from gateway.masking import mask, mask_text
+from gateway.validation import OrderValidator, header_problems, storable, uncarriable
 
 log = Logger()
 APPLY_CHUNK = 10000
 
 
 def _s(v: Any, n: int = 200) -> str:
-    return v[:n] if isinstance(v, str) else ""
+    # A refused header is still stored (to say why): without what the database cannot hold.
+    return storable(v[:n]) if isinstance(v, str) else ""
+
+
+_DIGIT_RUN = re.compile(r"[0-9]{8,}")
+
+
+def error_text(e: BaseException) -> str:
+    """An exception as a log line that holds no personal data.
+
+    A database error's str() quotes the statement's parameters (names, ID and account
+    numbers of a whole chunk of items): only the driver's own message is kept, and every
+    run of 8 or more digits in what is left is masked (accounts can be that short).
+    """
+    if isinstance(e, sa_exc.StatementError):
+        orig = e.orig
+        text = f"{type(e).__name__}: " + (f"{type(orig).__name__}: {orig}" if orig is not None else "")
+    else:
+        text = f"{type(e).__name__}: {e}"
+    return _DIGIT_RUN.sub(lambda m: mask(m.group()), mask_text(text))[:2000]
+
+
+class ItemStreamRefused(Exception):
+    """The core's item stream broke a cap (a line too long, more lines than the header says):
+    the order is INVALID with this reason, and the stream is not read further."""
 
 
 def _i(v: Any) -> int:
@@ -62,23 +92,68 @@ def _i(v: Any) -> int:
 
 
 class _Loader:
-    """Turns the NDJSON byte stream of one order into validated item rows (runs on the DB thread)."""
+    """Turns the NDJSON byte stream of one order into validated item rows (runs on the DB thread).
 
-    def __init__(self, header: dict, raw_path: str):
+    Bounded: a line longer than `max_line` bytes, or a line past the header's total_count,
+    stops the stream (ItemStreamRefused), so the stream is at most about
+    (total_count + 1) x max_line bytes. The unfinished line is kept as a list of pieces and
+    joined once when its newline comes, so a long line costs its length, not its square.
+    The raw copy kept for the journal is created 0600: it holds ID and account numbers.
+    """
+
+    def __init__(self, header: dict, raw_path: str, max_line: int = 65536):
         self.v = OrderValidator(header)
-        self.rest = b""
+        self.max_line = max_line
+        self.max_lines = header.get("total_count") or 0
+        self.pending: list[bytes] = []    # pieces of the unfinished line
+        self.pending_len = 0
         self.line_no = 0
-        self.raw = open(raw_path, "wb")  # noqa: SIM115  (closed in finish/abort)
+        fd = os.open(raw_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o600)
+        os.fchmod(fd, 0o600)   # an older file of the same name keeps its mode otherwise
+        self.raw = os.fdopen(fd, "wb")  # noqa: SIM115  (closed in finish/abort)
         self.raw_path = raw_path
         self.bytes = 0
+        # feed runs on a pool thread; abort may be called from another while a feed finishes.
+        self.lock = threading.Lock()
+        self.closed = False
+
+    def _too_long(self, line_no: int) -> ItemStreamRefused:
+        return ItemStreamRefused(f"line {line_no}: longer than {self.max_line} bytes "
+                                 f"(core.max_item_line_bytes); the item stream was not read further")
+
+    def _hold(self, piece: bytes) -> None:
+        if piece:
+            self.pending.append(piece)
+            self.pending_len += len(piece)
+        if self.pending_len > self.max_line:
+            raise self._too_long(self.line_no + 1)
 
     def feed(self, conn: Connection, chunk: bytes) -> None:
-        self.raw.write(chunk)
-        self.bytes += len(chunk)
-        data = self.rest + chunk
-        lines = data.split(b"\n")
-        self.rest = lines.pop()
-        self._rows(conn, lines)
+        with self.lock:
+            if self.closed:
+                raise ItemStreamRefused("the load was abandoned")
+            self.raw.write(chunk)
+            self.bytes += len(chunk)
+            nl = chunk.find(b"\n")
+            if nl < 0:
+                self._hold(chunk)
+                return
+            if self.pending_len + nl > self.max_line:
+                raise self._too_long(self.line_no + 1)
+            first = b"".join(self.pending) + chunk[:nl] if self.pending else chunk[:nl]
+            self.pending, self.pending_len = [], 0
+            lines = chunk[nl + 1:].split(b"\n")
+            tail = lines.pop()
+            lines.insert(0, first)
+            for i, line in enumerate(lines):
+                if len(line) > self.max_line:
+                    raise self._too_long(self.line_no + 1 + i)
+            if self.line_no + len(lines) > self.max_lines:
+                raise ItemStreamRefused(
+                    f"line {self.max_lines + 1}: more lines than the header's total_count "
+                    f"{self.max_lines}; the item stream was not read further")
+            self._hold(tail)
+            self._rows(conn, lines)
 
     def _rows(self, conn: Connection, lines: list[bytes]) -> None:
         rows = []
@@ -126,17 +201,27 @@ class _Loader:
         return out
 
     def finish(self, conn: Connection) -> list[str]:
-        if self.rest.strip():
-            self._rows(conn, [self.rest])
-        self.raw.close()
-        return self.v.finish()
+        with self.lock:
+            tail = b"".join(self.pending)
+            if tail.strip():
+                if self.line_no + 1 > self.max_lines:
+                    raise ItemStreamRefused(
+                        f"line {self.max_lines + 1}: more lines than the header's total_count "
+                        f"{self.max_lines}")
+                self._rows(conn, [tail])
+            self.pending, self.pending_len = [], 0
+            self.raw.close()
+            self.closed = True
+            return self.v.finish()
 
     def abort(self) -> None:
-        self.raw.close()
-        try:
-            os.unlink(self.raw_path)
-        except FileNotFoundError:
-            pass
+        with self.lock:
+            self.closed = True
+            self.raw.close()
+            try:
+                os.unlink(self.raw_path)
+            except FileNotFoundError:
+                pass
 
 
 @implementer(IBankRecorder)
@@ -162,6 +247,8 @@ class BankFlow(RefundSteps, Article26Steps, LateReturnSteps, CorePushSteps):
         # alarmed every tick. Kept in memory: a restart tries everything at once.
         self._backoff: dict[str, tuple[float, float]] = {}
         self._statement_day: datetime.date | None = None
+        self._core_job: defer.Deferred | None = None
+        self._core_idle: list[defer.Deferred] = []
 
     # --- helpers ------------------------------------------------------------
 
@@ -197,13 +284,12 @@ class BankFlow(RefundSteps, Article26Steps, LateReturnSteps, CorePushSteps):
     # --- the tick -------------------------------------------------------------
 
     async def tick(self) -> None:
-        """One pass over everything due for this bank; each step's failure is contained."""
-        if self.wake_poll or self.now() - self.last_poll >= self.cfg.core.poll_interval_s:
-            self.wake_poll = False
-            await self._guard("poll the core", self.poll_core())
-            self.last_poll = self.now()
-        for order_no in await self.db.run(self._orders_in, (OrderState.FUNDED, OrderState.LOADING)):
-            await self._guard(f"load order {order_no}", self.load_order(order_no))
+        """One pass over everything due for this bank; each step's failure is contained.
+
+        The core's part (poll, load, push) runs apart, started here when the last one is
+        over: a slow core never holds a bank's own steps (submit, status, results).
+        """
+        self._start_core_work()
         for order_no in await self.db.run(self._orders_needing_batch):
             await self._guard(f"batch order {order_no}", self.create_pay_batch(order_no))
         for order_no in await self.db.run(self._orders_to_retry):
@@ -217,6 +303,37 @@ class BankFlow(RefundSteps, Article26Steps, LateReturnSteps, CorePushSteps):
         await self._guard("fetch statements", self.fetch_statements())
         await self._guard("send disputes", self.send_disputes())
         await self._guard("check deadlines", self.check_deadlines())
+
+    def _start_core_work(self) -> None:
+        if self._core_job is not None or self.stopping:
+            return
+        job = self._core_job = defer.ensureDeferred(self.core_work())
+        job.addErrback(lambda f: log.failure("{bank}: core work failed", f, bank=self.bank_id))
+
+        def over(_):
+            self._core_job = None
+            idle, self._core_idle = self._core_idle, []
+            for d in idle:
+                d.callback(None)
+        job.addBoth(over)
+
+    def core_idle(self) -> defer.Deferred:
+        """Fires once no core work (poll, load, push) of this bank is running."""
+        if self._core_job is None:
+            return defer.succeed(None)
+        d = defer.Deferred()
+        self._core_idle.append(d)
+        return d
+
+    async def core_work(self) -> None:
+        """Everything that talks to the core: poll for funded orders, load them, push results
+        and order states. Never overlaps itself (one per bank)."""
+        if self.wake_poll or self.now() - self.last_poll >= self.cfg.core.poll_interval_s:
+            self.wake_poll = False
+            await self._guard("poll the core", self.poll_core())
+            self.last_poll = self.now()
+        for order_no in await self.db.run(self._orders_in, (OrderState.FUNDED, OrderState.LOADING)):
+            await self._guard(f"load order {order_no}", self.load_order(order_no))
         await self._guard("push results", self.push_results())
         await self._guard("push order states", self.push_states())
 
@@ -252,7 +369,8 @@ class BankFlow(RefundSteps, Article26Steps, LateReturnSteps, CorePushSteps):
         except CoreContractError as e:
             await self._contract_fault(e)
         except (CoreError, TransportError) as e:
-            log.warn("{bank}: {what}: {error}; will try again", bank=self.bank_id, what=what, error=e)
+            log.warn("{bank}: {what}: {error}; will try again", bank=self.bank_id, what=what,
+                     error=error_text(e))
         except Deposed as e:
             # The lease is lost: what committed was fenced; the next holder resumes from it.
             log.warn("{bank}: {what} stopped: {error}", bank=self.bank_id, what=what, error=e)
@@ -263,8 +381,11 @@ class BankFlow(RefundSteps, Article26Steps, LateReturnSteps, CorePushSteps):
             log.error("{bank}: {what} refused: {error}", bank=self.bank_id, what=what, error=e)
             await self.db.run(lambda c: self._alarm(c, "critical", "conservation",
                                                     f"{what} refused: {e}", key=what))
-        except Exception:
-            log.failure("{bank}: {what} failed", bank=self.bank_id, what=what)
+        except Exception as e:  # noqa: BLE001
+            # Not log.failure: the exception's text can hold personal data (a database error
+            # quotes the rows it refused); the frames say where without any values.
+            log.error("{bank}: {what} failed: {error}\n{where}", bank=self.bank_id, what=what,
+                      error=error_text(e), where="".join(traceback.format_tb(e.__traceback__)))
         else:
             if self._backoff.pop(what, None) is not None:
                 await self.db.run(lambda c: clear_alarm(c, self.at(), "conservation",
@@ -313,9 +434,9 @@ class BankFlow(RefundSteps, Article26Steps, LateReturnSteps, CorePushSteps):
             at = self.at()
             for h in found:
                 no = h.get("order_no") if isinstance(h, dict) else None
-                if not isinstance(no, str) or not no or len(no) > 64:
+                if not isinstance(no, str) or not no or len(no) > 64 or uncarriable(no):
                     self._alarm(conn, "critical", "core-contract",
-                                f"funded order without a usable order_no: {str(h)[:200]}")
+                                f"funded order without a usable order_no: {ascii(h)[:200]}")
                     continue
                 if no in known:
                     continue
@@ -348,10 +469,15 @@ class BankFlow(RefundSteps, Article26Steps, LateReturnSteps, CorePushSteps):
                          .values(state=OrderState.LOADING, updated_at=self.at()))
             return dict(o)
         header = await self.db.run(start)
-        os.makedirs(self.cfg.work_dir, exist_ok=True)
-        loader = _Loader(header, os.path.join(self.cfg.work_dir, f"{order_no}.items.ndjson"))
+        os.makedirs(self.cfg.work_dir, mode=0o700, exist_ok=True)
+        loader = _Loader(header, os.path.join(self.cfg.work_dir, f"{order_no}.items.ndjson"),
+                         self.cfg.core.max_item_line_bytes)
         try:
             size = await self.core.stream_items(order_no, lambda chunk: self.db.run(loader.feed, chunk))
+        except (ItemStreamRefused, sa_exc.DataError) as e:
+            await self.db.run_plain(loader.abort)
+            await self._load_refused(order_no, loader, e)
+            return
         except BaseException:
             await self.db.run_plain(loader.abort)
             raise
@@ -375,10 +501,40 @@ class BankFlow(RefundSteps, Article26Steps, LateReturnSteps, CorePushSteps):
                             f"order {order_no} is INVALID: {'; '.join(reasons[:5])}",
                             order_no=order_no, journal_id=jid)
             return reasons
-        reasons = await self.db.run(finish)
+        try:
+            reasons = await self.db.run(finish)
+        except (ItemStreamRefused, sa_exc.DataError) as e:
+            await self.db.run_plain(loader.abort)
+            await self._load_refused(order_no, loader, e)
+            return
         os.unlink(loader.raw_path)   # archived in the journal
         log.info("{bank}: order {order} loaded: {n} items, {state}", bank=self.bank_id,
                  order=order_no, n=loader.v.count, state="INVALID" if reasons else "valid")
+
+    async def _load_refused(self, order_no: str, loader: _Loader, e: Exception) -> None:
+        """The item stream broke a cap, or the database refused what validation let through:
+        the order is INVALID with the reason (masked: a database error quotes the rows), its
+        partial items are removed, one alarm. The partial work file is already gone."""
+        if isinstance(e, ItemStreamRefused):
+            reason = str(e)
+        else:
+            reason = (f"lines up to {loader.line_no + 1}: the database refused the items "
+                      f"({error_text(e)})")
+
+        def rec(conn: Connection) -> None:
+            conn.execute(delete(items).where(items.c.order_no == order_no))
+            jid = self._journal(conn, Entry(
+                "in", "core", "http", "GET items",
+                f"order {order_no}: item stream refused after {loader.bytes} bytes: {reason}",
+                order_no=order_no, verified=f"failed: {reason[:180]}"))
+            conn.execute(update(orders).where(orders.c.order_no == order_no).values(
+                state=OrderState.INVALID, updated_at=self.at(),
+                detail=json.dumps({"reasons": [reason]}, ensure_ascii=False)))
+            self._alarm(conn, "warning", "order-invalid", f"order {order_no} is INVALID: {reason}",
+                        order_no=order_no, journal_id=jid)
+        await self.db.run(rec)
+        log.warn("{bank}: order {order} INVALID: {reason}", bank=self.bank_id, order=order_no,
+                 reason=reason)
 
     # --- batches ----------------------------------------------------------------
 

@@ -99,9 +99,32 @@ class _DatabaseService(service.Service):
 
 
 class _CoreService(service.Service):
-    def __init__(self, core: CoreClient):
-        self.core = core
+    """The core client, and the one "core-unreachable" alarm episode: raised (or updated) when
+    a core call fails after its retries, cleared by the next good answer."""
+
+    def __init__(self, core: CoreClient, database: dbmod.Database | None = None, reactor=None):
+        self.core, self.database, self.reactor = core, database, reactor
         self.setName("core-client")
+        self.failing: bool | None = None    # None: not known since start (an old episode may be open)
+        if database is not None:
+            core.watch(self._heard)
+
+    def _heard(self, problem) -> None:
+        from gateway.flow import error_text, iso
+        from gateway.rules import clear_alarm, raise_alarm
+        if self.core._closing or not self.running:  # noqa: SLF001  (a stop is not an outage)
+            return
+        if problem is None:
+            if self.failing is False:
+                return
+            self.failing = False
+            d = self.database.run(lambda c: clear_alarm(c, iso(self.reactor.seconds()), "core-unreachable"))
+        else:
+            self.failing = True
+            msg = f"the core cannot be reached or answers badly: {error_text(problem)}"[:500]
+            d = self.database.run(lambda c: raise_alarm(c, iso(self.reactor.seconds()), "critical",
+                                                        "core-unreachable", msg))
+        d.addErrback(lambda f: log.failure("could not record the core link's state", f))
 
     def stopService(self):  # noqa: N802
         super().stopService()
@@ -202,7 +225,8 @@ class Gateway(service.MultiService):
         for b in ids:
             self.flows[b].stopping = True
         return defer.DeferredList([defer.maybeDeferred(self.tickers[b].stopService) for b in ids
-                                   if self.tickers[b].running])
+                                   if self.tickers[b].running]
+                                  + [self.flows[b].core_idle() for b in ids])
 
     @defer.inlineCallbacks
     def stopService(self):  # noqa: N802
@@ -215,9 +239,9 @@ class Gateway(service.MultiService):
         for flow in self.flows.values():
             flow.stopping = True
         if self.core is not None:
-            self.core.close()   # a call waiting to retry gives up now
+            self.core.close()   # a call waiting to retry or in flight (a stream too) ends now
         yield defer.DeferredList([defer.maybeDeferred(t.stopService) for t in self.tickers.values()
-                                  if t.running])
+                                  if t.running] + [f.core_idle() for f in self.flows.values()])
         # The banks' connections (an HTTPS pool) are closed once no step can use them.
         yield defer.DeferredList([defer.maybeDeferred(f.adapter.close) for f in self.flows.values()])
         for s in reversed(list(self)):
@@ -313,9 +337,11 @@ class _MetricsService(service.Service):
                  ticker_factory=lambda job, interval: Ticker(reactor, "journal-watch", job, interval)
                  ).setServiceParent(gw)
     core = CoreClient(reactor, cfg.core.base_url, cfg.core.token.value, timeout_s=cfg.core.timeout_s,
-                      max_delay_s=cfg.core.retry_max_delay_s)
+                      max_delay_s=cfg.core.retry_max_delay_s, call_deadline_s=cfg.core.call_deadline_s,
+                      stream_window_s=cfg.core.stream_window_s,
+                      stream_min_bytes_per_s=cfg.core.stream_min_bytes_per_s)
     gw.core = core
-    _CoreService(core).setServiceParent(gw)
+    _CoreService(core, database, reactor).setServiceParent(gw)
     gw.commands = Commands(reactor, database, journal, gw)
     if cfg.rpc is not None:
         _RpcService(reactor, cfg, gw.commands, _refusal_journal(reactor, database, journal)

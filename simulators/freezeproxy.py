@@ -23,7 +23,7 @@ class _ToServer(protocol.Protocol):
 
     def connectionMade(self) -> None:  # noqa: N802
         self.pipe.server = self.transport
-        if self.pipe.proxy.frozen:
+        if self.pipe.frozen:
             self.pipe.proxy._frozen_pipe(self.pipe)
             return
         if self.pipe.pending:
@@ -31,12 +31,12 @@ class _ToServer(protocol.Protocol):
             self.pipe.pending = []
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802
-        if not self.pipe.proxy.frozen and self.pipe.client is not None:
+        if not self.pipe.frozen and self.pipe.client is not None:
             self.pipe.client.write(data)
 
     def connectionLost(self, reason=None) -> None:  # noqa: N802
         self.pipe.server = None
-        if not self.pipe.proxy.frozen and self.pipe.client is not None:
+        if not self.pipe.frozen and self.pipe.client is not None:
             self.pipe.client.loseConnection()
 
 
@@ -52,7 +52,12 @@ class _FromClient(protocol.Protocol):
             self.proxy.host, self.proxy.port).addErrback(lambda _: self.transport.loseConnection())
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802
-        if self.proxy.frozen:
+        if len(self.pipe.seen) < 4096:
+            self.pipe.seen += data[:4096]
+            if self.proxy.frozen and not self.pipe.frozen and self.proxy.matches(self.pipe):
+                self.pipe.frozen = True     # a new connection of the kind frozen
+                self.proxy._frozen_pipe(self.pipe)
+        if self.pipe.frozen:
             return                      # dropped, as by a dead link
         if self.pipe.server is None:
             self.pipe.pending.append(data)
@@ -72,6 +77,8 @@ class _Pipe:
         self.client = None
         self.server = None
         self.pending: list[bytes] = []
+        self.seen = b""                 # the first bytes the client sent (its startup message)
+        self.frozen = False
 
 
 class FreezingProxy(protocol.Factory):
@@ -84,6 +91,7 @@ class FreezingProxy(protocol.Factory):
         self.frozen = False
         self.frozen_at: float | None = None
         self.server_notices_after: float | None = None
+        self.only: bytes | None = None
         self.listening = None
 
     def buildProtocol(self, addr):  # noqa: N802
@@ -93,14 +101,22 @@ class FreezingProxy(protocol.Factory):
         self.listening = self.reactor.listenTCP(0, self, interface="127.0.0.1")
         return self.listening.getHost().port
 
-    def freeze(self, server_notices_after: float | None = None) -> None:
+    def matches(self, pipe: _Pipe) -> bool:
+        return self.only is None or self.only in pipe.seen
+
+    def freeze(self, server_notices_after: float | None = None, only: bytes | None = None) -> None:
         """Stop forwarding, now and for every connection made from now on; after
-        *server_notices_after* seconds the server side of each is closed (None: never)."""
+        *server_notices_after* seconds the server side of each is closed (None: never).
+        With *only*, just the connections whose first bytes hold it (a PostgreSQL startup
+        message names its application_name): one kind of link dies, the others live."""
         self.frozen = True
+        self.only = only
         self.frozen_at = self.reactor.seconds()
         self.server_notices_after = server_notices_after
         for pipe in list(self.pipes):
-            self._frozen_pipe(pipe)
+            if self.matches(pipe):
+                pipe.frozen = True
+                self._frozen_pipe(pipe)
 
     def _frozen_pipe(self, pipe: _Pipe) -> None:
         if self.server_notices_after is None or pipe.server is None:
