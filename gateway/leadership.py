@@ -203,7 +203,11 @@ class PgLease:
         return f"lease {self.name!r} on {u} ({self.lease_ms / 1000:g} s, database clock)"
 
     def checker(self, conn, fence: Fence, epoch: int) -> None:
-        pg_fence_check(conn, fence, epoch)
+        # A flow's statements, its lock waits and its idle moments inside a transaction are
+        # each bounded well inside the lease; the fence's deadline bounds the whole.
+        bound = int(self.lease_ms * 0.75)
+        pg_fence_check(conn, fence, epoch, statement_timeout_ms=bound, lock_timeout_ms=2000,
+                       idle_timeout_ms=bound)
 
     def _connect(self):
         if self._conn is not None:

@@ -56,6 +56,7 @@ class RetryScheduler:
         self.bank_ids = tuple(bank_ids)
         self.wake = wake
         self.scheduler: TwistedScheduler | None = None
+        self.fence = None     # gateway.leadership.Fence of the lease the job runs under, if any
 
     @property
     def running(self) -> bool:
@@ -105,7 +106,11 @@ class RetryScheduler:
 
         Blocking (database); runs on a thread. Returns the orders marked, by bank.
         """
+        fence = self.fence
+        epoch = fence.epoch if fence is not None else None
         with self.engine.begin() as conn:
+            if fence is not None:
+                fence.check_in(conn, epoch)     # a deposed daemon's job writes nothing
             marked = self.mark_for_retry(conn, now)
         for bank_id in marked:
             self.reactor.callFromThread(self.wake, bank_id)

@@ -383,6 +383,7 @@ class _MetricsService(service.Service):
         gw.tickers[bank_id] = ticker
     gw.scheduler = RetryScheduler(reactor, database.engine, journal, cfg.calendar, cfg.retry_times,
                                   cfg.banks, gw.kick)
+    gw.scheduler.fence = leaders[CORE if cfg.ha_mode == "per-bank" else SINGLE].fence
     # The last children: on stop each releases its lease only after its flows have stopped.
     gw.leadership = LeaseSet(leaders)
     for lead in leaders.values():
