@@ -377,6 +377,8 @@ def gatewayctl_main(argv: list[str] | None = None) -> None:
     r.set_defaults(fn=cmd_rpc)
     from gateway import cli_alarms
     cli_alarms.add_parser(sub)
+    from gateway import cli_corrections
+    cli_corrections.add_parser(sub)
     sub.add_parser("check-config", help="validate the configuration and exit").set_defaults(
         fn=lambda cfg, a: (print(json.dumps({"ok": True, "banks": sorted(cfg.banks)})), 0)[1])
     _add_keys_parser(sub)

@@ -49,7 +49,7 @@ NOT_FIXABLE = {"R009": "duplicate item (重复明细)", "R010": "account holder 
                "AM05": "duplicate (重复)", "MD07": "account holder deceased (账户人已故)"}
 EVIDENCE = ("confirmed_by", "approved_by", "approval_ref")
 CORRECTABLE = ("account_no", "account_bank", "name", "id_number")
-MAX_CORRECTIONS = 10000   # item.correct_many: one department's sheet, in one transaction
+MAX_CORRECTIONS = 5000    # item.correct_many: one sheet, one transaction; fits the RPC's 1 MiB body
 _LOCK_CHUNK = 500         # seqs per IN (...) list: well under SQLite's bound-variable limit
 _NUMBER_ATTEMPTS = 5
 
