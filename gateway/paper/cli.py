@@ -226,6 +226,97 @@ def cmd_ledger(cfg, args) -> int:  # noqa: ANN001
     return 0
 
 
+# --- archive ----------------------------------------------------------------------------------
+
+def _order_reports(conn, order_no: str) -> dict[str, bytes]:  # noqa: ANN001
+    from sqlalchemy import func, select
+
+    from gateway.masking import mask
+    from gateway.models import batches, items, late_returns, orders, refunds
+    from gateway.paper import ledger
+    o = conn.execute(select(orders).where(orders.c.order_no == order_no)).mappings().one_or_none()
+    if o is None:
+        raise SystemExit(f"no order {order_no!r} is known to the gateway")
+    per = {r[0]: {"count": r[1], "amount": int(r[2] or 0)} for r in conn.execute(
+        select(items.c.status, func.count(), func.sum(items.c.amount)).where(items.c.order_no == order_no)
+        .group_by(items.c.status))}
+    doc = {"order": dict(o), "items": per,
+           "batches": [dict(b) for b in conn.execute(select(batches).where(batches.c.order_no == order_no)
+                                                     .order_by(batches.c.seq)).mappings()],
+           "refunds": [{**dict(r), "returned_to": mask(r["returned_to"]) or None} for r in conn.execute(
+               select(refunds).where(refunds.c.order_no == order_no).order_by(refunds.c.refund_no)).mappings()],
+           "late_returns": [dict(r) for r in conn.execute(select(late_returns).where(
+               late_returns.c.order_no == order_no).order_by(late_returns.c.return_serial)).mappings()]}
+    for b in doc["batches"]:
+        b.pop("file_enc_key", None)
+        b.pop("result_enc_key", None)
+    moves = ledger.movements(conn, order_no=order_no)
+    return {"order.json": json.dumps(doc, ensure_ascii=False, indent=1, default=str).encode(),
+            "ledger.json": json.dumps(sorted(moves, key=lambda m: (m["date"], ledger.KINDS[m["kind"]][1])),
+                                      ensure_ascii=False, indent=1).encode()}
+
+
+def cmd_archive_export(cfg, args) -> int:  # noqa: ANN001
+    from sqlalchemy import select
+
+    from gateway.models import batches
+    from gateway.paper import archive, figures, printed, register, sheets, workbook
+    if bool(args.order) == bool(args.month):
+        raise SystemExit("give --order N or --month YYYY-MM")
+    month = _month(args.month) if args.month else None
+    seal, jr, engine = _seal(cfg), open_journal(cfg), _engine(cfg)
+    names = _bank_names(cfg)
+    with engine.begin() as conn:
+        if args.order:
+            todo = list(conn.execute(select(batches.c.batch_no).where(
+                batches.c.order_no == args.order, batches.c.state == "DONE").order_by(batches.c.batch_no)).scalars())
+        else:
+            todo = [b["batch_no"] for b in register.register(conn, *month, today=_now().date())["batches"]]
+        for batch_no in todo:
+            sheets.ensure_sheet(conn, jr, seal, batch_no, _at(), bank_name=names.get(_bank_of(conn, batch_no), ""),
+                                font_file=cfg.paper.font_file)
+    with engine.connect() as conn:
+        if args.order:
+            reps = _order_reports(conn, args.order)
+        else:
+            detail = figures.month_detail(conn, *month)
+            reg = register.register(conn, *month, today=_now().date(), calendar=cfg.calendar)
+            reps = {"monthly.json": json.dumps(detail["report"], ensure_ascii=False, indent=1).encode(),
+                    "monthly.xlsx": workbook.monthly_workbook(detail, bank_names=names, generated_at=_at()),
+                    "monthly.pdf": printed.monthly_pdf(detail, bank_names=names, font_file=cfg.paper.font_file),
+                    "register.json": json.dumps(reg, ensure_ascii=False, indent=1).encode()}
+        r = archive.export_archive(conn, jr, seal, args.out, at=_at(), order_no=args.order, month=month,
+                                   reports=reps, sheets_for=todo)
+    print(f"wrote {r.path}: {r.entries} journal entries, chain segment {r.segment[0]}..{r.segment[1]}, "
+          f"{r.members} members; head {r.head['last_id']}:{r.head['last_hash']}; sealed by {seal.fingerprint}")
+    return 0
+
+
+def cmd_archive_verify(cfg, args) -> int:  # noqa: ANN001
+    from gateway.paper import archive, seal
+    pub = seal.load_public(Path(args.key).read_bytes(), args.key) if args.key else None
+    expect = None
+    if args.expect_head:
+        m = re.fullmatch(r"([0-9]+):([0-9a-f]{64})", args.expect_head)
+        if m is None:
+            print("ERROR --expect-head must be ID:HASH (64 hex digits)", file=sys.stderr)
+            return 2
+        expect = (int(m.group(1)), m.group(2))
+    jkey = None
+    if args.journal_key:
+        from gateway.journal import read_key_file
+        jkey = read_key_file(args.journal_key)
+    v = archive.verify_archive(args.file, public_key=pub, fingerprint=args.fingerprint, expect_head=expect,
+                               journal_key=jkey)
+    if not v.ok:
+        print(f"ARCHIVE BROKEN: {v.problem}")
+        return 1
+    print(f"archive intact: {v.members} members, {v.entries} journal entries, chain to head "
+          f"{v.head['last_id']}:{v.head['last_hash']}; scope {json.dumps(v.scope)}; sealed by {v.signer}"
+          + ("" if (pub or args.fingerprint) else " (signer not pinned: compare this fingerprint, or pass --key)"))
+    return 0
+
+
 def add_parsers(sub) -> None:  # noqa: ANN001
     s = sub.add_parser("sheet", help="result sheets (交易结果): make, verify, record filing").add_subparsers(
         dest="cmd", required=True)
@@ -275,6 +366,20 @@ def add_parsers(sub) -> None:  # noqa: ANN001
     lg.add_argument("--project")
     lg.add_argument("--json", action="store_true")
     lg.set_defaults(fn=cmd_ledger)
+    ar = sub.add_parser("archive", help="the auditor's archive (article 27): export, verify offline").add_subparsers(
+        dest="cmd", required=True)
+    ae = ar.add_parser("export", help="one sealed tar.gz of an order's (or a month's) journal, sheets and reports")
+    ae.add_argument("--order")
+    ae.add_argument("--month", help="YYYY-MM")
+    ae.add_argument("--out", required=True, metavar="FILE")
+    ae.set_defaults(fn=cmd_archive_export)
+    av = ar.add_parser("verify", help="check an archive offline (no --config); exit 1 naming the first thing wrong")
+    av.add_argument("file")
+    av.add_argument("--key", help="the seal's public key (PEM) the archive must be sealed with")
+    av.add_argument("--fingerprint", help="or the SHA-256 fingerprint of that key")
+    av.add_argument("--expect-head", metavar="ID:HASH", help="a journal head the chain must pass through")
+    av.add_argument("--journal-key", metavar="FILE", help="the journal key, to check the entries' MACs too")
+    av.set_defaults(fn=cmd_archive_verify, no_config=True)
 
 
 __all__ = ["add_parsers", "open_journal"]
