@@ -36,7 +36,7 @@ from typing import Iterable, Iterator
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives import hmac as chmac
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, Integer, bindparam, func, insert, select, update
 
 from gateway.models import journal, journal_head
 from protocols.sm import SM3Hasher, sm3_hex
@@ -166,6 +166,16 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+# Built once: building a statement per append cost more than the database work it asks for.
+_TAKE_HEAD = update(journal_head).where(journal_head.c.id == 1).values(last_id=journal_head.c.last_id)
+_READ_HEAD = (select(journal_head.c.last_id, journal_head.c.last_hash, journal_head.c.keyed_from)
+              .where(journal_head.c.id == 1).with_for_update())
+_INSERT = insert(journal)
+_MOVE_HEAD = update(journal_head).where(journal_head.c.id == 1).values(
+    last_id=bindparam("new_id"), last_hash=bindparam("new_hash"),
+    keyed_from=func.coalesce(journal_head.c.keyed_from, bindparam("new_keyed_from", type_=Integer)))
+
+
 class Journal:
     """Appends entries; with a key, each entry carries the MAC of its hash."""
 
@@ -228,12 +238,8 @@ class Journal:
         # Write to the head row before reading it: on SQLite (pysqlite opens its transaction
         # only at the first write, and ignores FOR UPDATE) this takes the write lock, so two
         # appends wait for each other instead of both reading the same head and colliding.
-        conn.execute(update(journal_head).where(journal_head.c.id == 1)
-                     .values(last_id=journal_head.c.last_id))
-        head = conn.execute(
-            select(journal_head.c.last_id, journal_head.c.last_hash, journal_head.c.keyed_from)
-            .where(journal_head.c.id == 1).with_for_update()
-        ).one()
+        conn.execute(_TAKE_HEAD)
+        head = conn.execute(_READ_HEAD).one()
         if self.key is None and head.keyed_from is not None:
             # Fail closed: an unkeyed entry after keyed ones is what a forger would write.
             raise JournalKeyError(f"the journal is keyed from entry {head.keyed_from}: "
@@ -247,11 +253,9 @@ class Journal:
         }
         row["hash"] = _entry_hash(row)
         row["mac"] = self.key.entry_mac(row["hash"]) if self.key is not None else None
-        conn.execute(insert(journal).values(**row))
-        moved = {"last_id": row["id"], "last_hash": row["hash"]}
-        if self.key is not None and head.keyed_from is None:
-            moved["keyed_from"] = row["id"]
-        conn.execute(update(journal_head).where(journal_head.c.id == 1).values(**moved))
+        conn.execute(_INSERT, row)
+        conn.execute(_MOVE_HEAD, {"new_id": row["id"], "new_hash": row["hash"],
+                                  "new_keyed_from": row["id"] if self.key is not None else None})
         return row["id"]
 
     def payload_of(self, row) -> bytes:  # noqa: ANN001
