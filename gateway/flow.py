@@ -583,6 +583,9 @@ class BankFlow(RefundSteps, Article26Steps, LateReturnSteps, CorePushSteps):
 
     async def advance(self, b: dict) -> None:
         state = b["state"]
+        if state in (BatchState.UPLOADED, BatchState.SUBMITTING) and not self.adapter.built_exists(b):
+            if not await self._not_built_here(b):
+                return
         if state == BatchState.BUILDING:
             await self.build(b)
         elif state == BatchState.BUILT:
@@ -594,6 +597,38 @@ class BankFlow(RefundSteps, Article26Steps, LateReturnSteps, CorePushSteps):
         elif state == BatchState.ACCEPTED:
             if (b["next_check_at"] or 0) <= self.now():
                 await self.query(b)
+
+    async def _not_built_here(self, b: dict) -> bool:
+        """The batch's file is not in this daemon's work folder (each daemon has its own: another
+        one built it before a takeover; or the host was restored). True when the step may go on.
+
+        UPLOADED: nothing was submitted, so it is built here again (new file, key and upload).
+        SUBMITTING: the bank may hold it. An adapter whose status question is the same bytes
+        again (iso20022 re-POSTs the document: `restore_sent`) gets them back from the journal,
+        which archived them before they left; one that asks by number (cnbank BQ01) needs nothing.
+        """
+        from gateway.models import journal as journal_t
+        if b["state"] == BatchState.UPLOADED:
+            await self.db.run(lambda c: c.execute(update(batches).where(
+                batches.c.batch_no == b["batch_no"], batches.c.state == BatchState.UPLOADED)
+                .values(state=BatchState.BUILDING, updated_at=self.at())))
+            log.info("{bank}: {batch} was built elsewhere and not submitted: building it here",
+                     bank=self.bank_id, batch=b["batch_no"])
+            return False
+        restore = getattr(self.adapter, "restore_sent", None)
+        if restore is None:
+            return True
+        row = await self.db.run(lambda c: c.execute(select(journal_t).where(
+            journal_t.c.direction == "out", journal_t.c.batch_no == b["batch_no"],
+            journal_t.c.msg_id == b["batch_no"], journal_t.c.tx_code == self.adapter.sent_tx_code)
+            .order_by(journal_t.c.id.desc()).limit(1)).first())
+        if row is None:
+            return True
+        payload = await self.db.run_plain(self.journal.payload_of, row)
+        await self.db.run_plain(restore, b, payload)
+        log.info("{bank}: {batch}: the document sent was put back from journal entry {id}",
+                 bank=self.bank_id, batch=b["batch_no"], id=row.id)
+        return True
 
     def _build_document(self, b: dict) -> Built:
         """Stream the batch's items from the database into the adapter's document (pool thread)."""

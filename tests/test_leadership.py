@@ -525,3 +525,57 @@ async def test_per_bank_mode_makes_a_core_lease_and_one_per_bank(reactor, tmp_pa
         if gw.running:
             await gw.stopService()
         await sims.stop()
+
+
+# --- one work folder per daemon ---------------------------------------------------------------
+
+
+@pytest.mark.loopback
+@pytest_twisted.ensureDeferred
+async def test_a_batch_built_in_another_daemons_work_folder_is_rebuilt_or_restored(reactor, tmp_path):
+    """Each daemon has its own work folder, so after a takeover the batch's file is not here.
+    UPLOADED (nothing submitted yet): it is built here again and submitted. SUBMITTING (the
+    POST may have reached the bank): the same bytes are put back from the journal and asked
+    with again, so the bank answers with its first answer (not DU01) and pays once."""
+    from simulators.isobank import install as isoinstall
+    from tests.support import InProcess
+    from tests.test_iso_refusals import _order
+
+    from simulators import harness
+    p = harness.Paths(tmp_path / "inst")
+    keys = harness.make_keys(p)
+    sims = await harness.start_simulators(reactor, p, keys, [_order()], token="test-token")
+    cfg = harness.write_config(p, keys, sims.ports, token="test-token", poll_s=0.2, status_poll_s=0.1)
+    pki = isoinstall.make_pki(p.keys)
+    bank, port = isoinstall.start_iso_bank(reactor, pki, result_delay_s=0)
+    isoinstall.write_bank_file(p.banks, pki, port, status_poll_s=0.1)
+    harness.migrate(cfg)
+    ip = InProcess(reactor, p, keys, sims, cfg)
+    ip.flow = ip.gw.flows[isoinstall.ISO_BANK_ID]
+    work = ip.flow.adapter.work_dir
+
+    def state_is(*states):
+        async def check():
+            rows = await ip.query("SELECT batch_no, file_name, state FROM batches")
+            return rows if rows and rows[0]["state"] in states else None
+        return check
+    try:
+        (b,) = await ip.until(state_is("UPLOADED"), 30, "an uploaded batch")
+        os.unlink(os.path.join(work, b["file_name"]))          # built by the other daemon
+        # taken over after the POST left and before its answer was recorded
+        await ip.until(state_is("ACCEPTED"), 30, "the batch accepted, results not applied")
+        await ip.execute("UPDATE batches SET state = 'SUBMITTING'")
+        await ip.execute("UPDATE items SET status = 'PENDING'")
+        os.unlink(os.path.join(work, b["file_name"]))
+        await ip.until(state_is("DONE"), 30, "the batch asked about with the same bytes and done")
+        items = await ip.query("SELECT status, count(*) AS n FROM items GROUP BY status")
+        conflicts = await ip.query("SELECT * FROM alarms WHERE kind = 'message-id-conflict'")
+        posts = [r for r in bank.requests() if r[:2] == ("POST", "/payments")]
+        taken = bank.payments_received(b["batch_no"])
+    finally:
+        try:
+            await bank.stop()
+        finally:
+            await ip.close()
+    assert items == [{"status": "PAID", "n": 6}] and not conflicts
+    assert taken == 1 and len(posts) >= 2       # asked again with the same bytes, paid once

@@ -152,6 +152,17 @@ class IsoAdapter:
     def built_exists(self, batch: dict) -> bool:
         return os.path.exists(os.path.join(self.work_dir, batch["file_name"]))
 
+    sent_tx_code = iso.PAIN001   # the journal's tx_code of a document as sent (restore_sent)
+
+    def restore_sent(self, batch: dict, document: bytes) -> None:
+        """Put back the document the journal archived when it was POSTed (blocking): the status
+        question is the same bytes again, and another daemon, with its own work folder, built it."""
+        path = os.path.join(self.work_dir, batch["file_name"])
+        tmp = path + ".restoring"
+        with open(tmp, "wb") as f:
+            f.write(document)
+        os.replace(tmp, path)
+
     async def deliver_batch(self, batch: dict, recorder) -> None:
         return None   # HTTPS: the document travels in the POST itself
 
