@@ -207,6 +207,8 @@ class Gateway(service.MultiService):
         single or the "core" lease, the scheduled retries."""
         if self.stopping:
             return
+        from gateway.metrics import METRICS
+        METRICS.active.set(1)
         ids = list(self.flows) if banks is None else banks
         for b in ids:
             self.flows[b].stopping = False
@@ -219,6 +221,8 @@ class Gateway(service.MultiService):
     def on_standby(self, banks=None, scheduler: bool = True):
         """A lease is lost or released: the scheduler stops (with its lease), each of the lease's
         flows finishes its step and stops."""
+        from gateway.metrics import METRICS
+        METRICS.active.set(0)
         if scheduler and self.scheduler is not None:
             self.scheduler.shutdown()
         ids = list(self.flows) if banks is None else banks
@@ -231,8 +235,6 @@ class Gateway(service.MultiService):
     @defer.inlineCallbacks
     def stopService(self):  # noqa: N802
         """Stop in order: flows finish their current step, then the bank adapters, the core client,
-        from gateway.metrics import METRICS
-        METRICS.active.set(1)
         the database."""
         log.info("stopping: letting each bank's current step finish")
         self.stopping = True
@@ -245,38 +247,12 @@ class Gateway(service.MultiService):
         # The banks' connections (an HTTPS pool) are closed once no step can use them.
         yield defer.DeferredList([defer.maybeDeferred(f.adapter.close) for f in self.flows.values()])
         for s in reversed(list(self)):
-        from gateway.metrics import METRICS
-        METRICS.active.set(0)
             if s.running and s not in self.tickers.values():
                 yield defer.maybeDeferred(s.stopService)
         service.Service.stopService(self)
         log.info("stopped")
 
 
-def _make_adapters(reactor, cfg: GatewayConfig, faults: Faults) -> dict:
-    """One verified adapter per bank, found by its dialect; every problem reported together."""
-    adapters, errors = {}, []
-    for bank_id, bank in cfg.banks.items():
-        try:
-            adapters[bank_id] = make_adapter(reactor, bank, cfg, faults)
-        except AdapterError as e:
-            errors.append(str(e))
-    if errors:
-        raise StartupError("cannot start:\n  " + "\n  ".join(errors))
-    return adapters
-
-
-def make_service(cfg: GatewayConfig, reactor=None) -> Gateway:
-    if reactor is None:
-        from twisted.internet import reactor as _reactor
-        reactor = _reactor
-    try:
-        faults = Faults(cfg.crash_after)
-    except ValueError as e:
-        raise StartupError(f"{cfg.file}: {e}") from None
-    adapters = _make_adapters(reactor, cfg, faults)
-    engine = dbmod.make_engine(cfg.database_url)
-    try:
 class _MetricsService(service.Service):
     """/metrics on [metrics] listen, and the ticker that reads the database figures for it."""
 
@@ -313,6 +289,30 @@ class _MetricsService(service.Service):
         return d
 
 
+def _make_adapters(reactor, cfg: GatewayConfig, faults: Faults) -> dict:
+    """One verified adapter per bank, found by its dialect; every problem reported together."""
+    adapters, errors = {}, []
+    for bank_id, bank in cfg.banks.items():
+        try:
+            adapters[bank_id] = make_adapter(reactor, bank, cfg, faults)
+        except AdapterError as e:
+            errors.append(str(e))
+    if errors:
+        raise StartupError("cannot start:\n  " + "\n  ".join(errors))
+    return adapters
+
+
+def make_service(cfg: GatewayConfig, reactor=None) -> Gateway:
+    if reactor is None:
+        from twisted.internet import reactor as _reactor
+        reactor = _reactor
+    try:
+        faults = Faults(cfg.crash_after)
+    except ValueError as e:
+        raise StartupError(f"{cfg.file}: {e}") from None
+    adapters = _make_adapters(reactor, cfg, faults)
+    engine = dbmod.make_engine(cfg.database_url)
+    try:
         dbmod.check_migrated(engine, cfg.file)
     except dbmod.NotMigrated as e:
         engine.dispose()
@@ -388,7 +388,7 @@ class _MetricsService(service.Service):
     gw.leadership = LeaseSet(leaders)
     for lead in leaders.values():
         lead.setServiceParent(gw)
-    return gw
     if cfg.metrics is not None:
         _MetricsService(reactor, cfg.metrics, database,
                         {"work": cfg.work_dir, "journal": cfg.journal_archive_dir}).setServiceParent(gw)
+    return gw
