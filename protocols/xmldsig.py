@@ -23,7 +23,6 @@ million-transfer document whole.
 from __future__ import annotations
 
 import base64
-import copy
 import datetime
 import io
 import os
@@ -60,73 +59,57 @@ def _parse(doc: bytes, huge: bool = True) -> etree._ElementTree:
     return tree
 
 
-_SIGNATURE_DEPTH = 5   # Document / message / SplmtryData / Envlp / Signature
+# Elements that repeat by the thousand in these messages: dropped as soon as read, so the
+# scan below holds a skeleton of the document, not the document.
+_REPEATING = ("{*}CdtTrfTxInf", "{*}TxInfAndSts", "{*}Ntry")
 
 
 def _scan_signature(doc: bytes) -> etree._Element:
-    """One streaming pass that keeps nothing but a copy of the one Signature.
+    """One streaming pass that keeps a skeleton of the document and a copy of its Signature.
 
-    Checks, before any tree of the document is built, that there is exactly one
+    Checks, before any whole tree of the document is built, that there is exactly one
     Signature, in the message's last SplmtryData/Envlp, and no DOCTYPE: a document
     unsigned, signed twice or in the wrong place is refused at the cost of reading it
-    once, whatever its size.
+    once, in little memory, whatever its size. Python sees only the repeating elements
+    (dropped) and Signatures (counted wherever they hide).
     """
-    it = etree.iterparse(io.BytesIO(doc), events=("start", "end"), resolve_entities=False,
+    it = etree.iterparse(io.BytesIO(doc), events=("end",), tag=(_SIG, *_REPEATING), resolve_entities=False,
                          no_network=True, load_dtd=False, remove_comments=True, remove_pis=True)
-    depth = 0
     found = None
-    inside = False          # within the Signature: keep it whole
-    after = False           # the Signature's SplmtryData has closed
     count = 0
     try:
-        for event, el in it:
-            if event == "start":
-                depth += 1
-                if depth == 1:
-                    info = el.getroottree().docinfo
-                    if info.doctype or info.internalDTD is not None or info.system_url:
-                        raise SignatureError("a DOCTYPE is refused (no DTD or entity declarations "
-                                             "in a signed message)")
-                    _message_element_name(el)
-                elif depth == 2 and el.getprevious() is not None:
-                    raise SignatureError(f"{el.getparent().tag} is not an ISO 20022 Document with one "
-                                         "message element")
-                elif depth == 3 and after:
-                    raise SignatureError("the Signature is not in the message's last SplmtryData/Envlp")
-                if el.tag == _SIG:
-                    count += 1
-                    if count > 1:
-                        raise SignatureError("more than one Signature element, exactly one expected")
-                    envelope = el.getparent()
-                    supplementary = envelope.getparent() if envelope is not None else None
-                    ns = etree.QName(el.getroottree().getroot()).namespace
-                    if (depth != _SIGNATURE_DEPTH or envelope.tag != f"{{{ns}}}Envlp"
-                            or supplementary.tag != f"{{{ns}}}SplmtryData"):
-                        raise SignatureError("the Signature is not in the message's last SplmtryData/Envlp")
-                    inside = True
+        for _event, el in it:
+            if el.tag == _SIG:
+                count += 1
+                if count > 1:
+                    raise SignatureError("more than one Signature element, exactly one expected")
+                found = el
                 continue
-            if el.tag == _SIG and inside and depth == _SIGNATURE_DEPTH:
-                found = copy.deepcopy(el)
-                inside = False
-            elif depth == 3 and found is not None:
-                after = True
-            if not inside and depth > 1:
-                el.clear(keep_tail=False)
-                parent = el.getparent()
-                while parent is not None and el.getprevious() is not None:
-                    del parent[0]
-            depth -= 1
+            el.clear(keep_tail=False)
+            parent = el.getparent()
+            while parent is not None and el.getprevious() is not None:
+                del parent[0]
     except etree.XMLSyntaxError as exc:
         raise SignatureError(f"not well-formed XML: {exc}") from None
+    root = it.root
+    info = root.getroottree().docinfo
+    if info.doctype or info.internalDTD is not None or info.system_url:
+        raise SignatureError("a DOCTYPE is refused (no DTD or entity declarations in a signed message)")
+    message = _message_element(root)
     if found is None:
         raise SignatureError("the document is not signed")
+    _check_place(root, message, found)
     return found
 
 
-def _message_element_name(root: etree._Element) -> None:
-    q = etree.QName(root)
-    if q.localname != "Document" or not (q.namespace or "").startswith(_ISO_PREFIX):
-        raise SignatureError(f"{root.tag} is not an ISO 20022 Document with one message element")
+def _check_place(root: etree._Element, message: etree._Element, signature: etree._Element) -> None:
+    envelope = signature.getparent()
+    supplementary = envelope.getparent() if envelope is not None else None
+    ns = etree.QName(root).namespace
+    if (envelope is None or envelope.tag != f"{{{ns}}}Envlp" or supplementary is None
+            or supplementary.tag != f"{{{ns}}}SplmtryData" or supplementary.getparent() is not message
+            or message[len(message) - 1] is not supplementary):
+        raise SignatureError("the Signature is not in the message's last SplmtryData/Envlp")
 
 
 def _message_element(root: etree._Element) -> etree._Element:
