@@ -368,7 +368,7 @@ def make_service(cfg: GatewayConfig, reactor=None) -> Gateway:
         eager = cfg.ha_mode == "single" or not cfg.ha_prefer or name in cfg.ha_prefer
         leaders[name] = Leadership(
             reactor, lease, name=name, retry_s=cfg.ha_retry_s, lease_s=cfg.ha_lease_s,
-            margin_s=cfg.ha_margin_s, patience=1.0 if eager else 3.0,
+            margin_s=cfg.ha_margin_s, patience=1.0 if eager else 2.0,
             on_active=lambda bank_ids=bank_ids, sched=sched: gw.on_active(bank_ids, sched),
             on_standby=lambda bank_ids=bank_ids, sched=sched: gw.on_standby(bank_ids, sched))
         for b in bank_ids:
