@@ -58,13 +58,15 @@ class Pair:
         d = self.daemons[tag]
         d.config.write_text(d.config.read_text() + extra)
 
-    def intervals(self) -> list[tuple[str, int, float, float]]:
-        """(daemon, epoch, from, to) of every active interval, from the daemons' own logs; an
-        interval still open ends when the daemon ended (killed) or now."""
+    def intervals(self, lease: str = "gateway") -> list[tuple[str, int, float, float]]:
+        """(daemon, epoch, from, to) of every active interval on *lease*, from the daemons' own
+        logs; an interval still open ends when the daemon ended (killed) or now."""
         out = []
         for tag, d in self.daemons.items():
             opened = None
-            for role, _lease, epoch, at in _LINE.findall(d.log_path.read_text() if d.log_path.exists() else ""):
+            for role, name, epoch, at in _LINE.findall(d.log_path.read_text() if d.log_path.exists() else ""):
+                if name != lease:
+                    continue
                 if role == "active":
                     opened = (int(epoch), float(at))
                 elif opened is not None:
@@ -74,9 +76,9 @@ class Pair:
                 out.append((tag, opened[0], opened[1], self.ended.get(tag, time.time())))
         return sorted(out, key=lambda x: x[2])
 
-    def active_since(self, tag: str, after: float = 0.0) -> float | None:
-        for t, _e, start, _end in self.intervals():
-            if t == tag and start >= after:
+    def active_since(self, tag: str, lease: str = "gateway") -> float | None:
+        for t, _e, start, _end in self.intervals(lease):
+            if t == tag:
                 return start
         return None
 
@@ -106,12 +108,12 @@ async def _setup(reactor, tmp_path, pg_url, n_orders=4, items=40):
     return specs, Pair(reactor, p, sims, cfg, pg_url)
 
 
-async def _start_a_then_b(reactor, pair: Pair) -> None:
+async def _start_a_then_b(reactor, pair: Pair, lease: str = "gateway") -> None:
     """A first, active before B starts, so the test knows which one to cut."""
     pair.daemons["a"].start()
 
     async def a_active():
-        return pair.active_since("a") is not None
+        return pair.active_since("a", lease) is not None
     await wait_for(reactor, a_active, 30, "daemon a active", pair.daemons["a"])
     pair.daemons["b"].start()
 
@@ -141,7 +143,7 @@ async def _all_settled(reactor, pair: Pair, specs, timeout=60, daemon=None):
     return await wait_for(reactor, done, timeout, "every order SETTLED at the core", daemon)
 
 
-def _check_nothing_twice(pair: Pair, specs) -> dict:
+def _check_nothing_twice(pair: Pair, specs, lease: str = "gateway") -> dict:
     """The evidence the gateway does not own, and the overlap; returns figures for the report."""
     bank = pair.sims.bank
     assert not bank.double_credits(), bank.double_credits()
@@ -161,12 +163,12 @@ def _check_nothing_twice(pair: Pair, specs) -> dict:
     assert applied and all(n == 1 for _b, n in applied), applied
     assert {b for b, _ in applied} == {b for (b,) in pair.db("SELECT batch_no FROM batches")}
     # overlap zero: from the daemons' logs ...
-    iv = pair.intervals()
+    iv = pair.intervals(lease)
     for (t1, e1, s1, f1), (t2, e2, s2, f2) in zip(iv, iv[1:]):
         assert f1 < s2, f"daemon {t1} (epoch {e1}) active until {f1:.3f}, {t2} (epoch {e2}) from {s2:.3f}"
     # ... and from the database: each lease term ends before the next begins
     terms = pair.db("SELECT epoch, acquired_ms, expires_ms, released_ms FROM lease_terms "
-                    "WHERE name = 'gateway' ORDER BY epoch")
+                    "WHERE name = :n ORDER BY epoch", n=lease)
     for (e1, _a1, x1, r1), (e2, a2, _x2, _r2) in zip(terms, terms[1:]):
         end = min(v for v in (x1, r1) if v is not None)
         assert end < a2, f"epoch {e1} ran to {end}, epoch {e2} began {a2}"
@@ -248,6 +250,48 @@ async def test_a_frozen_database_link_never_gives_two_active_daemons(reactor, tm
         _report(f"frozen {'lease link' if only else 'links'}, server notices {server_notices_after}", {
             "takeover_s": round(takeover, 2), "a_stood_down_after_s": round(a_to - frozen_at, 2),
             "no_active_s": round(b_from - a_to, 2), **figures})
+    finally:
+        await pair.stop()
+        await pair.sims.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_per_bank_leases_a_daemon_takes_over_the_bank_of_one_killed(reactor, tmp_path, pg_url):
+    """[ha] mode = "per-bank": daemon a prefers the bank, b the core lease; each holds its own
+    (b leaves the bank to a), and when a is killed mid-order b takes the bank's lease once it
+    expires and finishes the orders; nothing twice, and no overlap on either lease."""
+    from simulators.harness import BANK_ID
+    specs, pair = await _setup(reactor, tmp_path, pg_url)
+    try:
+        pair.configure("a", f'mode = "per-bank"\nprefer = ["{BANK_ID}"]\n'
+                            '\n[testing]\ncrash_after = "BP01-reply-received"\n')
+        pair.configure("b", 'mode = "per-bank"\nprefer = ["core"]\n')
+        pair.daemons["a"].start()
+
+        async def a_has_bank():
+            return pair.active_since("a", BANK_ID) is not None
+        await wait_for(reactor, a_has_bank, 30, "daemon a holding the bank", pair.daemons["a"])
+        pair.daemons["b"].start()
+
+        async def b_has_core():
+            return pair.active_since("b", "core") is not None or not pair.daemons["a"].running()
+        await wait_for(reactor, b_has_core, 30, "daemon b holding the core lease or a killed")
+        a = pair.daemons["a"]
+        while a.running():
+            await task.deferLater(reactor, 0.02, lambda: None)
+        pair.ended["a"] = killed_at = time.time()
+
+        async def b_has_bank():
+            return pair.active_since("b", BANK_ID)
+        b_from = await wait_for(reactor, b_has_bank, 25, "daemon b holding the bank", pair.daemons["b"])
+        takeover = b_from - killed_at
+        assert takeover < 15
+        await _all_settled(reactor, pair, specs, daemon=pair.daemons["b"])
+        figures = _check_nothing_twice(pair, specs, BANK_ID)
+        core_iv = pair.intervals("core")
+        for (t1, _e1, _s1, f1), (t2, _e2, s2, _f2) in zip(core_iv, core_iv[1:]):
+            assert f1 < s2, core_iv
+        _report("per-bank, kill -9 of the bank's holder", {"takeover_s": round(takeover, 2), **figures})
     finally:
         await pair.stop()
         await pair.sims.stop()
