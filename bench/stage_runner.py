@@ -32,6 +32,10 @@ async def run(reactor, config_path: str) -> dict:
     cfg = configmod.load(config_path)
     gw = make_service(cfg, reactor)
     gw.database.start()
+    # The stages drive the flow by hand: hold its lease for the run (its transactions are fenced).
+    import math
+    for lead in gw.leadership:
+        lead.fence.grant(lead.lease.acquire(), math.inf)
     flow = next(iter(gw.flows.values()))
     db = gw.database
     stages: dict[str, float] = {}
