@@ -94,7 +94,7 @@ class Item(Base):
     reason_code: Mapped[str | None] = mapped_column(String(8))
     reason_text: Mapped[str | None] = mapped_column(String(200))
     bank_serial: Mapped[str | None] = mapped_column(String(64))
-    result_at: Mapped[str | None] = mapped_column(String(40))
+    result_at: Mapped[str | None] = mapped_column(String(40), index=True)  # reports select a month by it
     pushed: Mapped[str | None] = mapped_column(String(16))    # status last pushed to the core
     orig_batch_no: Mapped[str | None] = mapped_column(String(64))  # RETRY: the batch it last failed in
 

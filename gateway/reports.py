@@ -135,8 +135,12 @@ def _chunks(values: list, n: int = _CHUNK) -> Iterable[list]:
 
 
 def monthly(conn: Connection, year: int, month: int, bank_id: str | None = None,
-            project_code: str | None = None) -> dict[str, Any]:
-    """The month's figures per bank and project, conservation per order, and reconciliation."""
+            project_code: str | None = None, *, states: "OrderStates | None" = None) -> dict[str, Any]:
+    """The month's figures per bank and project, conservation per order, and reconciliation.
+
+    `states` (from `order_states`) answers the "state now" figures from memory: a caller
+    making many months' reports (the bound volume) reads the items' states once.
+    """
     if not 1 <= month <= 12:
         raise ValueError(f"month {month} is not 1 to 12")
     m = _Month(year, month)
@@ -207,15 +211,18 @@ def monthly(conn: Connection, year: int, month: int, bank_id: str | None = None,
     # The state now of the orders funded by the month's end whose items are loaded.
     loaded = (orders.c.funded_at < m.text_until,
               orders.c.state.in_((OrderState.LOADED, OrderState.DISPATCHED, OrderState.SETTLED)))
-    for r in conn.execute(select(*key, items.c.status, func.count(), func.sum(items.c.amount))
-                          .join(orders, orders.c.order_no == items.c.order_no)
-                          .where(*loaded, *scope,
-                                 items.c.status.not_in((ItemStatus.PAID, ItemStatus.REFUNDED)))
-                          .group_by(*key, items.c.status)):
-        f = fig(r[0], r[1])["outstanding"]
-        _add(f, r[3], r[4])
-        _add(f["by_status"].setdefault(r.status, _ca()), r[3], r[4])
-    conservation = _conservation(conn, m, scope, loaded)
+    if states is not None:
+        conservation = states.month(m, bank_id, project_code, fig)
+    else:
+        for r in conn.execute(select(*key, items.c.status, func.count(), func.sum(items.c.amount))
+                              .join(orders, orders.c.order_no == items.c.order_no)
+                              .where(*loaded, *scope,
+                                     items.c.status.not_in((ItemStatus.PAID, ItemStatus.REFUNDED)))
+                              .group_by(*key, items.c.status)):
+            f = fig(r[0], r[1])["outstanding"]
+            _add(f, r[3], r[4])
+            _add(f["by_status"].setdefault(r.status, _ca()), r[3], r[4])
+        conservation = _conservation(conn, m, scope, loaded)
     names = dict(conn.execute(select(orders.c.project_code, func.max(orders.c.project_name)).where(
         *scope).group_by(orders.c.project_code)).all())
     for f in figures.values():
@@ -261,6 +268,69 @@ def _conservation(conn: Connection, m: _Month, scope: list, loaded: tuple) -> di
         orders.c.state.in_((OrderState.FUNDED, OrderState.LOADING)))).scalar_one()
     return {"orders_checked": checked, "ok": not broken, "broken": broken[:MAX_LISTED],
             "broken_total": len(broken), "orders_not_loaded": not_loaded}
+
+
+class OrderStates:
+    """Every order's header and its items per status now, read in one pass (see `monthly`'s states)."""
+
+    _LOADED = (OrderState.LOADED, OrderState.DISPATCHED, OrderState.SETTLED)
+
+    def __init__(self, conn: Connection):
+        self.orders = {r.order_no: {"bank_id": r.bank_id, "project_code": r.project_code, "funded_at": r.funded_at,
+                                    "state": r.state, "total_count": r.total_count, "total_amount": r.total_amount,
+                                    "by_status": {}}
+                       for r in conn.execute(select(orders.c.order_no, orders.c.bank_id, orders.c.project_code,
+                                                    orders.c.funded_at, orders.c.state, orders.c.total_count,
+                                                    orders.c.total_amount))}
+        for r in conn.execute(select(items.c.order_no, items.c.status, func.count(), func.sum(items.c.amount))
+                              .group_by(items.c.order_no, items.c.status)):
+            if r.order_no in self.orders:
+                self.orders[r.order_no]["by_status"][r.status] = (int(r[2]), int(r[3] or 0))
+
+    def _in(self, o: dict, m: _Month, bank_id: str | None, project_code: str | None) -> bool:
+        return ((bank_id is None or o["bank_id"] == bank_id)
+                and (project_code is None or o["project_code"] == project_code)
+                and o["funded_at"] < m.text_until)
+
+    def outstanding(self, order_no: str, m: _Month) -> dict[str, int]:
+        """An order's items not PAID or REFUNDED now, if it was funded by the month's end and is loaded."""
+        out = _ca()
+        o = self.orders[order_no]
+        if o["funded_at"] >= m.text_until or o["state"] not in self._LOADED:
+            return out
+        for status, (n, a) in o["by_status"].items():
+            if status not in (ItemStatus.PAID, ItemStatus.REFUNDED):
+                _add(out, n, a)
+        return out
+
+    def month(self, m: _Month, bank_id: str | None, project_code: str | None, fig) -> dict[str, Any]:  # noqa: ANN001
+        """Fill each figure's outstanding and return the conservation check, as the queries would."""
+        checked, broken, not_loaded = 0, [], 0
+        for no in sorted(self.orders):
+            o = self.orders[no]
+            if not self._in(o, m, bank_id, project_code):
+                continue
+            if o["state"] in (OrderState.FUNDED, OrderState.LOADING):
+                not_loaded += 1
+            if o["state"] not in self._LOADED:
+                continue
+            for status, (n, a) in sorted(o["by_status"].items()):
+                if status not in (ItemStatus.PAID, ItemStatus.REFUNDED):
+                    f = fig(o["bank_id"], o["project_code"])["outstanding"]
+                    _add(f, n, a)
+                    _add(f["by_status"].setdefault(status, _ca()), n, a)
+            checked += 1
+            n = sum(x[0] for x in o["by_status"].values())
+            a = sum(x[1] for x in o["by_status"].values())
+            if n != o["total_count"] or a != o["total_amount"]:
+                broken.append({"order_no": no, "bank_id": o["bank_id"], "project_code": o["project_code"],
+                               "funded": _ca(o["total_count"], o["total_amount"]), "items": _ca(n, a)})
+        return {"orders_checked": checked, "ok": not broken, "broken": broken[:MAX_LISTED],
+                "broken_total": len(broken), "orders_not_loaded": not_loaded}
+
+
+def order_states(conn: Connection) -> OrderStates:
+    return OrderStates(conn)
 
 
 # --- reconciliation ---------------------------------------------------------------------

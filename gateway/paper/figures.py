@@ -21,7 +21,8 @@ def _ca(c=0, a=0) -> dict[str, int]:
 
 
 def per_order(conn: Connection, year: int, month: int, bank_id: str | None = None,
-              project_code: str | None = None) -> dict[tuple[str, str], list[dict]]:
+              project_code: str | None = None, *, states: reports.OrderStates | None = None
+              ) -> dict[tuple[str, str], list[dict]]:
     """(bank, project) -> one row per order with a figure in the month, on report.monthly's basis."""
     m = reports._Month(year, month)   # noqa: SLF001  (the same month boundaries as the report)
     scope = []
@@ -55,13 +56,20 @@ def per_order(conn: Connection, year: int, month: int, bank_id: str | None = Non
                           .where(late_returns.c.return_date >= m.ymd_from, late_returns.c.return_date < m.ymd_until,
                                  *scope).group_by(late_returns.c.order_no)):
         row(r.order_no)["late_returned"] = _ca(r[1], r[2])
-    for r in conn.execute(select(items.c.order_no, func.count(), func.sum(items.c.amount))
-                          .join(orders, orders.c.order_no == items.c.order_no)
-                          .where(orders.c.funded_at < m.text_until,
-                                 orders.c.state.in_((OrderState.LOADED, OrderState.DISPATCHED, OrderState.SETTLED)),
-                                 items.c.status.not_in((ItemStatus.PAID, ItemStatus.REFUNDED)), *scope)
-                          .group_by(items.c.order_no)):
-        row(r.order_no)["outstanding"] = _ca(r[1], r[2])
+    if states is not None:
+        for no in meta:
+            held = states.outstanding(no, m)
+            if held["count"]:
+                row(no)["outstanding"] = held
+    else:
+        for r in conn.execute(select(items.c.order_no, func.count(), func.sum(items.c.amount))
+                              .join(orders, orders.c.order_no == items.c.order_no)
+                              .where(orders.c.funded_at < m.text_until,
+                                     orders.c.state.in_((OrderState.LOADED, OrderState.DISPATCHED,
+                                                         OrderState.SETTLED)),
+                                     items.c.status.not_in((ItemStatus.PAID, ItemStatus.REFUNDED)), *scope)
+                              .group_by(items.c.order_no)):
+            row(r.order_no)["outstanding"] = _ca(r[1], r[2])
     out: dict[tuple[str, str], list[dict]] = {}
     for no in sorted(rows):
         o = meta[no]
@@ -71,16 +79,23 @@ def per_order(conn: Connection, year: int, month: int, bank_id: str | None = Non
 
 
 def month_detail(conn: Connection, year: int, month: int, bank_id: str | None = None,
-                 project_code: str | None = None) -> dict[str, Any]:
-    """The month's report, its per-order rows and its ledger movements (with the balances carried in)."""
-    report = reports.monthly(conn, year, month, bank_id, project_code)
+                 project_code: str | None = None, *, states: reports.OrderStates | None = None,
+                 ledgers: dict | None = None) -> dict[str, Any]:
+    """The month's report, its per-order rows and its ledger movements (with the balances carried in).
+
+    `states` and `ledgers` (`ledger.ledger(...)`) read once serve many months (the bound volume).
+    """
+    report = reports.monthly(conn, year, month, bank_id, project_code, states=states)
     start = f"{year:04d}-{month:02d}-01"
     until = f"{year + month // 12:04d}-{month % 12 + 1:02d}-01"
     led = []
-    for lg in ledgermod.ledger(conn, bank_id=bank_id, project_code=project_code)["ledgers"]:
+    if ledgers is None:
+        ledgers = ledgermod.ledger(conn, bank_id=bank_id, project_code=project_code)
+    for lg in ledgers["ledgers"]:
         before = [m for m in lg["movements"] if m["date"] < start]
         inside = [m for m in lg["movements"] if start <= m["date"] < until]
         if inside:
             led.append({**lg, "opening": before[-1]["balance"] if before else 0, "movements": inside,
                         "closing": inside[-1]["balance"]})
-    return {"report": report, "orders": per_order(conn, year, month, bank_id, project_code), "ledgers": led}
+    return {"report": report, "orders": per_order(conn, year, month, bank_id, project_code, states=states),
+            "ledgers": led}
