@@ -15,7 +15,10 @@ from collections import Counter
 import pytest
 import pytest_twisted
 
+import sqlalchemy as sa
+
 from adapters.interface import LateReturn
+from gateway.models import batches, late_returns
 from gateway.rpc_api import Caller
 from simulators import datagen
 from tests.support import in_process, spec
@@ -164,10 +167,17 @@ async def test_a_late_return_that_matches_no_paid_item_is_alarmed_not_applied(re
         assert "RTX-1" in alarms[0]["message"] and "RTX-2" in alarms[0]["last_message"]
         assert not await env.query("select 1 from late_returns")
         jid = (await env.query("select max(id) m from journal"))[0]["m"]
+        # Another bank's return may carry the same serial: serials are unique per bank only.
+        await env.db.run(lambda c: c.execute(sa.insert(late_returns).values(
+            return_serial="RTX-3", bank_id="otherbank", batch_no="X-P01", order_no="X", seq=1,
+            amount=1, reason_code="R004", return_date="20261201", applied_at="x", journal_id=jid)))
         good = LateReturn("RTX-3", paid[0], amount[paid[0]], "R004", "20261201")
         await env.db.run(env.flow._apply_returns, b, [good], jid)
         await env.db.run(env.flow._apply_returns, b, [good], jid)
-        assert len(await env.query("select 1 from late_returns")) == 1
+        assert len(await env.query("select 1 from late_returns where bank_id=:b", b=env.flow.bank_id)) == 1
+        # the repeat was recognised by its serial, not refused as unmatched
+        assert [a["count"] for a in await env.query(
+            "select count from alarms where kind='late-return-unmatched'")] == [2]
         assert (await _states(env, o))[paid[0]] == ("FAILED", b["batch_no"])
         # Whatever the gateway thinks, the bank's books were not touched by made-up returns.
         assert not env.sims.bank.double_credits()
@@ -213,5 +223,40 @@ async def test_a_refund_returns_only_the_failed_items_and_a_rejected_one_gives_t
         credited = {c.seq for c in env.sims.bank.credits(o)}
         assert not credited & set(failed)
         assert done[1]["total_amount"] == ref["total_amount"]
+    finally:
+        await env.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_done_batches_are_asked_for_returns_at_the_low_rate_inside_the_window_only(reactor, tmp_path):
+    """After DONE, a batch is asked its status (for late returns) only when its next check is
+    due (return_poll_s), only while inside the bank's window, and a flow asks only about its
+    own bank's batches: the bank's request log shows no extra BQ01, and no alarm is raised."""
+    o = "LRWN0001"
+    env = await in_process(reactor, tmp_path, [spec(o, 3)], return_poll_s=3600)
+    try:
+        await env.until(lambda: env.query("select 1 from orders where state='SETTLED'"), what="SETTLED")
+        b = (await env.query("select * from batches"))[0]
+
+        def asked():
+            return len(env.sims.bank.requests("BQ01", b["batch_no"]))
+        n = asked()
+        for _ in range(4):
+            await env.flow.tick()
+        assert asked() == n, "asked again before return_poll_s"
+        other = {**b, "batch_no": "OTHR0001-P01", "bank_id": "otherbank", "next_check_at": 0}
+        await env.db.run(lambda c: c.execute(sa.insert(batches).values(**other)))
+        now = int(reactor.seconds())
+        window = env.flow.bank.late_return_window_days * 86400
+        await env.execute("update batches set next_check_at = 0, done_at = :d where batch_no = :b",
+                          d=now - window - 10, b=b["batch_no"])
+        for _ in range(3):
+            await env.flow.tick()
+        assert asked() == n, "asked after the window closed"
+        assert not env.sims.bank.requests("BQ01", "OTHR0001-P01")
+        await env.execute("update batches set done_at = :d where batch_no = :b", d=now, b=b["batch_no"])
+        await env.flow.tick()
+        assert asked() == n + 1, "a due check inside the window is asked (the test can see one)"
+        assert not await env.query("select kind from alarms")
     finally:
         await env.close()
