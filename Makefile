@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 ITEMS  ?= 100000
 
-.PHONY: demo test bench services clean
+.PHONY: demo test bench services clean mutate
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,11 @@ services:
 ## One order of ITEMS items end to end; the last line printed is a JSON object of timings.
 bench: $(STAMP)
 	$(BIN)/python bench/spine.py --items $(ITEMS)
+
+## Mutation check of the rule-enforcing modules (not part of `make test`; about an hour on 2 cores).
+## MODULES="--module gateway/rules.py" narrows it; the table of killed/survived is printed last.
+mutate: $(STAMP) services
+	$(BIN)/python tools/mutate.py --jobs 2 $(MODULES) --json var/mutate.json
 
 clean:
 	rm -rf var build *.egg-info

@@ -349,6 +349,7 @@ def main(argv: list[str] | None = None) -> int:
         for m in survivors:
             print(f"  {m.module}:{m.line} #{m.index} [{m.function}] {m.outcome}: {m.what}")
     if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump([m.__dict__ for m in done], f, ensure_ascii=False, indent=1)
     return 0
