@@ -326,12 +326,16 @@ def append_head_line(path: str, line: bytes) -> None:
         os.close(fd)
 
 
-def iter_head_file(path: str, key: JournalKey | None) -> Iterator[HeadMark]:
-    """The head file's marks in order; HeadFileError names a line that is malformed, whose MAC
-    does not match (when the key is given), or that goes backwards."""
+def iter_head_file(path: str, key: JournalKey | None, limit: int | None = None) -> Iterator[HeadMark]:
+    """The head file's marks in order (the first `limit` lines only, if given: lines the daemon
+    appends while a verification runs may name entries its snapshot does not hold); HeadFileError
+    names a line that is malformed, whose MAC does not match (when the key is given), or that goes
+    backwards."""
     prev: HeadMark | None = None
     with open(path, "rb") as f:
         for n, raw in enumerate(f, 1):
+            if limit is not None and n > limit:
+                return
             where = f"head file {path} line {n}"
             try:
                 rec = json.loads(raw)

@@ -237,6 +237,7 @@ def test_removed_macs_are_found(engine, archive, tmp_path) -> None:
     _sql(engine, "UPDATE journal SET mac = NULL WHERE id >= 8")
     r = _verify(engine, archive, key=KEY)
     assert (r.ok, r.first_bad_id) == (False, 8) and "MAC was removed" in r.reason
+    assert "entry 1 before it does" in r.reason
     head_file = tmp_path / "heads.jsonl"
     append_head_line(str(head_file), head_line(KEY, AT, 6, _hash_of(engine, 6), 1))
     _sql(engine, "UPDATE journal SET mac = NULL")
@@ -341,3 +342,12 @@ def test_key_file_is_generated_0600_never_overwritten_and_refused_when_open(tmp_
     f.write_text("not a key\n")
     with pytest.raises(JournalKeyError, match="64 hex digits"):
         read_key_file(f)
+
+
+def test_head_file_read_stops_at_the_lines_counted_before_the_database_was_read(tmp_path) -> None:
+    """`journal verify` runs beside the daemon: a line appended after it counted the file (naming an
+    entry its database snapshot may not hold) is not read as a head the chain must reach."""
+    f = tmp_path / "heads.jsonl"
+    append_head_line(str(f), head_line(KEY, AT, 5, "a" * 64, 1))
+    append_head_line(str(f), head_line(KEY, AT, 9, "b" * 64, 1))
+    assert [m.last_id for m in iter_head_file(str(f), KEY, limit=1)] == [5]

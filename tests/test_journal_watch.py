@@ -186,3 +186,20 @@ def test_start_refuses_a_keyed_journal_without_its_key_or_with_another(engine, t
     assert "keyed from entry 1" in check_at_start(engine, cfg(None))
     msg = check_at_start(engine, cfg(OTHER_KEY))
     assert "journal.key_file" in msg and "MAC does not match" in msg
+
+
+def test_a_forged_head_found_at_start_is_never_exported(engine, tmp_path) -> None:
+    """A journal forged while the daemon was down (approver rewritten, hashes recomputed) and no head
+    exported yet: the first export finds the head's MAC wrong and writes nothing; the alarm names
+    entry 5."""
+    inst = Install(engine, tmp_path)
+    _ten(inst)
+    _sql(engine, "UPDATE journal SET decoded = REPLACE(decoded, '李科长', '王局长') WHERE id = 5")
+    _rehash_from(engine, 5)
+    inst.watch.startService()
+    inst.clock.advance(0)
+    assert inst.lines() == []
+    [a] = inst.alarms()
+    assert "entry 5" in a["last_message"]
+    inst.watch.stopService()
+    assert inst.lines() == []
