@@ -47,6 +47,7 @@ from twisted.logger import Logger, LogLevel, globalLogPublisher
 from twisted.python.failure import Failure
 
 from adapters.interface import TransportError  # noqa: E402
+from protocols import keyfile  # noqa: E402
 
 log = Logger()
 
@@ -509,9 +510,12 @@ class _ClientFactory(protocol.ClientFactory):
 
 
 def _load_private_key(path: str) -> keys.Key:
-    """An unencrypted OpenSSH, traditional PEM or PKCS#8 PEM private key."""
-    with open(path, "rb") as f:
-        data = f.read()
+    """An unencrypted OpenSSH, traditional PEM or PKCS#8 PEM private key, refused (ValueError naming the
+    mode) when group or others may read or write it, as our other private keys are."""
+    try:
+        data = keyfile.read_private_bytes(path)
+    except keyfile.KeyFileError as e:
+        raise ValueError(str(e).removeprefix(f"{path}: ")) from None
     if data.lstrip().startswith(b"-----BEGIN PRIVATE KEY-----"):
         # Conch reads OpenSSH and traditional PEM but not PKCS#8.
         return keys.Key(serialization.load_pem_private_key(data, password=None))

@@ -39,6 +39,33 @@ def bank_passphrase(bank_file: str, passphrase_file: str, passphrase_env: str):
         raise AdapterError(f"{bank_file}: keys.{key}: {e}") from None
 
 
+def require_encrypted(bank_file: str, key_name: str, path: str, allowed: bool) -> None:
+    """Our private key must be encrypted at rest; a plain one only where the bank file's [keys] says
+    allow_unencrypted = true (a demo or test installation), and then with a warning at every start.
+
+    AdapterError naming the bank file and key otherwise (also for a key file group or others may
+    read, as the loaders refuse it).
+    """
+    from protocols.keyfile import KeyFileError, read_private_bytes
+
+    from gateway.keystore import private_key_encrypted
+    try:
+        data = read_private_bytes(path)
+    except (KeyFileError, OSError) as e:
+        raise AdapterError(f"{bank_file}: {key_name}: {e}") from None
+    if private_key_encrypted(data):
+        return
+    if not allowed:
+        raise AdapterError(
+            f"{bank_file}: {key_name}: {path} is not encrypted at rest (私钥未加密); encrypt it under a "
+            f"passphrase (gatewayctl keys generate/import, keys/README.md) and name passphrase_file or "
+            f"passphrase_env, or, on a demo or test installation only, set allow_unencrypted = true in [keys]")
+    from twisted.logger import Logger
+    Logger(namespace="gateway.bankplugins").warn(
+        "{file}: {key}: {path} is NOT encrypted at rest; allowed by [keys] allow_unencrypted = true "
+        "(demo and tests only)", file=bank_file, key=key_name, path=path)
+
+
 def known_dialects() -> list[str]:
     return sorted({ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)})
 

@@ -40,7 +40,15 @@ def gatewayd_main(argv: list[str] | None = None) -> None:
     p.add_argument("--config", required=True, help="the daemon's TOML file, e.g. conf/gateway.toml")
     p.add_argument("--log-format", choices=("auto", "text", "json"), help="overrides [log] format")
     args = p.parse_args(argv)
+    from gateway import filemodes
+    filemodes.secure_process()   # before anything is created: files 0600, folders 0700 (gateway/filemodes.py)
     cfg = _load(args.config)
+    try:
+        for line in filemodes.secure_data_dirs(cfg.work_dir, cfg.journal_archive_dir, cfg.database_url):
+            print(f"gatewayd: took group/other access away: {line}", file=sys.stderr)
+    except OSError as e:
+        print(f"{cfg.file}: cannot secure the data folders: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     from twisted.internet import reactor
 
     from gateway.service import StartupError, make_service

@@ -232,6 +232,7 @@ class BankConfig:
     bank_public_key: str = ""
     passphrase_file: str = ""         # opens our_private_key when it is encrypted (PKCS#8)
     passphrase_env: str = ""
+    allow_unencrypted: bool = False   # [keys] allow_unencrypted: our key may be plain (demo/tests; warned)
     tcp: TcpSettings | None = None
     sftp: SftpSettings | None = None
     cnbank: CnBankSettings | None = None
@@ -472,7 +473,8 @@ _CNBANK_TOP = {
     "cnbank": _Field(dict, {}),
 }
 _KEYS = {"our_private": _Field(str, path=True), "bank_public": _Field(str, path=True),
-         "passphrase_file": _Field(str, "", path=True), "passphrase_env": _Field(str, "")}
+         "passphrase_file": _Field(str, "", path=True), "passphrase_env": _Field(str, ""),
+         "allow_unencrypted": _Field(bool, False)}
 _TCP = {
     "host": _Field(str),
     "port": _Field(int, check=_port),
@@ -530,6 +532,19 @@ def _check_file(r: _Reader, key: str, path: str | None) -> None:
         r.err(key, f"file {path} does not exist")
 
 
+def _check_private(r: _Reader, key: str, path: str | None) -> None:
+    """A secret file (key, token): it exists, and neither group nor others may read or write it."""
+    if not path or not os.path.isfile(path):
+        return
+    from protocols.keyfile import KeyFileError, read_private_bytes
+    try:
+        read_private_bytes(path)
+    except KeyFileError as e:
+        r.err(key, str(e).replace("private key file", "secret file"))
+    except OSError as e:
+        r.err(key, f"cannot read {path}: {e.strerror}")
+
+
 def load_bank(path: Path, errors: list[str]) -> BankConfig | None:
     data = _load_toml(path, errors)
     if data is None:
@@ -546,6 +561,7 @@ def load_bank(path: Path, errors: list[str]) -> BankConfig | None:
         _check_file(r, "keys.our_private", keys.get("our_private"))
         _check_file(r, "keys.bank_public", keys.get("bank_public"))
         _check_file(r, "sftp.client_key", sftp.get("client_key"))
+        _check_private(r, "sftp.client_key", sftp.get("client_key"))
         _check_file(r, "keys.passphrase_file", keys.get("passphrase_file"))
         if keys.get("passphrase_file") and keys.get("passphrase_env"):
             r.err("keys.passphrase_env", "set passphrase_file or passphrase_env, not both")
@@ -557,6 +573,7 @@ def load_bank(path: Path, errors: list[str]) -> BankConfig | None:
             sender_id=cnb["sender_id"], receiver_id=cnb["receiver_id"],
             our_private_key=keys["our_private"], bank_public_key=keys["bank_public"],
             passphrase_file=keys["passphrase_file"], passphrase_env=keys["passphrase_env"],
+            allow_unencrypted=bool(keys["allow_unencrypted"]),
             tcp=TcpSettings(**tcp), sftp=SftpSettings(**sftp), cnbank=CnBankSettings(**cn),
         )
     common = {k: data[k] for k in _BANK_TOP if k in data}
@@ -654,6 +671,7 @@ def load(path: str | os.PathLike) -> GatewayConfig:
                                    f"use https, or set core.allow_plain_http = true to accept it")
     token = None
     if core.get("token_file"):
+        _check_private(r, "core.token_file", core["token_file"])   # the same rule as our private keys
         try:
             token = Secret(Path(core["token_file"]).read_text().strip(), core["token_file"])
             if not token.value:

@@ -703,6 +703,13 @@ def show(path: str | os.PathLike, *, now: dt.datetime, passphrase: "Passphrase |
     raise KeystoreError(f"{p}: not a key or certificate the gateway knows (PEM blocks: {labels or 'none'})")
 
 
+def private_key_encrypted(data: bytes) -> bool:
+    """True when a private key file's bytes are encrypted (PKCS#8 PBES2, legacy PEM, OpenSSH bcrypt)."""
+    labels = _pem_labels(data)
+    return ("ENCRYPTED PRIVATE KEY" in labels or b"Proc-Type: 4,ENCRYPTED" in data
+            or ("OPENSSH PRIVATE KEY" in labels and _openssh_encrypted(data)))
+
+
 def _openssh_encrypted(data: bytes) -> bool:
     """Whether an "OPENSSH PRIVATE KEY" names a cipher other than "none" (PROTOCOL.key)."""
     body = b"".join(ln.strip() for ln in data.splitlines() if ln.strip() and not ln.startswith(b"-----"))

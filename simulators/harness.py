@@ -143,6 +143,7 @@ payer_name = "市财政局惠民惠农补贴专户"
 [keys]
 our_private = "../../keys/gateway_sm2.pem"
 bank_public = "../../keys/bank_sm2.pub.pem"
+allow_unencrypted = true    # demo and tests: the SM2 key is generated per run, unencrypted (warned at start)
 
 [tcp]
 host = "127.0.0.1"

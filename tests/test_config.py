@@ -96,6 +96,7 @@ def inst(tmp_path: Path) -> Install:
     for d in (i.banks, i.keys, i.conf / "secrets"):
         d.mkdir(parents=True)
     (i.conf / "secrets" / "core.token").write_text(TOKEN + "\n")
+    os.chmod(i.conf / "secrets" / "core.token", 0o600)
     gw, bank = sm.generate_keypair(), sm.generate_keypair()
     keyfile.write_private_key_file(i.keys / "gateway_sm2.pem", gw)
     keyfile.write_public_key_file(i.keys / "bank_sm2.pub.pem", bank.public_key)
@@ -374,3 +375,24 @@ def test_rpc_deadlines_and_connection_cap_are_validated(inst: Install, key: str,
     with open(inst.gateway, "a") as f:
         f.write(f'\n[rpc]\nunix_socket = "/tmp/gw-test.sock"\n{key} = {value}\n')
     assert _has(inst.errors(), inst.gateway.resolve(), f"rpc.{key}", *words)
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604])
+def test_core_token_file_open_to_group_or_others_is_refused(inst: Install, mode: int) -> None:
+    """The core token gets the bank keys' rule: readable or writable by group or others is refused, naming
+    core.token_file, the mode and the chmod that fixes it."""
+    os.chmod(inst.conf / "secrets" / "core.token", mode)
+    assert _has(inst.errors(), inst.gateway.resolve(), "core.token_file", f"mode {mode:04o}", "chmod 600")
+
+
+def test_sftp_client_key_open_to_group_is_refused(inst: Install) -> None:
+    """The SFTP client key readable by the group is refused at load, naming the bank file and sftp.client_key."""
+    os.chmod(inst.keys / "gateway_ssh", 0o640)
+    assert _has(inst.errors(), inst.bank.resolve(), "sftp.client_key", "mode 0640", "chmod 600")
+
+
+def test_allow_unencrypted_is_a_bool_of_the_keys_table(inst: Install) -> None:
+    """[keys] allow_unencrypted is known (not an unknown key) and must be a bool."""
+    _edit(inst.bank, 'bank_public = "../keys/bank_sm2.pub.pem"\n',
+          'bank_public = "../keys/bank_sm2.pub.pem"\nallow_unencrypted = "yes"\n')
+    assert _has(inst.errors(), inst.bank.resolve(), "keys.allow_unencrypted", "must be bool")

@@ -57,6 +57,7 @@ class IsoSettings:
     bank_ca: str
     passphrase_file: str
     passphrase_env: str
+    allow_unencrypted: bool = False   # [keys]: our RSA key may be plain (demo/tests only; warned at start)
     max_document_bytes: int = 64 * 1024 * 1024
     allow_unsigned_reports: bool = False
     sftp: Any = None          # gateway.config.SftpSettings when transport = "sftp"
@@ -100,6 +101,7 @@ def _schemas():
         "bank_ca": Field(str, "", path=True),        # required for transport https
         "passphrase_file": Field(str, "", path=True),
         "passphrase_env": Field(str, ""),
+        "allow_unencrypted": Field(bool, False),
     }
     testing = {"allow_unsigned_reports": Field(bool, False)}
     return top, dialect, https, keys, testing
@@ -153,10 +155,11 @@ class factory:  # noqa: N801  (the entry point's object)
         from adapters.https import HttpsBankClient
         from adapters.iso20022.adapter import IsoAdapter
         from gateway import keystore
-        from gateway.bankplugins import AdapterError, bank_passphrase
+        from gateway.bankplugins import AdapterError, bank_passphrase, require_encrypted
         from gateway.journal import Journal
         s = bank.settings
         passphrase = bank_passphrase(bank.file, s.passphrase_file, s.passphrase_env)
+        require_encrypted(bank.file, "keys.our_rsa_key", s.our_rsa_key, s.allow_unencrypted)
         try:
             key = keystore.load_private_key(s.our_rsa_key, passphrase)
         except (keystore.KeystoreError, OSError) as e:
