@@ -314,16 +314,62 @@ def head_line(key: JournalKey, at: str, last_id: int, head_hash: str, keyed_from
     return (json.dumps(rec, separators=(",", ":")) + "\n").encode("ascii")
 
 
-def append_head_line(path: str, line: bytes) -> None:
-    """Append one line to the head file: O_APPEND, created 0600, fsynced before we return."""
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+def _parse_head_line(raw: bytes, where: str, key: JournalKey | None) -> HeadMark:
     try:
-        if stat.S_IMODE(os.fstat(fd).st_mode) & 0o077:
-            os.fchmod(fd, 0o600)
-        os.write(fd, line)   # one write of one line: O_APPEND keeps it whole at the end
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        rec = json.loads(raw)
+        at, last_id, head_hash = rec["at"], rec["last_id"], rec["head_hash"]
+        keyed_from, mac = rec["keyed_from"], rec["mac"]
+        ok = (isinstance(at, str) and isinstance(last_id, int) and isinstance(mac, str)
+              and isinstance(head_hash, str) and re.fullmatch(r"[0-9a-f]{64}", head_hash)
+              and (keyed_from is None or isinstance(keyed_from, int)))
+    except (ValueError, KeyError, TypeError):
+        ok = False
+    if not ok:
+        raise HeadFileError(f"{where} is not a head record")
+    if key is not None and not hmac.compare_digest(key.head_mac(at, last_id, head_hash, keyed_from), mac):
+        raise HeadFileError(f"{where}: its MAC does not match (not written with this journal key)")
+    return HeadMark(last_id, head_hash, f"{where} (exported {at})", keyed_from)
+
+
+class HeadFile:
+    """The exported-head file, held under an exclusive flock while a head is checked and appended.
+
+    Opened O_APPEND and created 0600. The lock keeps the file in order even if two daemons on one
+    machine were given the same file: each reads the last line under the lock before it appends.
+    """
+
+    def __init__(self, path: str, key: JournalKey | None):
+        self.path, self.key, self.fd = path, key, -1
+
+    def __enter__(self) -> "HeadFile":
+        import fcntl
+        self.fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+        if stat.S_IMODE(os.fstat(self.fd).st_mode) & 0o077:
+            os.fchmod(self.fd, 0o600)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        os.close(self.fd)   # and the lock with it
+
+    def last_mark(self) -> HeadMark | None:
+        """The last line, MAC checked; None for an empty file."""
+        size = os.fstat(self.fd).st_size
+        tail = os.pread(self.fd, 8192, max(0, size - 8192))
+        lines = [ln for ln in tail.split(b"\n") if ln.strip()]
+        if not lines:
+            return None
+        return _parse_head_line(lines[-1], f"head file {self.path} last line", self.key)
+
+    def append(self, line: bytes) -> None:
+        os.write(self.fd, line)   # one write of one line: O_APPEND keeps it whole at the end
+        os.fsync(self.fd)
+
+
+def append_head_line(path: str, line: bytes) -> None:
+    """Append one line to the head file (locked, O_APPEND, created 0600, fsynced)."""
+    with HeadFile(path, None) as f:
+        f.append(line)
 
 
 def iter_head_file(path: str, key: JournalKey | None, limit: int | None = None) -> Iterator[HeadMark]:
@@ -337,20 +383,8 @@ def iter_head_file(path: str, key: JournalKey | None, limit: int | None = None) 
             if limit is not None and n > limit:
                 return
             where = f"head file {path} line {n}"
-            try:
-                rec = json.loads(raw)
-                at, last_id, head_hash = rec["at"], rec["last_id"], rec["head_hash"]
-                keyed_from, mac = rec["keyed_from"], rec["mac"]
-                ok = (isinstance(at, str) and isinstance(last_id, int) and isinstance(mac, str)
-                      and isinstance(head_hash, str) and re.fullmatch(r"[0-9a-f]{64}", head_hash)
-                      and (keyed_from is None or isinstance(keyed_from, int)))
-            except (ValueError, KeyError, TypeError):
-                ok = False
-            if not ok:
-                raise HeadFileError(f"{where} is not a head record")
-            if key is not None and not hmac.compare_digest(key.head_mac(at, last_id, head_hash, keyed_from), mac):
-                raise HeadFileError(f"{where}: its MAC does not match (not written with this journal key)")
-            mark = HeadMark(last_id, head_hash, f"{where} (exported {at})", keyed_from)
+            mark = _parse_head_line(raw, where, key)
+            last_id, head_hash, keyed_from = mark.last_id, mark.head_hash, mark.keyed_from
             if prev is not None:
                 if last_id < prev.last_id or (last_id == prev.last_id and head_hash != prev.head_hash):
                     raise HeadFileError(f"{where}: entry {last_id} after entry {prev.last_id} "

@@ -30,9 +30,8 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from gateway.config import JournalAuth
-from gateway.journal import (ChainReport, ChainWalker, Entry, HeadFileError, HeadMark, Journal,
-                             JournalKeyError, append_head_line, current_head, head_file_summary,
-                             head_line, read_head_row)
+from gateway.journal import (ChainReport, ChainWalker, Entry, HeadFile, HeadFileError, HeadMark, Journal,
+                             JournalKeyError, current_head, head_file_summary, head_line, read_head_row)
 from gateway.models import journal as journal_t
 from gateway.rules import clear_alarm, iso, raise_alarm
 
@@ -174,33 +173,46 @@ class JournalWatch(service.Service):
         return True
 
     def _export(self, at: str) -> tuple[int | None, str] | None:
-        with self.engine.connect() as conn:
-            head = current_head(conn, self.key)
-            if head.problem:
-                return head.last_id, f"the head cannot be exported: {head.problem}"
-            if self.file_keyed_from is not None and head.keyed_from != self.file_keyed_from:
-                return (self.file_keyed_from, f"the head row records the journal keyed from "
-                                              f"{head.keyed_from or 'no entry'} but the exported heads from entry "
-                                              f"{self.file_keyed_from}: MACs were removed")
-            last = self.last_mark
-            if last is not None:
-                if head.last_id < last.last_id:
-                    return (head.last_id + 1, f"the head went back from entry {last.last_id} ({last.source}) "
-                                              f"to entry {head.last_id}: entries were deleted from the end")
-                h = conn.execute(select(journal_t.c.hash).where(journal_t.c.id == last.last_id)).scalar()
-                if h != last.head_hash:
-                    return (last.last_id, f"entry {last.last_id} no longer has the hash exported in "
-                                          f"{last.source}: it or an entry before it was rewritten")
-                if head.last_id == last.last_id:
-                    return None          # nothing new: no line
-            if head.last_id == 0:
-                return None
-        append_head_line(self.auth.head_file, head_line(self.key, at, head.last_id, head.last_hash,
-                                                        head.keyed_from))
+        try:
+            with HeadFile(self.auth.head_file, self.key) as f:
+                # Under the file's lock: the last line is the reference, whoever wrote it.
+                last = f.last_mark() or self.last_mark
+                if last is not None:
+                    self.last_mark = last
+                    if self.file_keyed_from is None:
+                        self.file_keyed_from = last.keyed_from
+                with self.engine.connect() as conn:
+                    head, failed = self._check_head(conn, last)
+                if failed is not None or head is None:
+                    return failed
+                f.append(head_line(self.key, at, head.last_id, head.last_hash, head.keyed_from))
+        except HeadFileError as e:
+            return None, str(e)
         if self.file_keyed_from is None:
             self.file_keyed_from = head.keyed_from
         self.last_mark = HeadMark(head.last_id, head.last_hash, f"the head exported at {at}", head.keyed_from)
         return None
+
+    def _check_head(self, conn, last: HeadMark | None):  # noqa: ANN001
+        """(the head to export or None when nothing is new, why it must not be exported or None)."""
+        head = current_head(conn, self.key)
+        if head.problem:
+            return None, (head.last_id, f"the head cannot be exported: {head.problem}")
+        if self.file_keyed_from is not None and head.keyed_from != self.file_keyed_from:
+            return None, (self.file_keyed_from, f"the head row records the journal keyed from "
+                                                f"{head.keyed_from or 'no entry'} but the exported heads from "
+                                                f"entry {self.file_keyed_from}: MACs were removed")
+        if last is not None:
+            if head.last_id < last.last_id:
+                return None, (head.last_id + 1, f"the head went back from entry {last.last_id} ({last.source}) "
+                                                f"to entry {head.last_id}: entries were deleted from the end")
+            h = conn.execute(select(journal_t.c.hash).where(journal_t.c.id == last.last_id)).scalar()
+            if h != last.head_hash:
+                return None, (last.last_id, f"entry {last.last_id} no longer has the hash exported in "
+                                            f"{last.source}: it or an entry before it was rewritten")
+            if head.last_id == last.last_id:
+                return None, None          # nothing new: no line
+        return (head if head.last_id else None), None
 
     def _verify_chunk(self, walker: ChainWalker) -> tuple[bool, ChainReport | None]:
         with self.engine.connect() as conn:
