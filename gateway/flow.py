@@ -350,6 +350,8 @@ class BankFlow(RefundSteps, Article26Steps, LateReturnSteps, CorePushSteps):
         periods = ["D" + yesterday.strftime("%Y%m%d")]
         if today.day == 1:
             periods.append("M" + yesterday.strftime("%Y%m"))
+        if today.month == 1 and today.day == 1:
+            periods.append("Y" + yesterday.strftime("%Y"))   # the January check (report.yearly)
         for period in periods:
             have = await self.db.run(lambda c, period=period: c.execute(
                 select(func.count()).select_from(statements).where(
