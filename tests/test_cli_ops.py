@@ -59,3 +59,71 @@ def test_alarms_open_history_json_and_ack(tmp_path):
         assert verify_chain(conn, cfg.journal_archive_dir).ok
     engine.dispose()
     assert _ctl(cfg_path, "--version").stdout.startswith("gatewayctl ")
+
+
+def test_check_config_runs_start_up_checks(tmp_path):
+    """check-config refuses what start-up refuses, naming it, with exit 2: a bank key readable
+    by others, an unmigrated database, a misspelt database URL; a good installation gives 0."""
+    import os
+    p = harness.Paths(tmp_path / "inst")
+    keys = harness.make_keys(p)
+    cfg_path = harness.write_config(p, keys, harness.Ports(1, 2, 3), token="t")
+    r = _ctl(cfg_path, "check-config")
+    assert r.returncode == 2 and "db upgrade" in r.stderr, r.stdout + r.stderr   # not migrated
+    harness.migrate(cfg_path)
+    r = _ctl(cfg_path, "check-config")
+    assert r.returncode == 0 and json.loads(r.stdout)["ok"], r.stdout + r.stderr
+    key = p.keys / "gateway_sm2.pem"
+    os.chmod(key, 0o644)
+    r = _ctl(cfg_path, "check-config")
+    assert r.returncode == 2 and key.name in r.stderr, r.stdout + r.stderr
+    os.chmod(key, 0o600)
+    text = cfg_path.read_text()
+    cfg_path.write_text(text.replace('url = "sqlite:///', 'url = "sqlit:///'))
+    r = _ctl(cfg_path, "check-config")
+    assert r.returncode == 2 and "database.url" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_orders_in_yuan_and_failed_items_with_their_corrections(tmp_path):
+    """`orders` shows amounts in 元 beside fen (exact from integer fen), `items --status FAILED`
+    lists failed items with reason and each correction's who/approved/reference, masked; --json
+    parses; no clear ID or account number in any output."""
+    from sqlalchemy import insert
+
+    from gateway.models import corrections, items, orders
+    p = harness.Paths(tmp_path / "inst")
+    cfg_path = harness.write_config(p, harness.make_keys(p), harness.Ports(1, 2, 3), token="t")
+    harness.migrate(cfg_path)
+    engine = dbmod.make_engine(configmod.load(cfg_path).database_url)
+    at = "2026-12-07T10:00:00+08:00"
+    with engine.begin() as conn:
+        conn.execute(insert(orders).values(order_no="FS1", bank_id="CNB01", budget_unit="u", project_code="P1",
+                                           project_name="耕地地力保护补贴", project_short="耕地补贴", region="341221",
+                                           total_amount=123456789, total_count=3, funded_at=at, state="DISPATCHED",
+                                           created_at=at, updated_at=at))
+        for seq, status, amt, code in ((1, "PAID", 100000000, "0000"), (2, "FAILED", 23456700, "R001"),
+                                       (3, "CORRECTED", 89, None)):
+            conn.execute(insert(items).values(order_no="FS1", seq=seq, name="张三丰", id_number="110101199003078515",
+                                              account_no="6228480000000123457", account_bank="农行", amount=amt,
+                                              remark="", status=status, batch_no="FS1-P01", reason_code=code,
+                                              reason_text="账号不存在" if code == "R001" else None))
+        conn.execute(insert(corrections).values(order_no="FS1", seq=2, at=at, failed_batch_no="FS1-P01",
+                                                reason_code="R001", old_values="{}",
+                                                new_values='{"account_no": "6228480000000999999"}',
+                                                confirmed_by="收款人本人", approved_by="李科长",
+                                                approval_ref="NY[2026]17号", caller="unix:core", journal_id=1))
+    engine.dispose()
+    o = _ctl(cfg_path, "orders")
+    assert o.returncode == 0, o.stderr
+    assert "1,234,567.89 元 (123456789 fen)" in o.stdout and "PAID 1 / 1,000,000.00 元" in o.stdout
+    assert "CORRECTED 1 / 0.89 元" in o.stdout
+    f = _ctl(cfg_path, "items", "--order", "FS1", "--status", "failed")
+    assert f.returncode == 0, f.stderr
+    assert "FS1#2" in f.stdout and "R001 账号不存在" in f.stdout and "234,567.00" in f.stdout
+    assert "FS1#1" not in f.stdout and "FS1#3" not in f.stdout
+    assert "approved by 李科长 (NY[2026]17号)" in f.stdout and "confirmed by 收款人本人" in f.stdout
+    js = json.loads(_ctl(cfg_path, "items", "--order", "FS1", "--json").stdout)
+    assert [i["seq"] for i in js] == [1, 2, 3] and js[1]["corrections"][0]["changed"] == ["account_no"]
+    everything = o.stdout + f.stdout + json.dumps(js, ensure_ascii=False)
+    assert "110101199003078515" not in everything and "6228480000000123457" not in everything
+    assert "6228480000000999999" not in everything
