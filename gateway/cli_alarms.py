@@ -61,7 +61,7 @@ def cmd_alarms_ack(cfg, args) -> int:
     who = args.by or getpass.getuser()
     engine = dbmod.make_engine(cfg.database_url)
     dbmod.check_migrated(engine, cfg.file)
-    journal = Journal(cfg.journal_archive_dir)
+    journal = Journal(cfg.journal_archive_dir, cfg.journal_inline_max_bytes, key=cfg.journal_auth.key)
     at = iso(time.time())
     with engine.begin() as conn:
         if not acknowledge_alarm(conn, at, args.id, who, args.comment):

@@ -153,3 +153,19 @@ def test_keys_generate_journal_writes_0600_and_never_overwrites(tmp_path) -> Non
     r = subprocess.run([GATEWAYCTL, "keys", "generate-journal", "--out", str(f)], capture_output=True, text=True)
     assert r.returncode == 2 and "never overwritten" in r.stderr
     assert f.read_bytes() == before
+
+
+def test_an_operator_command_that_journals_keeps_a_keyed_journal_verifiable(inst) -> None:
+    """`alarms ack` appends to the journal from the command line: on a keyed journal it appends a keyed
+    entry (an unkeyed writer would be refused), and `journal verify` still exits 0."""
+    from gateway.rules import raise_alarm
+    config, cfg, engine = inst
+    with engine.begin() as conn:
+        aid = raise_alarm(conn, "2026-03-02T10:05:00+08:00", "critical", "bank-link-down", "refused")
+    r = ctl(config, "alarms", "ack", str(aid), "--comment", "bank maintenance", "--by", "ops")
+    assert r.returncode == 0, r.stdout + r.stderr
+    with engine.connect() as conn:
+        mac = conn.execute(sa.text("SELECT mac FROM journal WHERE tx_code = 'alarm.ack'")).scalar()
+    assert mac is not None
+    r = ctl(config, "journal", "verify")
+    assert r.returncode == 0 and "11 entries" in r.stdout, r.stdout
