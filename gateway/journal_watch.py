@@ -82,6 +82,7 @@ class JournalWatch(service.Service):
         self.file_keyed_from: int | None = None
         self.walker: ChainWalker | None = None
         self.caught_up = False
+        self.entries_walked = 0                  # entries read by the self-check since start
         self.next_verify = 0.0
         self.next_full = 0.0
         self.broken: tuple[int | None, str] | None = None
@@ -230,6 +231,7 @@ class JournalWatch(service.Service):
                                                            f"{head.last_id}: entries were deleted from the end")
             rows = conn.execute(select(journal_t).where(journal_t.c.id > last_id, journal_t.c.id <= head.last_id)
                                 .order_by(journal_t.c.id).limit(self.chunk)).mappings().all()
+            self.entries_walked += len(rows)
             for row in rows:
                 failed = walker.step(row, head)
                 if failed is not None:

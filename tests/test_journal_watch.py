@@ -157,7 +157,8 @@ def test_self_check_reads_only_new_entries_and_clears_the_alarm_when_the_journal
     inst.append(_plain(11), _plain(12))
     for _ in range(10):
         inst.clock.advance(TICK)
-    assert inst.watch.walker.report.checked == 12       # 10 + 2, not 10 + 12
+    assert inst.watch.walker.report.checked == 12
+    assert inst.watch.entries_walked == 12              # 10 + 2 read, not 10 + 12 + 12 ...
     with engine.connect() as conn:
         original = conn.execute(sa.select(journal.c.decoded).where(journal.c.id == 3)).scalar()
     _sql(engine, "UPDATE journal SET decoded = 'entry 3: nothing happened' WHERE id = 3")
