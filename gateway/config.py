@@ -304,8 +304,6 @@ class PaperSettings:
 
 
 @dataclass(frozen=True)
-class GatewayConfig:
-@dataclass(frozen=True)
 class MetricsSettings:
     """[metrics]: the Prometheus endpoint (gateway/metrics.py)."""
 
@@ -314,6 +312,8 @@ class MetricsSettings:
     refresh_s: float          # how often the database figures are read
 
 
+@dataclass(frozen=True)
+class GatewayConfig:
     file: str
     database_url: str
     db_threads: int
@@ -336,9 +336,9 @@ class MetricsSettings:
     ha_prefer: tuple[str, ...] = ()    # [ha] per-bank: leases this daemon takes first; others after a grace
     journal_auth: JournalAuth = field(default_factory=lambda: JournalAuth())   # [journal] key, head export
     paper: PaperSettings | None = None  # [paper]: None = sheets cannot be sealed
-
-
     metrics: MetricsSettings | None = None  # [metrics]: None = no /metrics endpoint
+
+
 _GATEWAY_TOP = {
     "database": _Field(dict),
     "core": _Field(dict),
@@ -352,13 +352,13 @@ _GATEWAY_TOP = {
     "schedule": _Field(dict, {}),
     "ha": _Field(dict, {}),
     "paper": _Field(dict, None),
-}
     "metrics": _Field(dict, None),
 }
 _DATABASE = {
     "url": _Field(str, check=_pattern(r"(sqlite:///.+|postgresql(\+psycopg)?://.+)",
                                       "sqlite:///PATH or postgresql+psycopg://USER@HOST:PORT/DB")),
     "threads": _Field(int, 1, _positive),
+}
 _CORE = {
     "base_url": _Field(str, check=_http_url),
     "token_file": _Field(str, path=True),
@@ -445,14 +445,14 @@ _PAPER = {
     "out_dir": _Field(str, "../var/paper", path=True),
     "font_file": _Field(str, "", path=True),
 }
-_LOG = {"format": _Field(str, "auto", _one_of("auto", "text", "json"))}
-_TESTING = {"crash_after": _Field(str, "")}
 _METRICS = {
     "listen": _Field(str, "127.0.0.1:9464",
                      _pattern(r"[0-9A-Za-z.:\[\]-]+:[0-9]{1,5}", "host:port, e.g. 127.0.0.1:9464")),
     "refresh_s": _Field(float, 15.0, _positive),
     "allow_remote": _Field(bool, False),
 }
+_LOG = {"format": _Field(str, "auto", _one_of("auto", "text", "json"))}
+_TESTING = {"crash_after": _Field(str, "")}
 
 _ID = _pattern(r"[A-Za-z0-9][A-Za-z0-9_-]{0,31}", "letters, digits, '_' or '-' (at most 32)")
 
@@ -637,17 +637,6 @@ def load(path: str | os.PathLike) -> GatewayConfig:
             r.err("paper.passphrase_env", "set passphrase_file or passphrase_env, not both")
         if pt.get("seal_key"):
             paper = PaperSettings(**pt)
-    rpc = None
-    if top["rpc"] is not None:
-        rt = r.table(top["rpc"], "rpc", _RPC)
-        if rt.get("tcp_port") and not rt.get("token_file"):
-            r.err("rpc.token_file", "is required when rpc.tcp_port is set: TCP never runs without a token")
-        if rt.get("unix_socket") and len(os.fsencode(rt["unix_socket"])) > 107:
-            r.err("rpc.unix_socket", "path is longer than the 107 bytes a Unix socket allows")
-        if rt.get("unix_socket") and rt.get("unix_mode"):
-            rpc = RpcSettings(rt["unix_socket"], int(rt["unix_mode"] or "0660", 8),
-                              rt["tcp_port"] or None, rt["token_file"] or None,
-                              float(rt["head_timeout_s"]), float(rt["body_timeout_s"]), rt["max_connections"])
     metrics = None
     if top["metrics"] is not None:
         mt = r.table(top["metrics"], "metrics", _METRICS)
@@ -661,6 +650,17 @@ def load(path: str | os.PathLike) -> GatewayConfig:
                                         f"set metrics.allow_remote = true to serve them beyond this host")
             else:
                 metrics = MetricsSettings(host, int(port), mt["refresh_s"])
+    rpc = None
+    if top["rpc"] is not None:
+        rt = r.table(top["rpc"], "rpc", _RPC)
+        if rt.get("tcp_port") and not rt.get("token_file"):
+            r.err("rpc.token_file", "is required when rpc.tcp_port is set: TCP never runs without a token")
+        if rt.get("unix_socket") and len(os.fsencode(rt["unix_socket"])) > 107:
+            r.err("rpc.unix_socket", "path is longer than the 107 bytes a Unix socket allows")
+        if rt.get("unix_socket") and rt.get("unix_mode"):
+            rpc = RpcSettings(rt["unix_socket"], int(rt["unix_mode"] or "0660", 8),
+                              rt["tcp_port"] or None, rt["token_file"] or None,
+                              float(rt["head_timeout_s"]), float(rt["body_timeout_s"]), rt["max_connections"])
 
     if core.get("base_url") and not core.get("allow_plain_http"):
         # The token and every personal datum of an order would cross the network in clear.
