@@ -207,8 +207,13 @@ class IBankRecorder(Interface):
     def journal_in(conn, entry):
         """Append a journal entry inside a transaction `read` opened; returns its id."""
 
-    def alarm_in(conn, severity, kind, message, order_no, batch_no, journal_id):
-        """Raise an alarm inside a transaction `read` opened."""
+    def alarm_in(conn, severity, kind, message, order_no, batch_no, journal_id, key=None):
+        """Raise an alarm inside a transaction `read` opened: opens an episode, or updates the
+        open one of the same (kind, bank, order_no, batch_no, key) (gateway/alarms.py)."""
+
+    def clear_in(conn, kind, order_no=None, batch_no=None, key=None):
+        """End the open episode of that identity (the condition is gone), inside a transaction
+        `read` opened; returns how many were cleared."""
 
 
 class IBankAdapter(Interface):
@@ -255,7 +260,8 @@ class IBankAdapter(Interface):
         """Fetch the bank's statement for a period ("D20261128", "M202611"). Deferred: the statement."""
 
     def after_results(batch):
-        """Housekeeping once a batch's results are applied (remove uploads). Deferred."""
+        """Housekeeping once the bank is done with a batch: its results applied, or the batch
+        rejected whole (RJCT) or refused (remove uploads). Deferred."""
 
     def close():
         """Release connections. Deferred or None."""

@@ -11,8 +11,9 @@ from __future__ import annotations
 import datetime
 import json
 
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, or_, select, update
 
+from gateway import backoff
 from gateway.models import BatchState, batches, disputes
 from gateway.rules import CST
 
@@ -79,23 +80,35 @@ class Article26Steps:
         await self.db.run(check)
 
     async def send_disputes(self) -> None:
-        """DP01 for disputes not yet accepted; a resend carries the same DisputeNo (idempotent)."""
+        """DP01 for disputes not yet accepted; a resend carries the same DisputeNo (idempotent).
+
+        One without a usable answer (none, or refused for now) is sent again after a backoff
+        (gateway/backoff.py: `failures`, `next_check_at`), not on every tick."""
+        now = self.now()
         for d in await self.db.run(lambda c: [dict(r) for r in c.execute(select(disputes).where(
                 disputes.c.bank_id == self.bank_id,
-                disputes.c.state.in_(("NEW", "SUBMITTING")))).mappings()]):
+                disputes.c.state.in_(("NEW", "SUBMITTING")),
+                or_(disputes.c.next_check_at.is_(None), disputes.c.next_check_at <= int(now)))).mappings()]):
             def mark(conn: Connection, no=d["dispute_no"]) -> None:
                 conn.execute(update(disputes).where(disputes.c.dispute_no == no).values(
                     state="SUBMITTING", attempts=disputes.c.attempts + 1, updated_at=self.at()))
             reply = await self.adapter.dispute({**d, "seqs": json.loads(d["seqs"])}, self, mark)
+
+            def later(conn: Connection, d=d) -> None:
+                failures = (d.get("failures") or 0) + 1
+                conn.execute(update(disputes).where(disputes.c.dispute_no == d["dispute_no"]).values(
+                    failures=failures,
+                    next_check_at=backoff.next_at(self.now(), self.bank.status_poll_s, failures)))
             if reply is None:
+                await self.db.run(later)
                 continue
 
-            def record(conn: Connection, d=d, reply=reply) -> None:
+            def record(conn: Connection, d=d, reply=reply, later=later) -> None:
                 if reply.outcome == "accepted":
                     conn.execute(update(disputes).where(disputes.c.dispute_no == d["dispute_no"])
-                                 .values(state="ACCEPTED", updated_at=self.at()))
+                                 .values(state="ACCEPTED", updated_at=self.at(), failures=0))
                 elif reply.outcome in ("retry", "unsent"):
-                    pass
+                    later(conn)
                 else:
                     conn.execute(update(disputes).where(disputes.c.dispute_no == d["dispute_no"])
                                  .values(state="REFUSED", updated_at=self.at()))

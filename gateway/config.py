@@ -210,6 +210,8 @@ class CnBankSettings:
     return_poll_s: float
     result_working_days: int
     statement_daily: bool = False
+    heartbeat_s: float = 0.0          # HB01 this often (0 = off)
+    link_alarm_after_s: float = 300.0  # one bank-link-down alarm once the link fails this long
 
 
 @dataclass(frozen=True)
@@ -511,6 +513,8 @@ _CNBANK = {
     "return_poll_s": _Field(float, 3600.0, _positive),   # BQ01 of DONE batches, for late returns
     "result_working_days": _Field(int, 2, _positive),    # the bank's deadline for a batch's results
     "statement_daily": _Field(bool, False),              # RC01 for yesterday (and last month on the 1st)
+    "heartbeat_s": _Field(float, 0.0, lambda v: None if v >= 0 else "must be 0 (off) or more"),
+    "link_alarm_after_s": _Field(float, 300.0, _positive),   # bank-link-down once failing this long
 }
 
 

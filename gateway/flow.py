@@ -46,6 +46,7 @@ from gateway.faults import Faults
 from gateway.leadership import Deposed
 from gateway.journal import Entry, Journal
 from gateway.models import BatchState, ItemStatus, OrderState, batches, items, orders, statements
+from gateway import backoff
 from gateway.article26 import Article26Steps
 from gateway.core_push import CorePushSteps
 from gateway.late_returns import LateReturnSteps
@@ -303,6 +304,7 @@ class BankFlow(RefundSteps, Article26Steps, LateReturnSteps, CorePushSteps):
         await self._guard("fetch statements", self.fetch_statements())
         await self._guard("send disputes", self.send_disputes())
         await self._guard("check deadlines", self.check_deadlines())
+        await self._guard("heartbeat", self.heartbeat())
 
     def _start_core_work(self) -> None:
         if self._core_job is not None or self.stopping:
@@ -403,7 +405,7 @@ class BankFlow(RefundSteps, Article26Steps, LateReturnSteps, CorePushSteps):
 
     def _orders_needing_batch(self, conn: Connection) -> list[str]:
         live = select(batches.c.batch_no).where(batches.c.order_no == orders.c.order_no,
-                                                batches.c.state.in_(BatchState.LIVE + (BatchState.REFUSED,)))
+                                                batches.c.state.in_(BatchState.LIVE))
         return list(conn.execute(select(orders.c.order_no).where(
             orders.c.bank_id == self.bank_id, orders.c.state == OrderState.LOADED,
             ~live.exists()).order_by(orders.c.created_at, orders.c.order_no)).scalars())
@@ -695,37 +697,122 @@ class BankFlow(RefundSteps, Article26Steps, LateReturnSteps, CorePushSteps):
         return self._journal(conn, entry)
 
     def alarm_in(self, conn: Connection, severity: str, kind: str, message: str, order_no, batch_no,
-                 journal_id) -> None:
+                 journal_id, key=None) -> None:
         self._alarm(conn, severity, kind, message, order_no=order_no, batch_no=batch_no,
-                    journal_id=journal_id)
+                    journal_id=journal_id, key=key)
+
+    def clear_in(self, conn: Connection, kind: str, order_no=None, batch_no=None, key=None) -> int:
+        return clear_alarm(conn, self.at(), kind, bank_id=self.bank_id, order_no=order_no,
+                           batch_no=batch_no, key=key)
+
+    async def heartbeat(self) -> None:
+        """HB01 every `heartbeat_s` (banks whose adapter has heartbeat(); 0 = off): the link is
+        watched, and a dead one alarmed (bank-link-down), even when nothing else is said."""
+        every = getattr(self.bank.cnbank, "heartbeat_s", 0) if self.bank.cnbank is not None else 0
+        beat = getattr(self.adapter, "heartbeat", None)
+        last = getattr(self, "_last_heartbeat", float("-inf"))
+        if not every or beat is None or self.now() - last < every:
+            return
+        self._last_heartbeat = self.now()
+        await beat(self)
 
     async def submit(self, b: dict) -> None:
+        """BP01. Sent again after E008/E009 (or a send that never left) only after a backoff;
+        refused for good, the batch is REFUSED and its items go out again under a new number
+        (_refuse), no sooner than the order's refusal backoff allows."""
+        now = self.now()
+        if (b.get("next_check_at") or 0) > now:
+            return
+        if await self.db.run(self._refusal_hold, b["order_no"]) > now:
+            return
+
         def mark(conn: Connection) -> None:
             conn.execute(update(batches).where(batches.c.batch_no == b["batch_no"]).values(
                 state=BatchState.SUBMITTING, attempts=batches.c.attempts + 1, updated_at=self.at()))
         reply = await self.adapter.submit_batch(b, self, mark)
         if reply is None:
-            return
+            return   # outcome unknown: the batch stays SUBMITTING and BQ01 decides (rule 3)
 
-        def record(conn: Connection) -> None:
+        def record(conn: Connection) -> bool:
             if reply.outcome == "accepted":
                 self._accept(conn, b, reply.bank_ref)
             elif reply.outcome in ("retry", "unsent"):
-                # Nothing was taken: the batch may be submitted again (a new MsgId, not blind).
+                # Nothing was taken: the batch may be submitted again (a new MsgId, not blind),
+                # after a backoff; a refusal for now is alarmed by the adapter (bank-refusing).
+                failures = (b.get("failures") or 0) + 1
                 conn.execute(update(batches).where(batches.c.batch_no == b["batch_no"],
                                                    batches.c.state == BatchState.SUBMITTING).values(
-                    state=BatchState.UPLOADED, updated_at=self.at()))
+                    state=BatchState.UPLOADED, updated_at=self.at(), failures=failures,
+                    next_check_at=backoff.next_at(self.now(), self.bank.status_poll_s, failures)))
                 if reply.outcome == "retry":
-                    log.warn("{bank}: submission of {batch} refused {code} {msg}; sending again",
+                    log.warn("{bank}: submission of {batch} refused {code} {msg}; sending again later",
                              bank=self.bank_id, batch=b["batch_no"], code=reply.code, msg=reply.message)
             else:
-                conn.execute(update(batches).where(batches.c.batch_no == b["batch_no"]).values(
-                    state=BatchState.REFUSED, reject_code=reply.code, reject_msg=reply.message[:500],
-                    updated_at=self.at()))
-                self._alarm(conn, "critical", "batch-refused",
-                            f"bank refused batch {b['batch_no']}: {reply.code} {reply.message}",
-                            order_no=b["order_no"], batch_no=b["batch_no"], journal_id=reply.journal_id)
-        await self.db.run(record)
+                return self._refuse(conn, b, reply.code, reply.message, reply.journal_id)
+            return False
+        if await self.db.run(record):
+            await self._remove_uploads(b)
+
+    def _refusal_hold(self, conn: Connection, order_no: str) -> int:
+        """Until when the order's next batch waits after its batches were refused (0: no wait)."""
+        return conn.execute(select(func.max(batches.c.next_check_at)).where(
+            batches.c.order_no == order_no, batches.c.state == BatchState.REFUSED)).scalar_one() or 0
+
+    def _refuse(self, conn: Connection, b: dict, code: str, message: str, jid: int | None) -> bool:
+        """BP01 refused for good (an E code other than E008/E009): the bank took nothing and does
+        not remember the number. The batch is REFUSED (its number spent) and its items released
+        (PAY to PENDING, RETRY back to CORRECTED) to go out under a new number, after a backoff
+        that doubles with each refused batch of the order; one alarm episode per order, cleared
+        when a batch of it is accepted. E004 (the bank holds another batch under this number) is
+        the exception: the items stay with the batch for an operator. True when released."""
+        n = conn.execute(update(batches).where(batches.c.batch_no == b["batch_no"],
+                                               batches.c.state == BatchState.SUBMITTING).values(
+            state=BatchState.REFUSED, reject_code=code, reject_msg=(message or "")[:500],
+            updated_at=self.at())).rowcount
+        if n != 1:
+            return False   # no longer ours to judge (answered meanwhile): nothing to release
+        if code == "E004":
+            self._alarm(conn, "critical", "batch-refused",
+                        f"bank refused batch {b['batch_no']}: E004 {message}: it holds another batch "
+                        f"under this number; its {b['total_count']} items stay held with it until an "
+                        f"operator has settled with the bank what it holds", order_no=b["order_no"],
+                        journal_id=jid)
+            return False
+        refused = conn.execute(select(func.count()).where(
+            batches.c.order_no == b["order_no"], batches.c.state == BatchState.REFUSED)).scalar_one()
+        wait_until = backoff.next_at(self.now(), self.bank.status_poll_s, refused)
+        conn.execute(update(batches).where(batches.c.batch_no == b["batch_no"]).values(
+            next_check_at=wait_until))
+        pending = ItemStatus.CORRECTED if b["kind"] == "RETRY" else ItemStatus.PENDING
+        self._release(conn, b, pending)
+        check_conservation(conn, b["order_no"])
+        self._alarm(conn, "critical", "batch-refused",
+                    f"bank refused batch {b['batch_no']}: {code} {message}; its {b['total_count']} items "
+                    f"go out again under a new batch number from {iso(wait_until)} "
+                    f"(refused batches of this order: {refused})",
+                    order_no=b["order_no"], journal_id=jid)
+        return True
+
+    def _release(self, conn: Connection, b: dict, status: str) -> None:
+        """The items of a batch the bank did not pay (RJCT, refused) are free to go out again:
+        PAY items to PENDING; RETRY items back to CORRECTED, pointing again at the batch they
+        failed in, and the order asks for another retry."""
+        of_batch = and_(items.c.order_no == b["order_no"], items.c.batch_no == b["batch_no"],
+                        items.c.status == status)
+        if b["kind"] == "RETRY":
+            conn.execute(update(items).where(of_batch).values(
+                status=ItemStatus.CORRECTED, batch_no=items.c.orig_batch_no, orig_batch_no=None))
+            conn.execute(update(orders).where(orders.c.order_no == b["order_no"])
+                         .values(retry_requested=1))
+        else:
+            conn.execute(update(items).where(of_batch).values(status=ItemStatus.PENDING, batch_no=None))
+
+    async def _remove_uploads(self, b: dict) -> None:
+        try:
+            await self.adapter.after_results(b)
+        except Exception as e:  # noqa: BLE001  (housekeeping only)
+            log.warn("{bank}: could not remove uploads of {batch}: {error}", bank=self.bank_id,
+                     batch=b["batch_no"], error=e)
 
     def _accept(self, conn: Connection, b: dict, bank_batch_no: str | None) -> None:
         """The bank holds the batch: its items are SENT, the order DISPATCHED (one transaction)."""
@@ -738,79 +825,92 @@ class BankFlow(RefundSteps, Article26Steps, LateReturnSteps, CorePushSteps):
                                     f"were waiting to be sent")
         conn.execute(update(batches).where(batches.c.batch_no == b["batch_no"]).values(
             state=BatchState.ACCEPTED, bank_batch_no=bank_batch_no, updated_at=self.at(),
-            next_check_at=int(self.now() + self.bank.status_poll_s),
+            next_check_at=int(self.now() + self.bank.status_poll_s), failures=0,
             bank_due=self._working_days_from_today(conn, b, self.bank.result_working_days)))
         conn.execute(update(orders).where(orders.c.order_no == b["order_no"],
                                           orders.c.state == OrderState.LOADED)
                      .values(state=OrderState.DISPATCHED, updated_at=self.at()))
         check_conservation(conn, b["order_no"])
+        clear_alarm(conn, self.at(), "batch-refused", bank_id=self.bank_id, order_no=b["order_no"])
         b["state"] = BatchState.ACCEPTED
         log.info("{bank}: batch {batch} accepted by the bank", bank=self.bank_id, batch=b["batch_no"])
 
     async def query(self, b: dict) -> None:
-        """What the bank knows of the batch. Always asked before any resend (rule 3)."""
-        st = await self.adapter.batch_status(b, self)
-        if st is None:
+        """What the bank knows of the batch. Always asked before any resend (rule 3).
+
+        Asked no sooner than next_check_at; a question without a usable answer (no verified
+        reply, a refusal, a contradiction) is asked again after a backoff (gateway/backoff.py,
+        the count kept in `failures`), never sooner than the state's own interval
+        (return_poll_s for DONE batches). A refusal that persists is one alarm episode,
+        cleared by the next good answer.
+        """
+        if (b.get("next_check_at") or 0) > self.now():
             return
         was = b["state"]
+        interval = self.bank.return_poll_s if was == BatchState.DONE else self.bank.status_poll_s
+        failures = (b.get("failures") or 0) + 1
+        st = await self.adapter.batch_status(b, self)
+
+        def again_later(conn: Connection) -> None:
+            conn.execute(update(batches).where(batches.c.batch_no == b["batch_no"]).values(
+                failures=failures, next_check_at=backoff.next_at(self.now(), interval, failures)))
+        if st is None:
+            await self.db.run(again_later)
+            return
 
         def record(conn: Connection) -> None:
             jid = st.journal_id
+            if st.state == "unanswered":
+                again_later(conn)
+                if st.code not in RETRYABLE_REFUSALS:   # those are the adapter's bank-refusing
+                    self._alarm(conn, "warning", "status-refused",
+                                f"status query for {b['batch_no']} answered {st.code} {st.message}",
+                                order_no=b["order_no"], batch_no=b["batch_no"], journal_id=jid)
+                return
+            if b.get("failures"):
+                clear_alarm(conn, self.at(), "status-refused", bank_id=self.bank_id,
+                            order_no=b["order_no"], batch_no=b["batch_no"])
+            good = {"failures": 0, "next_check_at": int(self.now() + interval)}
             if st.state == "unknown_to_bank":
                 if was == BatchState.SUBMITTING:
                     # The bank never accepted it: the lost submission may now be sent again.
                     conn.execute(update(batches).where(batches.c.batch_no == b["batch_no"]).values(
-                        state=BatchState.UPLOADED, updated_at=self.at()))
+                        state=BatchState.UPLOADED, updated_at=self.at(), failures=0,
+                        next_check_at=None))
                     log.info("{bank}: bank does not know {batch}: it will be submitted again",
                              bank=self.bank_id, batch=b["batch_no"])
                 else:
+                    again_later(conn)
                     self._alarm(conn, "critical", "batch-unknown",
                                 f"bank says it never accepted {b['batch_no']}, which it had accepted",
                                 order_no=b["order_no"], batch_no=b["batch_no"], journal_id=jid)
-                return
-            if st.state == "unanswered":
-                self._alarm(conn, "warning", "status-refused",
-                            f"status query for {b['batch_no']} answered {st.code} {st.message}",
-                            order_no=b["order_no"], batch_no=b["batch_no"], journal_id=jid)
                 return
             if was == BatchState.SUBMITTING:
                 self._accept(conn, b, None)
             if was == BatchState.DONE:
                 self._apply_returns(conn, b, st.returns, jid)
-                conn.execute(update(batches).where(batches.c.batch_no == b["batch_no"]).values(
-                    next_check_at=int(self.now() + self.bank.return_poll_s)))
+                conn.execute(update(batches).where(batches.c.batch_no == b["batch_no"]).values(**good))
             elif st.state == "rejected":
                 self._reject(conn, b, st.code, st.message, jid)
             elif st.state == "done":
                 r = st.results or {}
                 conn.execute(update(batches).where(batches.c.batch_no == b["batch_no"]).values(
                     result_file=r.get("file"), result_sm3=r.get("digest"), result_enc_key=r.get("key"),
-                    updated_at=self.at()))
+                    updated_at=self.at(), failures=0))
             else:
-                conn.execute(update(batches).where(batches.c.batch_no == b["batch_no"]).values(
-                    next_check_at=int(self.now() + self.bank.status_poll_s)))
+                conn.execute(update(batches).where(batches.c.batch_no == b["batch_no"]).values(**good))
         await self.db.run(record)
         if st.state == "done" and was != BatchState.DONE:
             await self.fetch_results(b["batch_no"])
+        elif st.state == "rejected" and was != BatchState.DONE:
+            await self._remove_uploads(b)
 
     def _reject(self, conn: Connection, b: dict, code: str, message: str, jid: int | None) -> None:
-        """RJCT: nothing of the batch was paid; its items go out again in a new batch.
-
-        PAY items go back to PENDING; RETRY items back to CORRECTED, pointing again at the
-        batch they failed in, and the order asks for another retry.
-        """
-        of_batch = and_(items.c.order_no == b["order_no"], items.c.batch_no == b["batch_no"],
-                        items.c.status == ItemStatus.SENT)
-        if b["kind"] == "RETRY":
-            conn.execute(update(items).where(of_batch).values(
-                status=ItemStatus.CORRECTED, batch_no=items.c.orig_batch_no, orig_batch_no=None))
-            conn.execute(update(orders).where(orders.c.order_no == b["order_no"])
-                         .values(retry_requested=1))
-        else:
-            conn.execute(update(items).where(of_batch).values(status=ItemStatus.PENDING, batch_no=None))
+        """RJCT: nothing of the batch was paid; its items go out again in a new batch (_release)."""
+        self._release(conn, b, ItemStatus.SENT)
         conn.execute(update(batches).where(batches.c.batch_no == b["batch_no"]).values(
             state=BatchState.RJCT, reject_code=code, reject_msg=(message or "")[:500],
-            updated_at=self.at()))
+            updated_at=self.at(), failures=0))
         others = conn.execute(select(func.count()).where(
             batches.c.order_no == b["order_no"], batches.c.batch_no != b["batch_no"],
             batches.c.state.in_((BatchState.ACCEPTED, BatchState.DONE)))).scalar_one()
@@ -834,6 +934,15 @@ class BankFlow(RefundSteps, Article26Steps, LateReturnSteps, CorePushSteps):
             finally:
                 await self.db.run_plain(e.cleanup)
             return
+        except TransportError as e:
+            # The file could not be fetched: ask (BQ01) and fetch again after a backoff.
+            failures = (b.get("failures") or 0) + 1
+            await self.db.run(lambda c: c.execute(update(batches).where(
+                batches.c.batch_no == batch_no).values(failures=failures, next_check_at=backoff.next_at(
+                    self.now(), self.bank.status_poll_s, failures))))
+            log.warn("{bank}: results of {batch} not fetched: {error}; will try again",
+                     bank=self.bank_id, batch=batch_no, error=e)
+            return
         try:
             summary = await self.db.run(self._apply_results, b, rs)
         except (ResultRejected, ResultsRefused, ConservationError) as e:
@@ -845,11 +954,7 @@ class BankFlow(RefundSteps, Article26Steps, LateReturnSteps, CorePushSteps):
         log.info("{bank}: results of {batch} applied: {summary}", bank=self.bank_id, batch=batch_no,
                  summary=summary)
         self.faults.point("results-applied")
-        try:
-            await self.adapter.after_results(b)
-        except Exception as e:  # noqa: BLE001  (housekeeping only)
-            log.warn("{bank}: could not remove uploads of {batch}: {error}", bank=self.bank_id,
-                     batch=batch_no, error=e)
+        await self._remove_uploads(b)
 
     async def _result_refused(self, b: dict, entries: list, why: str) -> None:
         def rec(conn: Connection) -> None:

@@ -136,6 +136,8 @@ class Batch(Base):
     overdue_alarmed: Mapped[int] = mapped_column(Integer, default=0)
     bank_due: Mapped[str | None] = mapped_column(String(10))      # the bank owes its results by then
     bank_overdue_alarmed: Mapped[int] = mapped_column(Integer, default=0)
+    # consecutive questions (or resends) without a usable answer: the backoff (gateway/backoff.py)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class JournalEntry(Base):
@@ -208,6 +210,7 @@ class Refund(Base):
     reject_msg: Mapped[str | None] = mapped_column(String(500))
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_check_at: Mapped[int | None] = mapped_column(BigInteger)
+    failures: Mapped[int] = mapped_column(Integer, default=0)   # as batches.failures
     created_at: Mapped[str] = mapped_column(String(40))
     updated_at: Mapped[str] = mapped_column(String(40))
 
@@ -254,6 +257,8 @@ class Dispute(Base):
     due: Mapped[str | None] = mapped_column(String(10))
     on_time: Mapped[int | None] = mapped_column(Integer)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_check_at: Mapped[int | None] = mapped_column(BigInteger)   # DP01 not again before (backoff)
+    failures: Mapped[int] = mapped_column(Integer, default=0)       # as batches.failures
     created_at: Mapped[str] = mapped_column(String(40))
     updated_at: Mapped[str] = mapped_column(String(40))
 

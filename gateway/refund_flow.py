@@ -3,7 +3,10 @@
 Items the department cannot have paid go back to the account the money came
 from. The request (cnbank RF01) is journaled as sent before it leaves; after an
 unknown outcome its status (RQ01) is asked first ("unknown to the bank" lets it
-go again), as for batches. A refund the
+go again), as for batches. Every question or resend without a usable answer waits
+a backoff (gateway/backoff.py, `failures` and `next_check_at` in the row); a
+refusal of RQ01 that persists is one alarm episode, cleared by the next good
+answer. A refund the
 bank refuses puts its items back to FAILED; DONE makes them REFUNDED with the
 bank's serial, and the order SETTLED once every fen is paid or returned.
 """
@@ -14,9 +17,10 @@ from sqlalchemy import Connection, select, update
 from twisted.logger import Logger
 
 from adapters.interface import RefundStatus
+from gateway import backoff
 from gateway.models import (ItemStatus, OrderState, RefundState, items, orders, refund_items,
                             refunds)
-from gateway.rules import ConservationError, check_conservation
+from gateway.rules import RETRYABLE_REFUSALS, ConservationError, check_conservation, clear_alarm
 
 log = Logger()
 
@@ -30,10 +34,18 @@ class RefundSteps:
             .order_by(refunds.c.created_at, refunds.c.refund_no)).mappings()]
 
     async def advance_refund(self, r: dict) -> None:
+        if (r["next_check_at"] or 0) > self.now():
+            return
         if r["state"] == RefundState.NEW:
             await self.submit_refund(r)
-        elif r["state"] == RefundState.SUBMITTING or (r["next_check_at"] or 0) <= self.now():
+        else:
             await self.query_refund(r)
+
+    def _refund_again_later(self, conn: Connection, r: dict, **values) -> None:
+        failures = (r.get("failures") or 0) + 1
+        conn.execute(update(refunds).where(refunds.c.refund_no == r["refund_no"]).values(
+            failures=failures, next_check_at=backoff.next_at(self.now(), self.bank.status_poll_s,
+                                                             failures), **values))
 
     async def submit_refund(self, r: dict) -> None:
         lines = await self.db.run(lambda c: [dict(x) for x in c.execute(select(
@@ -51,9 +63,13 @@ class RefundSteps:
             if reply.outcome == "accepted":
                 self._refund_accepted(conn, r)
             elif reply.outcome in ("retry", "unsent"):
+                # Sent again (a new MsgId) after a backoff; E008/E009 are the adapter's alarm.
+                failures = (r.get("failures") or 0) + 1
                 conn.execute(update(refunds).where(refunds.c.refund_no == r["refund_no"],
                                                    refunds.c.state == RefundState.SUBMITTING)
-                             .values(state=RefundState.NEW, updated_at=self.at()))
+                             .values(state=RefundState.NEW, updated_at=self.at(), failures=failures,
+                                     next_check_at=backoff.next_at(self.now(), self.bank.status_poll_s,
+                                                                   failures)))
             else:
                 self._refund_failed(conn, r, RefundState.REFUSED, reply.code, reply.message,
                                     reply.journal_id)
@@ -61,7 +77,7 @@ class RefundSteps:
 
     def _refund_accepted(self, conn: Connection, r: dict) -> None:
         conn.execute(update(refunds).where(refunds.c.refund_no == r["refund_no"]).values(
-            state=RefundState.ACCEPTED, updated_at=self.at(),
+            state=RefundState.ACCEPTED, updated_at=self.at(), failures=0,
             next_check_at=int(self.now() + self.bank.status_poll_s)))
         r["state"] = RefundState.ACCEPTED
 
@@ -83,19 +99,33 @@ class RefundSteps:
         """Ask the refund's status, also first when a submission's outcome is unknown (rule 3)."""
         st = await self.adapter.refund_status(r, self)
         if st is None:
+            await self.db.run(self._refund_again_later, r)
             return
 
         def record(conn: Connection) -> None:
             jid = st.journal_id
+            if st.state == "unanswered":
+                self._refund_again_later(conn, r)
+                if st.code not in RETRYABLE_REFUSALS:   # those are the adapter's bank-refusing
+                    self._alarm(conn, "warning", "refund-status-refused",
+                                f"status query for refund {r['refund_no']} answered {st.code} {st.message}",
+                                order_no=r["order_no"], batch_no=r["refund_no"], journal_id=jid)
+                return
+            if r.get("failures"):
+                clear_alarm(conn, self.at(), "refund-status-refused", bank_id=self.bank_id,
+                            order_no=r["order_no"], batch_no=r["refund_no"])
+                conn.execute(update(refunds).where(refunds.c.refund_no == r["refund_no"])
+                             .values(failures=0))
             if st.state == "unknown_to_bank":
                 if r["state"] == RefundState.SUBMITTING:
                     conn.execute(update(refunds).where(refunds.c.refund_no == r["refund_no"])
-                                 .values(state=RefundState.NEW, updated_at=self.at()))
-                return
-            if st.state == "unanswered":
-                self._alarm(conn, "warning", "refund-status-refused",
-                            f"status query for refund {r['refund_no']} answered {st.code} {st.message}",
-                            order_no=r["order_no"], batch_no=r["refund_no"], journal_id=jid)
+                                 .values(state=RefundState.NEW, updated_at=self.at(), next_check_at=None))
+                else:
+                    self._refund_again_later(conn, r)
+                    self._alarm(conn, "critical", "refund-unknown",
+                                f"bank says it never accepted refund {r['refund_no']}, which it had "
+                                f"accepted", order_no=r["order_no"], batch_no=r["refund_no"],
+                                journal_id=jid)
                 return
             if r["state"] == RefundState.SUBMITTING:
                 self._refund_accepted(conn, r)

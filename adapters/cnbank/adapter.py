@@ -50,6 +50,45 @@ class CnBankAdapter:
         self.link = link
         self.work_dir = link.work_dir
         self.faults = faults
+        self._link = {"last_ok_at": None, "last_error_at": None, "last_error": None,
+                      "failures": 0, "failing_since": None}
+        # After a start, an episode of a former run may still be open: the first good
+        # answer clears it (once), later ones only when this run raised it.
+        self._link_alarm_maybe_open = True
+        self._skew_maybe_open = True
+        self._refusing_maybe_open = True
+
+    # --- the link's health ------------------------------------------------------------
+
+    def link_state(self) -> dict:
+        """The message link as last seen (kept in memory, for health): when a request last got a
+        verified reply, the last failure and when, consecutive failures, and since when failing."""
+        return dict(self._link)
+
+    def _link_ok(self, now: float) -> bool:
+        """Note a verified reply; True when a bank-link-down episode may be open (to clear)."""
+        was_down = self._link["failures"] > 0 or self._link_alarm_maybe_open
+        self._link.update(last_ok_at=now, failures=0, failing_since=None)
+        self._link_alarm_maybe_open = False
+        return was_down
+
+    def _link_failed(self, now: float, why: str) -> bool:
+        """Note an exchange without a verified reply; True when the link has now failed for longer
+        than link_alarm_after_s (the caller raises, or updates, the one bank-link-down episode)."""
+        lk = self._link
+        lk.update(last_error_at=now, last_error=why[:300], failures=lk["failures"] + 1)
+        if lk["failing_since"] is None:
+            lk["failing_since"] = now
+        if now - lk["failing_since"] >= self.bank.cnbank.link_alarm_after_s:
+            self._link_alarm_maybe_open = True
+            return True
+        return False
+
+    def _link_down_alarm(self, conn, recorder, now: float, journal_id) -> None:
+        lk = self._link
+        recorder.alarm_in(conn, "critical", "bank-link-down",
+                          f"no verified answer from the bank for {int(now - lk['failing_since'])} s "
+                          f"({lk['failures']} attempts): {lk['last_error']}", None, None, journal_id)
 
     # --- messages ---------------------------------------------------------------
 
@@ -57,19 +96,32 @@ class CnBankAdapter:
         """Journal a request (with `before`'s state change), send it, open and journal the reply.
 
         Returns the verified reply, or None when there is none to act on (no answer, or an
-        answer that failed verification: journaled and alarmed). A request that never left
-        (connect failed) is returned as an Incoming with tx_code "" so the caller can say "unsent".
+        answer that failed verification or does not answer this request: journaled and
+        alarmed; its outcome is unknown). A request that never left (connect failed) is
+        returned as an Incoming with tx_code "" so the caller can say "unsent".
+
+        Conditions of the whole link are one alarm episode per bank, cleared when they end:
+        bank-link-down (no verified answer for link_alarm_after_s), bank-clock-skew (a reply
+        time outside max_clock_skew_s) and bank-refusing (E008/E009: refused for now).
         """
-        out: Outgoing = await self.link.build(tx, fields, recorder.now())
+        now = recorder.now()
+        out: Outgoing = await self.link.build(tx, fields, now)
         await recorder.record([Entry("out", self.bank_id, "tcp", tx, out.decoded, payload=out.raw,
                                      msg_id=out.msg_id, order_no=ref["order_no"],
                                      batch_no=ref["batch_no"])], change=before)
         try:
             raw = await self.link.exchange(out)
         except tcp.ExchangeError as e:
-            await recorder.record([Entry("event", self.bank_id, "tcp", tx,
-                                         f"{tx} {out.msg_id}: {e} (sent: {e.sent})", msg_id=out.msg_id,
-                                         order_no=ref["order_no"], batch_no=ref["batch_no"])])
+            now = recorder.now()
+            down = self._link_failed(now, f"{tx}: {e}")
+
+            def failed(conn):
+                jid = recorder.journal_in(conn, Entry(
+                    "event", self.bank_id, "tcp", tx, f"{tx} {out.msg_id}: {e} (sent: {e.sent})",
+                    msg_id=out.msg_id, order_no=ref["order_no"], batch_no=ref["batch_no"]))
+                if down:
+                    self._link_down_alarm(conn, recorder, now, jid)
+            await recorder.read(failed)
             log.warn("{bank}: {tx} for {batch}: {error}", bank=self.bank_id, tx=tx,
                      batch=ref["batch_no"], error=e)
             if not e.sent:
@@ -77,21 +129,61 @@ class CnBankAdapter:
             return None
         if tx == "BP01" and self.faults is not None:
             self.faults.point("BP01-reply-received")
+        now = recorder.now()
         try:
-            inc = await self.link.open(out, raw)
+            inc = await self.link.open(out, raw, now)
         except LinkError as e:
-            await recorder.record(
-                [Entry("in", self.bank_id, "tcp", tx, f"unverified reply: {e}", payload=raw,
-                       msg_id=out.msg_id, order_no=ref["order_no"], batch_no=ref["batch_no"],
-                       verified=f"failed: {e.code} {e}")],
-                alarm=("critical", "bank-reply-rejected", f"{tx} reply for {ref['batch_no']}: {e}",
-                       ref["order_no"], ref["batch_no"]))
+            down = self._link_failed(now, f"{tx}: {e}")
+
+            def rejected(conn):
+                jid = recorder.journal_in(conn, Entry(
+                    "in", self.bank_id, "tcp", tx, f"unverified reply: {e}", payload=raw,
+                    msg_id=out.msg_id, order_no=ref["order_no"], batch_no=ref["batch_no"],
+                    verified=f"failed: {e.code} {e}"[:200]))
+                recorder.alarm_in(conn, "critical", "bank-reply-rejected",
+                                  f"{tx} reply for {ref['batch_no'] or '-'} refused, its outcome "
+                                  f"unknown: {e}", ref["order_no"], ref["batch_no"], jid)
+                if down:
+                    self._link_down_alarm(conn, recorder, now, jid)
+            await recorder.read(rejected)
             return None
-        ids = await recorder.record([Entry("in", self.bank_id, "tcp", inc.tx_code, inc.decoded,
-                                           payload=inc.raw, msg_id=inc.msg_id, order_no=ref["order_no"],
-                                           batch_no=ref["batch_no"], verified="ok")])
-        inc.journal_id = ids[-1]
+        clear_down = self._link_ok(now)
+        skew_was_open = self._skew_maybe_open
+        self._skew_maybe_open = inc.skew_s is not None
+        refusing_was_open = self._refusing_maybe_open
+        self._refusing_maybe_open = inc.ret_code in RETRYABLE_REFUSALS
+
+        def keep(conn):
+            jid = recorder.journal_in(conn, Entry(
+                "in", self.bank_id, "tcp", inc.tx_code, inc.decoded, payload=inc.raw,
+                msg_id=inc.msg_id, order_no=ref["order_no"], batch_no=ref["batch_no"],
+                verified="ok" if inc.skew_s is None else f"ok; clock skew {inc.skew_s:+d} s"))
+            if clear_down:
+                recorder.clear_in(conn, "bank-link-down")
+            if inc.skew_s is not None:
+                recorder.alarm_in(conn, "warning", "bank-clock-skew",
+                                  f"the bank's reply to {tx} is dated {inc.skew_s:+d} s from our "
+                                  f"clock, over the {self.bank.cnbank.max_clock_skew_s} s window "
+                                  f"(accepted: it answers our MsgId)", None, None, jid)
+            elif skew_was_open:
+                recorder.clear_in(conn, "bank-clock-skew")
+            if inc.ret_code in RETRYABLE_REFUSALS:
+                recorder.alarm_in(conn, "warning", "bank-refusing",
+                                  f"the bank refuses our requests for now: {tx} for "
+                                  f"{ref['batch_no'] or '-'} answered {inc.ret_code} {inc.ret_msg}",
+                                  None, None, jid, key=inc.ret_code)
+            elif refusing_was_open:
+                for code in RETRYABLE_REFUSALS:
+                    recorder.clear_in(conn, "bank-refusing", key=code)
+            return jid
+        inc.journal_id = await recorder.read(keep)
         return inc
+
+    async def heartbeat(self, recorder) -> bool:
+        """HB01: one round trip on the message link, its reply judged like any other; True when
+        the bank answered 0000. Feeds link_state() and the bank-link-down episode."""
+        inc = await self._send({"order_no": None, "batch_no": None}, "HB01", {}, recorder)
+        return inc is not None and inc.tx_code != "" and inc.ret_code == "0000"
 
     @staticmethod
     def _reply(inc: Incoming | None, bank_ref_field: str | None = None) -> Reply | None:
@@ -296,6 +388,7 @@ class CnBankAdapter:
                 return None
 
             def keep(conn):
+                recorder.clear_in(conn, "statement-refused")   # RC01 is answered again
                 recorder.journal_in(conn, Entry("in", self.bank_id, "sftp", "GET", f"{name}.sig",
                                                 payload_file=sig, verified="ok"))
                 jid = recorder.journal_in(conn, Entry("in", self.bank_id, "sftp", "GET",

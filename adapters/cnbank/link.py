@@ -58,6 +58,9 @@ class Incoming:
     fields: dict
     decoded: str
     journal_id: int | None = None
+    # Seconds between the reply's TxDate/TxTime and our clock when over the bank's
+    # max_clock_skew_s: accepted (the MsgId echo proves freshness) but alarmed. None: in window.
+    skew_s: int | None = None
 
 
 @dataclass
@@ -136,8 +139,16 @@ class CnBankLink:
                                              "TxTime": head.tx_time}, fields)
         return Outgoing(tx_code, msg_id, raw, fields, decoded)
 
-    def open_reply(self, out: Outgoing, raw: bytes) -> Incoming:
-        """Decrypt, verify and parse a reply whole (blocking); LinkError if any step fails."""
+    def open_reply(self, out: Outgoing, raw: bytes, now: float) -> Incoming:
+        """Decrypt, verify, judge the Head of and parse a reply whole (blocking); LinkError if any
+        step fails.
+
+        The Head is judged as the bank judges a request's (cnbank.md, Envelope): it must carry
+        the request's TxCode and MsgId with SenderId and ReceiverId swapped, and be well-formed
+        (Ver, dates, RetCode); a reply that does not answer the request sent on this connection
+        is refused. A time outside max_clock_skew_s is not a refusal (the MsgId echo already
+        proves the reply is fresh): it is returned in `skew_s` for the caller to alarm.
+        """
         try:
             opened = env.open_message(raw, self.our_key, self.bank_key, self.settings)
         except env.EnvelopeError as e:
@@ -149,16 +160,33 @@ class CnBankLink:
         if h.msg_id != out.msg_id:
             problems.append(f"MsgId {h.msg_id} does not answer {out.msg_id}")
         if h.sender_id != self.bank.receiver_id or h.receiver_id != self.bank.sender_id:
-            problems.append(f"SenderId/ReceiverId {h.sender_id}/{h.receiver_id} are not the bank's reply")
+            problems.append(f"SenderId/ReceiverId {h.sender_id}/{h.receiver_id} are not the bank's "
+                            f"reply to {self.bank.sender_id}/{self.bank.receiver_id}")
         if problems:
-            raise LinkError("; ".join(problems), raw, "E999")
+            raise LinkError(f"reply to {out.tx_code} {out.msg_id} refused: " + "; ".join(problems),
+                            raw, "E999")
+        skew_s = None
+        when = datetime.datetime.fromtimestamp(now, CST)
+        try:
+            env.check_head(h, now=when, expect_tx=out.tx_code, max_skew_s=self.settings.max_skew_s,
+                           reply=True, expect_sender=self.bank.receiver_id,
+                           expect_receiver=self.bank.sender_id)
+        except env.EnvelopeError as e:
+            if e.code != "E009":
+                raise LinkError(f"reply to {out.tx_code} {out.msg_id} refused: {e}", raw,
+                                e.code) from None
+            # check_head judges the time last: everything else about the Head is good.
+            sent = datetime.datetime.strptime(h.tx_date + h.tx_time, "%Y%m%d%H%M%S").replace(tzinfo=CST)
+            skew_s = int((sent - when).total_seconds())
         try:
             fields = env.parse_reply(out.tx_code, opened.inner_xml, h.ret_code)
         except env.EnvelopeError as e:
             raise LinkError(f"reply to {out.tx_code} is malformed: {e}", raw, e.code) from None
-        decoded = _decoded(out.tx_code, "in", {"MsgId": h.msg_id, "RetCode": h.ret_code,
+        decoded = _decoded(out.tx_code, "in", {"MsgId": h.msg_id, "TxDate": h.tx_date,
+                                                "TxTime": h.tx_time, "RetCode": h.ret_code,
                                                 "RetMsg": h.ret_msg}, fields)
-        return Incoming(out.tx_code, h.msg_id, raw, h.ret_code, h.ret_msg, fields, decoded)
+        return Incoming(out.tx_code, h.msg_id, raw, h.ret_code, h.ret_msg, fields, decoded,
+                        skew_s=skew_s)
 
     async def exchange(self, out: Outgoing) -> bytes:
         """Send one request, return the raw reply; tcp.ExchangeError says whether it may have been sent."""
@@ -170,8 +198,8 @@ class CnBankLink:
     def build(self, tx_code: str, fields: dict, now: float):
         return deferToThread(self.make_request, tx_code, fields, now)
 
-    def open(self, out: Outgoing, raw: bytes):
-        return deferToThread(self.open_reply, out, raw)
+    def open(self, out: Outgoing, raw: bytes, now: float):
+        return deferToThread(self.open_reply, out, raw, now)
 
     # --- files --------------------------------------------------------------
 

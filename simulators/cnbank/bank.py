@@ -12,8 +12,10 @@ test aims at any reason code by the account number. Crypto and files run in
 threads, the ledger on its own thread; the reactor only moves bytes.
 
 Test hooks: `reject_next_batch`, `reject_next_refund`, `drop_reply_after`,
-`return_item`, `fund`, `settle`, and the ledger reads `accepted_count`,
-`credits`, `double_credits`, `requests`, `batch_now`.
+`misreply_next` (a signed reply whose Head does not answer the request),
+`clock_offset_s` (the bank's clock off by that much, for its judgement of
+requests and the time in its replies), `return_item`, `fund`, `settle`, and the
+ledger reads `accepted_count`, `credits`, `double_credits`, `requests`, `batch_now`.
 """
 
 from __future__ import annotations
@@ -159,6 +161,8 @@ class CnBankSimulator:
         self._drops: list[str] = []
         self._result_mangles: collections.deque[Callable[[bytes], bytes]] = collections.deque()
         self._bad_signatures = 0
+        self._misreplies: list[tuple[str, dict]] = []
+        self.clock_offset_s = 0.0
         self._timers: dict[tuple[str, str], Any] = {}
         self._work: set[defer.Deferred] = set()
         self._ports: list[Any] = []
@@ -240,7 +244,7 @@ class CnBankSimulator:
         return deferToThreadPool(self.reactor, self.reactor.getThreadPool(), fn, *args, **kw)
 
     def _now(self) -> datetime:
-        return datetime.fromtimestamp(self.clock.seconds(), tz=env.CN_TZ)
+        return datetime.fromtimestamp(self.clock.seconds() + self.clock_offset_s, tz=env.CN_TZ)
 
     def _today(self) -> str:
         return self._now().strftime("%Y%m%d")
@@ -262,6 +266,15 @@ class CnBankSimulator:
     def drop_reply_after(self, tx_code: str) -> None:
         """The next *tx_code* request answered 0000 is acted on, but its reply is never sent."""
         self._drops.append(tx_code)
+
+    def misreply_next(self, tx: str, /, **head_changes: str) -> None:
+        """The next reply to *tx* is properly signed and encrypted, but its Head has
+        *head_changes* (tx_code, msg_id, sender_id, receiver_id) in place of the values that
+        answer the request; the request itself is acted on as usual."""
+        unknown = set(head_changes) - {"tx_code", "msg_id", "sender_id", "receiver_id"}
+        if unknown:
+            raise ValueError(f"cannot change {sorted(unknown)} in a reply Head")
+        self._misreplies.append((tx, head_changes))
 
     def mangle_next_result(self, fn: Callable[[bytes], bytes]) -> None:
         """The next result file's plaintext is passed through *fn* before it is digested,
@@ -339,7 +352,13 @@ class CnBankSimulator:
             name = env.ERROR_REPLY_NUMBER.get(tx)
             inner = env.build_inner("Rsp", {name: outcome.number} if name and outcome.number
                                     else {}, encoding=self.settings.encoding)
-        return await self._in_thread(self._seal, head, outcome.code, outcome.message, inner, now)
+        changes = None
+        for i, (mis_tx, mis) in enumerate(self._misreplies):
+            if mis_tx == tx:
+                changes = self._misreplies.pop(i)[1]
+                break
+        return await self._in_thread(self._seal, head, outcome.code, outcome.message, inner, now,
+                                     changes)
 
     async def _decide(self, raw: bytes, now: datetime) -> tuple[Head | None, _Outcome]:
         # The spec's order: envelope (E999), decryption (E002), signature (E001),
@@ -368,13 +387,15 @@ class CnBankSimulator:
         return head, await self._handlers[head.tx_code](head, fields)
 
     def _seal(self, head: Head | None, code: str, message: str, inner: bytes,
-              now: datetime) -> bytes:
+              now: datetime, changes: dict | None = None) -> bytes:
         if head is None:
             d, t = env.tx_datetime(now)
             reply = Head(tx_code="", sender_id=self.bank_id, receiver_id=self.client_id or "",
                          msg_id="", tx_date=d, tx_time=t, ret_code=code, ret_msg=message)
         else:
             reply = env.reply_head(head, now, code, message)
+        for name, value in (changes or {}).items():
+            setattr(reply, name, value)
         plain = head is not None and head.enc_flag == "0" and self.settings.allow_plaintext
         return env.build_message(reply, inner, self.bank_key, self.gateway_key, self.settings,
                                  encrypt=not plain)
