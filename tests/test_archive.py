@@ -215,7 +215,8 @@ def test_members_added_or_dropped_are_caught(tmp_path):
 
 
 def test_gatewayctl_archive_export_and_verify_without_config(tmp_path):
-    """`gatewayctl --config F archive export --order FS01 --out FILE` produces the sheets it lacks and
+    """register, report monthly (--xlsx, --pdf), report yearly (exit 1: no yearly statement), ledger and
+    volume run from gatewayctl; `gatewayctl --config F archive export --order FS01 --out FILE` produces the sheets it lacks and
     writes the archive; `gatewayctl archive verify FILE --key seal.pub.pem` (no --config) says intact and
     exits 0, and exits 1 naming the member for an archive with one byte changed; the month's archive
     carries the monthly workbook, PDF and register."""
@@ -247,6 +248,19 @@ def test_gatewayctl_archive_export_and_verify_without_config(tmp_path):
     bad = rebuild(out, tmp_path / "bad.tar.gz", lambda n, d: flip(d) if n == "reports/ledger.json" else d)
     no = subprocess.run([*ctl, "archive", "verify", str(bad)], capture_output=True, text=True, cwd=ROOT)
     assert no.returncode == 1 and "reports/ledger.json was altered" in no.stdout, no.stdout + no.stderr
+    def run(*args):
+        return subprocess.run([*ctl, "--config", str(cfg_path), *args], capture_output=True, text=True, cwd=ROOT)
+    reg = run("register", "--month", "2026-11")
+    assert reg.returncode == 0 and "FS01-P01-D01" in reg.stdout and "王科员" in reg.stdout, reg.stdout + reg.stderr
+    rep = run("report", "monthly", "--month", "2026-11", "--xlsx", str(tmp_path / "m.xlsx"), "--pdf",
+              str(tmp_path / "m.pdf"))
+    assert rep.returncode == 0 and (tmp_path / "m.xlsx").stat().st_size and (tmp_path / "m.pdf").stat().st_size
+    yr = run("report", "yearly", "--year", "2026", "--pdf", str(tmp_path / "y.pdf"))
+    assert yr.returncode == 1 and "no yearly statement" in yr.stderr     # the January check cannot pass yet
+    led = run("ledger", "--project", "NY01")
+    assert led.returncode == 0 and "closing 2.00, held now 2.00" in led.stdout, led.stdout
+    vol = run("volume", "--year", "2026", "--out", str(tmp_path / "v.pdf"))
+    assert vol.returncode == 0 and (tmp_path / "v.pdf").read_bytes().startswith(b"%PDF")
     month = tmp_path / "2026-11.tar.gz"
     r = subprocess.run([*ctl, "--config", str(cfg_path), "archive", "export", "--month", "2026-11", "--out", str(month)],
                        capture_output=True, text=True, cwd=ROOT)

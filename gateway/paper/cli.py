@@ -226,6 +226,15 @@ def cmd_ledger(cfg, args) -> int:  # noqa: ANN001
     return 0
 
 
+def cmd_volume(cfg, args) -> int:  # noqa: ANN001
+    from gateway.paper import volume
+    with _engine(cfg).connect() as conn:
+        data = volume.bound_volume(conn, args.year, bank_names=_bank_names(cfg),
+                                   font_file=cfg.paper.font_file if cfg.paper else "", produced_at=_at())
+    _write(args.out, data)
+    return 0
+
+
 # --- archive ----------------------------------------------------------------------------------
 
 def _order_reports(conn, order_no: str) -> dict[str, bytes]:  # noqa: ANN001
@@ -366,6 +375,10 @@ def add_parsers(sub) -> None:  # noqa: ANN001
     lg.add_argument("--project")
     lg.add_argument("--json", action="store_true")
     lg.set_defaults(fn=cmd_ledger)
+    vo = sub.add_parser("volume", help="the year's bound volume (装订成册): one A4 PDF to print and bind")
+    vo.add_argument("--year", required=True, type=int)
+    vo.add_argument("--out", required=True, metavar="FILE")
+    vo.set_defaults(fn=cmd_volume)
     ar = sub.add_parser("archive", help="the auditor's archive (article 27): export, verify offline").add_subparsers(
         dest="cmd", required=True)
     ae = ar.add_parser("export", help="one sealed tar.gz of an order's (or a month's) journal, sheets and reports")
