@@ -373,6 +373,7 @@ def _pain001_payment_info(h: PaymentInitiation) -> list[etree._Element]:
             raise Iso20022Error("PmtInf/DbtrAgt/FinInstnId/BICFI", f"{h.debtor_agent_bic!r} is not a BIC")
         _sub(fin, "BICFI", h.debtor_agent_bic)
     _path(fin, "Othr/Id", _text("PmtInf/DbtrAgt/FinInstnId/Othr/Id", h.debtor_agent_id, 35))
+    _sub(p, "ChrgBr", "SLEV")   # iso20022.md: charges borne as the service level says
     return list(p)
 
 
