@@ -5,6 +5,7 @@ set -e
 need=""
 command -v openssl >/dev/null 2>&1 || need="$need openssl"
 [ -x /usr/sbin/sshd ] || need="$need openssh-server"
+command -v ssh-keygen >/dev/null 2>&1 || need="$need openssh-client"
 command -v xmllint >/dev/null 2>&1 || need="$need libxml2-utils"
 command -v xmlsec1 >/dev/null 2>&1 || need="$need xmlsec1"
 # pdftotext/pdftoppm read the reports back; poppler-data maps the CID font to Unicode, and a CJK
