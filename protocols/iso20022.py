@@ -491,7 +491,7 @@ def schema(kind: str) -> etree.XMLSchema:
 def _iterparse(source: Any, kind: str | None, events: tuple[str, ...], tag: Any = None):
     return etree.iterparse(
         _input(source), events=events, tag=tag, schema=schema(kind) if kind else None,
-        resolve_entities=False, no_network=True, load_dtd=False, huge_tree=True,
+        resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False,
         remove_comments=True, remove_pis=True)
 
 
@@ -1098,7 +1098,7 @@ def _locate(source: Any, pos: int | None, kind: str, exc: etree.XMLSyntaxError) 
             first.message += " (line not located: document over 64 MB)"
             first.args = (first.message,)
             return first
-        parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, huge_tree=True,
+        parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False,
                                  remove_comments=True, remove_pis=True)
         tree = etree.parse(_input(source), parser)
         xsd = schema(kind)
@@ -1119,6 +1119,27 @@ def _schema_error_from(line: int, message: str, path: str | None) -> SchemaError
     m = _ELEMENT_IN_MESSAGE.search(message)
     return SchemaError(line, f"{message.strip()}" + (f" (at {path})" if path else ""),
                        m.group(1) if m else "Document")
+
+
+def well_formed(source: Any) -> None:
+    """Refuse a document that is not well-formed XML whole (Iso20022Error naming the line).
+
+    The streaming validator and readers parse with resolve_entities=False, and that
+    parser lets a document cut off partway (or missing its last closing tags) through
+    without an error: a received document must pass this first. A DOCTYPE is refused
+    before (message_type), so no entity can be expanded here; memory stays flat.
+    """
+    pos = _rewind(source)
+    message_type(source)
+    try:
+        for _, el in etree.iterparse(_input(source), events=("end",), no_network=True, load_dtd=False,
+                                     remove_comments=True, remove_pis=True):
+            _forget(el)
+    except etree.XMLSyntaxError as exc:
+        raise Iso20022Error("Document", f"not well-formed XML: line {exc.lineno}: {exc.msg}") from None
+    finally:
+        if pos is not None:
+            source.seek(pos)
 
 
 def validate(source: Any, kind: str | None = None) -> None:

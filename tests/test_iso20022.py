@@ -363,3 +363,23 @@ def test_a_foreign_version_names_the_version_expected():
     with pytest.raises(I.Iso20022Error, match=r"pain\.002\.001\.03 is not a version the gateway takes: "
                                               r"pain\.002\.001\.11 expected"):
         I.message_type(io.BytesIO(doc))
+
+
+def test_a_document_cut_off_is_not_well_formed():
+    """The streaming reader lets a pain.002 cut off after a transfer through (it reads one
+    status and stops); well_formed(), which the feed runs on every received document,
+    refuses it naming the line, and passes the whole document."""
+    report = I.StatusReport(msg_id="M", created_at="2026-01-01T00:00:00", orig_msg_id="A",
+                            orig_msg_nm_id=I.PAIN001, group_status="ACSC", group_reason=None, group_info=None)
+    statuses = [I.TxStatus(f"A-{n}", f"O-{n}", "ACSC", None, None, 100, "123", None, f"S{n}") for n in (1, 2)]
+    out = io.BytesIO()
+    I.write_pain002(out, report, statuses)
+    doc = out.getvalue()
+    cut = doc[:doc.index(b"</TxInfAndSts>") + len(b"</TxInfAndSts>")]
+    _, read = I.read_pain002(io.BytesIO(cut))
+    assert len(list(read)) == 1                      # what the reader alone would have believed
+    with pytest.raises(I.Iso20022Error, match="not well-formed XML: line"):
+        I.well_formed(io.BytesIO(cut))
+    with pytest.raises(I.Iso20022Error, match="DOCTYPE"):
+        I.well_formed(io.BytesIO(_HOSTILE_PAIN002))
+    I.well_formed(io.BytesIO(doc))

@@ -85,7 +85,8 @@ async def test_a_hostile_report_is_refused_alone_and_the_order_still_settles(rea
         alarms = await ip.query("SELECT kind, count, message FROM alarms WHERE bank_id = :b "
                                 "AND kind LIKE 'report-%'", b=isoinstall.ISO_BANK_ID)
         refused = await ip.query("SELECT tx_code, verified, payload_size, decoded FROM journal "
-                                 "WHERE direction = 'in' AND verified LIKE 'failed%' ORDER BY id")
+                                 "WHERE direction = 'in' AND peer = :b AND verified LIKE 'failed%' "
+                                 "ORDER BY id", b=isoinstall.ISO_BANK_ID)
         order = await ip.query("SELECT state FROM orders WHERE order_no = 'ISOH0001'")
         items = await ip.query("SELECT status, count(*) AS n FROM items GROUP BY status")
         cursor = await ip.query("SELECT cursor FROM bank_feeds")
@@ -128,7 +129,8 @@ async def test_a_signed_report_naming_nothing_we_sent_is_applied_to_nothing(reac
         for _ in range(3):
             await statement_kept()
         alarms = await ip.query("SELECT kind, message FROM alarms WHERE kind = 'report-unknown-original'")
-        journaled = await ip.query("SELECT verified FROM journal WHERE verified LIKE 'failed: unknown original%'")
+        journaled = await ip.query("SELECT verified FROM journal WHERE peer = :b "
+                                   "AND verified LIKE 'failed: unknown original%'", b=isoinstall.ISO_BANK_ID)
         kept = await ip.query("SELECT ref FROM bank_reports WHERE kind = 'pain.002.001.11'")
         items = await ip.query("SELECT status, count(*) AS n FROM items GROUP BY status")
     finally:
@@ -194,7 +196,8 @@ async def test_a_poisoned_report_between_good_ones_holds_up_no_order_and_no_bank
             await task.deferLater(reactor, 0.1, lambda: None)
         alarms = await ip.query("SELECT kind, bank_id FROM alarms WHERE kind LIKE 'report-%' "
                                 "OR kind LIKE 'feed-%'")
-        refused = await ip.query("SELECT verified FROM journal WHERE verified LIKE 'failed%'")
+        refused = await ip.query("SELECT verified FROM journal WHERE peer = :b AND verified LIKE 'failed%'",
+                                 b=isoinstall.ISO_BANK_ID)
         kept = await ip.query("SELECT kind, ref FROM bank_reports ORDER BY id")
     finally:
         await _close(ip, bank)

@@ -137,7 +137,8 @@ async def test_an_oversized_report_file_is_refused_unread_and_a_rejected_batch_l
             return await ip.query("SELECT batch_no FROM batches WHERE state = 'DONE'")
         await ip.until(done, 60, "the second batch's results after the oversized file")
         alarms = await ip.query("SELECT kind FROM alarms WHERE kind = 'report-refused'")
-        refused = await ip.query("SELECT verified FROM journal WHERE verified LIKE 'failed%'")
+        refused = await ip.query("SELECT verified FROM journal WHERE peer = :b AND verified LIKE 'failed%'",
+                                 b=isoinstall.ISO_BANK_ID)
     finally:
         try:
             await bank.stop()

@@ -227,8 +227,9 @@ class IsoAdapter:
         """Judge one received document on its own (thread); never raises.
 
         Signature first (a streaming pass finds the one Signature and checks its pinned,
-        in-date certificate before any tree is built), then the message type against the
-        feed's, the XSD (streaming), and a full read. A DOCTYPE is refused outright. Whatever
+        in-date certificate before any tree is built), then well-formed whole (streaming),
+        the message type against the feed's, the XSD (streaming), and a full read. A
+        DOCTYPE is refused outright. Whatever
         fails, the document alone is refused: the feed moves past it.
         """
         j = _Judged(r)
@@ -243,6 +244,8 @@ class IsoAdapter:
         try:
             if self.s.signature == "xmldsig":
                 xmldsig.verify_bytes(doc, self.pinned(now), now)
+            # Whole first: the streaming reader passes a document cut off partway.
+            iso.well_formed(io.BytesIO(doc))
             actual = iso.message_type(io.BytesIO(doc))
             if actual != kind:
                 raise iso.Iso20022Error("Document", f"the feed says {kind}, the document is {actual}")
