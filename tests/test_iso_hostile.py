@@ -114,12 +114,14 @@ async def test_a_hostile_report_is_refused_alone_and_the_order_still_settles(rea
 async def test_a_signed_report_naming_nothing_we_sent_is_applied_to_nothing(reactor, tmp_path):
     """Signed, XSD-valid pain.002 documents for a MsgId the gateway never sent, and for our batch
     but with OrgnlMsgNmId pain.001.001.03, are journaled failed (unknown original), alarmed once
-    each and kept nowhere; the real batch's result and a later statement are taken."""
+    each and kept nowhere; one served under another feed type is refused naming both types in
+    order; the real batch's result and a later statement are taken."""
     ip, bank = await _install(reactor, tmp_path, [_iso_order("ISOU0001")])
     try:
         await ip.until(_batch_state(ip, "ISOU0001"), 60, "the batch's results")
-        await bank.inject_pain002("NEVERSENT-P01", group_status="RJCT")
+        signed = await bank.inject_pain002("NEVERSENT-P01", group_status="RJCT")
         await bank.inject_pain002("ISOU0001-P01", "pain.001.001.03", group_status="RJCT")
+        bank.inject_report("camt.054.001.08", signed)     # the feed's type is not the document's
         await bank.statement(datetime.date(2026, 11, 30))
 
         async def statement_kept():
@@ -132,6 +134,8 @@ async def test_a_signed_report_naming_nothing_we_sent_is_applied_to_nothing(reac
         journaled = await ip.query("SELECT verified FROM journal WHERE peer = :b "
                                    "AND verified LIKE 'failed: unknown original%'", b=isoinstall.ISO_BANK_ID)
         kept = await ip.query("SELECT ref FROM bank_reports WHERE kind = 'pain.002.001.11'")
+        mislabelled = await ip.query("SELECT verified, tx_code FROM journal WHERE peer = :b "
+                                     "AND verified LIKE '%the feed says%'", b=isoinstall.ISO_BANK_ID)
         items = await ip.query("SELECT status, count(*) AS n FROM items GROUP BY status")
     finally:
         await _close(ip, bank)
@@ -140,6 +144,8 @@ async def test_a_signed_report_naming_nothing_we_sent_is_applied_to_nothing(reac
     assert "NEVERSENT-P01" in text and "pain.001.001.03" in text and "pain.001.001.10 expected" in text
     assert len(journaled) == 2
     assert kept == [{"ref": "ISOU0001-P01"}]            # only the bank's real answer
+    assert mislabelled == [{"tx_code": "camt.054.001.08", "verified": "failed: Iso20022Error: Document: the feed "
+                            "says camt.054.001.08, the document is pain.002.001.11"}]
     assert items == [{"status": "PAID", "n": 4}]
 
 
