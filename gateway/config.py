@@ -405,6 +405,8 @@ def _journal_auth(r: _Reader, journal: dict) -> JournalAuth:
             r.err("journal.key_file", str(e))
     if journal.get("head_file") and not journal.get("key_file"):
         r.err("journal.head_file", "needs journal.key_file: each exported head carries its MAC")
+    if journal.get("head_file") and not os.path.isdir(os.path.dirname(journal["head_file"])):
+        r.err("journal.head_file", f"directory {os.path.dirname(journal['head_file'])} does not exist")
     return JournalAuth(key, journal.get("key_file") or "", journal.get("head_file") or "",
                        journal.get("head_export_s") or 60.0,
                        journal["self_verify_s"] if journal.get("self_verify_s") is not None else 3600.0)

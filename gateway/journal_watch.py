@@ -38,6 +38,7 @@ from gateway.rules import clear_alarm, iso, raise_alarm
 log = Logger()
 
 ALARM_KIND = "journal-broken"
+EXPORT_ALARM_KIND = "journal-head-export"
 FULL_EVERY_S = 86400.0   # the incremental check cannot see an old entry edited in place: re-walk daily
 
 
@@ -86,6 +87,7 @@ class JournalWatch(service.Service):
         self.next_verify = 0.0
         self.next_full = 0.0
         self.broken: tuple[int | None, str] | None = None
+        self.export_failing = False
 
     # --- service -------------------------------------------------------------------
 
@@ -130,7 +132,17 @@ class JournalWatch(service.Service):
         if not self.loaded:
             if not await self._load_head_file():
                 return
-        failed = await self.run(self._export, iso(self.reactor.seconds()))
+        try:
+            failed = await self.run(self._export, iso(self.reactor.seconds()))
+        except OSError as e:
+            # A full disk or a missing folder: one episode, not a log line per minute.
+            self.export_failing = True
+            await self.run(self._export_alarm, f"cannot append the journal head to {self.auth.head_file}: "
+                                               f"{e.strerror or e}")
+            return
+        if self.export_failing:
+            self.export_failing = False
+            await self.run(self._export_alarm, None)
         if failed is not None:
             await self._broken(*failed)
             self.next_verify = 0.0     # walk the chain now: it names the first broken entry
@@ -260,6 +272,14 @@ class JournalWatch(service.Service):
                 except JournalKeyError:
                     pass   # a keyed journal and no key: the daemon refuses to start that way anyway
             raise_alarm(conn, at, "critical", ALARM_KIND, message, journal_id=jid)
+
+    def _export_alarm(self, message: str | None) -> None:
+        at = iso(self.reactor.seconds())
+        with self.engine.begin() as conn:
+            if message is None:
+                clear_alarm(conn, at, EXPORT_ALARM_KIND)
+            else:
+                raise_alarm(conn, at, "warning", EXPORT_ALARM_KIND, message)
 
     def _clear(self) -> None:
         with self.engine.begin() as conn:

@@ -351,3 +351,26 @@ def test_head_file_read_stops_at_the_lines_counted_before_the_database_was_read(
     append_head_line(str(f), head_line(KEY, AT, 5, "a" * 64, 1))
     append_head_line(str(f), head_line(KEY, AT, 9, "b" * 64, 1))
     assert [m.last_id for m in iter_head_file(str(f), KEY, limit=1)] == [5]
+
+
+def test_configuration_reads_the_journal_key_and_names_each_fault(tmp_path) -> None:
+    """[journal] key_file is read at load (a file others may read is refused naming the key and the
+    chmod), head_file needs a key and an existing folder; all faults are reported together."""
+    from gateway import config as configmod
+    from simulators import harness
+    p = harness.Paths(tmp_path / "gw")
+    config = harness.write_config(p, harness.make_keys(p), harness.Ports(1, 2, 3), token="t")
+    cfg = configmod.load(config)
+    assert cfg.journal_auth.key is not None and cfg.journal_auth.head_file.endswith("journal-heads.jsonl")
+    assert "redacted" in repr(cfg.journal_auth)
+    os.chmod(p.keys / "journal.key", 0o644)
+    text = config.read_text()
+    config.write_text(text.replace('head_file = "../journal-heads.jsonl"', 'head_file = "../nowhere/heads.jsonl"'))
+    with pytest.raises(configmod.ConfigError) as ei:
+        configmod.load(config)
+    msg = str(ei.value)
+    assert "journal.key_file:" in msg and "chmod 600" in msg
+    assert "journal.head_file:" in msg and "nowhere does not exist" in msg
+    config.write_text(text.replace('key_file = "../keys/journal.key"\n', ""))
+    with pytest.raises(configmod.ConfigError, match="journal.head_file: needs journal.key_file"):
+        configmod.load(config)

@@ -204,3 +204,30 @@ def test_a_forged_head_found_at_start_is_never_exported(engine, tmp_path) -> Non
     assert "entry 5" in a["last_message"]
     inst.watch.stopService()
     assert inst.lines() == []
+
+
+def test_a_head_file_that_cannot_be_written_is_one_alarm_episode_cleared_when_it_can(engine, tmp_path) -> None:
+    """When the head file cannot be appended to (its folder gone, a full disk) each export attempt updates
+    one journal-head-export alarm instead of failing silently; the next export that succeeds clears it."""
+    inst = Install(engine, tmp_path)
+    inst.auth = JournalAuth(KEY, "", str(tmp_path / "gone" / "heads.jsonl"), 60.0, 0.0)
+    inst.watch = JournalWatch(inst.clock, engine, inst.journal, inst.auth,
+                              ticker_factory=lambda job, iv: Ticker(inst.clock, "journal-watch", job, iv),
+                              run=lambda fn, *a: defer.maybeDeferred(fn, *a))
+    inst.append(_plain(1))
+    inst.watch.startService()
+    inst.clock.advance(0)
+    inst.append(_plain(2))
+    inst.clock.advance(TICK)
+
+    def export_alarms():
+        with engine.connect() as conn:
+            return list(conn.execute(sa.select(alarms).where(alarms.c.kind == "journal-head-export")).mappings())
+    [a] = export_alarms()
+    assert a["count"] == 2 and a["cleared_at"] is None and "gone" in a["message"]
+    (tmp_path / "gone").mkdir()
+    inst.clock.advance(TICK)
+    [a] = export_alarms()
+    assert a["cleared_at"] is not None
+    assert [m.last_id for m in iter_head_file(str(tmp_path / "gone" / "heads.jsonl"), KEY)] == [2]
+    inst.watch.stopService()
