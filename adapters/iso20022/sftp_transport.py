@@ -52,7 +52,10 @@ class SftpIsoTransport:
             names = sorted(n for n in await session.listdir(self.out_dir)
                            if n.endswith(".xml") and (since is None or n > since))[:limit]
             out = []
+            held = 0
             for name in names:
+                if held >= self.max_file_bytes:   # enough held for one page: the rest next time
+                    break
                 try:
                     # Capped while reading: the size is taken from the open handle first.
                     data = await session.read_bytes(f"{self.out_dir}/{name}", self.max_file_bytes)
@@ -65,6 +68,7 @@ class SftpIsoTransport:
                     kind = "unknown"
                 # Taken as it is: the feed's checks judge it (and refuse what is not UTF-8 XML).
                 out.append(FeedReport(cursor=name, type=kind, document=data, size=len(data)))
+                held += len(data)
         finally:
             await session.close()
         return out, (out[-1].cursor if out else since)
