@@ -178,19 +178,20 @@ def monthly(conn: Connection, year: int, month: int, bank_id: str | None = None,
         f["done"] += r[2]
         _add(f["paid"], r[3], r[4])
         _add(f["failed"], r[5], r[6])
-    for r in conn.execute(select(*key, items.c.status, items.c.reason_code, func.count(),
-                                 func.sum(items.c.amount))
-                          .join(orders, orders.c.order_no == items.c.order_no)
-                          .where(m.text(items.c.result_at), *scope)
-                          .group_by(*key, items.c.status, items.c.reason_code)):
+    item_rows = (states.items_of_month(m, bank_id, project_code) if states is not None else conn.execute(
+        select(*key, items.c.status, items.c.reason_code, func.count(), func.sum(items.c.amount))
+        .join(orders, orders.c.order_no == items.c.order_no)
+        .where(m.text(items.c.result_at), *scope)
+        .group_by(*key, items.c.status, items.c.reason_code)))
+    for r in item_rows:
         f = fig(r[0], r[1])["items"]
-        if r.status == ItemStatus.PAID:
+        if r[2] == ItemStatus.PAID:
             _add(f["paid"], r[4], r[5])
-        elif r.status == ItemStatus.REFUNDED:
+        elif r[2] == ItemStatus.REFUNDED:
             _add(f["refunded"], r[4], r[5])
         else:
             _add(f["failed"], r[4], r[5])
-            _add(f["failed"]["by_reason"].setdefault(r.reason_code or "unknown", _ca()), r[4], r[5])
+            _add(f["failed"]["by_reason"].setdefault(r[3] or "unknown", _ca()), r[4], r[5])
     for r in conn.execute(select(*key, func.count(), func.sum(refunds.c.total_count),
                                  func.sum(refunds.c.refund_amount))
                           .join(orders, orders.c.order_no == refunds.c.order_no)
@@ -271,21 +272,52 @@ def _conservation(conn: Connection, m: _Month, scope: list, loaded: tuple) -> di
 
 
 class OrderStates:
-    """Every order's header and its items per status now, read in one pass (see `monthly`'s states)."""
+    """Every order's header and its items per status now, read in one pass (see `monthly`'s states).
+
+    The one pass groups the items by order, status, reason and the month of their latest
+    result (the first 7 characters of `result_at`, stored at +08:00), so it also answers
+    every month's item figures, per (bank, project) and per order, and the year's per
+    region: the bound volume reads the year's items once instead of thirteen times.
+    """
 
     _LOADED = (OrderState.LOADED, OrderState.DISPATCHED, OrderState.SETTLED)
 
     def __init__(self, conn: Connection):
         self.orders = {r.order_no: {"bank_id": r.bank_id, "project_code": r.project_code, "funded_at": r.funded_at,
                                     "state": r.state, "total_count": r.total_count, "total_amount": r.total_amount,
-                                    "by_status": {}}
+                                    "region": r.region, "by_status": {}}
                        for r in conn.execute(select(orders.c.order_no, orders.c.bank_id, orders.c.project_code,
                                                     orders.c.funded_at, orders.c.state, orders.c.total_count,
-                                                    orders.c.total_amount))}
-        for r in conn.execute(select(items.c.order_no, items.c.status, func.count(), func.sum(items.c.amount))
-                              .group_by(items.c.order_no, items.c.status)):
-            if r.order_no in self.orders:
-                self.orders[r.order_no]["by_status"][r.status] = (int(r[2]), int(r[3] or 0))
+                                                    orders.c.total_amount, orders.c.region))}
+        month = func.substr(items.c.result_at, 1, 7)
+        self.facts: dict[str, list[tuple]] = defaultdict(list)   # "YYYY-MM" -> (order_no, status, reason, n, amt)
+        for r in conn.execute(select(items.c.order_no, items.c.status, items.c.reason_code, month, func.count(),
+                                     func.sum(items.c.amount))
+                              .group_by(items.c.order_no, items.c.status, items.c.reason_code, month)):
+            o = self.orders.get(r[0])
+            if o is None:
+                continue
+            n, a = int(r[4]), int(r[5] or 0)
+            have = o["by_status"].get(r[1], (0, 0))
+            o["by_status"][r[1]] = (have[0] + n, have[1] + a)
+            if r[3] is not None:
+                self.facts[r[3]].append((r[0], r[1], r[2], n, a))
+
+    def items_of_month(self, m: _Month, bank_id: str | None, project_code: str | None,
+                       *, by_order: bool = False) -> list[tuple]:
+        """(bank, project, status, reason, count, amount) of items whose latest result is in the month,
+        or with by_order (order_no, status, reason, count, amount)."""
+        out: dict[tuple, list[int]] = {}
+        for no, status, reason, n, a in self.facts.get(m.text_from[:7], []):
+            o = self.orders[no]
+            if (bank_id is not None and o["bank_id"] != bank_id) or \
+                    (project_code is not None and o["project_code"] != project_code):
+                continue
+            k = (no, status, reason) if by_order else (o["bank_id"], o["project_code"], status, reason)
+            c = out.setdefault(k, [0, 0])
+            c[0] += n
+            c[1] += a
+        return [(*k, c[0], c[1]) for k, c in sorted(out.items(), key=lambda kv: tuple(str(x) for x in kv[0]))]
 
     def _in(self, o: dict, m: _Month, bank_id: str | None, project_code: str | None) -> bool:
         return ((bank_id is None or o["bank_id"] == bank_id)
@@ -622,7 +654,7 @@ def _sum_rows(rows: Iterable[dict], **key) -> dict[str, Any]:
 
 
 def yearly(conn: Connection, year: int, bank_id: str | None = None,
-           project_code: str | None = None) -> dict[str, Any]:
+           project_code: str | None = None, *, states: OrderStates | None = None) -> dict[str, Any]:
     """The year's figures per project, bank, region and month (China time), and the January check.
 
     Each figure is put in its month on the same basis as `monthly` (an item by its latest
@@ -653,11 +685,22 @@ def yearly(conn: Connection, year: int, bank_id: str | None = None,
                           .where(y.text(orders.c.funded_at), orders.c.state != OrderState.INVALID, *scope)
                           .group_by(*key, fm)):
         _add(row(r, r[3])["funded"], r[4], r[5])
-    im = month_of(items.c.result_at, 1, 7)
-    for r in conn.execute(select(*key, im, items.c.status, func.count(), func.sum(items.c.amount))
-                          .join(orders, orders.c.order_no == items.c.order_no)
-                          .where(y.text(items.c.result_at), *scope).group_by(*key, im, items.c.status)):
-        what = {ItemStatus.PAID: "paid", ItemStatus.REFUNDED: "refunded"}.get(r.status, "failed")
+    if states is not None:
+        item_rows = []
+        for mon in range(1, 13):
+            ym = f"{year:04d}-{mon:02d}"
+            for no, status, _, n, a in states.facts.get(ym, []):
+                o = states.orders[no]
+                if (bank_id is None or o["bank_id"] == bank_id) and \
+                        (project_code is None or o["project_code"] == project_code):
+                    item_rows.append((o["bank_id"], o["project_code"], o["region"], ym, status, n, a))
+    else:
+        im = month_of(items.c.result_at, 1, 7)
+        item_rows = conn.execute(select(*key, im, items.c.status, func.count(), func.sum(items.c.amount))
+                                 .join(orders, orders.c.order_no == items.c.order_no)
+                                 .where(y.text(items.c.result_at), *scope).group_by(*key, im, items.c.status))
+    for r in item_rows:
+        what = {ItemStatus.PAID: "paid", ItemStatus.REFUNDED: "refunded"}.get(r[4], "failed")
         _add(row(r, r[3])[what], r[5], r[6])
     for r in conn.execute(select(*key, batches.c.done_at, batches.c.updated_at, batches.c.succ_cnt,
                                  batches.c.succ_amt, batches.c.fail_cnt, batches.c.fail_amt)

@@ -39,6 +39,9 @@ def test_bound_volume_pages_contents_and_figures(engine, tmp_path):
         states = reports.order_states(conn)
         for m in (1, 11, 12):
             assert figures.month_detail(conn, 2026, m, states=states) == figures.month_detail(conn, 2026, m)
+            assert figures.month_detail(conn, 2026, m, "CNB01", "NY01", states=states) == \
+                figures.month_detail(conn, 2026, m, "CNB01", "NY01")
+        assert reports.yearly(conn, 2026, states=states) == reports.yearly(conn, 2026)
     pdf = tmp_path / "volume.pdf"
     pdf.write_bytes(data)
     info = subprocess.run([need_tool("pdfinfo"), str(pdf)], capture_output=True, text=True, check=True).stdout

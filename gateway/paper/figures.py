@@ -44,11 +44,14 @@ def per_order(conn: Connection, year: int, month: int, bank_id: str | None = Non
     for r in conn.execute(select(orders.c.order_no, orders.c.total_count, orders.c.total_amount)
                           .where(m.text(orders.c.funded_at), orders.c.state != OrderState.INVALID, *scope)):
         row(r.order_no)["funded"] = _ca(1, r.total_amount)   # counted in orders, as report.monthly does
-    for r in conn.execute(select(items.c.order_no, items.c.status, func.count(), func.sum(items.c.amount))
-                          .join(orders, orders.c.order_no == items.c.order_no)
-                          .where(m.text(items.c.result_at), *scope).group_by(items.c.order_no, items.c.status)):
-        what = {ItemStatus.PAID: "paid", ItemStatus.REFUNDED: "refunded"}.get(r.status, "failed")
-        f = row(r.order_no)[what]
+    item_rows = ([(no, st, n, a) for no, st, _, n, a in states.items_of_month(m, bank_id, project_code, by_order=True)]
+                 if states is not None else
+                 conn.execute(select(items.c.order_no, items.c.status, func.count(), func.sum(items.c.amount))
+                              .join(orders, orders.c.order_no == items.c.order_no)
+                              .where(m.text(items.c.result_at), *scope).group_by(items.c.order_no, items.c.status)))
+    for r in item_rows:
+        what = {ItemStatus.PAID: "paid", ItemStatus.REFUNDED: "refunded"}.get(r[1], "failed")
+        f = row(r[0])[what]
         f["count"] += r[2]
         f["amount"] += int(r[3] or 0)
     for r in conn.execute(select(late_returns.c.order_no, func.count(), func.sum(late_returns.c.amount))

@@ -44,6 +44,6 @@ def bound_volume(conn, year: int, *, bank_names: dict | None = None, font_file: 
         detail = figures.month_detail(conn, year, month, states=states, ledgers=ledgers)
         story += printed.monthly_story(detail, st, fn, bank_names=names, toc=True)
         story.append(pdf.PageBreak())
-    story += printed.yearly_story(reports.yearly(conn, year), st, fn, toc=True)
+    story += printed.yearly_story(reports.yearly(conn, year, states=states), st, fn, toc=True)
     return pdf.render(story, title=f"{year} 年度报表 装订本", fontname=fn, header=f"{year} 年度报表 Bound volume",
                       toc=True)
