@@ -257,6 +257,7 @@ async def test_done_batches_are_asked_for_returns_at_the_low_rate_inside_the_win
         await env.execute("update batches set done_at = :d where batch_no = :b", d=now, b=b["batch_no"])
         await env.flow.tick()
         assert asked() == n + 1, "a due check inside the window is asked (the test can see one)"
-        assert not await env.query("select kind from alarms")
+        # (not "no alarm at all": past 2027 the calendar's gap is rightly alarmed, whatever today is)
+        assert not await env.query("select kind from alarms where kind <> 'calendar-gap'")
     finally:
         await env.close()
