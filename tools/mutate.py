@@ -75,20 +75,32 @@ class Target:
 
 TARGETS: dict[str, Target] = {
     "gateway/rules.py": Target({"check_conservation"}, ["tests/test_rules_conservation.py"]),
-    "gateway/late_returns.py": Target(None, ["tests/test_rules_flow.py", "tests/test_flow_cnbank.py"],
-                                      k="late_return"),
-    "gateway/refund_flow.py": Target(None, ["tests/test_rules_flow.py", "tests/test_e2e_correction.py"],
-                                     k="refund or retry_batch"),
+    "gateway/late_returns.py": Target(None, [
+        "tests/test_rules_flow.py::test_a_late_return_that_matches_no_paid_item_is_alarmed_not_applied",
+        "tests/test_rules_flow.py::test_done_batches_are_asked_for_returns_at_the_low_rate_inside_the_window_only",
+        "tests/test_rules_flow.py::test_a_late_return_is_applied_and_its_item_paid_again_only_after_correction",
+        "tests/test_flow_cnbank.py::test_late_return_turns_paid_back_to_failed_once_then_correction_pays_again"]),
+    "gateway/refund_flow.py": Target(None, [
+        "tests/test_rules_flow.py::test_a_refund_returns_only_the_failed_items_and_a_rejected_one_gives_them_back",
+        "tests/test_rules_commands.py::test_retry_and_refund_take_only_the_items_the_rules_allow",
+        "tests/test_e2e_correction.py"]),
     "gateway/flow.py": Target({"_orders_needing_batch", "_new_batch", "create_retry_batch", "_accept",
                                "_reject", "_apply_results"},
-                              ["tests/test_rules_flow.py", "tests/test_rules_conservation.py",
-                               "tests/test_result_file_rejection.py", "tests/test_flow_cnbank.py"],
-                              k="rjct or late_return or conservation or unbalance or rejected_whole"),
+                              ["tests/test_rules_flow.py::test_rjct_of_a_pay_batch_sends_every_item_again_once",
+                               "tests/test_rules_flow.py::test_rjct_of_a_retry_batch_sends_only_its_own_items_again",
+                               "tests/test_rules_conservation.py::test_acceptance_that_would_unbalance_the_order_is_refused_and_alarmed",
+                               "tests/test_rules_conservation.py::test_results_that_would_unbalance_the_order_are_refused_whole_and_alarmed",
+                               "tests/test_rules_commands.py::test_retry_and_refund_take_only_the_items_the_rules_allow",
+                               "tests/test_flow_cnbank.py::test_lost_bp01_reply_is_resolved_by_bq01_not_by_resending",
+                               "tests/test_rules_flow.py::test_a_late_return_is_applied_and_its_item_paid_again_only_after_correction",
+                               "tests/test_result_file_rejection.py"]),
     # item.correct whole (evidence, state, reason code); of order.retry and refund.request the
     # transaction that picks the items (their nested `request`), not the parameter parsing.
-    "gateway/commands.py": Target({"item_correct", "request"},
-                                  ["tests/test_rules_commands.py", "tests/test_rules_flow.py"],
-                                  k="not late_return"),
+    "gateway/commands.py": Target({"item_correct", "request"}, [
+        "tests/test_rules_commands.py",
+        "tests/test_rules_conservation.py::test_rpc_changes_that_would_unbalance_the_order_change_nothing",
+        "tests/test_rules_flow.py::test_rjct_of_a_retry_batch_sends_only_its_own_items_again",
+        "tests/test_rules_flow.py::test_a_refund_returns_only_the_failed_items_and_a_rejected_one_gives_them_back"]),
     "gateway/validation.py": Target(None, ["tests/test_validation.py", "tests/test_validation_fastpath.py",
                                            "tests/test_rules_validation.py"]),
 }
@@ -253,7 +265,7 @@ def run_tests(tree: str, target: Target, timeout: float) -> tuple[str, float, st
     tests = target.tests
     cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-x", "-q", "--no-header",
            "-k", k, "--rootdir", tree, f"--basetemp={tree}/.t",
-           *[t for t in tests if os.path.exists(os.path.join(tree, t))]]
+           *[t for t in tests if os.path.exists(os.path.join(tree, t.split("::")[0]))]]
     t0 = time.monotonic()
     try:
         p = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True, timeout=timeout,
@@ -273,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--module", action="append", choices=sorted(TARGETS), help="module(s) to mutate")
     ap.add_argument("--only", type=int, action="append", help="mutant index(es) (with one --module)")
+    ap.add_argument("--function", action="append", help="only mutants in these functions")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--timeout", type=float, default=240.0, help="seconds per mutant run")
     ap.add_argument("--list", action="store_true", help="list the mutants, run nothing")
@@ -283,6 +296,8 @@ def main(argv: list[str] | None = None) -> int:
     todo = [mu for mod in modules for mu in mutants_of(mod, TARGETS[mod])]
     if args.only:
         todo = [mu for mu in todo if mu.index in args.only]
+    if args.function:
+        todo = [mu for mu in todo if mu.function in args.function]
     if args.list:
         for mu in todo:
             print(f"{mu.module}:{mu.line} #{mu.index} [{mu.function}] {mu.what}")
