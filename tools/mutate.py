@@ -85,7 +85,7 @@ TARGETS: dict[str, Target] = {
         "tests/test_rules_commands.py::test_retry_and_refund_take_only_the_items_the_rules_allow",
         "tests/test_e2e_correction.py"]),
     "gateway/flow.py": Target({"_orders_needing_batch", "_new_batch", "create_retry_batch", "_accept",
-                               "_reject", "_apply_results"},
+                               "_reject", "_release", "_apply_results"},
                               ["tests/test_rules_flow.py::test_rjct_of_a_pay_batch_sends_every_item_again_once",
                                "tests/test_rules_flow.py::test_rjct_of_a_retry_batch_sends_only_its_own_items_again",
                                "tests/test_rules_conservation.py::test_acceptance_that_would_unbalance_the_order_is_refused_and_alarmed",
@@ -236,8 +236,19 @@ def _short(node: ast.AST, n: int = 70) -> str:
     return text if len(text) <= n else text[:n - 3] + "..."
 
 
+# The sources mutated: read once (from the first scratch copy when running), so that others
+# editing the checkout during a run can neither shift the mutants' numbers nor leak in.
+SOURCES: dict[str, str] = {}
+
+
+def source(module: str) -> str:
+    if module not in SOURCES:
+        SOURCES[module] = open(os.path.join(ROOT, module), encoding="utf-8").read()
+    return SOURCES[module]
+
+
 def mutants_of(module: str, target: Target) -> list[Mutant]:
-    src = open(os.path.join(ROOT, module), encoding="utf-8").read()
+    src = source(module)
     m = Mutator(target.functions)
     m.visit(ast.parse(src))
     lines = src.splitlines()
@@ -246,7 +257,7 @@ def mutants_of(module: str, target: Target) -> list[Mutant]:
 
 
 def mutated_source(module: str, target: Target, index: int) -> str:
-    src = open(os.path.join(ROOT, module), encoding="utf-8").read()
+    src = source(module)
     m = Mutator(target.functions, index)
     tree = m.visit(ast.parse(src))
     if m.applied is None:
@@ -293,6 +304,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", action="store_true", help="keep the scratch copies")
     args = ap.parse_args(argv)
     modules = args.module or list(TARGETS)
+    scratch = None
+    if not args.list:
+        scratch = tempfile.mkdtemp(prefix="mut-rules-")
+        copy_tree(os.path.join(scratch, "w0"))
+        for mod in modules:
+            SOURCES[mod] = open(os.path.join(scratch, "w0", mod), encoding="utf-8").read()
     todo = [mu for mod in modules for mu in mutants_of(mod, TARGETS[mod])]
     if args.only:
         todo = [mu for mu in todo if mu.index in args.only]
@@ -304,10 +321,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{len(todo)} mutants")
         return 0
 
-    scratch = tempfile.mkdtemp(prefix="mut-rules-")
     trees: queue.Queue[str] = queue.Queue()
     for j in range(args.jobs):
-        copy_tree(os.path.join(scratch, f"w{j}"))
+        if j:
+            shutil.copytree(os.path.join(scratch, "w0"), os.path.join(scratch, f"w{j}"), symlinks=True)
         trees.put(os.path.join(scratch, f"w{j}"))
     print(f"scratch copies in {scratch}; {len(todo)} mutants in {len(modules)} modules", flush=True)
 
@@ -315,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     tree = trees.get()
     for mod in modules:
         path = os.path.join(tree, mod)
-        original = open(path, encoding="utf-8").read()
+        original = SOURCES[mod]
         open(path, "w", encoding="utf-8").write(ast.unparse(ast.parse(original)))
         outcome, took, failed = run_tests(tree, TARGETS[mod], args.timeout * 2)
         open(path, "w", encoding="utf-8").write(original)
@@ -330,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     def one(mu: Mutant) -> Mutant:
         tree = trees.get()
         path = os.path.join(tree, mu.module)
-        original = open(path, encoding="utf-8").read()
+        original = SOURCES[mu.module]
         try:
             open(path, "w", encoding="utf-8").write(mutated_source(mu.module, TARGETS[mu.module], mu.index))
             mu.outcome, mu.seconds, mu.failed = run_tests(tree, TARGETS[mu.module], args.timeout)
