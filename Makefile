@@ -7,13 +7,27 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 ITEMS  ?= 100000
 
-.PHONY: demo test bench services clean mutate
+.PHONY: demo test bench services clean pins mutate
 
+# Every dependency and the build tools (pip, setuptools, wheel) come from constraints.txt by hash
+# (--require-hashes); the project itself is then installed editable with --no-deps and without build
+# isolation, so nothing unpinned is fetched (pip refuses an editable install in hash-checking mode).
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test]' --config-settings editable_mode=compat
+	$(BIN)/python -m pip install -q --require-hashes --no-deps -r constraints.txt
+	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e . --config-settings editable_mode=compat
+	$(BIN)/python -m pip check
 	touch $(STAMP)
+
+## Re-pins constraints.txt with every distribution's hash, after a dependency was added to it as name==version.
+pins:
+	test -x .venv-pins/bin/pip-compile || ($(PYTHON) -m venv .venv-pins && .venv-pins/bin/pip install -q pip-tools==7.7.0)
+	grep -E '^[A-Za-z0-9_.-]+==' constraints.txt | sed 's/[ ;].*//' > .pins.in
+	.venv-pins/bin/pip-compile -q --generate-hashes --allow-unsafe --strip-extras --no-header --no-emit-index-url --no-emit-find-links -o .pins.out .pins.in
+	sed -n '1,/^# ---/p' constraints.txt > constraints.txt.new
+	grep -v '^    # via' .pins.out | grep -v '^    #   ' >> constraints.txt.new
+	mv constraints.txt.new constraints.txt
+	rm -f .pins.in .pins.out
 
 ## Core simulator + cnbank bank simulator + the daemon, on SQLite under var/demo.
 demo: $(STAMP)
