@@ -4,21 +4,53 @@ Results go in keyset-paged chunks, two POSTs in flight; a chunk is marked
 pushed in the transaction that journals the exchange, so a crash in between
 only pushes it again (the core takes results idempotently). Order states
 follow: DISPATCHED, then SETTLED once every result is out, or INVALID.
+
+Each result carries its item's `version` (core-api.md): an item paid, returned
+and paid again is three results, versions 1, 2, 3. A version is given to a
+result when it is first taken for pushing, committed before the POST, and kept
+with the result it was given to (version_sig), so the POST sent again after a
+lost answer carries the same version and content, and a later result of the
+item always gets a higher one, even after a restart. A 409 (the core holds that
+(seq, version) with other content) is journaled and alarmed.
 """
 
 from __future__ import annotations
 
 import json
 
-from sqlalchemy import Connection, func, or_, select, update
+from sqlalchemy import Connection, and_, func, literal, or_, select, update
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from adapters.core_http import Exchange
+from adapters.core_http import CoreContractError, CoreError, Exchange
 from gateway.db import executemany
 from gateway.models import ItemStatus, OrderState, items, orders
 
 log = Logger()
+
+
+def _sig_sql():
+    """The item's current result as one string, in SQL (the same as _sig in Python)."""
+    c = items.c
+    parts = [func.coalesce(col, "") for col in (c.status, c.reason_code, c.reason_text, c.bank_serial,
+                                                 c.result_at)]
+    out = parts[0]
+    for p in parts[1:]:
+        out = out + literal("|") + p
+    return out
+
+
+def _sig(r: dict) -> str:
+    return "|".join(r[k] or "" for k in ("status", "reason_code", "reason_text", "bank_serial",
+                                          "result_at"))
+
+
+def _unpushed(order_no: str):
+    """Items of the order whose current result the core has not acknowledged."""
+    c = items.c
+    return and_(c.order_no == order_no, c.status.in_(ItemStatus.REPORTED),
+                or_(c.version_sig.is_(None), c.result_version.is_(None), c.pushed_version.is_(None),
+                    c.pushed_version != c.result_version, c.version_sig != _sig_sql()))
 
 
 class CorePushSteps:
@@ -39,25 +71,45 @@ class CorePushSteps:
         chunk_size = self.cfg.core.results_chunk
 
         def take(conn: Connection, after: int) -> list[dict]:
-            return [dict(r) for r in conn.execute(select(
+            rows = [dict(r) for r in conn.execute(select(
                 items.c.seq, items.c.status, items.c.reason_code, items.c.reason_text,
-                items.c.bank_serial, items.c.result_at).where(
-                items.c.order_no == order_no, items.c.seq > after,
-                items.c.status.in_(ItemStatus.REPORTED),
-                or_(items.c.pushed.is_(None), items.c.pushed != items.c.status))
+                items.c.bank_serial, items.c.result_at, items.c.result_version, items.c.version_sig)
+                .where(_unpushed(order_no), items.c.seq > after)
                 .order_by(items.c.seq).limit(chunk_size)).mappings()]
+            # A result not yet versioned gets the next version now, committed before it is
+            # sent: a resend carries the same version, a later result a higher one.
+            fresh = []
+            for r in rows:
+                if not r["result_at"]:
+                    r["result_at"] = self.at()    # `at` must not change between resends
+                sig = _sig(r)
+                if r["version_sig"] != sig:
+                    r["result_version"] = (r["result_version"] or 0) + 1
+                    r["version_sig"] = sig
+                    fresh.append((r["result_version"], sig, r["result_at"], order_no, r["seq"]))
+            executemany(conn, "UPDATE items SET result_version = ?, version_sig = ?, result_at = ? "
+                              "WHERE order_no = ? AND seq = ?", fresh)
+            return rows
 
         def mark(conn: Connection, rows: list[dict], ex: Exchange) -> None:
-            executemany(conn, "UPDATE items SET pushed = ? WHERE order_no = ? AND seq = ? "
-                              "AND status = ?",
-                        [(r["status"], order_no, r["seq"], r["status"]) for r in rows])
+            executemany(conn, "UPDATE items SET pushed = status, pushed_version = ? WHERE order_no = ? "
+                              "AND seq = ? AND result_version = ?",
+                        [(r["result_version"], order_no, r["seq"], r["result_version"]) for r in rows])
             self._core_entries(conn, ex, "POST results", order_no)
 
         async def push(rows: list[dict]) -> None:
-            results = [{"seq": r["seq"], "status": r["status"], "reason_code": r["reason_code"] or "",
-                        "reason_text": r["reason_text"] or "", "bank_serial": r["bank_serial"] or "",
-                        "at": r["result_at"] or self.at()} for r in rows]
-            ex = await self.core.push_results(order_no, results)
+            results = [{"seq": r["seq"], "version": r["result_version"], "status": r["status"],
+                        "reason_code": r["reason_code"] or "", "reason_text": r["reason_text"] or "",
+                        "bank_serial": r["bank_serial"] or "", "at": r["result_at"]} for r in rows]
+            try:
+                ex = await self.core.push_results(order_no, results)
+            except CoreContractError as e:
+                if e.status != 409:
+                    raise
+                # The core holds one of these (seq, version) with other content: journaled and
+                # alarmed (one episode per order); the chunk stays unpushed for an operator.
+                await self._contract_fault(e, order_no)
+                raise CoreError(f"results of {order_no}: the core answered 409 (journaled)") from None
             await self.db.run(mark, rows, ex)
 
         # Two chunks in flight: the core parses one while it stores the other.
@@ -76,7 +128,10 @@ class CorePushSteps:
             failures[0].raiseException()   # the unmarked chunks are pushed again next time
 
         def done(conn: Connection) -> None:
-            conn.execute(update(orders).where(orders.c.order_no == order_no).values(results_pending=0))
+            # Not if a result arrived meanwhile (the bank's steps run apart from the core's).
+            conn.execute(update(orders).where(orders.c.order_no == order_no,
+                                              ~select(items.c.seq).where(_unpushed(order_no)).exists())
+                         .values(results_pending=0))
         await self.db.run(done)
         log.info("{bank}: results of {order} pushed to the core", bank=self.bank_id, order=order_no)
 

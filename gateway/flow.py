@@ -277,8 +277,9 @@ class BankFlow(RefundSteps, Article26Steps, LateReturnSteps, CorePushSteps):
                                             f"contract fault: {e.method} {e.url} answered {e.status}",
                                             payload=e.body, order_no=order_no,
                                             verified=f"failed: HTTP {e.status}"))
+            said = mask_text(e.body[:200].decode("utf-8", "replace"))   # a 409 names the seq
             self._alarm(conn, "critical", "core-contract",
-                        f"core answered {e.status} to {e.method} {e.url}", order_no=order_no,
+                        f"core answered {e.status} to {e.method} {e.url}: {said}", order_no=order_no,
                         journal_id=jid)
         await self.db.run(rec)
 

@@ -96,6 +96,12 @@ class Item(Base):
     bank_serial: Mapped[str | None] = mapped_column(String(64))
     result_at: Mapped[str | None] = mapped_column(String(40), index=True)  # reports select a month by it
     pushed: Mapped[str | None] = mapped_column(String(16))    # status last pushed to the core
+    # core-api.md result versions: the version given to the item's current result (never
+    # reused: +1 for every new result), the result it was given to (version_sig), and the
+    # version the core has acknowledged.
+    result_version: Mapped[int | None] = mapped_column(Integer)
+    version_sig: Mapped[str | None] = mapped_column(String(400))
+    pushed_version: Mapped[int | None] = mapped_column(Integer)
     orig_batch_no: Mapped[str | None] = mapped_column(String(64))  # RETRY: the batch it last failed in
 
 

@@ -26,6 +26,29 @@ ID17 = re.compile(r"[0-9]{17}[0-9X]")
 FORBIDDEN = re.compile(r"[|\r\n]")
 MAX_REASONS = 1000
 
+# What XML 1.0 (the ISO dialect's documents) or GB18030 (cnbank's files) cannot carry, or
+# should never carry: every control character (C0 including TAB, DEL, C1), lone surrogates
+# (JSON's "\ud800" escape decodes to one) and the non-characters U+FDD0..U+FDEF and
+# U+xFFFE/U+xFFFF of every plane. A NUL also makes PostgreSQL refuse the insert.
+_UNCARRIABLE_SET = ("\x00-\x1f\x7f-\x9f\ud800-\udfff\ufdd0-\ufdef"
+                    + "".join(f"{chr(p * 0x10000 + 0xfffe)}{chr(p * 0x10000 + 0xffff)}"
+                              for p in range(17)))
+UNCARRIABLE = re.compile(f"[{_UNCARRIABLE_SET}]")
+# The fast path's one search: the bank files' separators and everything above.
+_FAST_BAD = re.compile(f"[|{_UNCARRIABLE_SET}]")
+
+
+def uncarriable(value: str) -> str | None:
+    """The first character of *value* that XML 1.0 or GB18030 cannot carry, as 'U+0001', or None."""
+    m = UNCARRIABLE.search(value)
+    return None if m is None else f"U+{ord(m.group()):04X}"
+
+
+def storable(value: str) -> str:
+    """*value* with every uncarriable character replaced by U+FFFD, for storing a refused header
+    (the database must accept what we keep to explain the refusal)."""
+    return UNCARRIABLE.sub("\ufffd", value)
+
 HEADER_FIELDS = ("order_no", "budget_unit", "project_code", "project_name", "project_short",
                  "region", "bank_id", "total_amount", "total_count", "funded_at")
 ITEM_FIELDS = ("seq", "name", "id_number", "account_no", "account_bank", "amount", "remark")
@@ -69,6 +92,10 @@ def _text_problem(name: str, value: object, *, required: bool, max_len: int) -> 
         value.encode("gb18030")
     except UnicodeEncodeError:
         return f"{name} holds a character GB18030 cannot encode"
+    bad = uncarriable(value)
+    if bad:
+        return f"{name} holds {bad}, a control character, surrogate or non-character that XML 1.0 " \
+               f"or GB18030 cannot carry"
     return None
 
 
@@ -88,6 +115,9 @@ def header_problems(h: dict, bank_id: str) -> list[str]:
         p = _text_problem(k, h[k], required=True, max_len=200)
         if p:
             out.append("header: " + p)
+    p = _text_problem("funded_at", h["funded_at"], required=True, max_len=40)
+    if p:
+        out.append("header: " + p)
     if not _is_int(h["total_amount"]) or h["total_amount"] <= 0:
         out.append("header: total_amount must be a positive integer of fen")
     if not _is_int(h["total_count"]) or h["total_count"] <= 0:
@@ -140,8 +170,8 @@ class OrderValidator:
                 and type(bank) is str and type(remark) is str
                 and 0 < len(name) <= 50 and len(bank) <= 100 and len(remark) <= 100):
             return None
-        text = name + "\x00" + bank + "\x00" + remark
-        if (FORBIDDEN.search(text) or not ACCOUNT.fullmatch(acct) or not ID17.fullmatch(idn)
+        text = name + " " + bank + " " + remark
+        if (_FAST_BAD.search(text) or not ACCOUNT.fullmatch(acct) or not ID17.fullmatch(idn)
                 or ric.calc_check_digit(idn) != idn[-1] or not _valid_birth_date(idn[6:14])):
             return None
         if not text.isascii():

@@ -91,7 +91,7 @@ def env(reactor, tmp_path):
 
 
 def result(seq: int, status: str = "PAID", **kw: Any) -> dict[str, Any]:
-    r = {"seq": seq, "status": status, "reason_code": "0000", "reason_text": "成功",
+    r = {"seq": seq, "version": 1, "status": status, "reason_code": "0000", "reason_text": "成功",
          "bank_serial": f"BS{seq:0>8}", "at": "2026-11-05T10:00:00+08:00"}
     if status == "FAILED":
         r.update(reason_code="R001", reason_text="账号不存在", bank_serial="")
@@ -248,7 +248,7 @@ async def test_a_reader_that_goes_away_stops_the_stream(env):
 # --- results -----------------------------------------------------------------
 
 @pytest_twisted.ensureDeferred
-async def test_results_are_recorded_once_per_seq_and_status(env):
+async def test_results_are_recorded_once_per_seq_and_version(env):
     """Posting the same chunk twice records it once and counts the repeats; amounts come from the items."""
     chunk = [result(s) for s in range(1, 11)] + [result(11, "FAILED")]
     code, ack = await env.json("POST", "/api/orders/O1/results", {"results": chunk})
@@ -272,26 +272,49 @@ async def test_results_are_recorded_once_per_seq_and_status(env):
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_new_status_replaces_the_latest_and_a_late_repeat_does_not_revert_it(env):
-    """FAILED then PAID leaves PAID; the FAILED arriving again later is a repeat and changes nothing."""
+async def test_the_highest_version_is_kept_and_a_late_lower_one_changes_nothing(env):
+    """FAILED version 1 then PAID version 2 leaves PAID; version 1 arriving again later is a repeat,
+    acknowledged, and changes nothing."""
     await env.json("POST", "/api/orders/O1/results", {"results": [result(5, "FAILED")]})
-    await env.json("POST", "/api/orders/O1/results", {"results": [result(5, "PAID")]})
+    await env.json("POST", "/api/orders/O1/results", {"results": [result(5, "PAID", version=2)]})
     code, ack = await env.json("POST", "/api/orders/O1/results", {"results": [result(5, "FAILED")]})
     assert (code, ack["new"], ack["duplicates"]) == (200, 0, 1)
     rec = (await env.sim.results("O1"))[5]
-    assert rec["status"] == "PAID" and rec["statuses"] == ["FAILED", "PAID"]
+    assert rec["status"] == "PAID" and rec["version"] == 2 and rec["statuses"] == ["FAILED", "PAID"]
     o1 = (await env.sim.summary())["orders"]["O1"]
     assert o1["results"]["PAID"]["count"] == 1 and o1["results"]["FAILED"]["count"] == 0
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_repeat_with_different_content_is_counted_as_a_conflict(env):
-    """A second PAID for one item with another bank serial is kept out and counted as a conflict."""
+async def test_paid_returned_and_paid_again_ends_paid_with_version_3(env):
+    """An item PAID (v1), returned late (FAILED, v2) and paid again by a RETRY (PAID, v3, another
+    bank serial): the core holds PAID version 3 with the new serial, even when v2 arrives after v3
+    (a lower version is acknowledged and ignored); no conflict."""
+    await env.json("POST", "/api/orders/O1/results", {"results": [result(4)]})
+    await env.json("POST", "/api/orders/O1/results",
+                   {"results": [result(4, "PAID", version=3, bank_serial="BS-RETRY-4")]})
+    code, ack = await env.json("POST", "/api/orders/O1/results",
+                               {"results": [result(4, "FAILED", version=2, reason_code="R004")]})
+    assert code == 200 and ack["new"] == 1
+    rec = (await env.sim.results("O1"))[4]
+    assert (rec["status"], rec["version"], rec["bank_serial"]) == ("PAID", 3, "BS-RETRY-4")
+    assert rec["statuses"] == ["PAID", "FAILED", "PAID"] and rec["conflicts"] == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_repeat_with_different_content_is_a_409_naming_the_seq(env):
+    """The same (seq, version) with another bank serial is refused 409 naming the seq and version;
+    nothing of that POST is recorded (not even the good result beside it); the conflict is counted."""
     await env.json("POST", "/api/orders/O1/results", {"results": [result(7)]})
-    await env.json("POST", "/api/orders/O1/results", {"results": [result(7, bank_serial="OTHER")]})
-    rec = (await env.sim.results("O1"))[7]
-    assert rec["bank_serial"] == "BS00000007" and rec["conflicts"] == 1
+    code, err = await env.json("POST", "/api/orders/O1/results",
+                               {"results": [result(8), result(7, bank_serial="OTHER")]})
+    assert code == 409 and (err["seq"], err["version"]) == (7, 1) and "seq 7" in err["message"]
+    recorded = await env.sim.results("O1")
+    assert recorded[7]["bank_serial"] == "BS00000007" and recorded[7]["conflicts"] == 1
+    assert 8 not in recorded
     assert (await env.sim.summary())["orders"]["O1"]["conflicts"] == 1
+    code, ack = await env.json("POST", "/api/orders/O1/results", {"results": [result(7)]})
+    assert code == 200 and ack["duplicates"] == 1     # the answer lost and sent again: idempotent
 
 
 BAD_RESULTS = [
@@ -320,6 +343,10 @@ BAD_RESULTS = [
     ({"results": [result(1), result(2, at="2026-11-05T10:00:00")]}, "results[1].at"),
     ({"results": [result(1), result(2, at="yesterday")]}, "results[1].at"),
     ({"results": [result(1), result(2, at=None)]}, "results[1].at"),
+    ({"results": [result(1), {k: v for k, v in result(2).items() if k != "version"}]}, "results[1].version"),
+    ({"results": [result(1), result(2, version=0)]}, "results[1].version"),
+    ({"results": [result(1), result(2, version="1")]}, "results[1].version"),
+    ({"results": [result(1), result(1)]}, "results[1].version"),
 ]
 
 

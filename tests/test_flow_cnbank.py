@@ -164,15 +164,22 @@ async def test_late_return_turns_paid_back_to_failed_once_then_correction_pays_a
                                           "batch_no='LATE0001-R02' and pushed='PAID'", s=seq),
                         what="paid again by the RETRY batch and pushed")
         await env.until(lambda: env.query("select 1 from orders where state='SETTLED'"), what="SETTLED again")
-        # core-api.md keys results by (order_no, seq, status): the second PAID reaches the core
-        # with the new bank serial, but a core following the contract to the letter files it as a
-        # repeat (see docs/spec-readings.md); the simulator counts it as a conflicting repeat.
+        # core-api.md result versions: PAID v1, FAILED v2 (the return), PAID v3 (the retry): the
+        # core holds the retry's PAID with its new bank serial, without any conflict.
+        await env.until(lambda: _core_version(env, "LATE0001", seq, 3), what="version 3 at the core")
         record = (await env.sims.core.results("LATE0001"))[seq]
-        assert record["conflicts"] >= 1
+        assert (record["status"], record["version"], record["conflicts"]) == ("PAID", 3, 0)
+        assert record["statuses"] == ["PAID", "FAILED", "PAID"]
+        assert record["bank_serial"] == (await env.query(
+            "select bank_serial from items where seq=:s", s=seq))[0]["bank_serial"]
         assert not env.sims.bank.double_credits()
         assert len([c for c in env.sims.bank.credits("LATE0001") if c.seq == seq]) == 2   # paid, returned, paid
     finally:
         await env.close()
+
+
+async def _core_version(env, order_no, seq, version):
+    return (await env.sims.core.results(order_no)).get(seq, {}).get("version") == version
 
 
 async def _core_status(env, order_no, seq, status):

@@ -33,7 +33,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from simulators import datagen
-from simulators.core.store import Store
+from simulators.core.store import ResultConflict, Store
 from simulators.core.stream import FileItemsProducer, ItemsProducer, ndjson_line
 from simulators.core.validate import FieldError, parse_results, parse_state
 
@@ -478,7 +478,13 @@ class CoreSimulator:
             rows = await self._in_worker(prepare)
         except FieldError as e:
             raise _Reply(400, e.as_json()) from None
-        counts = await self._in_db(self._store.record_results, spec.order_no, rows, self._now())
+        try:
+            counts = await self._in_db(self._store.record_results, spec.order_no, rows, self._now())
+        except ResultConflict as e:
+            # core-api.md: the same (seq, version) with different content is answered 409 naming the seq.
+            seq, version = e.seqs[0]
+            raise _Reply(409, {"error": "conflict", "field": "results", "seq": seq, "version": version,
+                               "message": str(e)}) from None
         log.info("order {order_no}: {new} new results, {duplicates} repeated",
                  order_no=spec.order_no, new=counts["new"], duplicates=counts["duplicates"])
         if counts["new"]:

@@ -2,9 +2,11 @@
 
 Blocking code, meant to run on one dedicated thread (the simulator calls it
 through a single-thread pool, which also serialises writers). Results are
-kept as events, one row per (order_no, seq, status) — the key the core API is
-idempotent on — with counters for repeats and for repeats whose content
-differed; a trigger keeps the latest status per (order_no, seq). Order
+kept as events, one row per (order_no, seq, version) — the key the core API is
+idempotent on — with a counter for repeats; a repeat whose content differs is
+refused whole (ResultConflict, answered 409) and counted on the event it
+contradicts. A trigger keeps, per (order_no, seq), the result with the highest
+version: a lower version arriving late is kept as an event and changes nothing. Order
 states are kept as a history. Each call is one transaction, committed with
 the WAL fsync'd, so whatever the simulator has acknowledged survives a crash.
 """
@@ -23,6 +25,7 @@ CREATE TABLE IF NOT EXISTS result_events (
     id INTEGER PRIMARY KEY,
     order_no TEXT NOT NULL,
     seq INTEGER NOT NULL,
+    version INTEGER NOT NULL,
     status TEXT NOT NULL,
     reason_code TEXT,
     reason_text TEXT,
@@ -32,19 +35,23 @@ CREATE TABLE IF NOT EXISTS result_events (
     received_at TEXT NOT NULL,
     duplicates INTEGER NOT NULL DEFAULT 0,
     conflicts INTEGER NOT NULL DEFAULT 0,
-    UNIQUE (order_no, seq, status)
+    UNIQUE (order_no, seq, version)
 );
 CREATE TABLE IF NOT EXISTS results (
     order_no TEXT NOT NULL,
     seq INTEGER NOT NULL,
     event_id INTEGER NOT NULL,
+    version INTEGER NOT NULL,
     status TEXT NOT NULL,
     amount INTEGER NOT NULL,
     PRIMARY KEY (order_no, seq)
 ) WITHOUT ROWID;
-CREATE TRIGGER IF NOT EXISTS results_latest AFTER INSERT ON result_events BEGIN
-    INSERT OR REPLACE INTO results (order_no, seq, event_id, status, amount)
-    VALUES (NEW.order_no, NEW.seq, NEW.id, NEW.status, NEW.amount);
+CREATE TRIGGER IF NOT EXISTS results_highest AFTER INSERT ON result_events
+WHEN NEW.version > coalesce((SELECT version FROM results
+                             WHERE order_no = NEW.order_no AND seq = NEW.seq), 0)
+BEGIN
+    INSERT OR REPLACE INTO results (order_no, seq, event_id, version, status, amount)
+    VALUES (NEW.order_no, NEW.seq, NEW.id, NEW.version, NEW.status, NEW.amount);
 END;
 CREATE TABLE IF NOT EXISTS state_events (
     id INTEGER PRIMARY KEY,
@@ -57,19 +64,28 @@ CREATE TABLE IF NOT EXISTS state_events (
 CREATE INDEX IF NOT EXISTS state_events_order ON state_events (order_no, id);
 """
 
-# A repeat of (order_no, seq, status) changes nothing but its counters; one
-# whose other fields differ is also counted as a conflict (two different bank
-# serials for one PAID item is what a double payment looks like from here).
+# A repeat of (order_no, seq, version) changes nothing but its counter (the
+# content was checked equal before: a different one is a conflict, refused).
 _INSERT_RESULT = """
 INSERT INTO result_events
-    (order_no, seq, status, reason_code, reason_text, bank_serial, at, amount, received_at)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT (order_no, seq, status) DO UPDATE SET
-    duplicates = duplicates + 1,
-    conflicts = conflicts + (
-        reason_code IS NOT excluded.reason_code OR reason_text IS NOT excluded.reason_text
-        OR bank_serial IS NOT excluded.bank_serial OR at IS NOT excluded.at)
+    (order_no, seq, version, status, reason_code, reason_text, bank_serial, at, amount, received_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (order_no, seq, version) DO UPDATE SET duplicates = duplicates + 1
 """
+_HELD = """
+SELECT status, reason_code, reason_text, bank_serial, at FROM result_events
+WHERE order_no = ? AND seq = ? AND version = ?
+"""
+
+
+class ResultConflict(Exception):
+    """The same (seq, version) as one already held, with different content: nothing recorded."""
+
+    def __init__(self, order_no: str, seqs: list[tuple[int, int]]) -> None:
+        self.seqs = seqs
+        first = seqs[0]
+        super().__init__(f"order {order_no}: seq {first[0]} version {first[1]} is already held with "
+                         f"different content" + (f" (and {len(seqs) - 1} more)" if len(seqs) > 1 else ""))
 
 
 class Store:
@@ -95,19 +111,37 @@ class Store:
             self._db = None
 
     def record_results(self, order_no: str, results: Iterable[tuple[ItemResult, int]], received_at: str) -> dict[str, int]:
-        """Record (result, item amount) pairs in one transaction; returns new/duplicate counts."""
+        """Record (result, item amount) pairs in one transaction; returns new/duplicate counts.
+
+        Raises ResultConflict, recording nothing, if a (seq, version) is already held with
+        other content; the held events count the conflict.
+        """
         db = self._conn()
         rows = [
-            (order_no, r.seq, r.status, r.reason_code, r.reason_text, r.bank_serial, r.at, amount, received_at)
+            (order_no, r.seq, r.version, r.status, r.reason_code, r.reason_text, r.bank_serial, r.at,
+             amount, received_at)
             for r, amount in results
         ]
         db.execute("BEGIN IMMEDIATE")
         try:
+            conflicts = []
+            for row in rows:
+                held = db.execute(_HELD, (order_no, row[1], row[2])).fetchone()
+                if held is not None and tuple(held) != row[3:8]:
+                    conflicts.append((row[1], row[2]))
+            if conflicts:
+                db.executemany("UPDATE result_events SET conflicts = conflicts + 1 "
+                               "WHERE order_no = ? AND seq = ? AND version = ?",
+                               [(order_no, s, v) for s, v in conflicts])
+                db.execute("COMMIT")
+                raise ResultConflict(order_no, conflicts)
             # Ids only grow, so the rows above the old maximum are the new ones.
             top = db.execute("SELECT coalesce(max(id), 0) FROM result_events").fetchone()[0]
             db.executemany(_INSERT_RESULT, rows)
             new = db.execute("SELECT count(*) FROM result_events WHERE id > ?", (top,)).fetchone()[0]
             db.execute("COMMIT")
+        except ResultConflict:
+            raise     # committed: only the conflict counters
         except BaseException:
             db.execute("ROLLBACK")
             raise
@@ -181,14 +215,16 @@ class Store:
         return out
 
     def results(self, order_no: str) -> dict[int, dict[str, Any]]:
-        """seq -> latest result of that item, with the statuses it went through and its counters."""
+        """seq -> the result of that item with the highest version, the statuses of its versions in
+        order, and its counters."""
         db = self._conn()
         out: dict[int, dict[str, Any]] = {}
-        for seq, status, code, text, serial, at, amount, received_at, dups, conflicts, latest in db.execute(
-            """SELECT e.seq, e.status, e.reason_code, e.reason_text, e.bank_serial, e.at, e.amount,
-                      e.received_at, e.duplicates, e.conflicts, e.id = r.event_id
+        for (seq, version, status, code, text, serial, at, amount, received_at, dups, conflicts,
+             latest) in db.execute(
+            """SELECT e.seq, e.version, e.status, e.reason_code, e.reason_text, e.bank_serial, e.at,
+                      e.amount, e.received_at, e.duplicates, e.conflicts, e.id = r.event_id
                FROM result_events e JOIN results r ON r.order_no = e.order_no AND r.seq = e.seq
-               WHERE e.order_no = ? ORDER BY e.seq, e.id""",
+               WHERE e.order_no = ? ORDER BY e.seq, e.version""",
             (order_no,),
         ):
             rec = out.setdefault(seq, {"statuses": [], "duplicates": 0, "conflicts": 0})
@@ -196,6 +232,6 @@ class Store:
             rec["duplicates"] += dups
             rec["conflicts"] += conflicts
             if latest:
-                rec.update(status=status, reason_code=code, reason_text=text, bank_serial=serial,
+                rec.update(version=version, status=status, reason_code=code, reason_text=text, bank_serial=serial,
                            at=at, amount=amount, received_at=received_at)
         return out

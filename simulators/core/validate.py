@@ -16,7 +16,7 @@ from typing import Any
 
 RESULT_STATUSES = ("PAID", "FAILED", "REFUNDED")
 ORDER_STATES = ("DISPATCHED", "SETTLED", "CLOSED", "INVALID")
-RESULT_KEYS = frozenset({"seq", "status", "reason_code", "reason_text", "bank_serial", "at"})
+RESULT_KEYS = frozenset({"seq", "version", "status", "reason_code", "reason_text", "bank_serial", "at"})
 MAX_RESULTS_PER_POST = 50_000
 MAX_DETAIL_BYTES = 64 * 1024
 
@@ -46,6 +46,7 @@ class ItemResult:
     reason_text: str | None
     bank_serial: str | None
     at: str
+    version: int = 1
 
 
 def _json_object(body: bytes) -> dict[str, Any]:
@@ -87,8 +88,8 @@ def parse_results(body: bytes, item_count: int) -> list[ItemResult]:
     """The results of a ``POST .../results`` body, for an order of *item_count* items.
 
     Rules: ``results`` is a non-empty list of objects with exactly the keys
-    seq, status, reason_code, reason_text, bank_serial, at; seq an integer in
-    1..item_count; status PAID, FAILED or REFUNDED; reason_code 1-16
+    seq, version, status, reason_code, reason_text, bank_serial, at; seq an integer in
+    1..item_count; version a positive integer; one (seq, version) at most once; status PAID, FAILED or REFUNDED; reason_code 1-16
     letters/digits, required for FAILED; reason_text a string of at most 256
     characters; bank_serial 1-64 printable ASCII, required for PAID; at an
     ISO 8601 date-time with offset. An optional string may be null or "".
@@ -105,6 +106,7 @@ def parse_results(body: bytes, item_count: int) -> list[ItemResult]:
     if len(results) > MAX_RESULTS_PER_POST:
         raise FieldError("results", f"more than {MAX_RESULTS_PER_POST} in one request")
     out = []
+    seen: set[tuple[int, int]] = set()
     for i, r in enumerate(results):
         where = f"results[{i}]"
         if not isinstance(r, dict):
@@ -116,6 +118,12 @@ def parse_results(body: bytes, item_count: int) -> list[ItemResult]:
         seq = r["seq"]
         if not isinstance(seq, int) or isinstance(seq, bool) or not 1 <= seq <= item_count:
             raise FieldError(f"{where}.seq", f"must be an integer in 1..{item_count}")
+        version = r["version"]
+        if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version < 2**31:
+            raise FieldError(f"{where}.version", "must be a positive integer")
+        if (seq, version) in seen:
+            raise FieldError(f"{where}.version", f"seq {seq} version {version} appears twice")
+        seen.add((seq, version))
         status = r["status"]
         if status not in RESULT_STATUSES:
             raise FieldError(f"{where}.status", f"must be one of {', '.join(RESULT_STATUSES)}")
@@ -127,7 +135,7 @@ def parse_results(body: bytes, item_count: int) -> list[ItemResult]:
         if status == "PAID" and bank_serial is None:
             raise FieldError(f"{where}.bank_serial", "required for PAID")
         at = _timestamp(r["at"], f"{where}.at")
-        out.append(ItemResult(seq, status, reason_code, reason_text, bank_serial, at))
+        out.append(ItemResult(seq, status, reason_code, reason_text, bank_serial, at, version))
     return out
 
 
