@@ -352,3 +352,115 @@ async def test_flow_sends_hb01_every_heartbeat_s_and_a_dead_link_is_one_alarm(re
         assert len(down) == 1 and down[0]["cleared_at"] is not None
     finally:
         await env.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_e009_on_rq01_and_dp01_backs_off_under_one_alarm(reactor, tmp_path):
+    """A refund (RF01) is accepted, a dispute raised, then the bank's clock goes 400 s off for
+    30 simulated minutes: RQ01 and DP01 are each asked again with a growing backoff (at most
+    20 times each, not once per 15 s tick), all answered E009 under one bank-refusing
+    episode and no per-refund alarm; with the clock right again the refund completes
+    (items REFUNDED), the dispute is accepted and the episode is cleared."""
+    from gateway.rpc_api import Caller
+    s = spec("RQDP0001", 12, failures={"R010": 0.3})
+    env = await in_process(reactor, tmp_path, [s])
+    bank = env.sims.bank
+    call = env.gw.commands.call
+    caller = Caller("unix", "uid=0,gid=0")
+    try:
+        await until_state(env, "DONE")
+        failed = await env.query("select seq from items where status='FAILED'")
+        paid = await env.query("select seq from items where status='PAID'")
+        assert failed and paid
+        clock = shared_clock(env, reactor)
+        await call("refund.request", {"order_no": "RQDP0001", "seqs": "all_failed",
+                                      "reason": "账户人已故，原渠道退回", "approved_by": "李科长"}, caller)
+        for _ in range(100):
+            clock.advance(0.05)
+            await env.flow.tick()
+            if await env.query("select 1 from refunds where state='ACCEPTED'"):
+                break
+        assert await env.query("select 1 from refunds where state='ACCEPTED'")
+        bank.clock_offset_s = 400
+        rq_before = len(bank.requests("RQ01"))
+        await call("batch.dispute", {"batch_no": "RQDP0001-P01", "seqs": [paid[0]["seq"]],
+                                     "reason": "到账金额与明细不符", "raised_by": "财务科 王芳"}, caller)
+        await run_for(env, clock, 1800, step=15)
+        rq = bank.requests("RQ01")[rq_before:]
+        dp = bank.requests("DP01")
+        assert 3 <= len(rq) <= 20 and 3 <= len(dp) <= 20, (len(rq), len(dp))
+        assert {r["ret_code"] for r in rq + dp} == {"E009"}
+        refusing = await alarms(env, "bank-refusing")
+        assert [(a["key"], a["cleared_at"]) for a in refusing] == [("E009", None)]
+        assert await alarms(env, "refund-status-refused") == []
+
+        bank.clock_offset_s = 0
+        await run_for(env, clock, 1000, step=15)
+        assert await env.query("select state from refunds") == [{"state": "DONE"}]
+        assert await env.query("select state from disputes") == [{"state": "ACCEPTED"}]
+        assert len(await env.query("select 1 from items where status='REFUNDED'")) == len(failed)
+        assert (await alarms(env, "bank-refusing"))[0]["cleared_at"] is not None
+    finally:
+        await env.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_refused_retry_batch_goes_out_again_as_a_new_retry_and_pays_once(reactor, tmp_path):
+    """A RETRY batch of corrected items is refused (E003): it is REFUSED, its items go back to
+    CORRECTED pointing again at the batch they failed in, the order asks for another retry,
+    and they are paid by the next RETRY batch (-R03, OrigBatchNo the PAY batch); the bank's
+    ledger credits each corrected item once, to its new account."""
+    from gateway.rpc_api import Caller
+    s = spec("RETRYREF", 10, failures={"R001": 0.3})
+    env = await in_process(reactor, tmp_path, [s])
+    bank = env.sims.bank
+    call = env.gw.commands.call
+    caller = Caller("unix", "uid=0,gid=0")
+    try:
+        await until_state(env, "DONE")
+        failed = [r["seq"] for r in await env.query("select seq from items where status='FAILED'")]
+        assert failed
+        for seq in failed:
+            await call("item.correct", {"order_no": "RETRYREF", "seq": seq, "account_no": "6228480000000123457",
+                                        "confirmed_by": "收款人本人", "approved_by": "李科长",
+                                        "approval_ref": "NY[2026]18号"}, caller)
+        bank.refuse_next_submission("E003", "totals do not match")
+        await call("order.retry", {"order_no": "RETRYREF"}, caller)
+        await until_state(env, "REFUSED")
+        await env.until(lambda: env.query("select 1 from batches where batch_no='RETRYREF-R03' and "
+                                          "state='DONE'"), what="R03 DONE")
+        batches = {r["batch_no"]: r["state"] for r in await env.query("select batch_no, state from batches")}
+        assert batches == {"RETRYREF-P01": "DONE", "RETRYREF-R02": "REFUSED", "RETRYREF-R03": "DONE"}
+        r03 = await env.query("select seq, status, orig_batch_no from items where batch_no='RETRYREF-R03' "
+                              "order by seq")
+        assert [r["seq"] for r in r03] == sorted(failed)
+        assert all(r["status"] == "PAID" and r["orig_batch_no"] == "RETRYREF-P01" for r in r03)
+        again = [c for c in bank.credits("RETRYREF") if c.seq in failed]
+        assert sorted(c.seq for c in again) == sorted(failed) and {c.batch_no for c in again} == {"RETRYREF-R03"}
+        assert not bank.double_credits()
+    finally:
+        await env.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_e004_holds_the_items_with_the_refused_batch_for_an_operator(reactor, tmp_path):
+    """E004 says the bank holds another batch under this number: the batch is REFUSED with a
+    critical alarm naming it, but its items stay with it (no new batch is built, however
+    long the flow runs), since the bank may hold them; nothing is credited."""
+    s = spec("HOLD0001", 4)
+    env = await in_process(reactor, tmp_path, [s])
+    bank = env.sims.bank
+    try:
+        bank.refuse_next_submission("E004", "same number, different content")
+        await until_state(env, "REFUSED")
+        clock = shared_clock(env, reactor)
+        await run_for(env, clock, 3600, step=300)
+        assert await env.query("select batch_no, state from batches") == [
+            {"batch_no": "HOLD0001-P01", "state": "REFUSED"}]
+        held = await env.query("select status, batch_no from items")
+        assert held == [{"status": "PENDING", "batch_no": "HOLD0001-P01"}] * s.count
+        refused = await alarms(env, "batch-refused")
+        assert len(refused) == 1 and "E004" in refused[0]["message"] and "held" in refused[0]["message"]
+        assert len(bank.requests("BP01")) == 1 and bank.credits("HOLD0001") == []
+    finally:
+        await env.close()

@@ -13,6 +13,7 @@ threads, the ledger on its own thread; the reactor only moves bytes.
 
 Test hooks: `reject_next_batch`, `reject_next_refund`, `drop_reply_after`,
 `misreply_next` (a signed reply whose Head does not answer the request),
+`refuse_next_submission` (a BP01 answered with an E code, not acted on),
 `clock_offset_s` (the bank's clock off by that much, for its judgement of
 requests and the time in its replies), `return_item`, `fund`, `settle`, and the
 ledger reads `accepted_count`, `credits`, `double_credits`, `requests`, `batch_now`.
@@ -162,6 +163,7 @@ class CnBankSimulator:
         self._result_mangles: collections.deque[Callable[[bytes], bytes]] = collections.deque()
         self._bad_signatures = 0
         self._misreplies: list[tuple[str, dict]] = []
+        self._submission_refusals: collections.deque[tuple[str, str]] = collections.deque()
         self.clock_offset_s = 0.0
         self._timers: dict[tuple[str, str], Any] = {}
         self._work: set[defer.Deferred] = set()
@@ -266,6 +268,11 @@ class CnBankSimulator:
     def drop_reply_after(self, tx_code: str) -> None:
         """The next *tx_code* request answered 0000 is acted on, but its reply is never sent."""
         self._drops.append(tx_code)
+
+    def refuse_next_submission(self, code: str = "E006", message: str = "refused by the test") -> None:
+        """The next BP01 is answered *code* without being acted on or remembered, as a bank
+        refuses a batch it cannot take (E004 when it holds another under that number)."""
+        self._submission_refusals.append((code, message))
 
     def misreply_next(self, tx: str, /, **head_changes: str) -> None:
         """The next reply to *tx* is properly signed and encrypted, but its Head has
@@ -448,6 +455,9 @@ class CnBankSimulator:
 
     async def _bp01(self, head: Head, f: dict) -> _Outcome:
         number = f["BatchNo"]
+        if self._submission_refusals:
+            code, message = self._submission_refusals.popleft()
+            return _Outcome(code, message, number=number)
         content = fingerprint({k: f[k] for k in ("Kind", "OrderNo", "FileSM3", "TotalCount",
                                                   "TotalAmount")})
         # A remembered number is answered from memory alone: the gateway may
