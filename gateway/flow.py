@@ -582,8 +582,10 @@ class BankFlow(RefundSteps, Article26Steps, LateReturnSteps, CorePushSteps):
                                                     batches.c.state.in_(BatchState.LIVE))
             corrected = and_(items.c.order_no == order_no, items.c.status == ItemStatus.CORRECTED,
                              ~live.exists())
-            self._new_batch(conn, order_no, "RETRY", corrected)
+            # The order row before the items and the journal head (docs/lock-order.md): order.retry
+            # holds this row while it waits for the journal head.
             conn.execute(update(orders).where(orders.c.order_no == order_no).values(retry_requested=0))
+            self._new_batch(conn, order_no, "RETRY", corrected)
         await self.db.run(create)
 
     async def advance(self, b: dict) -> None:
@@ -1011,8 +1013,6 @@ class BankFlow(RefundSteps, Article26Steps, LateReturnSteps, CorePushSteps):
         paid = per.get(ItemStatus.PAID, 0)
         if paid != t.paid_count:
             raise ResultRejected(f"results say {t.paid_count} paid, lines say {paid}")
-        for e in rs.evidence("ok"):
-            self._journal(conn, e)
         confirm_due, dispute_due = self._deadlines(conn, b)
         conn.execute(update(batches).where(batches.c.batch_no == b["batch_no"]).values(
             state=BatchState.DONE, succ_cnt=t.paid_count, succ_amt=t.paid_amount,
@@ -1024,6 +1024,9 @@ class BankFlow(RefundSteps, Article26Steps, LateReturnSteps, CorePushSteps):
         conn.execute(update(orders).where(orders.c.order_no == b["order_no"]).values(
             results_pending=1, updated_at=self.at(),
             **({"state": OrderState.SETTLED} if settled else {})))
+        # Journaled last: the journal head after every row this changes (docs/lock-order.md).
+        for e in rs.evidence("ok"):
+            self._journal(conn, e)
         return {"lines": n, "paid": t.paid_count, "failed": t.failed_count}
 
 

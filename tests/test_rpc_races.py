@@ -300,3 +300,41 @@ async def test_a_correction_and_the_result_push_marking_the_same_item_never_dead
         failures += [(seq, g) for g in got if isinstance(g, Exception)]
     assert failures == []
     assert scalar(env, select(func.count()).where(items.c.status == "CORRECTED")) == 20
+
+
+class RetryFlow:
+    """The flow's retry-batch step (gateway/flow.py create_retry_batch and _new_batch), unchanged."""
+
+    from gateway.flow import BankFlow as _BankFlow
+    create_retry_batch = _BankFlow.create_retry_batch
+    _new_batch = _BankFlow._new_batch
+
+    def __init__(self, env):
+        self.db, self.bank_id, self.journal = env.db, BANK, env.commands.journal
+
+    def at(self) -> str:
+        return AT
+
+    def _journal(self, conn, e) -> int:  # noqa: ANN001 - as BankFlow journals
+        return self.journal.append(conn, e, AT)
+
+
+@pytest_twisted.ensureDeferred
+async def test_order_retry_and_the_flow_building_the_retry_batch_never_deadlock(env):
+    """order.retry (order row, then the journal head) racing the flow's retry batch of the same order, 10
+    times: both always finish. Before the fix the flow journaled the new batch and then reset the order's
+    retry flag, and PostgreSQL aborted one of the two with DeadlockDetected."""
+    with env.engine.begin() as c:
+        seed(c, 6)
+        c.execute(items.update().where(items.c.seq <= 3).values(status="CORRECTED"))
+    flow = RetryFlow(env)
+    failures = []
+    for i in range(10):
+        with env.engine.begin() as c:
+            c.execute(batches.delete().where(batches.c.batch_no != BATCH))
+            c.execute(items.update().where(items.c.seq <= 3).values(batch_no=BATCH, orig_batch_no=None))
+        got = await race(env, lambda: env.commands.call("order.retry", {"order_no": ORDER}, CALLER),
+                         lambda: flow.create_retry_batch(ORDER))
+        failures += [(i, g) for g in got if isinstance(g, Exception) and not
+                     (isinstance(g, RpcError) and g.code == WRONG_STATE)]
+    assert failures == []
