@@ -228,6 +228,8 @@ async def run(args) -> int:
         ledger = await env.ledger_by_order()
         ledger.update(iso_ledger(iso_bank, [s for s in specs if s.bank_id == isoinstall.ISO_BANK_ID]))
         ok = print_summary(summary, ledger, statuses)
+        from simulators.paper_demo import write_paper   # articles 25-27: the month on paper, and the archive
+        print("\n".join(write_paper(p.root, config, p.keys)))
         print("ALL ORDERS REACHED THEIR EXPECTED STATE" if ok else "SOME ORDERS DID NOT REACH THEIR EXPECTED STATE")
         result = 0 if ok and code == 0 else 1
     except DemoStuck as e:
