@@ -406,3 +406,37 @@ def test_unknown_payment_kind_is_400(pki, reactor):
     with pytest.raises(iso.Iso20022Error, match="PmtInfId"):
         sim._take(doc)
 
+
+
+@pytest_twisted.ensureDeferred
+async def test_asked_again_once_processed_the_bank_serves_its_reports_again(pki, bank, gw):
+    """The status question (the same bytes re-POSTed) after processing is answered 200 as
+    before, pays nothing more, and puts the same signed pain.002 in the feed again under a new
+    cursor: what a gateway had to refuse it can learn again."""
+    doc = pain001(pki, "B20261128009", "PAY", [("FS9-1", PAID_ACCT, 100)])
+    first = await gw.post_payment(doc)
+    await bank.sim.settle()
+    assert await gw.post_payment(doc) == (200, first[1])
+    reports, nxt = await gw.reports(None)
+    assert [r.cursor for r in reports] == ["1", "2"] and nxt == "2"
+    assert reports[0].document == reports[1].document
+    assert pain002(pki, reports[1])[0].orig_msg_id == "B20261128009"
+    assert bank.sim.payments_received("B20261128009") == 1 and len(bank.sim.credits("FS9-1")) == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_hostile_hooks_serve_what_they_say(pki, bank, gw):
+    """inject_pain002 serves a signed, XSD-valid pain.002 naming any MsgId and OrgnlMsgNmId;
+    hostile_next_report("surrogate") travels as the JSON escape of a lone surrogate; pad_pages
+    makes pages over a size only when the limit asked is over the threshold."""
+    await bank.sim.inject_pain002("NEVER-P01", "pain.001.001.03")
+    header, _ = pain002(pki, (await gw.reports(None))[0][0])
+    assert (header.orig_msg_id, header.orig_msg_nm_id) == ("NEVER-P01", "pain.001.001.03")
+    bank.sim.hostile_next_report("surrogate")
+    await gw.post_payment(pain001(pki, "B20261128010", "PAY", [("FS10-1", PAID_ACCT, 100)]))
+    await bank.sim.settle()
+    reports, _ = await gw.reports("1")
+    assert reports[0].document is None and "lone surrogate U+D800" in reports[0].refused
+    bank.sim.pad_pages(5000, when_limit_over=1)
+    assert len(bank.sim.get_reports(None, 2)["padding"]) == 5000
+    assert "padding" not in bank.sim.get_reports(None, 1)
