@@ -24,13 +24,14 @@ def write_paper(root: Path, config: Path, keys_dir: Path, now: datetime.datetime
     now = now or datetime.datetime.now(CST)
     out = root / "paper"
     out.mkdir(parents=True, exist_ok=True)
-    seal_key = keys_dir / "seal_sm2.pem"
-    if not seal_key.exists():
+    cfg = configmod.load(config)
+    if cfg.paper is None:
+        seal_key = keys_dir / "seal_sm2.pem"
         keyfile.write_private_key_file(seal_key, sm.generate_keypair())
         os.chmod(seal_key, 0o600)
         with open(config, "a") as f:
             f.write(f'\n[paper]\nseal_key = "{seal_key}"\nout_dir = "{out}"\n')
-    cfg = configmod.load(config)
+        cfg = configmod.load(config)
     from gateway.paper import cli
     month = f"{now.year:04d}-{now.month:02d}"
     steps = [

@@ -266,6 +266,11 @@ def test_gatewayctl_archive_export_and_verify_without_config(tmp_path):
                        capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stdout + r.stderr
     assert archive.verify_archive(str(month), public_key=SEAL.public_key).ok
+    from simulators.paper_demo import write_paper
+    import datetime
+    lines = write_paper(tmp_path / "inst", cfg_path, tmp_path, now=datetime.datetime(2026, 11, 30, 12))
+    assert any(t.startswith("archive intact") for t in lines) and not any("exited" in t for t in lines), lines
+    assert (tmp_path / "inst" / "paper" / "volume-2026.pdf").exists()
     with tarfile.open(month) as tar:
         assert {"archive/reports/monthly.xlsx", "archive/reports/monthly.pdf", "archive/reports/register.json",
                 "archive/sheets/FS02-P01.pdf"} <= set(tar.getnames())
