@@ -377,7 +377,7 @@ class IsoAdapter:
 
     async def _feed_fault(self, recorder, kind: str, since: str | None, why: str) -> None:
         """A page that cannot be taken at all: one alarm episode per cursor, journaled once."""
-        def rec(conn: Connection) -> None:
+        def rec(conn: Connection) -> bool:
             key = _feed_key(since)
             first = not conn.execute(select(alarms.c.id).where(
                 alarms.c.kind == kind, alarms.c.bank_id == self.bank_id, alarms.c.key == key,
@@ -391,8 +391,9 @@ class IsoAdapter:
                               f"bank {self.bank_id}: the report page after cursor {since or '(start)'} "
                               f"cannot be taken ({why}); the feed waits there, the rest of the "
                               f"daemon goes on"[:500], None, None, jid, key=key)
-        await recorder.read(rec)
-        log.warn("{bank}: report page after {since}: {why}", bank=self.bank_id, since=since, why=why)
+            return first
+        if await recorder.read(rec):    # the alarm episode is what an operator sees; one line
+            log.warn("{bank}: report page after {since}: {why}", bank=self.bank_id, since=since, why=why)
 
     async def sync(self, recorder) -> int:
         """Read the feed from the kept cursor; keep each verified document. Returns how many were kept.
