@@ -291,14 +291,16 @@ async def test_a_correction_and_the_result_push_marking_the_same_item_never_dead
     with env.engine.begin() as c:
         seed(c, 20)
     pusher = Pusher(env)
-    failures = []
+    failures, marked = [], 0
     for seq in range(1, 21):
         with env.engine.begin() as c:
-            c.execute(items.update().where(items.c.status == "FAILED").values(pushed=None))
+            c.execute(items.update().where(items.c.status == "FAILED").values(pushed=None, pushed_version=None))
         got = await race(env, lambda seq=seq: correct(env, seq),
                          lambda: pusher._push_order_results(ORDER))
         failures += [(seq, g) for g in got if isinstance(g, Exception)]
+        marked += scalar(env, select(func.count()).where(items.c.pushed_version.is_not(None))) > 0
     assert failures == []
+    assert marked == 20   # every race really pushed (and marked) the failed items
     assert scalar(env, select(func.count()).where(items.c.status == "CORRECTED")) == 20
 
 
