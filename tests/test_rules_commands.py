@@ -71,10 +71,13 @@ async def test_corrections_need_a_fixable_failed_item_and_all_three_pieces_of_ev
             await _refused(env, "item.correct", {**base, k: "  ", "seq": fixable}, MISSING_EVIDENCE, k)
         await _refused(env, "item.correct", {**base, "seq": fixable, "account_no": "62284800x"},
                        INVALID_PARAMS, "account_no")
+        for bad_seq in ("1", True, 0, -1, None):
+            await _refused(env, "item.correct", {**base, "seq": bad_seq}, INVALID_PARAMS, "seq")
+        await _refused(env, "item.correct", {**base, "seq": fixable, "status": "PAID"}, INVALID_PARAMS)
         assert await _snapshot(env) == before
         old = (await env.query("select account_no from items where seq=:s", s=fixable))[0]["account_no"]
         out = await env.gw.commands.call("item.correct", {**base, "seq": fixable}, CALLER)
-        assert out["status"] == "CORRECTED"
+        assert (out["status"], out["corrections"]) == ("CORRECTED", 1)
         row = (await env.query("select status, account_no, batch_no from items where seq=:s", s=fixable))[0]
         assert row == {"status": "CORRECTED", "account_no": NEW, "batch_no": f"{o}-P01"}
         kept = (await env.query("select old_values, new_values, confirmed_by, approved_by, approval_ref, "
