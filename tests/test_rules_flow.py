@@ -144,16 +144,17 @@ async def test_a_late_return_is_applied_and_its_item_paid_again_only_after_corre
 async def test_a_late_return_that_matches_no_paid_item_is_alarmed_not_applied(reactor, tmp_path):
     """A return naming an item that is not PAID in that batch, or with another amount, or a
     serial already applied, changes nothing: the first two raise a critical alarm (money may
-    have moved twice); a repeated serial is silently skipped."""
+    have moved twice); a repeated serial is silently skipped, and a second return of the same
+    bank under another serial is applied (not taken for the first)."""
     o = "LRUN0001"
-    s = spec(o, 4, failures={"R001": 0.3}, seed=3)
+    s = spec(o, 6, failures={"R001": 0.3}, seed=3)
     env = await in_process(reactor, tmp_path, [s])
     try:
         await env.until(lambda: env.query("select 1 from batches where state='DONE'"), what="DONE")
         st = await _states(env, o)
         paid = [q for q, (x, _) in st.items() if x == "PAID"]
         failed = [q for q, (x, _) in st.items() if x == "FAILED"]
-        assert paid and failed, st
+        assert len(paid) >= 2 and failed, st
         b = (await env.query("select * from batches"))[0]
         amount = {r["seq"]: r["amount"] for r in await env.query("select seq, amount from items")}
         wrong = [LateReturn("RTX-1", failed[0], amount[failed[0]], "R004", "20261201"),
@@ -175,6 +176,11 @@ async def test_a_late_return_that_matches_no_paid_item_is_alarmed_not_applied(re
         await env.db.run(env.flow._apply_returns, b, [good], jid)
         await env.db.run(env.flow._apply_returns, b, [good], jid)
         assert len(await env.query("select 1 from late_returns where bank_id=:b", b=env.flow.bank_id)) == 1
+        # a second return, another serial of the same bank, is applied too
+        await env.db.run(env.flow._apply_returns, b,
+                         [LateReturn("RTX-4", paid[1], amount[paid[1]], "R004", "20261202")], jid)
+        assert len(await env.query("select 1 from late_returns where bank_id=:b", b=env.flow.bank_id)) == 2
+        assert (await _states(env, o))[paid[1]] == ("FAILED", b["batch_no"])
         # the repeat was recognised by its serial, not refused as unmatched
         assert [a["count"] for a in await env.query(
             "select count from alarms where kind='late-return-unmatched'")] == [2]
