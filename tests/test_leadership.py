@@ -257,13 +257,13 @@ async def test_postgres_a_leader_that_cannot_renew_stands_down_before_its_lease_
     lead = _leader(reactor, clock, lease, events, "a")
     database = dbmod.Database(reactor, dbmod.make_engine(url))
     database.start()
+    hung = threading.Event()
     try:
         lead.startService()
         await _turn(clock, lead)
         assert lead.active
         taken_at = clock.seconds()
         lease.frozen = True
-        hung = threading.Event()
         fenced = dbmod.FencedDatabase(database, lead.fence)
         in_flight = fenced.run(lambda conn: hung.wait(30))
         clock.advance(LEASE_S / 4 * 1.21)         # a renewal goes out and hangs
@@ -271,6 +271,7 @@ async def test_postgres_a_leader_that_cannot_renew_stands_down_before_its_lease_
         assert lead.active, "not before its deadline"
         clock.advance(0.02)
         assert not lead.fence.valid()
+        assert in_flight.called, "failed at the deadline, not when its link wakes"
         with pytest.raises(Deposed):
             await in_flight
         hung.set()
@@ -282,6 +283,7 @@ async def test_postgres_a_leader_that_cannot_renew_stands_down_before_its_lease_
         assert _sql(url, f"SELECT expires_ms > {_now_ms()} FROM leases") == [(True,)]
     finally:
         gate.set()
+        hung.set()
         await _stop(lead)
         database.stop()
 
