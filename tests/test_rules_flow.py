@@ -18,7 +18,7 @@ import pytest_twisted
 import sqlalchemy as sa
 
 from adapters.interface import LateReturn
-from gateway.models import batches, late_returns
+from gateway.models import batches, items, late_returns
 from gateway.rpc_api import Caller
 from simulators import datagen
 from tests.support import in_process, spec
@@ -101,6 +101,10 @@ async def test_rjct_of_a_pay_batch_sends_every_item_again_once(reactor, tmp_path
         await env.until(lambda: env.query("select 1 from orders where state='SETTLED'"), what="SETTLED")
         assert env.sims.bank.batch_now(f"{o}-P02")["total_count"] == s.count
         assert {c.batch_no for c in env.sims.bank.credits(o)} == {f"{o}-P02"}
+        # nothing left to send: no empty batch is ever created (a number is never spent on nothing)
+        assert await env.db.run(env.flow._new_batch, o, "RETRY", sa.and_(
+            items.c.order_no == o, items.c.status == "CORRECTED")) is None
+        assert len(await env.query("select 1 from batches")) == 2
         _credited_once(env, o, [datagen.item(s, p)["seq"] for p in range(1, s.count + 1)])
     finally:
         await env.close()
