@@ -628,6 +628,7 @@ class Commands:
         sched = getattr(self.gateway, "scheduler", None)
         schedule = {"retry_times": list(sched.retry_times) if sched else [],
                     "next_run_times": sched.next_run_times() if sched else []}
-        return {"role": role["role"], "role_since": role["since"], "schedule": schedule,
+        return {"role": role["role"], "role_since": role["since"], "leases": role.get("leases", {}),
+                "schedule": schedule,
                 "database": database, "banks": banks,
                 "core": {"base_url": self.gateway.core.base if self.gateway.core else None}}

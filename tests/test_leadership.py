@@ -502,7 +502,8 @@ async def test_standby_daemon_never_polls_the_core_until_it_becomes_active(react
 @pytest_twisted.ensureDeferred
 async def test_per_bank_mode_makes_a_core_lease_and_one_per_bank(reactor, tmp_path):
     """[ha] mode = "per-bank": the service holds "core" and one lease per bank; each bank's
-    flow is fenced by its own bank's lease, and holding the bank's lease is what starts it."""
+    flow is fenced by its own bank's lease, holding the bank's lease is what starts it, and
+    `health` lists each lease with its role and epoch."""
     from gateway import config as configmod
     from gateway.service import make_service
     from simulators import harness
@@ -523,6 +524,12 @@ async def test_per_bank_mode_makes_a_core_lease_and_one_per_bank(reactor, tmp_pa
             return sims.core.api_requests > 0
         await wait_for(reactor, polled, 30, "the bank's lease to start its flow")
         assert bank_lead.active and gw.tickers[harness.BANK_ID].running
+        from gateway.rpc_api import Caller
+        health = await gw.commands.call("health", {}, Caller("unix", "test"))
+        assert health["role"] == ACTIVE
+        lease = health["leases"][harness.BANK_ID]
+        assert lease["role"] == ACTIVE and lease["epoch"] == bank_lead.epoch and lease["acts_for_s"] > 0
+        assert set(health["leases"]) == {CORE, harness.BANK_ID}
     finally:
         if gw.running:
             await gw.stopService()
