@@ -675,6 +675,10 @@ class BankFlow(RefundSteps, Article26Steps, LateReturnSteps, CorePushSteps):
             await self.db.run(lambda c: c.execute(update(batches).where(
                 batches.c.batch_no == b["batch_no"]).values(state=BatchState.BUILDING)))
             return
+        fence = getattr(self.db, "fence", None)
+        if fence is not None:
+            # No transaction precedes an upload: the bytes leave only while the lease is ours.
+            fence.check()
         await self.adapter.deliver_batch(b, self)
         await self.db.run(lambda conn: conn.execute(update(batches).where(
             batches.c.batch_no == b["batch_no"]).values(state=BatchState.UPLOADED, updated_at=self.at())))
