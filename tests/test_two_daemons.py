@@ -9,7 +9,7 @@ daemon's active intervals come from its own log lines ("leadership: now active .
 and from the database's `lease_terms`.
 
 Settings are the defaults a site gets ([ha] lease_s 8, margin_s 2, retry_s 2), so the
-takeover figures printed are the ones an operator would see. Each test takes 20-35 s.
+takeover figures printed are the ones an operator would see. Each test takes 40-50 s.
 """
 
 from __future__ import annotations
