@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 ITEMS  ?= 100000
 
-.PHONY: demo test bench services clean pins mutate
+.PHONY: demo test bench services clean pins mutate chaos
 
 # Every dependency and the build tools (pip, setuptools, wheel) come from constraints.txt by hash
 # (--require-hashes); the project itself is then installed editable with --no-deps and without build
@@ -49,6 +49,15 @@ bench: $(STAMP)
 ## MODULES="--module gateway/rules.py" narrows it; the table of killed/survived is printed last.
 mutate: $(STAMP) services
 	$(BIN)/python tools/mutate.py --jobs 2 $(MODULES) --json var/mutate.json
+
+## The fault campaign (not part of `make test`): the real daemon through bank, core, database and
+## SIGKILL faults for DURATION seconds, checked against the banks' ledgers; table printed last,
+## exit 1 on a violation. DB=sqlite or a PostgreSQL server URL (a fresh database is made on it).
+SEED     ?= 1
+DURATION ?= 300
+DB       ?= sqlite
+chaos: $(STAMP) services
+	$(BIN)/python -m chaos.run --seed $(SEED) --duration $(DURATION) --db '$(DB)'
 
 clean:
 	rm -rf var build *.egg-info

@@ -153,16 +153,38 @@ class _Jail:
         return "/" if rel == "." else "/" + rel.replace(os.sep, "/")
 
 
+class Faults:
+    """Faults the next operations meet (the fault campaign, chaos/run.py): counters, each
+    used up by one file. `lose_uploads`: a rename into place answers success but the file is
+    dropped (a server that reports an upload it did not keep); `short_reads`: a file opened for
+    reading ends at half its size (listed and read while still being written); `corrupt_reads`:
+    a file opened for reading has one byte flipped in its first chunk."""
+
+    def __init__(self) -> None:
+        self.lose_uploads = 0
+        self.short_reads = 0
+        self.corrupt_reads = 0
+        self.injected: dict[str, int] = {"lose_upload": 0, "short_read": 0, "corrupt_read": 0}
+
+
 @implementer(ISFTPFile)
 class _File:
-    def __init__(self, fd: int, vpath: str, mode: str, observe: Observer) -> None:
+    def __init__(self, fd: int, vpath: str, mode: str, observe: Observer,
+                 limit: int | None = None, corrupt: bool = False) -> None:
         self.fd: int | None = fd
         self.vpath = vpath
         self.mode = mode
         self._observe = observe
+        self._limit = limit
+        self._corrupt = corrupt
 
     def readChunk(self, offset: int, length: int) -> bytes:
-        return os.pread(self.fd, min(length, MAX_READ), offset)
+        if self._limit is not None:
+            length = max(0, min(length, self._limit - offset))
+        data = os.pread(self.fd, min(length, MAX_READ), offset)
+        if self._corrupt and offset == 0 and data:
+            data = bytes([data[0] ^ 0x01]) + data[1:]
+        return data
 
     def writeChunk(self, offset: int, data: bytes) -> None:
         view = memoryview(data)
@@ -209,8 +231,10 @@ class _SFTPUser(avatar.ConchUser):
     """The logged-in user; also its own ISFTPServer, so Conch's
     ``ISFTPServer(avatar)`` finds it without a global adapter registration."""
 
-    def __init__(self, username: bytes, jail: _Jail, strict_rename: bool, observe: Observer) -> None:
+    def __init__(self, username: bytes, jail: _Jail, strict_rename: bool, observe: Observer,
+                 faults: Faults | None = None) -> None:
         super().__init__()
+        self.faults = faults or Faults()
         self.username = username
         self.jail = jail
         self.strict_rename = strict_rename
@@ -249,7 +273,25 @@ class _SFTPUser(avatar.ConchUser):
             os.close(fd)
             raise IsADirectoryError(errno.EISDIR, f"{vpath} is a directory")
         self._observe("open", vpath, mode)
-        return _File(fd, vpath, mode, self._observe)
+        limit, corrupt, f = None, False, self.faults
+        if mode == "r" and f.short_reads:
+            f.short_reads -= 1
+            f.injected["short_read"] += 1
+            limit = os.fstat(fd).st_size // 2
+        elif mode == "r" and f.corrupt_reads:
+            f.corrupt_reads -= 1
+            f.injected["corrupt_read"] += 1
+            corrupt = True
+        return _File(fd, vpath, mode, self._observe, limit, corrupt)
+
+    def _lost(self, old: str, newpath: bytes) -> bool:
+        """A rename into /in that the server answers OK but does not keep (Faults.lose_uploads)."""
+        if self.faults.lose_uploads and self.jail.virtual(newpath).startswith("/in/"):
+            self.faults.lose_uploads -= 1
+            self.faults.injected["lose_upload"] += 1
+            os.unlink(old)
+            return True
+        return False
 
     def removeFile(self, filename: bytes) -> None:
         real = self.jail.resolve(filename, follow=False)
@@ -259,6 +301,8 @@ class _SFTPUser(avatar.ConchUser):
     def renameFile(self, oldpath: bytes, newpath: bytes) -> None:
         old = self.jail.resolve(oldpath, follow=False)
         new = self.jail.resolve(newpath, follow=False)
+        if self._lost(old, newpath):
+            return
         if self.strict_rename:
             # OpenSSH's sftp-server: link + unlink, so an existing target is refused.
             try:
@@ -273,6 +317,8 @@ class _SFTPUser(avatar.ConchUser):
     def posixRename(self, oldpath: bytes, newpath: bytes) -> None:
         old = self.jail.resolve(oldpath, follow=False)
         new = self.jail.resolve(newpath, follow=False)
+        if self._lost(old, newpath):
+            return
         os.rename(old, new)
         self._observe("rename", self.jail.virtual(oldpath), self.jail.virtual(newpath))
 
@@ -340,15 +386,16 @@ class _Session(session.SSHSession):
 
 
 class _Realm:
-    def __init__(self, jail: _Jail, strict_rename: bool, observe: Observer) -> None:
+    def __init__(self, jail: _Jail, strict_rename: bool, observe: Observer, faults: Faults) -> None:
         self.jail = jail
         self.strict_rename = strict_rename
         self.observe = observe
+        self.faults = faults
 
     def requestAvatar(self, avatarId: bytes, mind: Any, *interfaces: Any) -> tuple[Any, Any, Any]:
         if IConchUser not in interfaces:
             raise NotImplementedError("only SSH users")
-        user = _SFTPUser(avatarId, self.jail, self.strict_rename, self.observe)
+        user = _SFTPUser(avatarId, self.jail, self.strict_rename, self.observe, self.faults)
         return IConchUser, user, lambda: None
 
 
@@ -366,7 +413,8 @@ class SFTPServerFactory(factory.SSHFactory):
     """Conch SSH factory serving the jailed SFTP subsystem.
 
     ``connections`` holds the live server transports (tests use it to stall
-    or cut a connection); :meth:`listen` binds it.
+    or cut a connection); ``faults`` (Faults) the faults the next operations meet;
+    :meth:`listen` binds it.
     """
 
     protocol = _ServerTransport
@@ -403,7 +451,8 @@ class SFTPServerFactory(factory.SSHFactory):
                 except Exception:
                     log.failure("on_operation observer failed for {op}", op=op)
 
-        realm = _Realm(self.jail, strict_rename, observe)
+        self.faults = Faults()
+        realm = _Realm(self.jail, strict_rename, observe, self.faults)
         checker = SSHPublicKeyChecker(InMemorySSHKeyDB({username.encode("utf-8"): authorized}))
         self.portal = Portal(realm, [checker])
 
@@ -442,6 +491,7 @@ def make_sftp_server_factory(
 
 
 __all__ = [
+    "Faults",
     "SFTPServerFactory",
     "generate_client_key",
     "generate_host_key",

@@ -118,6 +118,16 @@ class CoreSimulator:
 
     # --- in-process API -------------------------------------------------
 
+    def add_order(self, spec: datagen.OrderSpec) -> None:
+        """Finance funds one more order while the simulator runs (the fault campaign feeds
+        orders this way); it is listed from the next poll."""
+        if spec.order_no in self._specs:
+            raise ValueError(f"order_no {spec.order_no} appears twice")
+        self._specs[spec.order_no] = spec
+        self._oldest_first = sorted(self._specs.values(), key=self._sort_key)
+        if self._ports:
+            self._profile(spec).addErrback(lambda f: log.failure("computing order totals", f))
+
     @property
     def resource(self) -> Resource:
         """The twisted.web resource serving /api/ and /sim/ (for embedding in another Site)."""
