@@ -171,17 +171,26 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
-def test_each_kind_of_tampering_is_caught_and_named(tmp_path, case):
-    """Changing any member (with or without re-hashing and re-sealing the manifest) fails verification,
-    naming what is wrong; only the pinned key counts as the gateway's."""
-    url = f"sqlite:///{tmp_path}/gateway.db"
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> Path:
+    """One order's archive on SQLite, exported once for the tampering tests."""
+    d = tmp_path_factory.mktemp("export")
+    url = f"sqlite:///{d}/gateway.db"
     dbmod.upgrade(url)
     e = dbmod.make_engine(url)
     try:
-        out, _ = export(e, tmp_path)
+        out, _ = export(e, d)
     finally:
         e.dispose()
+    assert archive.verify_archive(str(out), public_key=SEAL.public_key).ok
+    return out
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_each_kind_of_tampering_is_caught_and_named(exported, tmp_path, case):
+    """Changing any member (with or without re-hashing and re-sealing the manifest) fails verification,
+    naming what is wrong; only the pinned key counts as the gateway's."""
+    out = exported
     which, change, reseal, words = CASES[case]
     bad = rebuild(out, tmp_path / "bad.tar.gz", lambda n, d: change(d) if which(n) else d, reseal=reseal)
     v = archive.verify_archive(str(bad), public_key=SEAL.public_key)
@@ -193,16 +202,10 @@ def test_each_kind_of_tampering_is_caught_and_named(tmp_path, case):
         assert "not by the expected" in archive.verify_archive(str(bad), fingerprint=SEAL.fingerprint).problem
 
 
-def test_members_added_or_dropped_are_caught(tmp_path):
+def test_members_added_or_dropped_are_caught(exported, tmp_path):
     """A member dropped is named as missing; one slipped in is named as not in the manifest; a file
     that is not a tar at all is refused as unreadable."""
-    url = f"sqlite:///{tmp_path}/gateway.db"
-    dbmod.upgrade(url)
-    e = dbmod.make_engine(url)
-    try:
-        out, _ = export(e, tmp_path)
-    finally:
-        e.dispose()
+    out = exported
     keep = lambda n, d: d  # noqa: E731
     v = archive.verify_archive(str(rebuild(out, tmp_path / "a.tar.gz", keep, drop="sheets/FS01-R02.pdf")))
     assert "sheets/FS01-R02.pdf is listed in the manifest but missing" in v.problem
