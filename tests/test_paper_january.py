@@ -68,3 +68,40 @@ async def test_cnbank_yearly_statement_reconciles_the_year(reactor, tmp_path):
     rec = yr["reconciliation"][harness.BANK_ID]
     assert rec["statement"]["periods"] == [f"Y{year}"] and rec["differences"] == [] and rec["matched"] >= 1, rec
     assert yr["january_check"]["ok"] and yr["total"]["paid"]["count"] + yr["total"]["failed"]["count"] >= 1
+
+
+@pytest.mark.parametrize("frm, to, period", [("2026-11-28", "2026-11-28", "D20261128"),
+                                             ("2026-11-01", "2026-11-30", "M202611"),
+                                             ("2026-01-01", "2026-12-31", "Y2026"),
+                                             ("2026-01-01", "2026-06-30", "M202601")])
+def test_iso_camt053_period(frm, to, period):
+    """A camt.053 over one day is a daily statement, over a calendar year the yearly one (the January
+    check), anything else the month it starts in."""
+    from adapters.iso20022.adapter import statement_period
+    assert statement_period(frm, to) == period
+
+
+def test_iso_yearly_camt053_is_stored_as_the_year(tmp_path):
+    """A verified camt.053 from 1 January to 31 December is stored as period Y{year}, which
+    report.yearly takes as the bank's yearly statement."""
+    import io
+
+    from adapters.iso20022.adapter import IsoAdapter
+    from gateway import db as dbmod
+    from protocols import iso20022 as I
+    url = f"sqlite:///{tmp_path}/g.db"
+    dbmod.upgrade(url)
+    e = dbmod.make_engine(url)
+    s = I.Statement("S2027010500001", "2027-01-05T08:00:00+08:00", "STMT-2026", "34001234567890123",
+                    "2026-01-01", "2026-12-31", 0, -500,
+                    (I.Entry("N1", 500, False, "2026-11-20", "BOOK", "FS01-1", None, None, "SN1"),))
+    out = io.BytesIO()
+    I.write_camt053(out, s)
+    with e.begin() as conn:
+        IsoAdapter._store_statement(SimpleNamespace(bank_id="ISO1"), conn, out.getvalue(), 1,
+                                    "2027-01-05T08:00:00+08:00")
+        yr = reports.yearly(conn, 2026, "ISO1")
+    e.dispose()
+    assert yr["reconciliation"]["ISO1"]["statement"]["periods"] == ["Y2026"]
+    assert yr["january_check"]["banks"]["ISO1"]["yearly_statement"]
+    assert [d["kind"] for d in yr["reconciliation"]["ISO1"]["differences"]] == ["bank_only"]

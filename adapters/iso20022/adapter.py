@@ -62,6 +62,17 @@ def _feed_key(since: str | None) -> str:
     return (since or "(start)")[:64]
 
 
+def statement_period(from_date: str, to_date: str) -> str:
+    """A camt.053's period as the reports name it: one day D{YYYYMMDD}, a whole calendar year
+    (1 January to 31 December) Y{YYYY} for the January check, anything else M{YYYYMM} of its start."""
+    day = from_date.replace("-", "")
+    if from_date == to_date:
+        return f"D{day}"
+    if from_date[5:] == "01-01" and to_date == f"{from_date[:4]}-12-31":
+        return f"Y{day[:4]}"
+    return f"M{day[:6]}"
+
+
 class _Judged:
     """One received document and what judging it found."""
 
@@ -475,11 +486,10 @@ class IsoAdapter:
                                  f"(status question: a report of this bank was refused)", recorder)
 
     def _store_statement(self, conn: Connection, doc: bytes, jid: int, at: str) -> None:
-        """Keep a verified camt.053 for report.monthly: one day is period D{date}, else M{month}."""
+        """Keep a verified camt.053 for report.monthly and report.yearly (period: statement_period)."""
         from gateway import statements
         st = iso.read_camt053(io.BytesIO(doc))
-        day = st.from_date.replace("-", "")
-        period = f"D{day}" if st.from_date == st.to_date else f"M{day[:6]}"
+        period = statement_period(st.from_date, st.to_date)
         entries = []
         for e in st.entries:
             if e.status != "BOOK" or not e.end_to_end_id:
