@@ -35,6 +35,7 @@ import hashlib
 import io
 import json
 import tarfile
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -76,6 +77,13 @@ class _Writer:
     def __init__(self, tar: tarfile.TarFile, mtime: int):
         self.tar, self.mtime, self.members = tar, mtime, []
 
+    def add_file(self, name: str, f, size: int) -> None:  # noqa: ANN001
+        info = tarfile.TarInfo(f"{ROOT}/{name}")
+        info.mtime, info.mode, info.size = self.mtime, 0o444, size
+        h = _Hashing(f)
+        self.tar.addfile(info, h)
+        self.members.append({"name": name, "size": h.n, "sha256": h.sha.hexdigest(), "sm3": h.sm3.hexdigest()})
+
     def add(self, name: str, data: bytes | None = None, *, path: str | None = None, size: int | None = None) -> None:
         info = tarfile.TarInfo(f"{ROOT}/{name}")
         info.mtime, info.mode = self.mtime, 0o444
@@ -107,8 +115,9 @@ class ExportResult:
     head: dict = field(default_factory=dict)
 
 
-def _own_entries(conn: Connection, *, order_no: str | None, month: tuple[int, int] | None) -> Iterator[dict]:
-    q = select(journal).order_by(journal.c.id)
+def _own_entries(conn: Connection, *, order_no: str | None, month: tuple[int, int] | None,
+                 upto: int) -> Iterator[dict]:
+    q = select(journal).where(journal.c.id <= upto).order_by(journal.c.id)
     if order_no is not None:
         bs = select(batches.c.batch_no).where(batches.c.order_no == order_no)
         q = q.where(or_(journal.c.order_no == order_no, journal.c.batch_no.in_(bs)))
@@ -139,9 +148,7 @@ def export_archive(conn: Connection, jr, seal: sealmod.Seal, out: str, *, at: st
     n_own, first = 0, None
     with tarfile.open(tmp, "w:gz", format=tarfile.PAX_FORMAT) as tar:
         w = _Writer(tar, mtime)
-        for e in _own_entries(conn, order_no=order_no, month=month):
-            if e["id"] > head["last_id"]:
-                break
+        for e in _own_entries(conn, order_no=order_no, month=month, upto=head["last_id"]):
             first = e["id"] if first is None else first
             n_own += 1
             payload_ref, payload = e.pop("payload_ref"), e.pop("payload")
@@ -154,7 +161,8 @@ def export_archive(conn: Connection, jr, seal: sealmod.Seal, out: str, *, at: st
             else:
                 w.add(f"journal/{e['id']}.payload", payload or b"")
         prev_hash = GENESIS
-        lines = io.BytesIO()
+        # The segment can run to millions of lines: spooled to disk past a few MB.
+        lines = tempfile.SpooledTemporaryFile(max_size=8 << 20)
         if first is not None:
             if first > 1:
                 prev_hash = conn.execute(select(journal.c.hash).where(journal.c.id == first - 1)).scalar_one()
@@ -163,7 +171,10 @@ def export_archive(conn: Connection, jr, seal: sealmod.Seal, out: str, *, at: st
                     select(*cols).where(journal.c.id >= first, journal.c.id <= head["last_id"])
                     .order_by(journal.c.id)):
                 lines.write(json.dumps([r[0], r[1], r[2] if len(r) > 2 else None]).encode() + b"\n")
-        w.add("chain/segment.jsonl", lines.getvalue())
+        size = lines.tell()
+        lines.seek(0)
+        w.add_file("chain/segment.jsonl", lines, size)
+        lines.close()
         if order_no is not None:
             w.add("corrections.json", _json([
                 {**dict(c), "old_values": _masked(c["old_values"]), "new_values": _masked(c["new_values"])}
