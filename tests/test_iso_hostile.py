@@ -173,11 +173,18 @@ async def test_a_page_over_the_cap_is_asked_smaller_then_alarmed_once(reactor, t
         await ip.flow.adapter.sync(ip.flow)
         cleared = await alarmed()
         statement = await ip.query("SELECT count(*) AS n FROM bank_reports WHERE kind = 'camt.053.001.08'")
+        # Too large again with nothing new behind it: alarmed, then cleared by an empty page.
+        bank.pad_pages(150_000, when_limit_over=0)
+        await ip.flow.adapter.sync(ip.flow)
+        bank.pad_pages(0)
+        await ip.flow.adapter.sync(ip.flow)
+        empty = await alarmed()
     finally:
         await _close(ip, bank)
     assert len(stuck) == 1 and stuck[0]["count"] >= 6 and stuck[0]["cleared_at"] is None
     assert after == before
     assert cleared[0]["cleared_at"] is not None and statement == [{"n": 1}]
+    assert len(empty) == 2 and all(a["cleared_at"] is not None for a in empty)
 
 
 @pytest_twisted.ensureDeferred

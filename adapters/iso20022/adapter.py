@@ -110,6 +110,7 @@ class IsoAdapter:
         self.journal_store = journal_store   # gateway.journal.Journal: reads kept documents back
         self._page_limit: dict[str | None, int] = {}   # cursor -> page size that fits, after a page too large
         self._asked_again: dict[str, int] = {}
+        self._faulted: set[str] = set()     # cursors whose page could not be taken (alarm open)
         os.makedirs(work_dir, exist_ok=True)
 
     # --- documents -----------------------------------------------------------------
@@ -388,6 +389,7 @@ class IsoAdapter:
 
     async def _feed_fault(self, recorder, kind: str, since: str | None, why: str) -> None:
         """A page that cannot be taken at all: one alarm episode per cursor, journaled once."""
+        self._faulted.add(_feed_key(since))
         def rec(conn: Connection) -> bool:
             key = _feed_key(since)
             first = not conn.execute(select(alarms.c.id).where(
@@ -436,6 +438,11 @@ class IsoAdapter:
                 await self._feed_fault(recorder, "feed-page-malformed", since, str(e))
                 break
             if not reports:
+                if _feed_key(since) in self._faulted:      # readable again, nothing new in it
+                    await recorder.read(lambda conn, key=_feed_key(since): [
+                        recorder.clear_in(conn, kind, key=key) for kind in ("feed-page-too-large",
+                                                                           "feed-page-malformed")])
+                    self._faulted.discard(_feed_key(since))
                 break
             now = datetime.datetime.fromtimestamp(recorder.now(), datetime.timezone.utc)
             judged = []
@@ -443,6 +450,7 @@ class IsoAdapter:
                 judged.append(await deferToThread(self._judge, r, now))
             new_cursor = nxt if nxt is not None else reports[-1].cursor
             n, bad = await self._keep_page(recorder, judged, since, new_cursor)
+            self._faulted.discard(_feed_key(since))
             kept += n
             refused += bad
             self._page_limit.pop(since, None)
