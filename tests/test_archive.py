@@ -277,3 +277,36 @@ def test_gatewayctl_archive_export_and_verify_without_config(tmp_path):
     with tarfile.open(month) as tar:
         assert {"archive/reports/monthly.xlsx", "archive/reports/monthly.pdf", "archive/reports/register.json",
                 "archive/sheets/FS02-P01.pdf"} <= set(tar.getnames())
+
+
+def test_keyed_journal_macs_travel_and_are_checked_with_the_key(tmp_path):
+    """With a keyed journal the segment carries each entry's MAC and the head's keyed_from; verify with
+    the journal key checks them, and a MAC changed in the segment (manifest re-sealed with the real
+    seal) is caught only with the key."""
+    key = journalmod.JournalKey(bytes(range(32)), "test")
+    url = f"sqlite:///{tmp_path}/gateway.db"
+    dbmod.upgrade(url)
+    e = dbmod.make_engine(url)
+    jr = Journal(str(tmp_path / "journal-archive"), key=key)
+    try:
+        with e.begin() as conn:
+            paper_seed.seed(conn, jr)
+            sheets.ensure_sheet(conn, jr, SEAL, "FS01-P01", AT)
+        out = tmp_path / "keyed.tar.gz"
+        with e.connect() as conn:
+            archive.export_archive(conn, jr, SEAL, str(out), at=AT, order_no="FS01", sheets_for=["FS01-P01"])
+    finally:
+        e.dispose()
+    v = archive.verify_archive(str(out), public_key=SEAL.public_key, journal_key=key)
+    assert v.ok and v.head["keyed_from"] == 1, v.problem
+
+    def bad_mac(name, data):
+        if name != "chain/segment.jsonl":
+            return data
+        lines = [json.loads(x) for x in data.splitlines()]
+        lines[0][2] = "0" * 64
+        return b"".join(json.dumps(x).encode() + b"\n" for x in lines)
+    bad = rebuild(out, tmp_path / "bad.tar.gz", bad_mac, reseal=SEAL)
+    assert archive.verify_archive(str(bad), public_key=SEAL.public_key).ok
+    v = archive.verify_archive(str(bad), public_key=SEAL.public_key, journal_key=key)
+    assert not v.ok and "MAC does not match" in v.problem
