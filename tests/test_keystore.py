@@ -280,3 +280,25 @@ def test_subject_parsing():
     assert name.rfc4514_string() == "CN=gateway,O=某市财政局\\, 惠民,C=CN"
     with pytest.raises(KeystoreError, match="unknown attribute 'XX'"):
         keystore.parse_subject("XX=1")
+
+
+def test_private_key_encrypted_tells_plain_from_encrypted_in_every_format(tmp_path):
+    """private_key_encrypted (what allow_unencrypted is judged by) says True for encrypted PKCS#8 (SM2
+    and RSA), legacy PEM and OpenSSH bcrypt, and False for each of them in clear."""
+    sm2 = sm.generate_keypair()
+    keyfile.write_private_key_file(tmp_path / "plain.pem", sm2)
+    keyfile.write_private_key_file(tmp_path / "enc.pem", sm2, passphrase=b"pw")
+    assert not keystore.private_key_encrypted((tmp_path / "plain.pem").read_bytes())
+    assert keystore.private_key_encrypted((tmp_path / "enc.pem").read_bytes())
+    rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    ed = ed25519.Ed25519PrivateKey.generate()
+    enc = serialization.BestAvailableEncryption(b"pw")
+    plain = serialization.NoEncryption()
+    cases = [
+        (rsa_key, serialization.PrivateFormat.PKCS8),
+        (rsa_key, serialization.PrivateFormat.TraditionalOpenSSL),
+        (ed, serialization.PrivateFormat.OpenSSH),
+    ]
+    for key, fmt in cases:
+        assert not keystore.private_key_encrypted(key.private_bytes(serialization.Encoding.PEM, fmt, plain)), fmt
+        assert keystore.private_key_encrypted(key.private_bytes(serialization.Encoding.PEM, fmt, enc)), fmt
