@@ -79,6 +79,15 @@ async def test_rjct_of_a_retry_batch_sends_only_its_own_items_again(reactor, tmp
         _credited_once(env, o, range(1, s.count + 1))
         final = await _states(env, o)
         assert set(st for st, _ in final.values()) == {"PAID"}
+        # A return listed under P01 for an item paid in R03 is not that batch's: not applied.
+        p01 = (await env.query("select * from batches where batch_no=:b", b=f"{o}-P01"))[0]
+        amt = (await env.query("select amount from items where seq=:s", s=failed[0]))[0]["amount"]
+        jid = (await env.query("select max(id) m from journal"))[0]["m"]
+        await env.db.run(env.flow._apply_returns, p01, [LateReturn("RTX-9", failed[0], amt, "R004",
+                                                                   "20261203")], jid)
+        assert (await _states(env, o))[failed[0]] == ("PAID", f"{o}-R03")
+        assert await env.query("select 1 from alarms where kind='late-return-unmatched'")
+        assert [r["seq"] for r in await env.query("select seq from batches order by seq")] == [1, 2, 3]
         assert (await env.query("select state from orders"))[0]["state"] == "SETTLED"
     finally:
         await env.close()
@@ -161,15 +170,18 @@ async def test_a_late_return_that_matches_no_paid_item_is_alarmed_not_applied(re
         assert len(paid) >= 2 and failed, st
         b = (await env.query("select * from batches"))[0]
         amount = {r["seq"]: r["amount"] for r in await env.query("select seq, amount from items")}
+        assert amount[paid[0]] != amount[paid[1]]
         wrong = [LateReturn("RTX-1", failed[0], amount[failed[0]], "R004", "20261201"),
-                 LateReturn("RTX-2", paid[0], amount[paid[0]] + 1, "R004", "20261201")]
+                 LateReturn("RTX-2", paid[0], amount[paid[0]] + 1, "R004", "20261201"),
+                 # one item's seq with another paid item's amount: matches neither
+                 LateReturn("RTX-5", paid[0], amount[paid[1]], "R004", "20261201")]
         await env.db.run(env.flow._apply_returns, b, wrong, None)
         assert await _states(env, o) == st
         alarms = await env.query("select severity, count, message, last_message from alarms "
                                  "where kind='late-return-unmatched'")
         # one episode per batch (gateway/alarms.py), seen once per unmatched return
-        assert [(a["severity"], a["count"]) for a in alarms] == [("critical", 2)], alarms
-        assert "RTX-1" in alarms[0]["message"] and "RTX-2" in alarms[0]["last_message"]
+        assert [(a["severity"], a["count"]) for a in alarms] == [("critical", 3)], alarms
+        assert "RTX-1" in alarms[0]["message"] and "RTX-5" in alarms[0]["last_message"]
         assert not await env.query("select 1 from late_returns")
         jid = (await env.query("select max(id) m from journal"))[0]["m"]
         # Another bank's return may carry the same serial: serials are unique per bank only.
@@ -187,7 +199,7 @@ async def test_a_late_return_that_matches_no_paid_item_is_alarmed_not_applied(re
         assert (await _states(env, o))[paid[1]] == ("FAILED", b["batch_no"])
         # the repeat was recognised by its serial, not refused as unmatched
         assert [a["count"] for a in await env.query(
-            "select count from alarms where kind='late-return-unmatched'")] == [2]
+            "select count from alarms where kind='late-return-unmatched'")] == [3]
         assert (await _states(env, o))[paid[0]] == ("FAILED", b["batch_no"])
         # Whatever the gateway thinks, the bank's books were not touched by made-up returns.
         assert not env.sims.bank.double_credits()
