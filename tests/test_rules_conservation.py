@@ -154,3 +154,27 @@ async def test_rpc_changes_that_would_unbalance_the_order_change_nothing(reactor
         assert not await env.query("select 1 from corrections")
     finally:
         await env.close()
+
+
+@pytest.mark.loopback
+@pytest_twisted.ensureDeferred
+async def test_a_late_return_on_an_unbalanced_order_is_refused(reactor, tmp_path):
+    """A late return applied to an order that no longer balances is refused whole: the
+    transaction rolls back (the item stays PAID, no return is recorded), so it is asked again
+    once the order is put right."""
+    from adapters.interface import LateReturn
+    o = "CONS0004"
+    env = await in_process(reactor, tmp_path, [spec(o, 3)])
+    try:
+        await env.until(lambda: env.query("select 1 from orders where state='SETTLED'"), what="SETTLED")
+        b = (await env.query("select * from batches"))[0]
+        it = (await env.query("select seq, amount from items order by seq"))[0]
+        jid = (await env.query("select max(id) m from journal"))[0]["m"]
+        await _unbalance(env, o)
+        with pytest.raises(ConservationError):
+            await env.db.run(env.flow._apply_returns, b,
+                             [LateReturn("RTC-1", it["seq"], it["amount"], "R004", "20261201")], jid)
+        assert (await env.query("select status from items where seq=:s", s=it["seq"]))[0]["status"] == "PAID"
+        assert not await env.query("select 1 from late_returns")
+    finally:
+        await env.close()
