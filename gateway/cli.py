@@ -388,6 +388,8 @@ def gatewayctl_main(argv: list[str] | None = None) -> None:
     cli_alarms.add_parser(sub)
     from gateway import cli_corrections
     cli_corrections.add_parser(sub)
+    from gateway import cli_console
+    cli_console.add_parser(sub)   # console add-user
     sub.add_parser("check-config", help="validate the configuration and exit").set_defaults(
         fn=lambda cfg, a: (print(json.dumps({"ok": True, "banks": sorted(cfg.banks)})), 0)[1])
     _add_keys_parser(sub)
@@ -396,7 +398,7 @@ def gatewayctl_main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if args.group == "keys":
         _run_keys(args)   # key files need no valid configuration (keys check reads it itself)
-    if getattr(args, "no_config", False):
+    if getattr(args, "no_config", False) or (args.group == "console" and args.users_file and not args.config):
         raise SystemExit(args.fn(None, args))   # sheet verify, archive verify: offline, for auditors
     if not args.config:
         p.error("the following arguments are required: --config")

@@ -315,6 +315,20 @@ class MetricsSettings:
 
 
 @dataclass(frozen=True)
+class ConsoleSettings:
+    """[console]: the operations console in the browser (gateway/console/)."""
+
+    host: str                  # loopback unless tls_cert and tls_key are set
+    port: int
+    users_file: str            # `gatewayctl console add-user` writes it (bcrypt hashes, 0600)
+    session_s: float           # a session ends this long after its last request
+    lockout_after: int         # wrong passwords in a row before an account is locked...
+    lockout_s: float           # ...for this long
+    tls_cert: str = ""         # PEM certificate and key: required for any address but loopback
+    tls_key: str = ""
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     file: str
     database_url: str
@@ -339,6 +353,7 @@ class GatewayConfig:
     journal_auth: JournalAuth = field(default_factory=lambda: JournalAuth())   # [journal] key, head export
     paper: PaperSettings | None = None  # [paper]: None = sheets cannot be sealed
     metrics: MetricsSettings | None = None  # [metrics]: None = no /metrics endpoint
+    console: ConsoleSettings | None = None  # [console]: None = no console
 
 
 _GATEWAY_TOP = {
@@ -355,6 +370,7 @@ _GATEWAY_TOP = {
     "ha": _Field(dict, {}),
     "paper": _Field(dict, None),
     "metrics": _Field(dict, None),
+    "console": _Field(dict, None),
 }
 _DATABASE = {
     "url": _Field(str, check=_pattern(r"(sqlite:///.+|postgresql(\+psycopg)?://.+)",
@@ -454,6 +470,16 @@ _METRICS = {
                      _pattern(r"[0-9A-Za-z.:\[\]-]+:[0-9]{1,5}", "host:port, e.g. 127.0.0.1:9464")),
     "refresh_s": _Field(float, 15.0, _positive),
     "allow_remote": _Field(bool, False),
+}
+_CONSOLE = {
+    "listen": _Field(str, "127.0.0.1:8470",
+                     _pattern(r"[0-9A-Za-z.:\[\]-]+:[0-9]{1,5}", "host:port, e.g. 127.0.0.1:8470")),
+    "users_file": _Field(str, path=True),
+    "session_s": _Field(float, 1800.0, _positive),
+    "lockout_after": _Field(int, 5, _positive),
+    "lockout_s": _Field(float, 900.0, _positive),
+    "tls_cert": _Field(str, "", path=True),
+    "tls_key": _Field(str, "", path=True),
 }
 _LOG = {"format": _Field(str, "auto", _one_of("auto", "text", "json"))}
 _TESTING = {"crash_after": _Field(str, "")}
@@ -656,6 +682,27 @@ def load(path: str | os.PathLike) -> GatewayConfig:
                                         f"set metrics.allow_remote = true to serve them beyond this host")
             else:
                 metrics = MetricsSettings(host, int(port), mt["refresh_s"])
+    console = None
+    if top["console"] is not None:
+        ct = r.table(top["console"], "console", _CONSOLE)
+        if ct.get("listen"):
+            host, _, port = ct["listen"].rpartition(":")
+            host = host.strip("[]")
+            n_errors = len(errors)
+            if not 0 < int(port) < 65536:
+                r.err("console.listen", f"port {port} is not 1-65535")
+            elif host not in ("127.0.0.1", "::1", "localhost"):
+                for key in ("tls_cert", "tls_key"):
+                    if not ct.get(key):
+                        r.err(f"console.{key}", f"is required: console.listen {host} is not loopback, and "
+                                                f"passwords and personal data never cross the network in clear")
+            for key in ("tls_cert", "tls_key"):
+                _check_file(r, f"console.{key}", ct.get(key) or None)
+            if ct.get("tls_key"):
+                _check_private(r, "console.tls_key", ct["tls_key"])
+            if len(errors) == n_errors and ct.get("users_file"):
+                console = ConsoleSettings(host, int(port), ct["users_file"], ct["session_s"],
+                                          ct["lockout_after"], ct["lockout_s"], ct["tls_cert"], ct["tls_key"])
     rpc = None
     if top["rpc"] is not None:
         rt = r.table(top["rpc"], "rpc", _RPC)
@@ -721,7 +768,7 @@ def load(path: str | os.PathLike) -> GatewayConfig:
         retry_times=tuple(sorted(schedule["retry_times"] or ())), ha_retry_s=ha["retry_s"],
         ha_mode=ha["mode"], ha_lease_s=ha["lease_s"], ha_margin_s=ha["margin_s"],
         ha_prefer=tuple(str(b) for b in ha["prefer"] or ()),
-        paper=paper, metrics=metrics,
+        paper=paper, metrics=metrics, console=console,
     )
 
 

@@ -391,4 +391,13 @@ def make_service(cfg: GatewayConfig, reactor=None) -> Gateway:
     if cfg.metrics is not None:
         _MetricsService(reactor, cfg.metrics, database,
                         {"work": cfg.work_dir, "journal": cfg.journal_archive_dir}).setServiceParent(gw)
+    if cfg.console is not None:
+        from gateway.console.auth import UsersFileError
+        from gateway.console.service import ConsoleService
+        try:
+            ConsoleService(reactor, cfg.console, cfg.database_url, gw, journal,
+                           cfg.journal_auth.key).setServiceParent(gw)
+        except UsersFileError as e:
+            engine.dispose()
+            raise StartupError(f"{cfg.file}: console.users_file: {e}") from None
     return gw

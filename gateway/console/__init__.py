@@ -1,0 +1,5 @@
+"""The operations console in the browser (运维控制台): served by the daemon on [console] listen.
+
+auth.py (accounts, lockout, sessions, CSRF), queries.py (one read a page), web.py (the
+twisted.web resource), service.py (the listener), templates/ and static/ (no CDN).
+"""

@@ -1,0 +1,212 @@
+"""The console's reads: one function a page, each a handful of indexed queries.
+
+A million-item order costs one grouped count (status, reason) per view; its items are
+paged by seq (keyset: `seq > after ... LIMIT n` on the primary key), never counted or
+offset again. The journal is paged by id the same way. Every personal datum leaves here
+masked unless the caller asks for one clear value (auditor's reveal, journaled by the page).
+"""
+
+from __future__ import annotations
+
+import json
+
+from sqlalchemy import Connection, and_, func, or_, select
+
+from gateway.journal import current_head
+from gateway.masking import mask, mask_text
+from gateway.models import (BatchState, ItemStatus, alarms, batches, corrections, disputes, items, journal,
+                            orders, refunds)
+
+PAGE = 50
+WAITING_ON_BANK = (BatchState.UPLOADED, BatchState.SUBMITTING, BatchState.ACCEPTED)
+IN_FLIGHT = tuple(s for s in ItemStatus.ALL if s not in (ItemStatus.PAID, ItemStatus.REFUNDED))
+
+
+def yuan(fen: int | None) -> str:
+    """12345 -> '123.45'; the console shows money in 元 only."""
+    if fen is None:
+        return "-"
+    sign = "-" if fen < 0 else ""
+    fen = abs(int(fen))
+    return f"{sign}{fen // 100:,}.{fen % 100:02d}"
+
+
+def overview(conn: Connection, today: str) -> dict:
+    sev = {r.severity: r.n for r in conn.execute(
+        select(alarms.c.severity, func.count().label("n")).where(alarms.c.cleared_at.is_(None))
+        .group_by(alarms.c.severity))}
+    open_list = [dict(r) for r in conn.execute(
+        select(alarms).where(alarms.c.cleared_at.is_(None)).order_by(alarms.c.id.desc()).limit(20)).mappings()]
+    by_state = [dict(r) for r in conn.execute(
+        select(orders.c.state, func.count().label("n"), func.sum(orders.c.total_amount).label("amount"))
+        .group_by(orders.c.state).order_by(orders.c.state)).mappings()]
+    waiting = [dict(r) for r in conn.execute(
+        select(batches.c.bank_id, func.count().label("n"), func.min(batches.c.created_at).label("oldest"))
+        .where(batches.c.state.in_(WAITING_ON_BANK)).group_by(batches.c.bank_id)).mappings()]
+    oldest = conn.execute(select(batches.c.batch_no, batches.c.order_no, batches.c.bank_id, batches.c.state,
+                                 batches.c.created_at)
+                          .where(batches.c.state.in_(WAITING_ON_BANK))
+                          .order_by(batches.c.created_at).limit(1)).mappings().first()
+    deadlines = []
+    for what, col, done in (("银行结果 bank results", batches.c.bank_due, batches.c.state.in_(WAITING_ON_BANK)),
+                            ("第26条核对 article 26 check", batches.c.confirm_due,
+                             and_(batches.c.confirmed_at.is_(None), batches.c.state == BatchState.DONE))):
+        for r in conn.execute(select(batches.c.batch_no, batches.c.order_no, batches.c.bank_id, col.label("due"))
+                              .where(done, col.is_not(None), col <= today).order_by(col).limit(50)).mappings():
+            deadlines.append({**r, "what": what, "overdue": r["due"] < today})
+    for r in conn.execute(select(disputes.c.dispute_no, disputes.c.batch_no, disputes.c.order_no,
+                                 disputes.c.bank_id, disputes.c.due)
+                          .where(disputes.c.state.in_(("NEW", "SUBMITTING")), disputes.c.due.is_not(None),
+                                 disputes.c.due <= today).limit(50)).mappings():
+        deadlines.append({**r, "what": "争议 dispute", "overdue": r["due"] < today})
+    return {"alarms_by_severity": sev, "open_alarms": open_list, "orders_by_state": by_state,
+            "waiting": waiting, "oldest": dict(oldest) if oldest else None, "deadlines": deadlines}
+
+
+def search_orders(conn: Connection, f: dict, after: str | None = None) -> list[dict]:
+    q = select(orders.c.order_no, orders.c.bank_id, orders.c.project_code, orders.c.project_name,
+               orders.c.state, orders.c.total_count, orders.c.total_amount, orders.c.funded_at)
+    if f.get("order_no"):
+        q = q.where(orders.c.order_no.like(f["order_no"].replace("%", "") + "%"))
+    if f.get("bank"):
+        q = q.where(orders.c.bank_id == f["bank"])
+    if f.get("project"):
+        q = q.where(or_(orders.c.project_code == f["project"], orders.c.project_name.like(f"%{f['project']}%")))
+    if f.get("state"):
+        q = q.where(orders.c.state == f["state"])
+    if f.get("funded"):
+        q = q.where(orders.c.funded_at.like(f["funded"] + "%"))
+    if after:
+        q = q.where(orders.c.order_no > after)
+    return [dict(r) for r in conn.execute(q.order_by(orders.c.order_no).limit(PAGE)).mappings()]
+
+
+def _masked_json(text: str | None) -> dict:
+    try:
+        v = json.loads(text or "{}")
+    except ValueError:
+        return {"?": mask_text(text or "")}
+    return {k: (mask(str(x)) if k in ("id_number", "account_no") else mask_text(str(x))) for k, x in v.items()} \
+        if isinstance(v, dict) else {"?": mask_text(str(v))}
+
+
+def order_page(conn: Connection, order_no: str) -> dict | None:
+    o = conn.execute(select(orders).where(orders.c.order_no == order_no)).mappings().first()
+    if o is None:
+        return None
+    # The one grouped count of this view (primary-key range of the order's items).
+    groups = [dict(r) for r in conn.execute(
+        select(items.c.status, items.c.reason_code, func.count().label("n"), func.sum(items.c.amount).label("amount"))
+        .where(items.c.order_no == order_no).group_by(items.c.status, items.c.reason_code)).mappings()]
+    sums: dict[str, int] = {}
+    for g in groups:
+        sums[g["status"]] = sums.get(g["status"], 0) + int(g["amount"] or 0)
+    paid, refunded = sums.get(ItemStatus.PAID, 0), sums.get(ItemStatus.REFUNDED, 0)
+    in_flight = sum(v for k, v in sums.items() if k in IN_FLIGHT)
+    bl = [dict(r) for r in conn.execute(select(batches).where(batches.c.order_no == order_no)
+                                        .order_by(batches.c.seq)).mappings()]
+    cs = [dict(r) for r in conn.execute(select(corrections).where(corrections.c.order_no == order_no)
+                                        .order_by(corrections.c.id.desc()).limit(200)).mappings()]
+    for c in cs:
+        c["old"], c["new"] = _masked_json(c["old_values"]), _masked_json(c["new_values"])
+    rf = [dict(r) for r in conn.execute(select(refunds).where(refunds.c.order_no == order_no)
+                                        .order_by(refunds.c.created_at)).mappings()]
+    for r in rf:
+        r["returned_to"] = mask(r["returned_to"]) if r["returned_to"] else r["returned_to"]
+    return {"order": dict(o), "groups": groups, "paid": paid, "refunded": refunded, "in_flight": in_flight,
+            "balanced": int(o["total_amount"]) == paid + refunded + in_flight,
+            "batches": bl, "corrections": cs, "refunds": rf}
+
+
+def order_items(conn: Connection, order_no: str, status: str | None, reason: str | None,
+                after: int = 0, limit: int = PAGE) -> list[dict]:
+    """One page of items after seq *after* (keyset on the primary key), masked."""
+    q = select(items.c.seq, items.c.name, items.c.id_number, items.c.account_no, items.c.account_bank,
+               items.c.amount, items.c.status, items.c.batch_no, items.c.reason_code, items.c.reason_text,
+               items.c.result_at).where(items.c.order_no == order_no, items.c.seq > after)
+    if status:
+        q = q.where(items.c.status == status)
+    if reason:
+        q = q.where(items.c.reason_code == reason)
+    out = []
+    for r in conn.execute(q.order_by(items.c.seq).limit(limit)).mappings():
+        d = dict(r)
+        d["id_number"], d["account_no"] = mask(d["id_number"]), mask(d["account_no"])
+        out.append(d)
+    return out
+
+
+def item_page(conn: Connection, order_no: str, seq: int) -> dict | None:
+    it = conn.execute(select(items).where(items.c.order_no == order_no, items.c.seq == seq)).mappings().first()
+    if it is None:
+        return None
+    d = dict(it)
+    d["id_number"], d["account_no"] = mask(d["id_number"]), mask(d["account_no"])
+    cs = [dict(r) for r in conn.execute(select(corrections).where(corrections.c.order_no == order_no,
+                                                                  corrections.c.seq == seq)
+                                        .order_by(corrections.c.id)).mappings()]
+    for c in cs:
+        c["old"], c["new"] = _masked_json(c["old_values"]), _masked_json(c["new_values"])
+    return {"item": d, "corrections": cs}
+
+
+def clear_item_field(conn: Connection, order_no: str, seq: int, fieldname: str) -> str | None:
+    col = {"id_number": items.c.id_number, "account_no": items.c.account_no}[fieldname]
+    return conn.execute(select(col).where(items.c.order_no == order_no, items.c.seq == seq)).scalar_one_or_none()
+
+
+JOURNAL_COLS = (journal.c.id, journal.c.at, journal.c.direction, journal.c.peer, journal.c.channel,
+                journal.c.tx_code, journal.c.msg_id, journal.c.order_no, journal.c.batch_no, journal.c.verified,
+                journal.c.payload_size)
+
+
+def search_journal(conn: Connection, f: dict, before: int | None = None) -> list[dict]:
+    """Newest first, PAGE entries with id < *before* (keyset by id)."""
+    q = select(*JOURNAL_COLS)
+    if f.get("bank"):
+        q = q.where(journal.c.peer == f["bank"])
+    if f.get("order"):
+        q = q.where(journal.c.order_no == f["order"])
+    if f.get("batch"):
+        q = q.where(journal.c.batch_no == f["batch"])
+    if f.get("type"):
+        q = q.where(journal.c.tx_code == f["type"])
+    if f.get("direction"):
+        q = q.where(journal.c.direction == f["direction"])
+    if f.get("since"):
+        q = q.where(journal.c.at >= f["since"])
+    if f.get("until"):
+        q = q.where(journal.c.at < f["until"])
+    if f.get("verified") == "ok":
+        q = q.where(journal.c.verified == "ok")
+    elif f.get("verified") == "failed":
+        q = q.where(journal.c.verified.like("failed%"))
+    elif f.get("verified") == "n/a":
+        q = q.where(journal.c.verified == "n/a")
+    if before:
+        q = q.where(journal.c.id < before)
+    return [dict(r) for r in conn.execute(q.order_by(journal.c.id.desc()).limit(PAGE)).mappings()]
+
+
+def journal_entry(conn: Connection, entry_id: int) -> dict | None:
+    r = conn.execute(select(journal).where(journal.c.id == entry_id)).mappings().first()
+    return dict(r) if r else None
+
+
+def chain_status(conn: Connection, key) -> dict:  # noqa: ANN001
+    h = current_head(conn, key)
+    return {"last_id": h.last_id, "last_hash": h.last_hash, "problem": h.problem}
+
+
+def alarm_list(conn: Connection, which: str, before: int | None = None) -> list[dict]:
+    q = select(alarms)
+    if which == "open":
+        q = q.where(alarms.c.cleared_at.is_(None))
+    if before:
+        q = q.where(alarms.c.id < before)
+    return [dict(r) for r in conn.execute(q.order_by(alarms.c.id.desc()).limit(PAGE)).mappings()]
+
+
+def alarm(conn: Connection, alarm_id: int) -> dict | None:
+    r = conn.execute(select(alarms).where(alarms.c.id == alarm_id)).mappings().first()
+    return dict(r) if r else None

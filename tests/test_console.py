@@ -1,0 +1,172 @@
+"""The console's parts that need no browser: accounts and the users file, lockout and session
+expiry on an injected clock, CSRF tokens, [console] settings, `gatewayctl console add-user`,
+and the queries' paging and masking on a real database (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+
+import pytest
+from sqlalchemy import insert
+
+from gateway import config as configmod
+from gateway.console import queries as Q
+from gateway.console.auth import Auth, UsersFileError, add_user, read_users
+from tests.test_config import _edit, _has, inst  # noqa: F401  (fixture)
+
+ID = "110101199003078515"
+ACCT = "6222020200112233445"
+
+
+class Clock:
+    def __init__(self):
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def _auth(tmp_path, **kw) -> tuple[Auth, Clock]:
+    path = str(tmp_path / "users")
+    add_user(path, "wang", "operator", "correct horse", rounds=4)
+    clock = Clock()
+    return Auth(read_users(path), clock, **kw), clock
+
+
+def test_users_file_holds_bcrypt_hashes_only_and_is_0600(tmp_path):
+    """add_user writes name:role:bcrypt-hash, mode 0600, never the password; a second call replaces
+    the account; a bad role, name or short password is refused; a clear-text line is refused on read."""
+    path = str(tmp_path / "users")
+    add_user(path, "wang", "viewer", "correct horse", rounds=4)
+    add_user(path, "li", "auditor", "battery staple", rounds=4)
+    add_user(path, "wang", "operator", "another secret", rounds=4)
+    text = open(path).read()
+    assert "correct horse" not in text and "another secret" not in text and "battery staple" not in text
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    users = read_users(path)
+    assert {n: a.role for n, a in users.items()} == {"wang": "operator", "li": "auditor"}
+    assert users["wang"].hash.startswith(b"$2b$")
+    for name, role, pw in (("x y", "viewer", "longenough"), ("x", "admin", "longenough"), ("x", "viewer", "short")):
+        with pytest.raises(UsersFileError):
+            add_user(path, name, role, pw, rounds=4)
+    (tmp_path / "clear").write_text("wang:viewer:correct horse\n")
+    with pytest.raises(UsersFileError, match="bcrypt"):
+        read_users(str(tmp_path / "clear"))
+
+
+def test_five_wrong_passwords_lock_the_account_for_the_lockout_time(tmp_path):
+    """The fifth wrong password locks the account: even the right one is refused until
+    lockout_s has passed on the clock; then the right one signs in. A success resets the count."""
+    auth, clock = _auth(tmp_path, lockout_after=5, lockout_s=900)
+    for _ in range(4):
+        assert auth.sign_in("wang", "wrong")[0] is None
+    s, _ = auth.sign_in("wang", "correct horse")
+    assert s is not None                                   # four wrong ones do not lock
+    for _ in range(5):
+        s, why = auth.sign_in("wang", "wrong")
+    assert s is None and "locked" in why
+    clock.t += 899
+    s, why = auth.sign_in("wang", "correct horse")
+    assert s is None and "locked" in why
+    clock.t += 2
+    s, why = auth.sign_in("wang", "correct horse")
+    assert s is not None and s.role == "operator", why
+    s2, why = auth.sign_in("nobody", "correct horse")
+    assert s2 is None and why == "用户名或密码错误 wrong name or password"
+
+
+def test_sessions_expire_after_idle_time_and_csrf_tokens_are_per_session(tmp_path):
+    """A session lives while used within session_s of its last request and is gone after;
+    its CSRF token is its own (another session's token, an empty one or none are refused)."""
+    auth, clock = _auth(tmp_path, session_s=60)
+    a, _ = auth.sign_in("wang", "correct horse")
+    b, _ = auth.sign_in("wang", "correct horse")
+    assert a.sid != b.sid and a.csrf != b.csrf
+    assert auth.csrf_ok(a, a.csrf)
+    assert not auth.csrf_ok(a, b.csrf) and not auth.csrf_ok(a, "") and not auth.csrf_ok(a, None)
+    clock.t += 59
+    assert auth.session(a.sid) is a                        # used: pushed back
+    clock.t += 59
+    assert auth.session(a.sid) is a
+    assert auth.session(b.sid) is None                     # idle 118 s > 60
+    clock.t += 61
+    assert auth.session(a.sid) is None
+    assert auth.session(None) is None and auth.session("forged") is None
+
+
+def test_console_settings_loopback_by_default_and_tls_required_elsewhere(inst):  # noqa: F811
+    """[console] defaults to 127.0.0.1:8470; another address without tls_cert and tls_key is
+    refused naming each missing key; with both (the key file private) it loads."""
+    users = inst.conf / "console-users"
+    add_user(str(users), "wang", "viewer", "correct horse", rounds=4)
+    text = inst.gateway.read_text()
+    inst.gateway.write_text(text + '\n[console]\nusers_file = "console-users"\n')
+    c = configmod.load(inst.gateway).console
+    assert (c.host, c.port, c.users_file, c.lockout_after, c.lockout_s) == \
+        ("127.0.0.1", 8470, str(users), 5, 900.0)
+    inst.gateway.write_text(text + '\n[console]\nusers_file = "console-users"\nlisten = "0.0.0.0:8470"\n')
+    errors = inst.errors()
+    assert _has(errors, inst.gateway, "console.tls_cert", "not loopback")
+    assert _has(errors, inst.gateway, "console.tls_key", "not loopback")
+    from tests import tlsfixtures
+    server = tlsfixtures.issue(tlsfixtures.make_ca(), "console.example", ips=("127.0.0.1",))
+    (inst.conf / "c.pem").write_bytes(server.cert_pem)
+    fd = os.open(inst.conf / "k.pem", os.O_WRONLY | os.O_CREAT, 0o600)
+    os.write(fd, server.key_pem)
+    os.close(fd)
+    inst.gateway.write_text(text + '\n[console]\nusers_file = "console-users"\nlisten = "0.0.0.0:8470"\n'
+                                   'tls_cert = "c.pem"\ntls_key = "k.pem"\n')
+    c = configmod.load(inst.gateway).console
+    assert c.host == "0.0.0.0" and c.tls_cert == str(inst.conf / "c.pem")
+
+
+def test_gatewayctl_console_add_user_writes_the_file_0600(tmp_path):
+    """`gatewayctl console add-user NAME --role auditor --users-file F --password-stdin` writes
+    an auditor with a bcrypt hash, 0600; an unknown role is refused by the parser."""
+    path = tmp_path / "users"
+    r = subprocess.run([sys.executable, "-c", "from gateway.cli import gatewayctl_main; gatewayctl_main()",
+                        "console", "add-user", "zhao", "--role", "auditor", "--users-file", str(path),
+                        "--password-stdin", "--rounds", "4"], input="s3cret-pass\n", capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert read_users(str(path))["zhao"].role == "auditor"
+    assert "s3cret-pass" not in path.read_text() and stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    r = subprocess.run([sys.executable, "-c", "from gateway.cli import gatewayctl_main; gatewayctl_main()",
+                        "console", "add-user", "zhao", "--role", "root", "--users-file", str(path),
+                        "--password-stdin"], input="s3cret-pass\n", capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "invalid choice" in r.stderr
+
+
+def test_order_items_page_by_seq_masked_and_grouped(db_url):
+    """An order's page: one grouped count gives the conservation line (funded = paid + refunded +
+    in flight) and the per-state counts; items come 50 at a time after a seq, filtered by state
+    and reason, with ID and account numbers masked."""
+    from gateway import db as dbmod
+    from gateway.models import items, orders
+    dbmod.upgrade(db_url)
+    engine = dbmod.make_engine(db_url)
+    with engine.begin() as conn:
+        conn.execute(insert(orders).values(order_no="O1", bank_id="b", budget_unit="u", project_code="P",
+                                           project_name="p", project_short="p", region="r", total_amount=120 * 100,
+                                           total_count=120, funded_at="2026-11-02", state="DISPATCHED",
+                                           created_at="x", updated_at="x"))
+        conn.execute(insert(items), [dict(order_no="O1", seq=i, name="n", id_number=ID, account_no=ACCT,
+                                          account_bank="b", amount=100, remark="",
+                                          status="PAID" if i % 3 else "FAILED",
+                                          reason_code=None if i % 3 else ("R001" if i % 2 else "R002"))
+                                     for i in range(1, 121)])
+        page = Q.order_page(conn, "O1")
+        assert (page["paid"], page["refunded"], page["in_flight"], page["balanced"]) == (8000, 0, 4000, True)
+        assert {(g["status"], g["reason_code"]): g["n"] for g in page["groups"]} == \
+            {("PAID", None): 80, ("FAILED", "R001"): 20, ("FAILED", "R002"): 20}
+        first = Q.order_items(conn, "O1", None, None)
+        assert [r["seq"] for r in first] == list(range(1, 51))
+        assert [r["seq"] for r in Q.order_items(conn, "O1", None, None, after=first[-1]["seq"])][:2] == [51, 52]
+        failed = Q.order_items(conn, "O1", "FAILED", "R002")
+        assert [r["seq"] for r in failed][:3] == [6, 12, 18] and len(failed) == 20
+        assert all(r["id_number"] == "1101**********8515" and r["account_no"] == "6222***********3445"
+                   for r in first)
+    engine.dispose()
