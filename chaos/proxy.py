@@ -70,7 +70,7 @@ class _Pipe:
             self.kill()
         elif f == "cut_mid":
             self.client.write(data[: max(1, len(data) // 2)])
-            self.kill()
+            self.kill_soon()
         elif f == "duplicate":
             self.client.write(data)
             self.client.write(data)
@@ -98,7 +98,7 @@ class _Pipe:
         if self.dead:
             return
         if self.fault == "cut_after_reply":
-            self.kill()
+            self.kill_soon()
         elif self.out_open == 0:
             self.client.loseConnection()
 
@@ -109,6 +109,11 @@ class _Pipe:
                 t.cancel()
         if self.peer is not None:
             self.peer.loseConnection()
+
+    def kill_soon(self) -> None:
+        """Abort once what was written has had a moment to leave (an abort drops the buffer)."""
+        self.dead = True
+        self.timers.append(self.proxy.reactor.callLater(0.05, self.kill))
 
     def kill(self) -> None:
         self.dead = True

@@ -85,6 +85,8 @@ class Plan:
     kill_wait_s: float = 20         # a phase not seen within this is counted missed
     sim_fault_every_s: float = 4    # one bank/core/database fault drawn this often
     keep: bool = False
+    phases: tuple[str, ...] = PHASES   # the phases kills are aimed at, in a seeded order
+    min_kills: int = 25             # the faults go on past duration_s (up to 3x) until this many
 
 
 @dataclass
@@ -231,11 +233,6 @@ class Campaign:
             except Exception:  # noqa: BLE001 - daemon down or refund already live: next round
                 pass
 
-    async def open_orders(self) -> dict[str, int]:
-        rows = await self.query("SELECT bank_id, COUNT(*) AS n FROM orders WHERE state NOT IN "
-                                "('SETTLED', 'INVALID') GROUP BY bank_id")
-        return {r["bank_id"]: r["n"] for r in rows}
-
     # --- the daemon ------------------------------------------------------------------------
 
     def start_daemon(self) -> None:
@@ -261,7 +258,7 @@ class Campaign:
 
     async def killer(self) -> None:
         """SIGKILL the daemon in each phase in turn, aimed by polling the database."""
-        order = list(PHASES)
+        order = list(self.plan.phases)
         self.rng.shuffle(order)
         i = 0
         while self.faults_on:
@@ -354,6 +351,17 @@ class Campaign:
     # --- the run ---------------------------------------------------------------------------
 
     async def run(self) -> int:
+        """The whole run: faults, settling, checks, the table; 0 when no violation."""
+        t0 = time.monotonic()
+        await self.drive()
+        await self.check()
+        await self.close()
+        self.t.figures["wall_s"] = round(time.monotonic() - t0)
+        self.report()
+        return 1 if self.t.violations else 0
+
+    async def drive(self) -> None:
+        """Set up, run the faults for duration_s, let every order finish, stop the daemon."""
         plan = self.plan
         t0 = time.monotonic()
         await self.setup()
@@ -368,21 +376,10 @@ class Campaign:
         end = self.reactor.seconds() + plan.duration_s
         next_fault = self.reactor.seconds() + plan.sim_fault_every_s
         try:
-            while self.reactor.seconds() < end:
-                try:
-                    live = await self.open_orders()
-                except Exception:  # noqa: BLE001
-                    live = None
-                if live is not None:
-                    from simulators.isobank import install as isoinstall
-                    known = {b: sum(1 for s in self.orders.values() if s.bank_id == b) for b in
-                             (harness.BANK_ID, isoinstall.ISO_BANK_ID)}
-                    for bank, key in ((harness.BANK_ID, "cn"), (isoinstall.ISO_BANK_ID, "iso")):
-                        # orders the daemon has not seen yet count as live too
-                        seen = await self.query("SELECT COUNT(*) AS n FROM orders WHERE bank_id = :b", b=bank)
-                        unseen = known[bank] - seen[0]["n"]
-                        if live.get(bank, 0) + unseen < plan.live_orders:
-                            self._new_order(key)
+            while self.reactor.seconds() < end or (
+                    sum(self.t.kills.values()) < plan.min_kills
+                    and self.reactor.seconds() < end + 2 * plan.duration_s):
+                await self.feed()
                 await self.department()
                 if self.reactor.seconds() >= next_fault:
                     await self.sim_fault()
@@ -397,16 +394,27 @@ class Campaign:
         self.log(f"chaos: faults stopped after {time.monotonic() - t0:.0f} s; waiting up to "
                  f"{plan.grace_s:.0f} s for every order to be final")
         settled = await self.wait_final()
+        self.t.figures["settle_s"] = round(time.monotonic() - t0 - plan.duration_s)
         rc = await self.daemon.stop_async(self.reactor)
         if rc != 0:
             self.t.violations.append(f"gatewayd stopped with {rc} on SIGTERM")
         if not settled:
             self.t.violations.append("not every order final within the grace period")
-        await self.check()
-        await self.close()
-        self.t.figures["wall_s"] = round(time.monotonic() - t0)
-        self.report()
-        return 1 if self.t.violations else 0
+
+    async def feed(self) -> None:
+        """Keep live_orders orders per bank not yet final (those the daemon has not seen count)."""
+        from simulators.isobank import install as isoinstall
+        try:
+            rows = await self.query("SELECT bank_id, SUM(CASE WHEN state IN ('SETTLED', 'INVALID') "
+                                    "THEN 0 ELSE 1 END) AS live, COUNT(*) AS seen FROM orders GROUP BY bank_id")
+        except Exception:  # noqa: BLE001 - the database may be mid-fault
+            return
+        got = {r["bank_id"]: r for r in rows}
+        for bank, key in ((harness.BANK_ID, "cn"), (isoinstall.ISO_BANK_ID, "iso")):
+            known = sum(1 for s in self.orders.values() if s.bank_id == bank)
+            r = got.get(bank, {"live": 0, "seen": 0})
+            if (r["live"] or 0) + known - r["seen"] < self.plan.live_orders:
+                self._new_order(key)
 
     async def wait_final(self) -> bool:
         deadline = self.reactor.seconds() + self.plan.grace_s
@@ -427,6 +435,8 @@ class Campaign:
     # --- the checks ---------------------------------------------------------------------------
 
     async def check(self) -> None:
+        """Every check against the banks' ledgers, the core, the journal and the alarms; each
+        failure is appended to t.violations."""
         v = self.t.violations
         items = await self.query("SELECT order_no, seq, amount, status FROM items")
         orders = {o["order_no"]: o for o in await self.query("SELECT order_no, bank_id, state, total_amount FROM orders")}
