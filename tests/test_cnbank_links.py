@@ -464,3 +464,29 @@ async def test_e004_holds_the_items_with_the_refused_batch_for_an_operator(react
         assert len(bank.requests("BP01")) == 1 and bank.credits("HOLD0001") == []
     finally:
         await env.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_refused_status_question_is_one_episode_per_batch_cleared_by_the_next_answer(
+        reactor, tmp_path):
+    """Three BQ01 in a row answered E999 (a refusal that is not "for now"): one status-refused
+    episode for the batch, seen three times, the consecutive failures counted in the row
+    (its backoff); the next good answer clears it and the batch completes."""
+    s = spec("STREF001", 3)
+    env = await in_process(reactor, tmp_path, [s])
+    bank = env.sims.bank
+    try:
+        for _ in range(3):
+            bank.refuse_next("BQ01", "E999", "BatchNo: cannot be judged now")
+        await env.until(lambda: env.query("select 1 from batches where failures=3"), what="three refusals")
+        open_ = await alarms(env, "status-refused")
+        assert len(open_) == 1 and open_[0]["count"] == 3 and open_[0]["cleared_at"] is None
+        assert open_[0]["batch_no"] == "STREF001-P01"
+        await env.until(lambda: env.query("select 1 from orders where state='SETTLED'"), what="SETTLED")
+        done = await alarms(env, "status-refused")
+        assert len(done) == 1 and done[0]["cleared_at"] is not None
+        bq = bank.requests("BQ01")
+        assert [r["ret_code"] for r in bq[:3]] == ["E999"] * 3
+        assert await alarms(env, "bank-refusing") == []
+    finally:
+        await env.close()

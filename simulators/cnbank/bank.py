@@ -13,7 +13,8 @@ threads, the ledger on its own thread; the reactor only moves bytes.
 
 Test hooks: `reject_next_batch`, `reject_next_refund`, `drop_reply_after`,
 `misreply_next` (a signed reply whose Head does not answer the request),
-`refuse_next_submission` (a BP01 answered with an E code, not acted on),
+`refuse_next` / `refuse_next_submission` (a request answered with an E code, not
+acted on),
 `clock_offset_s` (the bank's clock off by that much, for its judgement of
 requests and the time in its replies), `return_item`, `fund`, `settle`, and the
 ledger reads `accepted_count`, `credits`, `double_credits`, `requests`, `batch_now`.
@@ -163,7 +164,7 @@ class CnBankSimulator:
         self._result_mangles: collections.deque[Callable[[bytes], bytes]] = collections.deque()
         self._bad_signatures = 0
         self._misreplies: list[tuple[str, dict]] = []
-        self._submission_refusals: collections.deque[tuple[str, str]] = collections.deque()
+        self._refusals: dict[str, collections.deque[tuple[str, str]]] = {}
         self.clock_offset_s = 0.0
         self._timers: dict[tuple[str, str], Any] = {}
         self._work: set[defer.Deferred] = set()
@@ -272,7 +273,11 @@ class CnBankSimulator:
     def refuse_next_submission(self, code: str = "E006", message: str = "refused by the test") -> None:
         """The next BP01 is answered *code* without being acted on or remembered, as a bank
         refuses a batch it cannot take (E004 when it holds another under that number)."""
-        self._submission_refusals.append((code, message))
+        self.refuse_next("BP01", code, message)
+
+    def refuse_next(self, tx: str, code: str = "E999", message: str = "refused by the test") -> None:
+        """The next *tx* request (verified, Head good) is answered *code* without being acted on."""
+        self._refusals.setdefault(tx, collections.deque()).append((code, message))
 
     def misreply_next(self, tx: str, /, **head_changes: str) -> None:
         """The next reply to *tx* is properly signed and encrypted, but its Head has
@@ -391,6 +396,10 @@ class CnBankSimulator:
                                            encoding=self.settings.encoding)
         except EnvelopeError as e:
             return head, _Outcome(e.code, e.message, number=self._number_of(head.tx_code, inner))
+        planned = self._refusals.get(head.tx_code)
+        if planned:
+            code, message = planned.popleft()
+            return head, _Outcome(code, message, number=self._number_of(head.tx_code, inner))
         return head, await self._handlers[head.tx_code](head, fields)
 
     def _seal(self, head: Head | None, code: str, message: str, inner: bytes,
@@ -455,9 +464,6 @@ class CnBankSimulator:
 
     async def _bp01(self, head: Head, f: dict) -> _Outcome:
         number = f["BatchNo"]
-        if self._submission_refusals:
-            code, message = self._submission_refusals.popleft()
-            return _Outcome(code, message, number=number)
         content = fingerprint({k: f[k] for k in ("Kind", "OrderNo", "FileSM3", "TotalCount",
                                                   "TotalAmount")})
         # A remembered number is answered from memory alone: the gateway may
