@@ -57,6 +57,7 @@ class BatchItem:
     amount: int               # fen
     remark: str
     orig_batch_no: str        # the batch the item last failed in (RETRY), else ""
+    account_bank_code: str = ""   # the 12-digit CNAPS code of the account's bank, "" when unknown
 
 
 @dataclass

@@ -168,10 +168,11 @@ class _Loader:
             row = self.v.check_item(obj, self.line_no)
             if row is not None:
                 rows.append((row["order_no"], row["seq"], row["name"], row["id_number"],
-                             row["account_no"], row["account_bank"], row["amount"], row["remark"],
-                             ItemStatus.PENDING))
-        executemany(conn, "INSERT INTO items (order_no, seq, name, id_number, account_no, "
-                          "account_bank, amount, remark, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                             row["account_no"], row["account_bank"], row["account_bank_code"], row["amount"],
+                             row["remark"], ItemStatus.PENDING))
+        executemany(conn, "INSERT INTO items (order_no, seq, name, id_number, account_no, account_bank, "
+                          "account_bank_code, amount, remark, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    rows)
 
     @staticmethod
     def _decode(lines: list[bytes]) -> list:
@@ -648,12 +649,13 @@ class BankFlow(RefundSteps, Article26Steps, LateReturnSteps, CorePushSteps):
                              project_code=o["project_code"], project_short=o["project_short"])
             rows = conn.execution_options(stream_results=True, yield_per=5000).execute(
                 select(items.c.seq, items.c.name, items.c.id_number, items.c.account_no,
-                       items.c.account_bank, items.c.amount, items.c.remark, items.c.orig_batch_no)
+                       items.c.account_bank, items.c.account_bank_code, items.c.amount, items.c.remark,
+                       items.c.orig_batch_no)
                 .where(items.c.order_no == b["order_no"], items.c.batch_no == b["batch_no"])
                 .order_by(items.c.seq))
             lines = (BatchItem(seq=r.seq, name=r.name, id_number=r.id_number, account_no=r.account_no,
                                account_bank=r.account_bank, amount=r.amount, remark=r.remark,
-                               orig_batch_no=r.orig_batch_no or "")
+                               orig_batch_no=r.orig_batch_no or "", account_bank_code=r.account_bank_code or "")
                      for r in rows)
             return self.adapter.build_batch(spec, lines)
 

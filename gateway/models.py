@@ -87,6 +87,9 @@ class Item(Base):
     id_number: Mapped[str] = mapped_column(String(18))
     account_no: Mapped[str] = mapped_column(String(32))
     account_bank: Mapped[str] = mapped_column(String(200))
+    # core-api.md: the account bank's 12-digit CNAPS code (联行号) when the core holds it;
+    # iso20022 names the creditor agent by it (ClrSysMmbId) instead of by name.
+    account_bank_code: Mapped[str | None] = mapped_column(String(12))
     amount: Mapped[int] = mapped_column(BigInteger)
     remark: Mapped[str] = mapped_column(String(200))
     status: Mapped[str] = mapped_column(String(16))

@@ -53,6 +53,10 @@ HEADER_FIELDS = ("order_no", "budget_unit", "project_code", "project_name", "pro
                  "region", "bank_id", "total_amount", "total_count", "funded_at")
 ITEM_FIELDS = ("seq", "name", "id_number", "account_no", "account_bank", "amount", "remark")
 _ITEM_KEYS = frozenset(ITEM_FIELDS)
+# core-api.md: an item may also carry account_bank_code (12-digit CNAPS code), absent or null.
+OPTIONAL_ITEM_FIELDS = ("account_bank_code",)
+_ITEM_KEYS_CODED = _ITEM_KEYS | frozenset(OPTIONAL_ITEM_FIELDS)
+BANK_CODE = re.compile(r"[0-9]{12}")
 
 
 def _is_int(v: object) -> bool:
@@ -158,7 +162,14 @@ class OrderValidator:
 
         Anything unusual falls through to `_check_slowly`, which finds and words every reason.
         """
-        if item.keys() != _ITEM_KEYS:
+        keys = item.keys()
+        if keys == _ITEM_KEYS:
+            code = None
+        elif keys == _ITEM_KEYS_CODED:
+            code = item["account_bank_code"]
+            if code is not None and (type(code) is not str or not BANK_CODE.fullmatch(code)):
+                return None
+        else:
             return None
         seq, amount, name, idn, acct = (item["seq"], item["amount"], item["name"], item["id_number"],
                                         item["account_no"])
@@ -183,8 +194,8 @@ class OrderValidator:
         self.last_seq = seq
         self.amount += amount
         return {"order_no": self.header["order_no"], "seq": seq, "name": name, "id_number": idn,
-                "account_no": acct, "account_bank": bank, "amount": amount, "remark": remark,
-                "status": "PENDING"}
+                "account_no": acct, "account_bank": bank, "account_bank_code": code, "amount": amount,
+                "remark": remark, "status": "PENDING"}
 
     def _check_slowly(self, item: dict, line_no: int) -> dict | None:
         self.count += 1
@@ -193,8 +204,12 @@ class OrderValidator:
             if k not in item:
                 problems.append(f"{k} is missing")
         for k in item:
-            if k not in ITEM_FIELDS:
+            if k not in ITEM_FIELDS and k not in OPTIONAL_ITEM_FIELDS:
                 problems.append(f"unknown field {k!r}")
+        code = item.get("account_bank_code")
+        if code is not None and (not isinstance(code, str) or not BANK_CODE.fullmatch(code)):
+            problems.append("account_bank_code must be the 12-digit CNAPS code of the account's bank, "
+                            "or null")
         seq = item.get("seq")
         if not _is_int(seq) or seq <= 0:
             problems.append("seq must be a positive integer")
@@ -234,7 +249,7 @@ class OrderValidator:
         return {
             "order_no": self.header["order_no"], "seq": seq, "name": item["name"],
             "id_number": item["id_number"], "account_no": acct,
-            "account_bank": item.get("account_bank") or "", "amount": amount,
+            "account_bank": item.get("account_bank") or "", "account_bank_code": code, "amount": amount,
             "remark": item.get("remark") or "", "status": "PENDING",
         }
 

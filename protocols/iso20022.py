@@ -100,6 +100,9 @@ class CreditTransfer:
     creditor_agent_name: str | None   # CdtrAgt/FinInstnId/Nm, omitted when None/empty
     creditor_id_number: str | None    # Cdtr/Id/PrvtId/Othr/Id with SchmeNm/Cd NIDN, omitted when None
     remittance: str | tuple[str, ...] | list[str]  # RmtInf/Ustrd; several Ustrd read back as a tuple
+    # CdtrAgt/FinInstnId/ClrSysMmbId (ClrSysId/Cd CNAPS, MmbId = this 12-digit code): the agent
+    # named by its CNAPS code when the item carries one (iso20022.md), and then not by name.
+    creditor_agent_cnaps: str | None = None
 
 
 @dataclass(frozen=True)
@@ -215,6 +218,7 @@ _DATETIME = re.compile(r"([0-9]{4}-[0-9]{2}-[0-9]{2})T([0-9]{2}):([0-9]{2}):([0-
 _BIC = re.compile(r"[A-Z0-9]{4}[A-Z]{2}[A-Z0-9]{2}([A-Z0-9]{3})?")
 _CODE4 = re.compile(r"[A-Z0-9]{1,4}")
 _AMOUNT = re.compile(r"([0-9]+)(?:\.([0-9]{1,5}))?")
+_CNAPS = re.compile(r"[0-9]{12}")
 _MAX_FEN = 10 ** 16 - 1  # DecimalNumber totalDigits=18, with our two decimals and margin
 
 
@@ -378,7 +382,7 @@ def _pain001_payment_info(h: PaymentInitiation) -> list[etree._Element]:
 
 
 @functools.lru_cache(maxsize=None)
-def _transfer_template(agent: bool, id_number: bool, remittance: bool):
+def _transfer_template(agent: str | None, id_number: bool, remittance: bool):
     """A CdtTrfTxInf skeleton for one combination of optional parts, and where its texts go.
 
     Copying a skeleton and filling eight leaves costs half of building twenty
@@ -389,7 +393,11 @@ def _transfer_template(agent: bool, id_number: bool, remittance: bool):
     _sub(pmt, "InstrId", "@instr")
     _sub(pmt, "EndToEndId", "@e2e")
     _sub(_sub(x, "Amt"), "InstdAmt", "@amount", Ccy=CURRENCY)
-    if agent:
+    if agent == "cnaps":
+        clr = _path(x, "CdtrAgt/FinInstnId/ClrSysMmbId", None)
+        _path(clr, "ClrSysId/Cd", "CNAPS")
+        _sub(clr, "MmbId", "@cnaps")
+    elif agent == "name":
         _path(x, "CdtrAgt/FinInstnId/Nm", "@agent")
     cdtr = _sub(x, "Cdtr")
     _sub(cdtr, "Nm", "@name")
@@ -421,13 +429,19 @@ def _credit_transfer(t: CreditTransfer, seq: int) -> etree._Element:
         "name": _text(where + "Cdtr/Nm", t.creditor_name, 140),
         "account": _text(where + "CdtrAcct/Id/Othr/Id", t.creditor_account, 34),
     }
-    if t.creditor_agent_name:
-        values["agent"] = _text(where + "CdtrAgt/FinInstnId/Nm", t.creditor_agent_name, 140)
+    agent = None
+    if t.creditor_agent_cnaps:
+        if not isinstance(t.creditor_agent_cnaps, str) or not _CNAPS.fullmatch(t.creditor_agent_cnaps):
+            raise Iso20022Error(where + "CdtrAgt/FinInstnId/ClrSysMmbId/MmbId",
+                                f"{t.creditor_agent_cnaps!r} is not a 12-digit CNAPS code")
+        values["cnaps"], agent = t.creditor_agent_cnaps, "cnaps"
+    elif t.creditor_agent_name:
+        values["agent"], agent = _text(where + "CdtrAgt/FinInstnId/Nm", t.creditor_agent_name, 140), "name"
     if t.creditor_id_number is not None:
         values["idno"] = _text(where + "Cdtr/Id/PrvtId/Othr/Id", t.creditor_id_number, 35)
     if lines:
         values["ustrd"] = lines[0]
-    template, slots = _transfer_template("agent" in values, "idno" in values, bool(lines))
+    template, slots = _transfer_template(agent, "idno" in values, bool(lines))
     x = copy.deepcopy(template)
     for name, path in slots:
         el = x
@@ -662,6 +676,8 @@ def read_pain001(source: Any) -> tuple[PaymentInitiation, Iterator[CreditTransfe
                 creditor_agent_name=f.opt("CdtrAgt/FinInstnId/Nm"),
                 creditor_id_number=f.opt("Cdtr/Id/PrvtId/Othr/Id"),
                 remittance=ustrd[0] if len(ustrd) == 1 else tuple(ustrd),
+                creditor_agent_cnaps=(f.opt("CdtrAgt/FinInstnId/ClrSysMmbId/MmbId")
+                                      if f.opt("CdtrAgt/FinInstnId/ClrSysMmbId/ClrSysId/Cd") == "CNAPS" else None),
             )
             total += t.amount_fen
             _forget(el)

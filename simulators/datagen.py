@@ -123,6 +123,9 @@ class OrderSpec:
     amount_max: int = 300000
     account_bank: str = "中国农业银行"
     account_bin: str = "622848"
+    # core-api.md: some items carry the account bank's 12-digit CNAPS code, the rest none.
+    account_bank_code: str = "103100000026"
+    bank_code_share: float = 0.25
     corrupt: str | None = None
 
     def __post_init__(self) -> None:
@@ -211,6 +214,11 @@ def spec_problems(values: Mapping[str, Any]) -> list[str]:
             total += share
     if total > 1:
         out.append("failures: shares add up to more than 1")
+    if not isinstance(v["account_bank_code"], str) or not re.fullmatch(r"\d{12}", v["account_bank_code"]):
+        out.append("account_bank_code: must be 12 digits (a CNAPS code)")
+    code_share = v["bank_code_share"]
+    if not isinstance(code_share, (int, float)) or isinstance(code_share, bool) or not 0 <= code_share <= 1:
+        out.append("bank_code_share: must be a number in [0, 1]")
     share = v["rare_name_share"]
     if not isinstance(share, (int, float)) or isinstance(share, bool) or not 0 <= share <= 1:
         out.append("rare_name_share: must be a number in [0, 1]")
@@ -324,7 +332,7 @@ def item(spec: OrderSpec, position: int) -> dict[str, Any]:
             name = name[:1] + "|" + name[1:]
         elif spec.corrupt == "zero_amount":
             amount = 0
-    return {
+    out = {
         "seq": seq,
         "name": name,
         "id_number": id_number,
@@ -333,6 +341,10 @@ def item(spec: OrderSpec, position: int) -> dict[str, Any]:
         "amount": amount,
         "remark": remark,
     }
+    # Drawn last, so every other field is what it was before items carried the code.
+    if draw(1_000_000) < round(spec.bank_code_share * 1_000_000):
+        out["account_bank_code"] = spec.account_bank_code
+    return out
 
 
 def item_amount(spec: OrderSpec, position: int) -> int:
@@ -460,7 +472,7 @@ def _account(spec: OrderSpec, draw: _Draw, code: str) -> str:
 _REQUIRED = ("order_no", "bank_id", "count", "seed", "budget_unit", "project_code",
              "project_name", "project_short", "region", "funded_at")
 _OPTIONAL = ("failures", "rare_name_share", "amount_min", "amount_max", "account_bank",
-             "account_bin", "corrupt")
+             "account_bin", "corrupt", "account_bank_code", "bank_code_share")
 
 
 class SeedError(ValueError):

@@ -63,9 +63,18 @@ def test_a_different_seed_or_order_no_gives_different_people(all_items):
 
 
 def test_items_have_the_fields_of_the_core_api_in_order(all_items):
-    """Each item has exactly seq, name, id_number, account_no, account_bank, amount, remark."""
-    for it in all_items[:100]:
-        assert list(it) == ["seq", "name", "id_number", "account_no", "account_bank", "amount", "remark"]
+    """Each item has exactly seq, name, id_number, account_no, account_bank, amount, remark, and
+    about a quarter also the optional account_bank_code (12 digits), as core-api.md allows."""
+    fields = ["seq", "name", "id_number", "account_no", "account_bank", "amount", "remark"]
+    coded = 0
+    for it in all_items[:400]:
+        if "account_bank_code" in it:
+            coded += 1
+            assert list(it) == fields + ["account_bank_code"]
+            assert len(it["account_bank_code"]) == 12 and it["account_bank_code"].isdigit()
+        else:
+            assert list(it) == fields
+    assert 60 <= coded <= 140
 
 
 def test_every_id_number_is_valid_for_stdnum_and_plausible(spec, all_items):

@@ -154,3 +154,10 @@ async def test_cnbank_and_iso20022_banks_in_one_daemon(reactor, tmp_path, db_url
                               "--pubkey-cert-pem", str(pki.dir / "gateway_cert.pem"), str(doc)],
                              capture_output=True, text=True)
         assert sig.returncode == 0, sig.stderr
+    # iso20022.md market practice, from the core's items to the wire: the items the core gave a
+    # CNAPS code name their creditor agent by it (ClrSysMmbId), the others by name.
+    pay = next(store.payload_of(r) for r in rows if r.batch_no == f"{iso_order}-P01")
+    coded = [it for it in datagen.items(specs[0]) if it.get("account_bank_code")]
+    assert 0 < len(coded) < 24
+    assert pay.count(b"<ClrSysId><Cd>CNAPS</Cd></ClrSysId><MmbId>103100000026</MmbId>") == len(coded)
+    assert pay.count(b"<ChrgBr>SLEV</ChrgBr>") == 1

@@ -383,3 +383,31 @@ def test_a_document_cut_off_is_not_well_formed():
     with pytest.raises(I.Iso20022Error, match="DOCTYPE"):
         I.well_formed(io.BytesIO(_HOSTILE_PAIN002))
     I.well_formed(io.BytesIO(doc))
+
+
+def test_market_practice_slev_and_the_creditor_agent_by_cnaps_code(tmp_path):
+    """iso20022.md market practice: ChrgBr is SLEV; an item carrying a 12-digit CNAPS code names
+    its creditor agent by ClrSysMmbId (ClrSysId/Cd CNAPS, MmbId the code) and not by name, one
+    without is named by name; the document passes both validators and reads back the same; a code
+    that is not 12 digits is refused naming the transfer's MmbId."""
+    coded = I.CreditTransfer("B2026112800001-1", "O202611001-1", 1, "张三", "6222000011112222",
+                             "工商银行长丰支行", None, "耕地补贴", creditor_agent_cnaps="102361000012")
+    plain = I.CreditTransfer("B2026112800001-2", "O202611001-2", 2, "李四", "6222000011113333",
+                             "农业银行长丰支行", None, "耕地补贴")
+    header = I.PaymentInitiation(**{**HEADER.__dict__, "nb_of_txs": 2, "ctrl_sum_fen": 3})
+    data = pain001(header, [coded, plain])
+    both_accept(tmp_path, data, I.PAIN001)
+    assert data.count(b"<ChrgBr>SLEV</ChrgBr>") == 1
+    first, second = data.split(b"<CdtTrfTxInf>")[1:]
+    assert (b"<CdtrAgt><FinInstnId><ClrSysMmbId><ClrSysId><Cd>CNAPS</Cd></ClrSysId>"
+            b"<MmbId>102361000012</MmbId></ClrSysMmbId></FinInstnId></CdtrAgt>") in first
+    assert "工商银行长丰支行".encode() not in first
+    assert "<CdtrAgt><FinInstnId><Nm>农业银行长丰支行</Nm></FinInstnId></CdtrAgt>".encode() in second
+    _, it = I.read_pain001(data)
+    got = list(it)
+    assert got[0].creditor_agent_cnaps == "102361000012" and got[0].creditor_agent_name is None
+    assert got[1] == plain
+    for bad in ("10236100001", "10236100001X"):
+        with pytest.raises(I.Iso20022Error) as exc:
+            pain001(header, [I.CreditTransfer(**{**coded.__dict__, "creditor_agent_cnaps": bad}), plain])
+        assert exc.value.element == "CdtTrfTxInf[1]/CdtrAgt/FinInstnId/ClrSysMmbId/MmbId"

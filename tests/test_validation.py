@@ -71,8 +71,21 @@ def test_valid_order_passes_and_yields_rows() -> None:
     assert [r["seq"] for r in rows] == [1, 2, 5]
     assert rows[0] == {"order_no": "FF2026030001", "seq": 1, "name": "张三", "id_number": ID_A,
                        "account_no": "6222000011112222", "account_bank": "示范银行城南支行",
-                       "amount": 20000, "remark": "第一季度", "status": "PENDING"}
+                       "account_bank_code": None, "amount": 20000, "remark": "第一季度", "status": "PENDING"}
     assert rows[1]["account_bank"] == ""
+
+
+def test_account_bank_code_is_optional_twelve_digits_or_null() -> None:
+    """core-api.md's optional account_bank_code: 12 digits are carried to the row, null or absent
+    give None, and anything else (11 digits, a number, letters) refuses the item naming its seq."""
+    good = [item(1, account_bank_code="103100000026"), item(2, account_bank_code=None), item(3)]
+    rows, reasons = run(good)
+    assert reasons == []
+    assert [r["account_bank_code"] for r in rows] == ["103100000026", None, None]
+    for bad in ("10310000002", 103100000026, "10310000002X", "1031000000261"):
+        rows, reasons = run([item(1), item(2, account_bank_code=bad)])
+        assert rows[1] is None, bad
+        assert any(r.startswith("seq 2: account_bank_code must be the 12-digit CNAPS code") for r in reasons), reasons
 
 
 def test_wrong_count_and_wrong_sum() -> None:

@@ -149,7 +149,8 @@ class IsoAdapter:
             instr_id=f"{spec.batch_no}-{i.seq}", end_to_end_id=f"{spec.order_no}-{i.seq}",
             amount_fen=i.amount, creditor_name=i.name, creditor_account=i.account_no,
             creditor_agent_name=i.account_bank or None, creditor_id_number=i.id_number or None,
-            remittance=spec.project_short or spec.project_code) for i in items)
+            remittance=spec.project_short or spec.project_code,
+            creditor_agent_cnaps=i.account_bank_code or None) for i in items)
         try:
             with open(plain, "wb") as f:
                 iso.write_pain001(f, header, transfers)
