@@ -16,6 +16,9 @@ command -v pdftotext >/dev/null 2>&1 || need="$need poppler-utils"
 command -v promtool >/dev/null 2>&1 || need="$need prometheus"
 command -v systemd-analyze >/dev/null 2>&1 || need="$need systemd"
 fc-list :lang=zh 2>/dev/null | grep -q . || need="$need fonts-wqy-zenhei"
+# the console's browser test drives Debian's Chromium through its chromedriver (Selenium), offline.
+command -v chromium >/dev/null 2>&1 || need="$need chromium"
+command -v chromedriver >/dev/null 2>&1 || need="$need chromium-driver"
 if [ -n "$need" ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "installing:$need"

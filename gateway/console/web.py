@@ -148,6 +148,8 @@ class Console(resource.Resource):
     # -- routing --------------------------------------------------------------------------------
     async def _dispatch(self, request, path: str):
         method = request.method.decode()
+        if path == "/favicon.ico":
+            raise Forbidden(404, "no icon")
         if path == "/login":
             return await (self._login_post(request) if method == "POST" else self._login_get(request))
         s = self.auth.session(request.getCookie(COOKIE).decode() if request.getCookie(COOKIE) else None)
@@ -202,8 +204,12 @@ class Console(resource.Resource):
 
     # -- sign-in --------------------------------------------------------------------------------
     async def _login_get(self, request, message: str = ""):
-        pre = secrets.token_urlsafe(24)
-        self._cookie(request, PRE_COOKIE, pre)
+        # One pre-sign-in token per browser: kept while the cookie lasts, so a second tab (or
+        # the browser's own /favicon.ico fetch) does not void the form already shown.
+        pre = (request.getCookie(PRE_COOKIE) or b"").decode()
+        if not re.fullmatch(r"[A-Za-z0-9_-]{32}", pre):
+            pre = secrets.token_urlsafe(24)
+            self._cookie(request, PRE_COOKIE, pre)
         nxt = self._arg(request, "next", 500)
         return self._page(request, "login.html", None, pre=pre, message=message,
                           next=nxt if nxt.startswith("/") and not nxt.startswith("//") else "/")
