@@ -386,6 +386,8 @@ def gatewayctl_main(argv: list[str] | None = None) -> None:
     r.set_defaults(fn=cmd_rpc)
     from gateway import cli_alarms
     cli_alarms.add_parser(sub)
+    from gateway import cli_health
+    cli_health.add_parser(sub)
     from gateway import cli_corrections
     cli_corrections.add_parser(sub)
     from gateway import cli_console

@@ -612,23 +612,15 @@ class Commands:
         return await self.db.run(read)
 
     async def health(self, params: dict, caller: Caller) -> dict:
-        _known(params, set())
-
-        def probe(conn: Connection) -> int:
-            return conn.execute(select(func.count()).select_from(orders)).scalar_one()
-        try:
-            n = await self.db.run(probe)
-            database = {"ok": True, "orders": n}
-        except Exception as e:  # noqa: BLE001  (health reports, it does not raise)
-            database = {"ok": False, "error": str(e)[:200]}
-        banks = {bank_id: {"ticker_running": bool(t.running)} for bank_id, t in self.gateway.tickers.items()}
-        # A standby daemon serves the RPC too; its changes are picked up by the active one.
-        lead = getattr(self.gateway, "leadership", None)
-        role = lead.status() if lead is not None else {"role": "active", "since": None}
-        sched = getattr(self.gateway, "scheduler", None)
-        schedule = {"retry_times": list(sched.retry_times) if sched else [],
-                    "next_run_times": sched.next_run_times() if sched else []}
-        return {"role": role["role"], "role_since": role["since"], "leases": role.get("leases", {}),
-                "schedule": schedule,
-                "database": database, "banks": banks,
-                "core": {"base_url": self.gateway.core.base if self.gateway.core else None}}
+        """The daemon's health (gateway/health.py); {"check": "live"} or {"check": "ready"} for a
+        supervisor's short answers."""
+        _known(params, {"check"})
+        check = params.get("check")
+        if check not in (None, "live", "ready"):
+            raise RpcError(INVALID_PARAMS, "check must be \"live\" or \"ready\"", "check")
+        from gateway import health
+        if check == "live":
+            return health.live(self.gateway)
+        if check == "ready":
+            return await health.ready(self.gateway, self.reactor)
+        return await health.report(self.gateway, self.reactor)

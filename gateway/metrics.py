@@ -93,6 +93,27 @@ class Metrics:
         else:
             self.core_errors.labels(call, code).inc()
 
+    # --- the links and leases as the daemon holds them in memory -------------------------------
+    def observe(self, gw) -> None:
+        """Each bank's link (its adapter's link_state(), the same one `health` shows), the core
+        link, and the leadership epoch: read on the reactor before each snapshot."""
+        for bank_id, flow in gw.flows.items():
+            state = getattr(flow.adapter, "link_state", None)
+            lk = state() if state is not None else None
+            if lk is None or (lk.get("last_ok_at") is None and lk.get("last_error_at") is None):
+                continue        # not known yet: no figure rather than a guess
+            self.link_up.labels(bank_id).set(1 if lk.get("failures", 0) == 0 else 0)
+            if lk.get("last_ok_at") is not None:
+                self.last_bank_ok.labels(bank_id).set(lk["last_ok_at"])
+        core = getattr(gw, "core_link", None)
+        if core is not None and core.last_ok_at is not None:
+            self.last_core_ok.set(core.last_ok_at)
+        lead = getattr(gw, "leadership", None)
+        if lead is not None:
+            epochs = [le.epoch for le in lead if le.active and le.epoch is not None]
+            if epochs:
+                self.epoch.set(max(epochs))
+
     # --- the database snapshot ----------------------------------------------------------------
     def refresh(self, conn: Connection, now: float, dirs: dict[str, str] | None = None) -> None:
         """Read the figures that live in the database and on disk (run off the reactor thread)."""
@@ -140,13 +161,54 @@ class Metrics:
 METRICS = Metrics()
 
 
-def metrics_site(metrics: Metrics = METRICS):
+def metrics_site(metrics: Metrics = METRICS, gw=None, reactor=None):
+    """/metrics, and with *gw* the supervisor's /healthz (the process turns) and /readyz
+    (started, not stopping, the database answers): 200 or 503 with a JSON body."""
     from prometheus_client.twisted import MetricsResource
     from twisted.web.resource import Resource
     from twisted.web.server import Site
     root = Resource()
     root.putChild(b"metrics", MetricsResource(registry=metrics.registry))
+    if gw is not None:
+        root.putChild(b"healthz", _Probe(gw, reactor, ready=False))
+        root.putChild(b"readyz", _Probe(gw, reactor, ready=True))
     site = Site(root)
     site.displayTracebacks = False
     site.noisy = False
     return site
+
+
+def _probe_resource():
+    import json
+
+    from twisted.internet import defer
+    from twisted.web.resource import Resource
+    from twisted.web.server import NOT_DONE_YET
+
+    class Probe(Resource):
+        isLeaf = True
+
+        def __init__(self, gw, reactor, ready: bool):
+            super().__init__()
+            self.gw, self.reactor, self.ready = gw, reactor, ready
+
+        def render_GET(self, request):  # noqa: N802
+            from gateway import health
+            request.setHeader(b"Content-Type", b"application/json")
+            if not self.ready:
+                return json.dumps(health.live(self.gw)).encode() + b"\n"
+
+            def answer(r):
+                request.setResponseCode(200 if r["ready"] else 503)
+                request.write(json.dumps(r).encode() + b"\n")
+                request.finish()
+            d = defer.ensureDeferred(health.ready(self.gw, self.reactor, timeout_s=2.0))
+            d.addCallback(answer)
+            d.addErrback(lambda f: (request.setResponseCode(503), request.write(b'{"ready": false}\n'),
+                                    request.finish()))
+            return NOT_DONE_YET
+    return Probe
+
+
+def _Probe(gw, reactor, ready: bool):  # noqa: N802
+    return _probe_resource()(gw, reactor, ready)

@@ -106,6 +106,8 @@ class _CoreService(service.Service):
         self.core, self.database, self.reactor = core, database, reactor
         self.setName("core-client")
         self.failing: bool | None = None    # None: not known since start (an old episode may be open)
+        from gateway.health import CoreLink
+        self.link = CoreLink()              # last success / error, for health and /metrics
         if database is not None:
             core.watch(self._heard)
 
@@ -114,6 +116,7 @@ class _CoreService(service.Service):
         from gateway.rules import clear_alarm, raise_alarm
         if self.core._closing or not self.running:  # noqa: SLF001  (a stop is not an outage)
             return
+        self.link.heard(self.reactor.seconds(), None if problem is None else error_text(problem))
         if problem is None:
             if self.failing is False:
                 return
@@ -191,6 +194,7 @@ class Gateway(service.MultiService):
         self.tickers: dict[str, Ticker] = {}
         self.database: dbmod.Database | None = None
         self.core: CoreClient | None = None
+        self.core_link = None           # gateway.health.CoreLink: the core as last seen
         self.commands = None
         self.leadership: Leadership | None = None
         self.scheduler: RetryScheduler | None = None
@@ -256,9 +260,10 @@ class Gateway(service.MultiService):
 class _MetricsService(service.Service):
     """/metrics on [metrics] listen, and the ticker that reads the database figures for it."""
 
-    def __init__(self, reactor, settings, database: dbmod.Database, dirs: dict[str, str]):
+    def __init__(self, reactor, settings, database: dbmod.Database, dirs: dict[str, str], gw=None):
         from gateway.metrics import METRICS
         self.reactor, self.settings, self.metrics, self.dirs = reactor, settings, METRICS, dirs
+        self.gw = gw        # its links and leases, and /healthz /readyz
         self.port = None
         self.ticker = Ticker(reactor, "metrics-snapshot", self._refresh, settings.refresh_s)
         self.database = database
@@ -269,12 +274,14 @@ class _MetricsService(service.Service):
             # count as a state change for leadership's fencing
             with self.database.engine.connect() as conn:
                 self.metrics.refresh(conn, now, self.dirs)
+        if self.gw is not None:
+            self.metrics.observe(self.gw)
         await self.database.run_plain(read, self.reactor.seconds())
 
     def startService(self) -> None:  # noqa: N802
         from gateway.metrics import metrics_site
         super().startService()
-        self.port = self.reactor.listenTCP(self.settings.port, metrics_site(self.metrics),
+        self.port = self.reactor.listenTCP(self.settings.port, metrics_site(self.metrics, self.gw, self.reactor),
                                            interface=self.settings.host)
         self.ticker.startService()
         log.info("metrics on http://{host}:{port}/metrics", host=self.settings.host,
@@ -341,7 +348,9 @@ def make_service(cfg: GatewayConfig, reactor=None) -> Gateway:
                       stream_window_s=cfg.core.stream_window_s,
                       stream_min_bytes_per_s=cfg.core.stream_min_bytes_per_s)
     gw.core = core
-    _CoreService(core, database, reactor).setServiceParent(gw)
+    core_service = _CoreService(core, database, reactor)
+    core_service.setServiceParent(gw)
+    gw.core_link = core_service.link
     gw.commands = Commands(reactor, database, journal, gw)
     if cfg.rpc is not None:
         _RpcService(reactor, cfg, gw.commands, _refusal_journal(reactor, database, journal)
@@ -390,7 +399,7 @@ def make_service(cfg: GatewayConfig, reactor=None) -> Gateway:
         lead.setServiceParent(gw)
     if cfg.metrics is not None:
         _MetricsService(reactor, cfg.metrics, database,
-                        {"work": cfg.work_dir, "journal": cfg.journal_archive_dir}).setServiceParent(gw)
+                        {"work": cfg.work_dir, "journal": cfg.journal_archive_dir}, gw).setServiceParent(gw)
     if cfg.console is not None:
         from gateway.console.auth import UsersFileError
         from gateway.console.service import ConsoleService
