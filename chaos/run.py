@@ -85,6 +85,7 @@ class Plan:
     kill_wait_s: float = 20         # a phase not seen within this is counted missed
     sim_fault_every_s: float = 4    # one bank/core/database fault drawn this often
     keep: bool = False
+    snapshot: bool = False          # the daemon runs from a copy of the sources taken at start
     phases: tuple[str, ...] = PHASES   # the phases kills are aimed at, in a seeded order
     min_kills: int = 25             # the faults go on past duration_s (up to 3x) until this many
 
@@ -155,14 +156,31 @@ class Campaign:
         for proxy in self.proxies.values():
             proxy.delay_s = 7.0
         self.cfg = cfg
-        harness.migrate(cfg)
+        self.src = None
+        if plan.snapshot:
+            # A 20-minute run restarts the daemon dozens of times: from a copy of the sources, so
+            # edits made meanwhile in the checkout (others work in it) cannot change what runs.
+            self.src = str(root / "src")
+            for d in ("gateway", "adapters", "protocols"):
+                shutil.copytree(Path(__file__).resolve().parent.parent / d, os.path.join(self.src, d),
+                                ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        self.gatewayctl("db", "upgrade", check=True)
         import sqlalchemy as sa
         from gateway import config as configmod
         self.db_url = configmod.load(cfg).database_url
         # Named, so that pg_terminate_backend spares the campaign's own connections.
         self.engine = sa.create_engine(self.db_url, pool_size=2, pool_pre_ping=True, **(
             {"connect_args": {"application_name": "chaos"}} if self.pg_db else {}))
-        self.daemon = harness.Daemon(cfg, p.log)
+        self.daemon = harness.Daemon(cfg, p.log, cwd=self.src,
+                                     env={"PYTHONPATH": self.src} if self.src else {})
+
+    def gatewayctl(self, *args: str, check: bool = False) -> subprocess.CompletedProcess:
+        r = subprocess.run([sys.executable, "-c", "from gateway.cli import gatewayctl_main; gatewayctl_main()",
+                            "--config", str(self.cfg), *args], capture_output=True, text=True, timeout=600,
+                           cwd=self.src, env={**os.environ, **({"PYTHONPATH": self.src} if self.src else {})})
+        if check and r.returncode != 0:
+            raise RuntimeError(f"gatewayctl {' '.join(args)}: {r.stdout}{r.stderr}")
+        return r
 
     def _proxy(self, name: str, port: int, faults: list[str], rate: float = 1.0) -> FaultProxy:
         rng = random.Random(f"{self.plan.seed}-{name}")
@@ -264,24 +282,30 @@ class Campaign:
         while self.faults_on:
             phase = order[i % len(order)]
             i += 1
-            deadline = self.reactor.seconds() + self.plan.kill_wait_s
-            hit = False
-            while self.faults_on and self.reactor.seconds() < deadline:
-                self.ensure_daemon()
-                try:
-                    if self.daemon.running() and await self.phase_seen(phase):
-                        self.daemon.proc.send_signal(signal.SIGKILL)
-                        await deferToThread(self.daemon.proc.wait)
-                        self.t.kills[phase] += 1
-                        hit = True
-                        break
-                except Exception as e:  # noqa: BLE001 - a terminated backend of ours, say
-                    self.log(f"  phase poll: {type(e).__name__}")
-                await sleep(self.reactor, 0.03)
-            if not hit and self.faults_on:
-                self.t.missed[phase] += 1
+            try:
+                await self._kill_in(phase)
+            except Exception as e:  # noqa: BLE001 - the campaign must go on; say why
+                self.log(f"  killer: {type(e).__name__}: {e}")
             await sleep(self.reactor, self.rng.uniform(0.2, 1.5))
             self.ensure_daemon()
+
+    async def _kill_in(self, phase: str) -> None:
+        deadline = self.reactor.seconds() + self.plan.kill_wait_s
+        while self.faults_on and self.reactor.seconds() < deadline:
+            self.ensure_daemon()
+            try:
+                seen = self.daemon.running() and await self.phase_seen(phase)
+            except Exception as e:  # noqa: BLE001 - a terminated backend of ours, say
+                self.log(f"  phase poll: {type(e).__name__}")
+                seen = False
+            if seen and self.daemon.running():
+                self.daemon.proc.send_signal(signal.SIGKILL)
+                await deferToThread(self.daemon.proc.wait, 30)
+                self.t.kills[phase] += 1
+                return
+            await sleep(self.reactor, 0.03)
+        if self.faults_on:
+            self.t.missed[phase] += 1
 
     # --- faults outside the proxies ------------------------------------------------------------
 
@@ -335,7 +359,11 @@ class Campaign:
         from simulators.cnbank.bank import CnBankSimulator
         from simulators import sftp_server
         old = self.sims.bank
-        await old.stop()
+        try:
+            await old.stop().addTimeout(20, self.reactor)
+        except defer.TimeoutError:
+            self.log("  bank restart: the old bank did not stop within 20 s; started anew anyway")
+            self.t.faults["bank-restart (old bank stuck)"] += 1
         bank = CnBankSimulator(self.reactor, data_dir=str(self.p.bank_data), bank_key=self.keys.bank_sm2,
                                gateway_key=self.keys.gw_sm2.public_key, bank_id=harness.BANK_RECEIVER,
                                settings=harness.envelope_settings(), sftp_root=str(self.p.sftp_root),
@@ -373,6 +401,8 @@ class Campaign:
         self.start_daemon()
         self.faults_on = True
         killer = defer.ensureDeferred(self.killer())
+        start = self.reactor.seconds()
+        next_progress = start + 60
         end = self.reactor.seconds() + plan.duration_s
         next_fault = self.reactor.seconds() + plan.sim_fault_every_s
         try:
@@ -381,7 +411,13 @@ class Campaign:
                     and self.reactor.seconds() < end + 2 * plan.duration_s):
                 await self.feed()
                 await self.department()
+                if self.reactor.seconds() >= next_progress:
+                    next_progress = self.reactor.seconds() + 60
+                    self.log(f"  {self.reactor.seconds() - start:.0f} s: {len(self.orders)} orders, "
+                             f"kills {dict(self.t.kills)}, missed {dict(self.t.missed)}, "
+                             f"daemon {'up' if self.daemon.running() else 'down'}")
                 if self.reactor.seconds() >= next_fault:
+                    self.log(f"  fault: {self._fault_deck[-1] if self._fault_deck else 'next round'}")
                     await self.sim_fault()
                     next_fault = self.reactor.seconds() + plan.sim_fault_every_s * self.rng.uniform(0.5, 1.5)
                 await sleep(self.reactor, 1.0)
@@ -514,9 +550,7 @@ class Campaign:
             refund_sum[r["refund_no"]] = r["refund_amount"] or 0
         if doubles:
             v.append(f"{doubles} items credited twice by a bank's own ledger")
-        verify = await deferToThread(subprocess.run, [
-            sys.executable, "-c", "from gateway.cli import gatewayctl_main; gatewayctl_main()",
-            "--config", str(self.cfg), "journal", "verify"], capture_output=True, text=True, timeout=600)
+        verify = await deferToThread(self.gatewayctl, "journal", "verify")
         if verify.returncode != 0:
             v.append(f"journal verify exited {verify.returncode}: {(verify.stdout + verify.stderr)[-300:]}")
         open_alarms = await self.query("SELECT kind, COUNT(*) AS n FROM alarms WHERE cleared_at IS NULL "
@@ -608,14 +642,16 @@ def main(argv: list[str] | None = None) -> int:
                     help="sqlite, or a PostgreSQL URL of the server (a fresh database is made on it)")
     ap.add_argument("--root", default="var/chaos")
     ap.add_argument("--keep", action="store_true", help="keep the PostgreSQL database after a green run")
+    ap.add_argument("--no-snapshot", action="store_true",
+                    help="run the daemon from the checkout rather than a copy taken at start")
     a = ap.parse_args(argv)
     plan = Plan(seed=a.seed, duration_s=a.duration, grace_s=a.grace if a.grace is not None else 300,
-                db=a.db, root=Path(a.root), keep=a.keep)
+                db=a.db, root=Path(a.root).resolve(), keep=a.keep, snapshot=not a.no_snapshot)
     from twisted.internet import reactor
     result: dict = {}
 
     async def go():
-        result["rc"] = await Campaign(reactor, plan).run()
+        result["rc"] = await Campaign(reactor, plan, log=lambda line: print(line, flush=True)).run()
 
     d = defer.ensureDeferred(go())
     d.addErrback(lambda f: (f.printTraceback(), result.setdefault("rc", 2)))

@@ -180,13 +180,14 @@ class Daemon:
     proc: subprocess.Popen | None = None
     env: dict = field(default_factory=dict)
     log_format: str = "text"
+    cwd: str | None = None    # run from another copy of the sources (the fault campaign's snapshot)
 
     def start(self) -> None:
         log = open(self.log_path, "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [sys.executable, "-c", "from gateway.cli import gatewayd_main; gatewayd_main()",
              "--config", str(self.config), "--log-format", self.log_format],
-            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **self.env})
+            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **self.env}, cwd=self.cwd)
         log.close()
 
     def running(self) -> bool:
