@@ -13,11 +13,15 @@ byte-for-byte one of the pinned ones and in date, and a document with anything
 but exactly one Signature, in that place, over the whole document, in this
 profile, is refused (no signature wrapping, no weaker algorithms).
 
-Signing and verifying need the whole tree (libxmlsec1 works on a DOM): a
-100,000-transfer pain.001 (44 MB) took 11 s and 612 MB to sign and 5 s and
-521 MB to verify (bench/xmldsig_size.py), so memory grows about 12-14 times the
-document's size; run them off the reactor thread, and do not sign a
-million-transfer document whole. Verification therefore looks at the signature
+Signing a pain.001 needs no tree: `StreamSigner` signs the digest that
+`protocols.iso20022.write_pain001` takes of the exclusive-c14n bytes it writes
+(what the enveloped-signature transform leaves of the document), and hands back
+the ds:Signature to write in place; the profile is the one below and xmlsec1
+verifies it (bench/iso_million.py: a million transfers in flat memory).
+`sign_bytes` (libxmlsec1 on a DOM) stays for other documents: a 100,000-transfer
+pain.001 (44 MB) took 11 s and 612 MB to sign that way and 5 s and 521 MB to
+verify (bench/xmldsig_size.py), so memory grows about 12-14 times the
+document's size; run it off the reactor thread. Verification therefore looks at the signature
 first, on one streaming pass that keeps only a skeleton (the repeating elements
 dropped as read): no DOCTYPE, exactly one Signature in its place, our profile, a
 pinned certificate in date. Only a document that passes builds the tree, and
@@ -148,6 +152,54 @@ def _certificate(pem: bytes, what: str) -> x509.Certificate:
         return x509.load_pem_x509_certificate(pem)
     except ValueError as exc:
         raise SignatureError(f"{what} is not a PEM certificate: {exc}") from None
+
+
+class StreamSigner:
+    """Signs a digest computed elsewhere: the writer's SHA-256 of the canonical document.
+
+    `signature(digest)` returns a ds:Signature element (bytes) in our profile,
+    RSA-SHA256 over SignedInfo in exclusive c14n, one Reference URI="" with the
+    enveloped-signature and exclusive-c14n transforms and our certificate in
+    KeyInfo. The key is loaded and checked against the certificate once.
+    """
+
+    def __init__(self, key_pem: bytes, cert_pem: bytes, passphrase: bytes | None = None) -> None:
+        try:
+            private = serialization.load_pem_private_key(key_pem, passphrase)
+        except (ValueError, TypeError) as exc:
+            raise SignatureError(f"cannot load the private key: {exc}") from None
+        if not isinstance(private, rsa.RSAPrivateKey):
+            raise SignatureError("the signing key must be RSA (RSA-SHA256)")
+        cert = _certificate(cert_pem, "signing certificate")
+        if cert.public_key().public_numbers() != private.public_key().public_numbers():
+            raise SignatureError("the certificate does not belong to the private key")
+        self._private = private
+        self._cert_b64 = base64.b64encode(cert.public_bytes(serialization.Encoding.DER)).decode()
+
+    def signature(self, digest: bytes) -> bytes:
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import padding
+        if len(digest) != 32:
+            raise SignatureError(f"a SHA-256 digest is 32 bytes, got {len(digest)}")
+        d = f"{{{DS}}}"
+        sig = etree.Element(d + "Signature", nsmap={"ds": DS})
+        info = etree.SubElement(sig, d + "SignedInfo")
+        etree.SubElement(info, d + "CanonicalizationMethod", Algorithm=_C14N_EXCL)
+        etree.SubElement(info, d + "SignatureMethod", Algorithm=_RSA_SHA256)
+        ref = etree.SubElement(info, d + "Reference", URI="")
+        transforms = etree.SubElement(ref, d + "Transforms")
+        etree.SubElement(transforms, d + "Transform", Algorithm=_ENVELOPED)
+        etree.SubElement(transforms, d + "Transform", Algorithm=_C14N_EXCL)
+        etree.SubElement(ref, d + "DigestMethod", Algorithm=_SHA256)
+        etree.SubElement(ref, d + "DigestValue").text = base64.b64encode(digest).decode()
+        # In place, SignedInfo canonicalises to these bytes too: exclusive c14n renders only
+        # the ds prefix it uses, never the document's default namespace around it.
+        canonical = etree.tostring(info, method="c14n", exclusive=True, with_comments=False)
+        value = self._private.sign(canonical, padding.PKCS1v15(), hashes.SHA256())
+        etree.SubElement(sig, d + "SignatureValue").text = base64.b64encode(value).decode()
+        x509_data = etree.SubElement(etree.SubElement(sig, d + "KeyInfo"), d + "X509Data")
+        etree.SubElement(x509_data, d + "X509Certificate").text = self._cert_b64
+        return etree.tostring(sig)
 
 
 def sign_bytes(doc: bytes, key_pem: bytes, cert_pem: bytes, passphrase: bytes | None = None) -> bytes:
@@ -318,4 +370,4 @@ def certificate_der(pem: bytes) -> bytes:
     return _certificate(pem, "certificate").public_bytes(serialization.Encoding.DER)
 
 
-__all__ = ["SignatureError", "sign_bytes", "sign_file", "verify_bytes", "verify_file", "certificate_der"]
+__all__ = ["SignatureError", "StreamSigner", "sign_bytes", "sign_file", "verify_bytes", "verify_file", "certificate_der"]

@@ -85,6 +85,13 @@ class _Judged:
         self.entries: list[tuple[str | None, str | None]] = []   # camt.054 (EndToEndId, InstrId)
 
 
+class _Sink:
+    """What write_pain001 writes to: a callable behind a file's write()."""
+
+    def __init__(self, write) -> None:
+        self.write = write
+
+
 def _iso_time(now: float) -> str:
     return datetime.datetime.fromtimestamp(int(now), CST).isoformat()
 
@@ -123,25 +130,32 @@ class IsoAdapter:
             debtor_agent_id=self.s.debtor_agent_id, requested_date=date,
             pmt_inf_id=f"{msg_id}/{kind}")
 
-    def _seal(self, plain: str, final: str) -> str:
-        """Validate the written document against its XSD, sign it, and check the signed one again."""
-        iso.validate(plain)
-        if self.s.signature == "xmldsig":
-            xmldsig.sign_file(plain, final, self.key_pem, self.cert_pem)
-            os.unlink(plain)
-            iso.validate(final)
-        else:
-            os.replace(plain, final)
+    def _write_sealed(self, final: str, header, transfers) -> str:
+        """Write the pain.001 (signed as it is written when the bank wants XMLDSig: no tree, flat
+        memory at a million transfers), validate it against its XSD streaming, then put it in
+        place; return its SHA-256. A failure leaves nothing behind."""
+        part = final + ".part"
         h = hashlib.sha256()
-        with open(final, "rb") as f:
-            while chunk := f.read(1 << 20):
-                h.update(chunk)
+        signer = (xmldsig.StreamSigner(self.key_pem, self.cert_pem) if self.s.signature == "xmldsig"
+                  else None)
+        try:
+            with open(part, "wb") as f:
+                def write(data: bytes) -> None:
+                    h.update(data)
+                    f.write(data)
+                iso.write_pain001(_Sink(write), header, transfers, signer)
+            iso.validate(part)
+            os.replace(part, final)
+        except BaseException:
+            for p in (part, final):
+                if os.path.exists(p):
+                    os.unlink(p)
+            raise
         return h.hexdigest()
 
     def build_batch(self, spec: BatchSpec, items) -> Built:
         name = f"{spec.batch_no}.pain001.xml"
         final = os.path.join(self.work_dir, name)
-        plain = final + ".unsigned"
         d = spec.submit_date
         header = self._header(spec.batch_no, spec.kind, spec.total_count, spec.total_amount,
                               spec.created_at, f"{d[:4]}-{d[4:6]}-{d[6:]}")
@@ -151,15 +165,7 @@ class IsoAdapter:
             creditor_agent_name=i.account_bank or None, creditor_id_number=i.id_number or None,
             remittance=spec.project_short or spec.project_code,
             creditor_agent_cnaps=i.account_bank_code or None) for i in items)
-        try:
-            with open(plain, "wb") as f:
-                iso.write_pain001(f, header, transfers)
-            digest = self._seal(plain, final)
-        except BaseException:
-            for p in (plain, final):
-                if os.path.exists(p):
-                    os.unlink(p)
-            raise
+        digest = self._write_sealed(final, header, transfers)
         return Built(name, digest, "", spec.total_count, spec.total_amount)
 
     def built_exists(self, batch: dict) -> bool:
@@ -630,7 +636,6 @@ class IsoAdapter:
         final = self._refund_path(refund)
         if os.path.exists(final):
             return final   # the same bytes every time: the bank's MsgId idempotency holds
-        plain = final + ".unsigned"
         when = _iso_time(now)
         header = self._header(refund["refund_no"], "REFUND", 1, refund["total_amount"], when, when[:10])
         items = [f"{x['batch_no']}:{x['seq']}:{x['amount']}" for x in lines]
@@ -646,9 +651,7 @@ class IsoAdapter:
                                amount_fen=refund["total_amount"], creditor_name=self.s.refund_account_name,
                                creditor_account=self.s.refund_account, creditor_agent_name=None,
                                creditor_id_number=None, remittance=ustrd)
-        with open(plain, "wb") as f:
-            iso.write_pain001(f, header, [t])
-        self._seal(plain, final)
+        self._write_sealed(final, header, [t])
         return final
 
     async def send_refund(self, refund: dict, lines: list[dict], recorder, before) -> Reply | None:
