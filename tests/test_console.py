@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+import pytest_twisted
 from sqlalchemy import insert
 
 from gateway import config as configmod
@@ -170,3 +171,75 @@ def test_order_items_page_by_seq_masked_and_grouped(db_url):
         assert all(r["id_number"] == "1101**********8515" and r["account_no"] == "6222***********3445"
                    for r in first)
     engine.dispose()
+
+
+@pytest_twisted.ensureDeferred
+async def test_console_over_http_standby_is_read_only_and_every_post_needs_the_csrf_token(reactor, tmp_path):
+    """The console resource on a loopback port: a standby says so in the header and refuses an
+    acknowledgement (409) even with the right token; active, a POST with a wrong token is refused
+    (403) and changes nothing; with the session's token the alarm is acknowledged by the signed-in
+    operator and the acknowledgement is journaled with who and the comment."""
+    import http.cookiejar
+    import re
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+    from types import SimpleNamespace
+
+    from sqlalchemy import select
+    from twisted.internet.threads import deferToThread
+    from twisted.web import server
+
+    from gateway import db as dbmod
+    from gateway.alarms import raise_alarm
+    from gateway.console.web import Console
+    from gateway.journal import Journal
+    from gateway.models import alarms, journal
+
+    url = f"sqlite:///{tmp_path}/gw.db"
+    dbmod.upgrade(url)
+    database = dbmod.Database(reactor, dbmod.make_engine(url), 1)
+    database.start()
+    with database.engine.begin() as c:
+        aid = raise_alarm(c, "2026-11-02T10:00:00+08:00", "critical", "bank-link-down", "no answer", bank_id="b1")
+    users = str(tmp_path / "users")
+    add_user(users, "wang", "operator", "correct horse", rounds=4)
+    lead = SimpleNamespace(active=False, status=lambda: {"role": "standby", "since": None, "leases": {}})
+    gw = SimpleNamespace(flows={}, tickers={}, leadership=lead, commands=None)
+    res = Console(reactor, Auth(read_users(users), reactor.seconds), database, gw, Journal(str(tmp_path / "j")))
+    port = reactor.listenTCP(0, server.Site(res), interface="127.0.0.1")
+    base = f"http://127.0.0.1:{port.getHost().port}"
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+
+    def call(path, data=None):
+        try:
+            with opener.open(base + path, urllib.parse.urlencode(data).encode() if data is not None else None) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+    try:
+        _, page = await deferToThread(call, "/login")
+        pre = re.search(r'name="csrf" value="([^"]+)"', page).group(1)
+        st, page = await deferToThread(call, "/login", {"csrf": pre, "user": "wang", "password": "correct horse",
+                                                         "next": "/alarms"})
+        assert st == 200 and "wang (operator)" in page and 'id="standby-banner"' in page
+        token = re.search(r'name="csrf" value="([^"]+)"', page).group(1)
+        st, page = await deferToThread(call, f"/alarms/{aid}/ack", {"csrf": token, "comment": "seen"})
+        assert st == 409 and "standby" in page
+        lead.active = True
+        st, page = await deferToThread(call, f"/alarms/{aid}/ack", {"csrf": token + "x", "comment": "seen"})
+        assert st == 403 and "CSRF" in page
+        st, page = await deferToThread(call, f"/alarms/{aid}/ack", {"comment": "seen"})
+        assert st == 403
+        with database.engine.connect() as c:
+            assert c.execute(select(alarms.c.acknowledged_by).where(alarms.c.id == aid)).scalar() is None
+        st, page = await deferToThread(call, f"/alarms/{aid}/ack", {"csrf": token, "comment": "已联系银行 called"})
+        assert st == 200 and f"#{aid}" in page and 'id="standby-banner"' not in page
+        with database.engine.connect() as c:
+            a = c.execute(select(alarms).where(alarms.c.id == aid)).mappings().one()
+            e = c.execute(select(journal).where(journal.c.tx_code == "console.alarm.ack")).mappings().one()
+        assert (a["acknowledged_by"], a["ack_comment"]) == ("wang", "已联系银行 called")
+        assert e["peer"] == "console:wang" and "called" in e["decoded"] and f"#{aid}" in e["decoded"]
+    finally:
+        await port.stopListening()
+        database.stop()

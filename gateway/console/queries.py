@@ -106,7 +106,7 @@ def order_page(conn: Connection, order_no: str) -> dict | None:
     bl = [dict(r) for r in conn.execute(select(batches).where(batches.c.order_no == order_no)
                                         .order_by(batches.c.seq)).mappings()]
     cs = [dict(r) for r in conn.execute(select(corrections).where(corrections.c.order_no == order_no)
-                                        .order_by(corrections.c.id.desc()).limit(200)).mappings()]
+                                        .order_by(corrections.c.id.desc()).limit(50)).mappings()]
     for c in cs:
         c["old"], c["new"] = _masked_json(c["old_values"]), _masked_json(c["new_values"])
     rf = [dict(r) for r in conn.execute(select(refunds).where(refunds.c.order_no == order_no)

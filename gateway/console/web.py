@@ -256,10 +256,12 @@ class Console(resource.Resource):
                 else:
                     state = "degraded"
             prev = self.links.get(bank_id)
-            since = prev[1] if prev and prev[0] == state else (ls or {}).get("failing_since") \
-                if state in ("down", "degraded") else now
-            if prev is None and state == "up" and ls and ls.get("last_ok_at"):
-                since = now
+            if prev is not None and prev[0] == state:
+                since = prev[1]
+            elif state in ("down", "degraded"):
+                since = (ls or {}).get("failing_since") or now
+            else:
+                since = now          # up (or unknown) since this console first saw it so
             self.links[bank_id] = (state, since)
             out.append({"bank_id": bank_id, "name": getattr(flow.bank, "name", ""), "state": state,
                         "since": _iso(since), "last_error": mask_text(error)[:300], "last_error_at": _iso(error_at),
