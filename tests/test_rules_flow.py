@@ -39,6 +39,10 @@ async def _states(env, order_no):
     return {r["seq"]: (r["status"], r["batch_no"]) for r in rows}
 
 
+async def _eq_rows(env, sql, n):
+    return len(await env.query(sql)) == n
+
+
 def _credited_once(env, order_no, seqs):
     """From the bank's ledger: every seq in *seqs* credited exactly once, net of returns."""
     per = Counter(c.seq for c in env.sims.bank.credits(order_no))
@@ -123,14 +127,17 @@ async def test_rjct_of_a_pay_batch_sends_every_item_again_once(reactor, tmp_path
 async def test_a_late_return_is_applied_and_its_item_paid_again_only_after_correction(reactor, tmp_path):
     """A paid item returned late must not stay PAID in the gateway (the core would be told it was
     paid while the money is back at the bank): it becomes FAILED with the return's reason, the
-    order leaves SETTLED, and conservation still holds. It is not sent again by itself: only a
+    order leaves SETTLED (only that order: another SETTLED order stays so), and conservation
+    still holds. It is not sent again by itself: only a
     correction and a retry pay it again, and the ledger shows it credited twice and returned
     once, never credited twice net."""
     o = "LRET0001"
     s = spec(o, 6)
-    env = await in_process(reactor, tmp_path, [s], return_poll_s=0.1)
+    other = spec("LRET0002", 2, seed=8)
+    env = await in_process(reactor, tmp_path, [s, other], return_poll_s=0.1)
     try:
-        await env.until(lambda: env.query("select 1 from orders where state='SETTLED'"), what="SETTLED")
+        await env.until(lambda: _eq_rows(env, "select 1 from orders where state='SETTLED'", 2),
+                        what="both SETTLED")
         seq = datagen.item(s, 2)["seq"]
         await env.sims.bank.return_item(f"{o}-P01", seq, "R004")
         await env.until(lambda: env.query("select 1 from late_returns"), what="the return applied")
@@ -138,13 +145,16 @@ async def test_a_late_return_is_applied_and_its_item_paid_again_only_after_corre
             await env.flow.tick()
         st = await _states(env, o)
         assert st[seq] == ("FAILED", f"{o}-P01")
-        assert (await env.query("select state, results_pending from orders"))[0]["state"] == "DISPATCHED"
-        assert [b["batch_no"] for b in await env.query("select batch_no from batches")] == [f"{o}-P01"]
+        assert {r["order_no"]: r["state"] for r in await env.query("select order_no, state from orders")} \
+            == {o: "DISPATCHED", "LRET0002": "SETTLED"}   # only the returned item's order reopens
+        assert [b["batch_no"] for b in await env.query("select batch_no from batches where order_no=:o",
+                                                       o=o)] == [f"{o}-P01"]
         applied = await env.query("select return_serial, seq, amount from late_returns")
         assert [(r["seq"], r["amount"]) for r in applied] == [(seq, datagen.item(s, 2)["amount"])]
         await env.gw.commands.call("item.correct", _correct(seq, o), CALLER)
         await env.gw.commands.call("order.retry", {"order_no": o}, CALLER)
-        await env.until(lambda: env.query("select 1 from orders where state='SETTLED'"), what="SETTLED again")
+        await env.until(lambda: _eq_rows(env, "select 1 from orders where state='SETTLED'", 2),
+                        what="SETTLED again")
         credits = [c.batch_no for c in env.sims.bank.credits(o) if c.seq == seq]
         assert credits == [f"{o}-P01", f"{o}-R02"]
         assert env.sims.bank.batch_now(f"{o}-R02")["total_count"] == 1
