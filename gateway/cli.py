@@ -75,9 +75,22 @@ def gatewayd_main(argv: list[str] | None = None) -> None:
 
     from gateway.sdnotify import Notifier
     notifier = Notifier()
+    _reload_on_sighup(reactor, gw)
     reactor.callWhenRunning(start)
     reactor.run()
     raise SystemExit(exit_code[0])
+
+
+def _reload_on_sighup(reactor, gw) -> None:
+    """SIGHUP reads conf/banks/ again (Gateway.reload) instead of ending the daemon."""
+    import signal
+
+    from twisted.logger import Logger
+
+    def reload() -> None:
+        gw.reload().addErrback(lambda f: Logger().failure("reload failed", f))
+
+    signal.signal(signal.SIGHUP, lambda signum, frame: reactor.callFromThread(reload))
 
 
 # --- gatewayctl -----------------------------------------------------------------

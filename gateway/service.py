@@ -199,6 +199,8 @@ class Gateway(service.MultiService):
         self.leadership: Leadership | None = None
         self.scheduler: RetryScheduler | None = None
         self.stopping = False
+        self.build: dict | None = None          # what reload() needs to make flows (make_service)
+        self._reload_lock: defer.DeferredLock | None = None
 
     def kick(self, bank_id: str) -> None:
         """Wake a bank's flow now (if this daemon runs it)."""
@@ -235,6 +237,95 @@ class Gateway(service.MultiService):
         return defer.DeferredList([defer.maybeDeferred(self.tickers[b].stopService) for b in ids
                                    if self.tickers[b].running]
                                   + [self.flows[b].core_idle() for b in ids])
+
+    # --- SIGHUP: conf/banks/ read again -----------------------------------------------------
+    def reload(self) -> defer.Deferred:
+        """Read the configuration's bank files again and apply them without a restart: a bank
+        added gets its flow (and, per bank, its lease), a bank removed has its flow finish its
+        step and stop (its lease released), a bank changed is stopped and started again with
+        the new file. The new configuration is checked whole first (every file and key, each
+        new or changed bank's adapter: keys opened); if anything is wrong nothing changes, the
+        running banks go on, and one "config-reload-refused" alarm episode names the file and
+        key (cleared by the next good reload). Settings of the daemon's own file (database,
+        core, rpc, ...) take effect at the next restart. Fires with a summary dict."""
+        if self._reload_lock is None:
+            self._reload_lock = defer.DeferredLock()
+        return self._reload_lock.run(lambda: defer.ensureDeferred(self._reload()))
+
+    async def _reload(self) -> dict:
+        import dataclasses
+
+        from gateway import config as configmod
+        from gateway.flow import iso
+        from gateway.rules import clear_alarm, raise_alarm
+        ctx = self.build
+        if ctx is None or not self.running or self.stopping:
+            return {"ok": False, "errors": ["the daemon is not running"]}
+        reactor, old = ctx["reactor"], ctx["cfg"]
+        adapters: dict = {}
+        try:
+            new = configmod.load(old.file)
+            running = dataclasses.replace(old, banks=new.banks)   # the daemon's own settings stay
+            added = [b for b in new.banks if b not in old.banks]
+            removed = [b for b in old.banks if b not in new.banks]
+            changed = [b for b in new.banks if b in old.banks and new.banks[b] != old.banks[b]]
+            errors = []
+            for b in added + changed:
+                try:
+                    adapters[b] = make_adapter(reactor, new.banks[b], running, ctx["faults"])
+                except AdapterError as e:
+                    errors.append(str(e))
+                except Exception as e:  # noqa: BLE001  (a plugin's surprise refuses the reload too)
+                    errors.append(f"{new.banks[b].file}: {type(e).__name__}: {e}")
+            if errors:
+                raise configmod.ConfigError(errors)
+        except configmod.ConfigError as e:
+            for a in adapters.values():
+                await defer.maybeDeferred(a.close)
+            msg = ("reload of the configuration refused, the running banks go on unchanged: "
+                   + "; ".join(e.errors))[:2000]
+            log.error("reload refused: {errors}", errors="; ".join(e.errors))
+            await self.database.run(lambda c: raise_alarm(c, iso(reactor.seconds()), "critical",
+                                                          "config-reload-refused", msg))
+            return {"ok": False, "errors": e.errors}
+        await self.database.run(lambda c: clear_alarm(c, iso(reactor.seconds()), "config-reload-refused"))
+        for b in removed + changed:
+            await self._remove_bank(b)
+        ctx["cfg"] = running
+        for b in changed + added:
+            self._add_bank(running, new.banks[b], adapters[b])
+        if self.scheduler is not None:
+            self.scheduler.bank_ids = tuple(self.flows)
+        log.info("configuration reloaded: banks added {added}, changed {changed}, removed {removed}",
+                 added=added or "none", changed=changed or "none", removed=removed or "none")
+        return {"ok": True, "added": added, "changed": changed, "removed": removed}
+
+    async def _remove_bank(self, bank_id: str) -> None:
+        flow, ticker = self.flows[bank_id], self.tickers[bank_id]
+        flow.stopping = True
+        lead = self.leadership.leaders.get(bank_id) if self.leadership is not None else None
+        if lead is not None:        # per bank: its lease stands down (the flow stops) and is released
+            await lead.disownServiceParent()
+            del self.leadership.leaders[bank_id]
+        await defer.DeferredList(([defer.maybeDeferred(ticker.stopService)] if ticker.running else [])
+                                 + [flow.core_idle()])
+        await defer.maybeDeferred(flow.adapter.close)
+        del self.flows[bank_id], self.tickers[bank_id]
+
+    def _add_bank(self, cfg, bank, adapter) -> None:
+        ctx = self.build
+        lead = ctx["make_leader"](bank.bank_id, [bank.bank_id], False) if ctx["per_bank"] else None
+        fence = lead.fence if lead is not None else self.leadership.leaders[SINGLE].fence
+        flow = BankFlow(ctx["reactor"], cfg, bank, dbmod.FencedDatabase(self.database, fence), ctx["journal"],
+                        self.core, adapter, ctx["faults"])
+        self.flows[bank.bank_id] = flow
+        self.tickers[bank.bank_id] = Ticker(ctx["reactor"], f"flow-{bank.bank_id}", flow.tick,
+                                            min(bank.status_poll_s, cfg.core.poll_interval_s))
+        if lead is not None:
+            self.leadership.leaders[bank.bank_id] = lead
+            lead.setServiceParent(self)     # started: it takes the lease, then starts the flow
+        elif self.leadership.leaders[SINGLE].active:
+            self.on_active([bank.bank_id], scheduler=False)
 
     @defer.inlineCallbacks
     def stopService(self):  # noqa: N802
@@ -368,18 +459,21 @@ def make_service(cfg: GatewayConfig, reactor=None) -> Gateway:
     else:
         groups = [(SINGLE, list(cfg.banks), True)]
     leaders, fence_of = {}, {}
-    for name, bank_ids, sched in groups:
-        try:
-            lease = lease_for_url(cfg.database_url, name, holder, lease_s=cfg.ha_lease_s)
-        except ValueError as e:
-            engine.dispose()
-            raise StartupError(f"{cfg.file}: database.url: {e}") from None
+
+    def make_leader(name, bank_ids, sched) -> Leadership:
+        lease = lease_for_url(cfg.database_url, name, holder, lease_s=cfg.ha_lease_s)
         eager = cfg.ha_mode == "single" or not cfg.ha_prefer or name in cfg.ha_prefer
-        leaders[name] = Leadership(
+        return Leadership(
             reactor, lease, name=name, retry_s=cfg.ha_retry_s, lease_s=cfg.ha_lease_s,
             margin_s=cfg.ha_margin_s, patience=1.0 if eager else 2.0,
             on_active=lambda bank_ids=bank_ids, sched=sched: gw.on_active(bank_ids, sched),
             on_standby=lambda bank_ids=bank_ids, sched=sched: gw.on_standby(bank_ids, sched))
+    for name, bank_ids, sched in groups:
+        try:
+            leaders[name] = make_leader(name, bank_ids, sched)
+        except ValueError as e:
+            engine.dispose()
+            raise StartupError(f"{cfg.file}: database.url: {e}") from None
         for b in bank_ids:
             fence_of[b] = leaders[name].fence
     for bank_id, bank in cfg.banks.items():
@@ -393,6 +487,8 @@ def make_service(cfg: GatewayConfig, reactor=None) -> Gateway:
     gw.scheduler = RetryScheduler(reactor, database.engine, journal, cfg.calendar, cfg.retry_times,
                                   cfg.banks, gw.kick)
     gw.scheduler.fence = leaders[CORE if cfg.ha_mode == "per-bank" else SINGLE].fence
+    gw.build = {"reactor": reactor, "cfg": cfg, "faults": faults, "journal": journal,
+                "make_leader": make_leader, "per_bank": cfg.ha_mode == "per-bank"}
     # The last children: on stop each releases its lease only after its flows have stopped.
     gw.leadership = LeaseSet(leaders)
     for lead in leaders.values():
