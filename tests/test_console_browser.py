@@ -105,9 +105,11 @@ class Browser:
         self.css("#user")[0].send_keys(user)
         self.css("#password")[0].send_keys(password)
         self.css("#sign-in")[0].click()
+        poll(lambda: f"{user} (" in self.text("header .who"), 15, f"{user} signed in")
 
     def sign_out(self) -> None:
         self.css("header form button")[0].click()
+        poll(lambda: self.css("#sign-in"), 15, "the sign-in page after signing out")
 
     def cookie(self) -> str:
         return self.d.get_cookie("gwconsole")["value"]
