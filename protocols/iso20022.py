@@ -294,6 +294,51 @@ def _parse_amount(field: str, text: str | None) -> int:
     return int(m.group(1)) * 100 + int(frac[:2])
 
 
+# --- the Latin character set (per bank: charset = "latin") ---------------------------------
+# The SWIFT/SEPA Latin set ISO 20022 banks without Unicode accept: letters, digits, space and
+# / - ? : ( ) . , ' +. Chinese is written in pinyin (pypinyin, no tone marks; ü as v), one
+# capitalised syllable each ("张三" -> "Zhang San"); full-width forms are folded (NFKC) and a
+# name's middle dot (阿依古丽·买买提) becomes a space. Anything else is refused, never dropped.
+_NAME_DOTS = str.maketrans({"\u00b7": " ", "\u2027": " ", "\u30fb": " ", "\u2022": " "})
+
+
+@functools.lru_cache(maxsize=1)
+def _pinyin():
+    from pypinyin import Style, lazy_pinyin, load_phrases_dict
+    # Bank words pypinyin's phrase list lacks: 行 of a branch is háng, not xíng.
+    load_phrases_dict({w: [[c] for c in r] for w, r in (("支行", ("zhī", "háng")), ("分行", ("fēn", "háng")),
+                                                          ("总行", ("zǒng", "háng")))})
+    return lambda text, errors: lazy_pinyin(text, style=Style.NORMAL, errors=errors)
+
+
+@functools.lru_cache(maxsize=65536)
+def _latin(text: str) -> str | int:
+    import unicodedata
+    lazy_pinyin = _pinyin()
+    folded = unicodedata.normalize("NFKC", text).translate(_NAME_DOTS)
+    parts = []
+    for token in lazy_pinyin(folded, lambda run: ["\0" + run]):
+        if token.startswith("\0"):
+            parts.append(token[1:])
+        else:
+            parts.append(f" {token.capitalize()} ")
+    out = re.sub(" +", " ", "".join(parts)).strip()
+    bad = re.search(r"[^A-Za-z0-9/\-?:().,'+ ]", out)
+    return out if bad is None else ord(bad.group())
+
+
+def to_latin(field: str, text: str) -> str:
+    """*text* in the Latin character set (pinyin for Chinese), or Iso20022Error naming *field*
+    and the first character the set cannot carry."""
+    out = _latin(text)
+    if isinstance(out, int):
+        raise Iso20022Error(field, f"character {chr(out)!r} (U+{out:04X}) is outside the Latin character "
+                                   f"set the bank accepts and has no transliteration")
+    if not out and text:
+        raise Iso20022Error(field, f"{text!r} is empty once transliterated")
+    return out
+
+
 def _remittance_lines(value: Any) -> list[str]:
     lines = [value] if isinstance(value, str) else list(value) if isinstance(value, (list, tuple)) else None
     if lines is None:

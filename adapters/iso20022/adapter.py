@@ -96,6 +96,47 @@ def _iso_time(now: float) -> str:
     return datetime.datetime.fromtimestamp(int(now), CST).isoformat()
 
 
+class _WatchedClient:
+    """The bank client (HTTPS or SFTP) with the link's state noted on every call, the same
+    link_state() as cnbank's for health and /metrics: an answer (any HTTP status below 500,
+    a page refused as too large or malformed included) is the link working; no answer, a
+    timeout or a 5xx is a failure."""
+
+    def __init__(self, client, clock) -> None:
+        self._client, self._clock = client, clock
+        self.state = {"last_ok_at": None, "last_error_at": None, "last_error": None,
+                      "failures": 0, "failing_since": None}
+
+    def __getattr__(self, name):
+        return getattr(self._client, name)
+
+    async def _watch(self, what: str, call):
+        try:
+            out = await call
+        except Exception as e:
+            status = getattr(e, "status", None)
+            if status is not None and status < 500:
+                self._ok()
+            else:
+                now = self._clock.seconds()
+                st = self.state
+                st.update(last_error_at=now, last_error=f"{what}: {e}"[:300], failures=st["failures"] + 1)
+                if st["failing_since"] is None:
+                    st["failing_since"] = now
+            raise
+        self._ok()
+        return out
+
+    def _ok(self) -> None:
+        self.state.update(last_ok_at=self._clock.seconds(), failures=0, failing_since=None)
+
+    def post_payment(self, doc: bytes):
+        return self._watch("POST payment", self._client.post_payment(doc))
+
+    def reports(self, since, limit: int = 100):
+        return self._watch("GET reports", self._client.reports(since, limit))
+
+
 @implementer(IBankAdapter)
 class IsoAdapter:
     """One ISO 20022 bank: its HTTPS client, our signing key, the bank's pinned certificates."""
@@ -108,7 +149,7 @@ class IsoAdapter:
         self.bank = bank
         self.bank_id = bank.bank_id
         self.s = settings
-        self.client = client
+        self.client = _WatchedClient(client, reactor)
         self.key_pem = key_pem
         self.cert_pem = cert_pem
         self.pinned = pinned            # callable(now: datetime) -> [(cert_pem, None)]
@@ -120,12 +161,38 @@ class IsoAdapter:
         self._faulted: set[str] = set()     # cursors whose page could not be taken (alarm open)
         os.makedirs(work_dir, exist_ok=True)
 
+    def link_state(self) -> dict:
+        """The link as last seen (in memory, for health and /metrics): last answer, last failure
+        and when, consecutive failures, and since when failing."""
+        return dict(self.client.state)
+
     # --- documents -----------------------------------------------------------------
+
+    def _text(self, field: str, text: str | None) -> str | None:
+        """A name or remittance text as the bank's character set takes it: as it is, or, for a
+        Latin-only bank, in pinyin (the original stays in the item and in the journal's pull)."""
+        if not text or self.s.charset != "latin":
+            return text
+        return iso.to_latin(field, text)
+
+    def _transfer(self, spec: BatchSpec, i) -> iso.CreditTransfer:
+        try:
+            name = self._text("Cdtr/Nm", i.name)
+            agent = self._text("CdtrAgt/FinInstnId/Nm", i.account_bank) if not i.account_bank_code else None
+            remittance = self._text("RmtInf/Ustrd", spec.project_short or spec.project_code)
+        except iso.Iso20022Error as e:
+            raise iso.Iso20022Error(f"item {spec.order_no} seq {i.seq}: {e.element}", e.message) from None
+        return iso.CreditTransfer(
+            instr_id=f"{spec.batch_no}-{i.seq}", end_to_end_id=f"{spec.order_no}-{i.seq}",
+            amount_fen=i.amount, creditor_name=name, creditor_account=i.account_no,
+            creditor_agent_name=agent or None, creditor_id_number=i.id_number or None,
+            remittance=remittance, creditor_agent_cnaps=i.account_bank_code or None)
 
     def _header(self, msg_id: str, kind: str, count: int, amount: int, when: str, date: str):
         return iso.PaymentInitiation(
             msg_id=msg_id, created_at=when, nb_of_txs=count, ctrl_sum_fen=amount,
-            initiating_party=self.s.initiating_party, debtor_name=self.bank.payer_name,
+            initiating_party=self._text("GrpHdr/InitgPty/Nm", self.s.initiating_party),
+            debtor_name=self._text("PmtInf/Dbtr/Nm", self.bank.payer_name),
             debtor_account=self.bank.payer_acct, debtor_agent_bic=self.s.debtor_agent_bic or None,
             debtor_agent_id=self.s.debtor_agent_id, requested_date=date,
             pmt_inf_id=f"{msg_id}/{kind}")
@@ -159,12 +226,7 @@ class IsoAdapter:
         d = spec.submit_date
         header = self._header(spec.batch_no, spec.kind, spec.total_count, spec.total_amount,
                               spec.created_at, f"{d[:4]}-{d[4:6]}-{d[6:]}")
-        transfers = (iso.CreditTransfer(
-            instr_id=f"{spec.batch_no}-{i.seq}", end_to_end_id=f"{spec.order_no}-{i.seq}",
-            amount_fen=i.amount, creditor_name=i.name, creditor_account=i.account_no,
-            creditor_agent_name=i.account_bank or None, creditor_id_number=i.id_number or None,
-            remittance=spec.project_short or spec.project_code,
-            creditor_agent_cnaps=i.account_bank_code or None) for i in items)
+        transfers = (self._transfer(spec, i) for i in items)
         digest = self._write_sealed(final, header, transfers)
         return Built(name, digest, "", spec.total_count, spec.total_amount)
 
@@ -648,7 +710,8 @@ class IsoAdapter:
                 cur = f"{cur} {it}"
         ustrd.append(cur)
         t = iso.CreditTransfer(instr_id=refund["refund_no"], end_to_end_id=refund["refund_no"],
-                               amount_fen=refund["total_amount"], creditor_name=self.s.refund_account_name,
+                               amount_fen=refund["total_amount"],
+                               creditor_name=self._text("Cdtr/Nm", self.s.refund_account_name),
                                creditor_account=self.s.refund_account, creditor_agent_name=None,
                                creditor_id_number=None, remittance=ustrd)
         self._write_sealed(final, header, [t])

@@ -5,7 +5,8 @@ Bank file keys (besides bank_id, name, dialect, payer_acct, payer_name):
     [iso20022]  initiating_party, debtor_agent_id, debtor_agent_bic?, signature ("xmldsig"|"none"),
                 refund_account, refund_account_name, status_poll_s, return_poll_s,
                 result_working_days, late_return_window_days, statement_daily, transport ("https"|"sftp"),
-                max_document_bytes (each received document, capped while reading; 64 MiB)
+                max_document_bytes (each received document, capped while reading; 64 MiB),
+                charset ("utf-8"|"latin": Latin-only banks get names and remittance text in pinyin)
     [https]     base_url, server_name?, timeout_s, max_body_bytes (a report page, bytes read; 1 GiB)
                                                                            (transport "https")
     [sftp]      as a cnbank bank's [sftp]: host, port, username, client_key, host_key, in_dir, out_dir
@@ -59,6 +60,7 @@ class IsoSettings:
     passphrase_env: str
     allow_unencrypted: bool = False   # [keys]: our RSA key may be plain (demo/tests only; warned at start)
     max_document_bytes: int = 64 * 1024 * 1024
+    charset: str = "utf-8"
     allow_unsigned_reports: bool = False
     sftp: Any = None          # gateway.config.SftpSettings when transport = "sftp"
 
@@ -83,6 +85,7 @@ def _schemas():
         "statement_daily": Field(bool, True),
         "transport": Field(str, "https", one_of("https", "sftp")),
         "max_document_bytes": Field(int, 64 * 1024 * 1024, positive),
+        "charset": Field(str, "utf-8", one_of("utf-8", "latin")),
     }
     https = {
         "base_url": Field(str, check=pattern(r"https://[^\s]+", "an https:// URL")),
