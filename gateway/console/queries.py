@@ -90,14 +90,19 @@ def _masked_json(text: str | None) -> dict:
         if isinstance(v, dict) else {"?": mask_text(str(v))}
 
 
-def order_page(conn: Connection, order_no: str) -> dict | None:
+def item_groups(conn: Connection, order_no: str) -> list[dict]:
+    """The one grouped count of an order's view (primary-key range of the order's items)."""
+    return [dict(r) for r in conn.execute(
+        select(items.c.status, items.c.reason_code, func.count().label("n"), func.sum(items.c.amount).label("amount"))
+        .where(items.c.order_no == order_no).group_by(items.c.status, items.c.reason_code)).mappings()]
+
+
+def order_page(conn: Connection, order_no: str, groups_of=None) -> dict | None:
+    """*groups_of(conn, order)*: the grouped count, from a cache when the caller keeps one."""
     o = conn.execute(select(orders).where(orders.c.order_no == order_no)).mappings().first()
     if o is None:
         return None
-    # The one grouped count of this view (primary-key range of the order's items).
-    groups = [dict(r) for r in conn.execute(
-        select(items.c.status, items.c.reason_code, func.count().label("n"), func.sum(items.c.amount).label("amount"))
-        .where(items.c.order_no == order_no).group_by(items.c.status, items.c.reason_code)).mappings()]
+    groups = (groups_of or (lambda c, o: item_groups(c, o["order_no"])))(conn, dict(o))
     sums: dict[str, int] = {}
     for g in groups:
         sums[g["status"]] = sums.get(g["status"], 0) + int(g["amount"] or 0)

@@ -70,6 +70,8 @@ class Console(resource.Resource):
         self.env.globals["qs"] = lambda **kw: urlencode({k: v for k, v in kw.items() if v not in (None, "")})
         self.static = static.File(str(__import__("pathlib").Path(__file__).parent / "static"))
         self.links: dict[str, tuple[str, float]] = {}   # bank -> (state, since): what the overview last saw
+        self.counts: dict[str, tuple[float, str, list]] = {}   # order -> (counted at, its updated_at, groups)
+        self.count_ttl_s = 30.0
 
     # -- plumbing -------------------------------------------------------------------------------
     def render(self, request):
@@ -286,9 +288,23 @@ class Console(resource.Resource):
         status, reason = self._arg(request, "status", 16), self._arg(request, "reason", 8)
         after = int(self._arg(request, "after", 12) or 0) if self._arg(request, "after", 12).isdigit() else 0
 
+        def groups_of(conn, o):
+            # A million-item order's grouped count takes seconds on SQLite: kept COUNT_TTL_S
+            # seconds while the order's row is unchanged, and the page says when it was counted.
+            hit = self.counts.get(order_no)
+            now = self.reactor.seconds()
+            if hit is not None and hit[1] == o["updated_at"] and now - hit[0] < self.count_ttl_s:
+                return hit[2]
+            groups = Q.item_groups(conn, order_no)
+            self.counts[order_no] = (now, o["updated_at"], groups)
+            if len(self.counts) > 200:
+                self.counts.pop(next(iter(self.counts)))
+            return groups
+
         def read(conn):
-            page = Q.order_page(conn, order_no)
+            page = Q.order_page(conn, order_no, groups_of)
             if page is not None:
+                page["counted_at"] = _iso(self.counts[order_no][0]) if order_no in self.counts else None
                 page["items"] = Q.order_items(conn, order_no, status or None, reason or None, after)
             return page
         page = await self._read(read)
@@ -344,7 +360,10 @@ class Console(resource.Resource):
         answers = None
         if e["msg_id"]:
             answers = await self._read(lambda conn: [dict(r) for r in conn.execute(
-                Q.select(*Q.JOURNAL_COLS).where(Q.journal.c.msg_id == e["msg_id"], Q.journal.c.id != entry_id)
+                Q.select(*Q.JOURNAL_COLS).where(Q.journal.c.msg_id == e["msg_id"], Q.journal.c.id != entry_id,
+                                                 # a request and its answer are journaled close together:
+                                                 # a primary-key window, not a scan (msg_id has no index)
+                                                 Q.journal.c.id.between(entry_id - 2000, entry_id + 2000))
                 .order_by(Q.journal.c.id).limit(10)).mappings()])
         return self._page(request, "entry.html", s, e=e, head=head, decoded=decoded, chain=chain,
                           related=answers or [], batch=batch)
