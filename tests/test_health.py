@@ -176,3 +176,37 @@ async def test_real_daemon_bank_down_is_alarmed_shown_and_cleared(reactor, tmp_p
     assert rc == 0
     r = await threads.deferToThread(_ctl, cfg, "health")
     assert r.returncode == 2 and "DOWN" in r.stdout
+
+
+@pytest_twisted.ensureDeferred
+async def test_iso_link_state_follows_the_bank_client():
+    """The iso20022 adapter's client notes every call like cnbank's link: no answer or a 5xx is
+    a failure (counted, since when), an answer below 500 (a refusal included) is the link up."""
+    from twisted.internet.task import Clock
+
+    from adapters.https import HttpsError
+    from adapters.iso20022.adapter import _WatchedClient
+
+    class Bank:
+        def __init__(self):
+            self.next = []
+
+        async def reports(self, since, limit):
+            r = self.next.pop(0)
+            if isinstance(r, Exception):
+                raise r
+            return r
+    clock, bank = Clock(), Bank()
+    c = _WatchedClient(bank, clock)
+    bank.next = [HttpsError("connection refused"), HttpsError("bad gateway", status=502),
+                 HttpsError("refused", status=400), ([], None)]
+    for t in (10, 20):
+        clock.advance(t - clock.seconds())
+        with pytest.raises(HttpsError):
+            await c.reports(None)
+    assert c.state["failures"] == 2 and c.state["failing_since"] == 10 and "bad gateway" in c.state["last_error"]
+    clock.advance(10)
+    with pytest.raises(HttpsError):
+        await c.reports(None)
+    assert c.state["failures"] == 0 and c.state["last_ok_at"] == 30 and c.state["last_error_at"] == 20
+    assert await c.reports(None) == ([], None)
