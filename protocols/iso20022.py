@@ -30,6 +30,7 @@ import io
 import os
 import re
 from dataclasses import dataclass
+from dataclasses import replace as dataclasses_replace
 from pathlib import Path
 from typing import Any, BinaryIO, Iterable, Iterator
 
@@ -564,6 +565,118 @@ def write_pain001(out: BinaryIO, header: PaymentInitiation,
         write(b"</Envlp></SplmtryData>")
     write(_PAIN001_TAIL)
     return count, total
+
+
+@dataclass(frozen=True)
+class Part:
+    """One pain.001 message of a batch split by the bank's limits."""
+
+    msg_id: str
+    count: int
+    amount_fen: int
+    size: int                     # bytes written
+
+
+def write_pain001_parts(open_part, header: PaymentInitiation, transfers: Iterable[CreditTransfer], *,
+                        max_transfers: int | None, max_bytes: int | None, spool: BinaryIO,
+                        signer: Any = None, kind: str = "PAY") -> list[Part]:
+    """Write a batch as one or several pain.001 messages, each within the bank's limits.
+
+    iso20022.md: a batch larger than `max_transfers` transfers or `max_bytes` bytes a
+    message goes out as several, MsgId `{BatchNo}-{part:03d}` (PmtInfId `{MsgId}/{kind}`),
+    each with its own GrpHdr totals; a batch that fits is one message with MsgId = BatchNo,
+    as before. A part's transfers are spooled (their canonical bytes, to *spool*, a
+    scratch binary file) until the part is full, then its header (now known) and the
+    spooled bytes are written to `open_part(msg_id)` (a binary file, closed by the caller
+    through the returned context) and signed as a whole document. Memory stays flat.
+    Raises Iso20022Error when a single transfer cannot fit *max_bytes* or the transfers do
+    not add up to *header*.
+    """
+    base = header.msg_id
+    sig_len = len(signer.signature(b"\0" * 32)) if signer is not None else 0
+    probe = dataclasses_replace(header, msg_id=base + "-999", pmt_inf_id=f"{base}-999/{kind}",
+                                nb_of_txs=10 ** 14, ctrl_sum_fen=_MAX_FEN)
+    overhead = (len(b'<?xml version="1.0" encoding="UTF-8"?>\n') + len(f'<Document xmlns="{NS_PAIN001}">'
+                '<CstmrCdtTrfInitn>'.encode()) + len(_c14n(_pain001_group_header(probe)))
+                + len(b"<PmtInf></PmtInf>") + sum(len(_c14n(el)) for el in _pain001_payment_info(probe))
+                + len(b"<SplmtryData><Envlp></Envlp></SplmtryData>") + sig_len + len(_PAIN001_TAIL))
+    if max_bytes is not None and max_bytes <= overhead:
+        raise Iso20022Error("max_message_bytes", f"{max_bytes} bytes cannot hold a pain.001 ({overhead} "
+                                                 f"bytes before any transfer)")
+    parts: list[Part] = []
+    state = {"count": 0, "sum": 0, "bytes": 0}
+
+    def flush(last: bool) -> None:
+        number = len(parts) + 1
+        msg_id = base if (last and number == 1) else f"{base}-{number:03d}"
+        h = dataclasses_replace(header, msg_id=msg_id, pmt_inf_id=f"{msg_id}/{kind}",
+                                nb_of_txs=state["count"], ctrl_sum_fen=state["sum"])
+        spool.flush()
+        spool.seek(0)
+        with open_part(msg_id) as out:
+            size = _write_spooled(out, h, spool, state["bytes"], signer)
+        spool.seek(0)
+        spool.truncate()
+        parts.append(Part(msg_id, state["count"], state["sum"], size))
+        state.update(count=0, sum=0, bytes=0)
+
+    seen = total = 0
+    for t in transfers:
+        seen += 1
+        data = _c14n(_credit_transfer(t, seen)) + b"\n"
+        if max_bytes is not None and overhead + len(data) > max_bytes:
+            raise Iso20022Error(f"CdtTrfTxInf[{seen}]", f"one transfer of {len(data)} bytes cannot fit a "
+                                                        f"message of max_message_bytes {max_bytes}")
+        full = ((max_transfers is not None and state["count"] >= max_transfers)
+                or (max_bytes is not None and overhead + state["bytes"] + len(data) > max_bytes))
+        if state["count"] and full:
+            flush(last=False)
+        spool.write(data)
+        state["count"] += 1
+        state["sum"] += t.amount_fen
+        state["bytes"] += len(data)
+        total += t.amount_fen
+    if seen != header.nb_of_txs:
+        raise Iso20022Error("GrpHdr/NbOfTxs", f"header says {header.nb_of_txs} transfers, {seen} written")
+    if total != header.ctrl_sum_fen:
+        raise Iso20022Error("GrpHdr/CtrlSum", f"header says {header.ctrl_sum_fen} fen, transfers sum to {total}")
+    flush(last=True)
+    return parts
+
+
+def _write_spooled(out: BinaryIO, header: PaymentInitiation, spool: BinaryIO, length: int, signer: Any) -> int:
+    """One part: header, the spooled transfers' bytes, signature; returns the bytes written."""
+    group = _pain001_group_header(header)
+    head = _pain001_payment_info(header)
+    digest = hashlib.sha256() if signer is not None else None
+    size = 0
+
+    def put(data: bytes, digested: bool = True) -> None:
+        nonlocal size
+        out.write(data)
+        size += len(data)
+        if digest is not None and digested:
+            digest.update(data)
+
+    put(b'<?xml version="1.0" encoding="UTF-8"?>\n', digested=False)
+    put(f'<Document xmlns="{NS_PAIN001}"><CstmrCdtTrfInitn>'.encode())
+    put(_c14n(group))
+    put(b"<PmtInf>" + b"".join(_c14n(el) for el in head))
+    left = length
+    while left:
+        chunk = spool.read(min(left, 1 << 20))
+        if not chunk:
+            raise Iso20022Error("PmtInf", "the spooled transfers ended early")
+        put(chunk)
+        left -= len(chunk)
+    put(b"</PmtInf>")
+    if digest is not None:
+        put(b"<SplmtryData><Envlp>")
+        digest.update(b"</Envlp></SplmtryData>" + _PAIN001_TAIL)
+        put(signer.signature(digest.digest()), digested=False)
+        put(b"</Envlp></SplmtryData>", digested=False)
+    put(_PAIN001_TAIL, digested=False)
+    return size
 
 
 # --- reading ------------------------------------------------------------------------------
