@@ -168,10 +168,31 @@ class IsoAdapter:
 
     # --- documents -----------------------------------------------------------------
 
+    def _text(self, field: str, text: str | None) -> str | None:
+        """A name or remittance text as the bank's character set takes it: as it is, or, for a
+        Latin-only bank, in pinyin (the original stays in the item and in the journal's pull)."""
+        if not text or self.s.charset != "latin":
+            return text
+        return iso.to_latin(field, text)
+
+    def _transfer(self, spec: BatchSpec, i) -> iso.CreditTransfer:
+        try:
+            name = self._text("Cdtr/Nm", i.name)
+            agent = self._text("CdtrAgt/FinInstnId/Nm", i.account_bank) if not i.account_bank_code else None
+            remittance = self._text("RmtInf/Ustrd", spec.project_short or spec.project_code)
+        except iso.Iso20022Error as e:
+            raise iso.Iso20022Error(f"item {spec.order_no} seq {i.seq}: {e.element}", e.message) from None
+        return iso.CreditTransfer(
+            instr_id=f"{spec.batch_no}-{i.seq}", end_to_end_id=f"{spec.order_no}-{i.seq}",
+            amount_fen=i.amount, creditor_name=name, creditor_account=i.account_no,
+            creditor_agent_name=agent or None, creditor_id_number=i.id_number or None,
+            remittance=remittance, creditor_agent_cnaps=i.account_bank_code or None)
+
     def _header(self, msg_id: str, kind: str, count: int, amount: int, when: str, date: str):
         return iso.PaymentInitiation(
             msg_id=msg_id, created_at=when, nb_of_txs=count, ctrl_sum_fen=amount,
-            initiating_party=self.s.initiating_party, debtor_name=self.bank.payer_name,
+            initiating_party=self._text("GrpHdr/InitgPty/Nm", self.s.initiating_party),
+            debtor_name=self._text("PmtInf/Dbtr/Nm", self.bank.payer_name),
             debtor_account=self.bank.payer_acct, debtor_agent_bic=self.s.debtor_agent_bic or None,
             debtor_agent_id=self.s.debtor_agent_id, requested_date=date,
             pmt_inf_id=f"{msg_id}/{kind}")
@@ -205,12 +226,7 @@ class IsoAdapter:
         d = spec.submit_date
         header = self._header(spec.batch_no, spec.kind, spec.total_count, spec.total_amount,
                               spec.created_at, f"{d[:4]}-{d[4:6]}-{d[6:]}")
-        transfers = (iso.CreditTransfer(
-            instr_id=f"{spec.batch_no}-{i.seq}", end_to_end_id=f"{spec.order_no}-{i.seq}",
-            amount_fen=i.amount, creditor_name=i.name, creditor_account=i.account_no,
-            creditor_agent_name=i.account_bank or None, creditor_id_number=i.id_number or None,
-            remittance=spec.project_short or spec.project_code,
-            creditor_agent_cnaps=i.account_bank_code or None) for i in items)
+        transfers = (self._transfer(spec, i) for i in items)
         digest = self._write_sealed(final, header, transfers)
         return Built(name, digest, "", spec.total_count, spec.total_amount)
 
@@ -694,7 +710,8 @@ class IsoAdapter:
                 cur = f"{cur} {it}"
         ustrd.append(cur)
         t = iso.CreditTransfer(instr_id=refund["refund_no"], end_to_end_id=refund["refund_no"],
-                               amount_fen=refund["total_amount"], creditor_name=self.s.refund_account_name,
+                               amount_fen=refund["total_amount"],
+                               creditor_name=self._text("Cdtr/Nm", self.s.refund_account_name),
                                creditor_account=self.s.refund_account, creditor_agent_name=None,
                                creditor_id_number=None, remittance=ustrd)
         self._write_sealed(final, header, [t])
