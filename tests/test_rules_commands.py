@@ -14,7 +14,7 @@ import pytest
 import pytest_twisted
 
 from gateway.rpc_api import (INVALID_PARAMS, MISSING_EVIDENCE, NOT_ALLOWED, UNKNOWN_ITEM,
-                             WRONG_STATE, Caller, RpcError)
+                             UNKNOWN_ORDER, WRONG_STATE, Caller, RpcError)
 from tests.support import in_process, spec
 
 pytestmark = [pytest.mark.loopback]
@@ -105,6 +105,7 @@ async def test_retry_and_refund_take_only_the_items_the_rules_allow(reactor, tmp
         failed, paid = by.get("R001", []), by.get("PAID", [])
         assert len(failed) >= 3 and paid, by
         await _refused(env, "order.retry", {"order_no": o}, WRONG_STATE, "order_no")
+        await _refused(env, "order.retry", {"order_no": "NOSUCH01"}, UNKNOWN_ORDER, "order_no")
         await env.gw.commands.call("item.correct", {"order_no": o, "seq": failed[0], "account_no": NEW,
                                                     **EVIDENCE}, CALLER)
         before = await _snapshot(env)
