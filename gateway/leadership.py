@@ -510,7 +510,8 @@ def _in_thread(reactor, fn, *args) -> defer.Deferred:
         try:
             r = fn(*args)
         except BaseException as e:  # noqa: BLE001
-            reactor.callFromThread(lambda: d.called or d.errback(e))
+            # bound now: Python deletes `e` when the except clause ends, before the reactor runs this
+            reactor.callFromThread(lambda e=e: d.called or d.errback(e))
         else:
             reactor.callFromThread(lambda: d.called or d.callback(r))
     threading.Thread(target=work, name="gateway-lease", daemon=True).start()
