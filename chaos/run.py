@@ -87,6 +87,7 @@ class Plan:
     keep: bool = False
     snapshot: bool = False          # the daemon runs from a copy of the sources taken at start
     phases: tuple[str, ...] = PHASES   # the phases kills are aimed at, in a seeded order
+    min_up_s: tuple[float, float] = (2.0, 6.0)   # a restarted daemon lives this long at least
     min_kills: int = 25             # the faults go on past duration_s (up to 3x) until this many
 
 
@@ -111,6 +112,7 @@ class Campaign:
         self.orders: dict[str, datagen.OrderSpec] = {}
         self.next_no = collections.Counter()
         self.daemon: harness.Daemon | None = None
+        self.started_at = 0.0
         self.engine = None
         self.admin_engine = None
         self.pg_db = None
@@ -255,6 +257,7 @@ class Campaign:
 
     def start_daemon(self) -> None:
         self.daemon.start()
+        self.started_at = self.reactor.seconds()
 
     def ensure_daemon(self) -> None:
         if not self.daemon.running():
@@ -262,7 +265,7 @@ class Campaign:
             if rc is not None and rc != -9:
                 self.t.self_exits.append(rc)
                 self.log(f"  gatewayd exited by itself ({rc}); restarted")
-            self.daemon.start()
+            self.start_daemon()
 
     async def phase_seen(self, phase: str) -> bool:
         rows = await self.query(_PHASE_SQL[phase], cn=harness.BANK_ID)
@@ -291,8 +294,15 @@ class Campaign:
 
     async def _kill_in(self, phase: str) -> None:
         deadline = self.reactor.seconds() + self.plan.kill_wait_s
+        # A phase left behind by the last kill is still in the database when the daemon comes
+        # back: the daemon gets a few seconds to start and take it up before it may be killed
+        # again, or it would be killed on every start and never move on.
+        up_s = self.rng.uniform(*self.plan.min_up_s)
         while self.faults_on and self.reactor.seconds() < deadline:
             self.ensure_daemon()
+            if self.reactor.seconds() - self.started_at < up_s:
+                await sleep(self.reactor, 0.1)
+                continue
             try:
                 seen = self.daemon.running() and await self.phase_seen(phase)
             except Exception as e:  # noqa: BLE001 - a terminated backend of ours, say
