@@ -10,6 +10,7 @@ import io
 import tempfile
 
 import pytest
+import pytest_twisted
 
 from protocols import iso20022 as I
 from protocols import xmldsig as D
@@ -90,3 +91,86 @@ def test_the_byte_cap_splits_so_that_no_message_is_larger(gateway):
     with pytest.raises(I.Iso20022Error) as exc:
         write(1, gateway, max_transfers=None, max_bytes=one.size - 1)
     assert exc.value.element == "CdtTrfTxInf[1]"
+
+
+@pytest.mark.loopback
+@pytest_twisted.ensureDeferred
+async def test_fifty_items_seven_a_message_end_to_end_over_loopback_https(reactor, tmp_path):
+    """The daemon's flow against the ISO bank simulator on loopback HTTPS (mutual TLS), both held
+    to 7 transfers a message: the 50-item PAY batch goes out as 8 signed parts, each taken once
+    by the bank (which refuses a larger message), the batch DONE once every part's pain.002 is in,
+    every item's result (paid and failed, from all parts) applied and pushed to the core, nothing
+    credited twice; the journal keeps each part's document under its own MsgId."""
+    from simulators import datagen, harness
+    from simulators.isobank import install as isoinstall
+    from tests.support import InProcess
+    order = datagen.OrderSpec(
+        order_no="ISOS0001", bank_id=isoinstall.ISO_BANK_ID, count=50, seed=11,
+        budget_unit="长丰县民政局", project_code="MZ2026-03", project_name="2026年高龄津贴",
+        project_short="高龄津贴", region="340121", funded_at="2026-11-02T09:30:00+08:00",
+        failures={"R001": 0.2}, corrupt=None)
+    p = harness.Paths(tmp_path / "inst")
+    keys = harness.make_keys(p)
+    sims = await harness.start_simulators(reactor, p, keys, [order], token="test-token")
+    cfg = harness.write_config(p, keys, sims.ports, token="test-token", poll_s=0.2, status_poll_s=0.1)
+    pki = isoinstall.make_pki(p.keys)
+    bank, port = isoinstall.start_iso_bank(reactor, pki, result_delay_s=0, max_transfers_per_message=7)
+    isoinstall.write_bank_file(p.banks, pki, port, status_poll_s=0.1, iso_extra="max_transfers_per_message = 7")
+    harness.migrate(cfg)
+    ip = InProcess(reactor, p, keys, sims, cfg)
+    ip.flow = ip.gw.flows[isoinstall.ISO_BANK_ID]
+    try:
+        async def reported():
+            return len(await sims.core.results("ISOS0001")) == 50
+        await ip.until(reported, 60, "all 50 results at the core")
+        batches = await ip.query("SELECT batch_no, state FROM batches WHERE order_no = 'ISOS0001'")
+        items = await ip.query("SELECT status, count(*) AS n FROM items WHERE order_no = 'ISOS0001' "
+                               "GROUP BY status ORDER BY status")
+        sent = await ip.query("SELECT msg_id FROM journal WHERE direction = 'out' AND tx_code = 'pain.001.001.10' "
+                              "ORDER BY id")
+        core = await sims.core.results("ISOS0001")
+        posts = [r for r in bank.requests() if r[:2] == ("POST", "/payments")]
+    finally:
+        try:
+            await bank.stop()
+        finally:
+            await ip.close()
+    parts = [f"ISOS0001-P01-{k:03d}" for k in range(1, 9)]
+    assert batches == [{"batch_no": "ISOS0001-P01", "state": "DONE"}]
+    assert [r["msg_id"] for r in sent][:8] == parts
+    assert all(r[2] in (200, 202) for r in posts), posts
+    assert [bank.payments_received(m) for m in parts] == [1] * 8
+    assert bank.payments_received("ISOS0001-P01") == 0
+    assert bank.double_credits() == []
+    failed = sorted(s for s, r in core.items() if r["status"] == "FAILED")
+    assert failed and len(failed) < 50
+    assert {r["status"] for r in core.values()} == {"PAID", "FAILED"}
+    assert items == [{"status": "FAILED", "n": len(failed)}, {"status": "PAID", "n": 50 - len(failed)}]
+    assert len(bank.credits()) == 50 - len(failed)
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_bank_refuses_a_message_over_its_limit(reactor):
+    """The simulator holds a bank's limit: an 8-transfer pain.001 to a bank of 7 a message is
+    refused whole (400 FF01 naming NbOfTxs), nothing recorded; 7 are taken."""
+    from simulators.isobank.bank import IsoBankSimulator
+    bank_id = make_identity("bank", passphrase=None)
+    gw = make_identity("gateway", passphrase=None)
+    sim = IsoBankSimulator(reactor, bank_key_pem=bank_id[0], bank_cert_pem=bank_id[1], gateway_certs=[gw[1]],
+                           holding_account="3400123", holding_name="补贴专户", max_transfers_per_message=7)
+
+    def doc(n: int, msg: str) -> bytes:
+        out = io.BytesIO()
+        ts = transfers(n)
+        h = I.PaymentInitiation(msg, "2026-05-30T10:00:00+08:00", n, sum(t.amount_fen for t in ts), "长丰县财政局",
+                                "补贴专户", "3400123", None, "ICBK", "2026-06-01", f"{msg}/PAY")
+        I.write_pain001(out, h, [I.CreditTransfer(**{**t.__dict__, "instr_id": f"{msg}-{i}"})
+                                 for i, t in enumerate(ts, 1)], D.StreamSigner(*gw))
+        return out.getvalue()
+    status, answer = await sim.post_payments(doc(8, "B8"))
+    assert status == 400 and answer["error"] == "FF01" and "NbOfTxs" in answer["message"]
+    assert sim.payments_received("B8") == 0
+    status, answer = await sim.post_payments(doc(7, "B7"))
+    assert status == 202
+    await sim.settle()
+    await sim.stop()

@@ -227,11 +227,74 @@ class IsoAdapter:
         header = self._header(spec.batch_no, spec.kind, spec.total_count, spec.total_amount,
                               spec.created_at, f"{d[:4]}-{d[4:6]}-{d[6:]}")
         transfers = (self._transfer(spec, i) for i in items)
+        if self.s.max_transfers_per_message or self.s.max_message_bytes:
+            return self._build_parts(spec, header, transfers)
         digest = self._write_sealed(final, header, transfers)
         return Built(name, digest, "", spec.total_count, spec.total_amount)
 
+    def _build_parts(self, spec: BatchSpec, header, transfers) -> Built:
+        """A bank with per-message limits: the batch as one or several pain.001 messages
+        (iso.write_pain001_parts). Several are listed in a manifest, `{BatchNo}.parts.json`,
+        which is the batch's file_name; one is the batch's ordinary document."""
+        import contextlib
+        import tempfile
+        signer = (xmldsig.StreamSigner(self.key_pem, self.cert_pem) if self.s.signature == "xmldsig"
+                  else None)
+        written: list[str] = []
+        digests: dict[str, str] = {}
+
+        @contextlib.contextmanager
+        def open_part(msg_id: str):
+            path = os.path.join(self.work_dir, f"{msg_id}.pain001.xml")
+            written.append(path)
+            h = hashlib.sha256()
+            with open(path + ".part", "wb") as f:
+                def write(data: bytes) -> None:
+                    h.update(data)
+                    f.write(data)
+                yield _Sink(write)
+            iso.validate(path + ".part")
+            os.replace(path + ".part", path)
+            digests[msg_id] = h.hexdigest()
+        try:
+            with tempfile.TemporaryFile(dir=self.work_dir) as spool:
+                parts = iso.write_pain001_parts(
+                    open_part, header, transfers, spool=spool, signer=signer, kind=spec.kind,
+                    max_transfers=self.s.max_transfers_per_message or None,
+                    max_bytes=self.s.max_message_bytes or None)
+            if len(parts) == 1:
+                return Built(f"{spec.batch_no}.pain001.xml", digests[parts[0].msg_id], "",
+                             spec.total_count, spec.total_amount)
+            manifest = json.dumps({"batch_no": spec.batch_no, "parts": [
+                {"msg_id": p.msg_id, "file": f"{p.msg_id}.pain001.xml", "count": p.count,
+                 "amount": p.amount_fen, "sha256": digests[p.msg_id]} for p in parts]}, indent=1).encode()
+            name = f"{spec.batch_no}.parts.json"
+            path = os.path.join(self.work_dir, name)
+            written.append(path)
+            with open(path + ".part", "wb") as f:
+                f.write(manifest)
+            os.replace(path + ".part", path)
+        except BaseException:
+            for p in written:
+                for q in (p, p + ".part"):
+                    if os.path.exists(q):
+                        os.unlink(q)
+            raise
+        return Built(name, hashlib.sha256(manifest).hexdigest(), "", spec.total_count, spec.total_amount)
+
+    def _parts(self, batch: dict) -> list[dict]:
+        """The messages of a batch: [{msg_id, file, count, amount}]; one (MsgId = BatchNo) unless split."""
+        name = batch["file_name"] or ""
+        if name.endswith(".parts.json"):
+            with open(os.path.join(self.work_dir, name), "rb") as f:
+                return json.load(f)["parts"]
+        return [{"msg_id": batch["batch_no"], "file": name, "count": batch["total_count"],
+                 "amount": batch["total_amount"]}]
+
     def built_exists(self, batch: dict) -> bool:
-        return os.path.exists(os.path.join(self.work_dir, batch["file_name"]))
+        if not os.path.exists(os.path.join(self.work_dir, batch["file_name"])):
+            return False
+        return all(os.path.exists(os.path.join(self.work_dir, p["file"])) for p in self._parts(batch))
 
     sent_tx_code = iso.PAIN001   # the journal's tx_code of a document as sent (restore_sent)
 
@@ -296,11 +359,27 @@ class IsoAdapter:
                      journal_id=ids[-1])
 
     async def submit_batch(self, batch: dict, recorder, before) -> Reply | None:
-        path = os.path.join(self.work_dir, batch["file_name"])
-        decoded = (f"POST /payments pain.001 {batch['batch_no']} ({batch['kind']}): {batch['total_count']} "
-                   f"transfers, {batch['total_amount']} fen, SHA-256 {batch['file_sm3']}")
-        return await self._post({"msg_id": batch["batch_no"], "order_no": batch["order_no"],
-                                 "batch_no": batch["batch_no"]}, path, decoded, recorder, before)
+        """POST the batch's message, or each of its parts (each idempotent on its own MsgId, so
+        posting them all again is the status question). Accepted when every part is; refused
+        when every part is; anything else is an unknown outcome, asked again."""
+        parts = self._parts(batch)
+        replies = []
+        for n, p in enumerate(parts, 1):
+            path = os.path.join(self.work_dir, p["file"])
+            of = f" part {n} of {len(parts)}" if len(parts) > 1 else ""
+            decoded = (f"POST /payments pain.001 {p['msg_id']} ({batch['kind']}{of}): {p['count']} "
+                       f"transfers, {p['amount']} fen, SHA-256 {p.get('sha256') or batch['file_sm3']}")
+            replies.append(await self._post({"msg_id": p["msg_id"], "order_no": batch["order_no"],
+                                             "batch_no": batch["batch_no"]}, path, decoded, recorder,
+                                            before if n == 1 else None))
+        if len(replies) == 1:
+            return replies[0]
+        if all(r is not None and r.outcome == "accepted" for r in replies):
+            return Reply("accepted", "", replies[-1].message, bank_ref=batch["batch_no"],
+                         journal_id=replies[-1].journal_id)
+        if all(r is not None and r.outcome == "refused" for r in replies):
+            return replies[0]
+        return None
 
     # --- the report feed ----------------------------------------------------------------
 
@@ -371,8 +450,10 @@ class IsoAdapter:
         """A MsgId we sent this bank: a batch's (BatchNo) or a refund's (RefundNo)."""
         if not msg_id:
             return False
+        base, _, part = msg_id.rpartition("-")
+        names = [msg_id, base] if base and len(part) == 3 and part.isdigit() else [msg_id]   # {BatchNo}-{part:03d}
         if conn.execute(select(batches.c.batch_no).where(
-                batches.c.batch_no == msg_id, batches.c.bank_id == self.bank_id)).first():
+                batches.c.batch_no.in_(names), batches.c.bank_id == self.bank_id)).first():
             return True
         return conn.execute(select(refunds.c.refund_no).where(
             refunds.c.refund_no == msg_id, refunds.c.bank_id == self.bank_id)).first() is not None
@@ -551,11 +632,12 @@ class IsoAdapter:
             return bs, rs
         bs, rs = await recorder.read(open_ones)
         for b in bs:
-            path = os.path.join(self.work_dir, b["file_name"] or "")
-            if b["file_name"] and os.path.exists(path) and self._may_ask_again(b["batch_no"]):
-                await self._post({"msg_id": b["batch_no"], "order_no": b["order_no"], "batch_no": b["batch_no"]},
-                                 path, f"POST /payments pain.001 {b['batch_no']} again (status question: "
-                                 f"a report of this bank was refused)", recorder)
+            if not (b["file_name"] and self.built_exists(b) and self._may_ask_again(b["batch_no"])):
+                continue
+            for p in self._parts(b):
+                await self._post({"msg_id": p["msg_id"], "order_no": b["order_no"], "batch_no": b["batch_no"]},
+                                 os.path.join(self.work_dir, p["file"]), f"POST /payments pain.001 {p['msg_id']} "
+                                 f"again (status question: a report of this bank was refused)", recorder)
         for r in rs:
             if os.path.exists(self._refund_path(r)) and self._may_ask_again(r["refund_no"]):
                 await self._post({"msg_id": r["refund_no"], "order_no": r["order_no"], "batch_no": r["refund_no"]},
@@ -625,6 +707,9 @@ class IsoAdapter:
                                                   return_date=e.booking_date.replace("-", ""),
                                                   journal_id=jid))
             return BatchStatus("done", returns=returns)
+        parts = self._parts(batch)
+        if len(parts) > 1:
+            return await self._parts_status(batch, parts, recorder)
         docs = await self._documents(recorder, iso.PAIN002, batch["batch_no"])
         if not docs:
             return BatchStatus("pending")
@@ -639,27 +724,86 @@ class IsoAdapter:
             return BatchStatus("done", results={"file": str(jid), "digest": "", "key": ""}, journal_id=jid)
         return BatchStatus("pending", journal_id=jid)
 
+    @staticmethod
+    def _result_lines(batch: dict, statuses, prefix: str) -> list[ItemResult]:
+        out = []
+        for s in statuses:
+            if not s.orig_instr_id.startswith(prefix) or not s.orig_instr_id[len(prefix):].isdigit():
+                raise ResultsRefused(f"OrgnlInstrId {s.orig_instr_id} is not an item of "
+                                     f"{batch['batch_no']}", [])
+            if s.amount_fen is None:
+                raise ResultsRefused(f"{s.orig_instr_id}: no OrgnlTxRef/Amt to check against the item", [])
+            paid = s.status == "ACSC"
+            code = s.reason_code or ""
+            text = s.additional_info or (iso.REASONS.get(code, ("", ""))[1] if code else "")
+            out.append(ItemResult(int(s.orig_instr_id[len(prefix):]), paid, "0000" if paid else code,
+                                  (text or "")[:200], s.bank_ref or "",
+                                  (s.acceptance_date or "")[:10], s.amount_fen, s.creditor_account))
+        return out
+
+    async def _latest_reports(self, parts: list[dict], recorder) -> list[tuple[int, bytes] | None]:
+        out = []
+        for p in parts:
+            docs = await self._documents(recorder, iso.PAIN002, p["msg_id"])
+            out.append(docs[-1] if docs else None)
+        return out
+
+    async def _parts_status(self, batch: dict, parts: list[dict], recorder) -> BatchStatus:
+        """A split batch is done when every part's pain.002 is final; rejected whole only when
+        every part is rejected whole (a part rejected beside paid ones fails its own items)."""
+        latest = await self._latest_reports(parts, recorder)
+        if any(x is None for x in latest):
+            return BatchStatus("pending")
+
+        def judge():
+            out = []
+            for jid, doc in latest:
+                report, statuses = iso.read_pain002(io.BytesIO(doc))
+                out.append((jid, report, [s.status for s in statuses]))
+            return out
+        judged = await deferToThread(judge)
+        whole = [(jid, r) for jid, r, _ in judged if r.group_status == "RJCT" and r.group_reason]
+        if len(whole) == len(judged):
+            jid, report = whole[0]
+            outcome = iso.reason_outcome(report.group_reason)
+            return BatchStatus("rejected", report.group_reason,
+                               f"{iso.REASONS.get(report.group_reason, ('', report.group_info or ''))[1]} "
+                               f"({outcome}; every part of {batch['batch_no']})", journal_id=jid)
+        if all((r.group_status == "RJCT" and r.group_reason) or (
+                all(s in FINAL for s in sts) and r.group_status in ("ACSC", "PART", "RJCT"))
+               for _jid, r, sts in judged):
+            last = judged[-1][0]
+            return BatchStatus("done", results={"file": f"parts:{last}", "digest": "", "key": ""}, journal_id=last)
+        return BatchStatus("pending", journal_id=judged[-1][0])
+
     async def fetch_results(self, batch: dict, recorder) -> ResultSet:
-        jid = int(batch["result_file"])
-        rows = await recorder.read(lambda conn: conn.execute(select(journal).where(journal.c.id == jid)).all())
-        doc = self.journal_store.payload_of(rows[0])
         prefix = batch["batch_no"] + "-"
+        if str(batch["result_file"]).startswith("parts:"):
+            parts = self._parts(batch)
+            latest = await self._latest_reports(parts, recorder)
+            if any(x is None for x in latest):
+                raise ResultsRefused(f"{batch['batch_no']}: a part's pain.002 is missing", [])
+            docs = [(p, jid, doc) for p, (jid, doc) in zip(parts, latest)]
+            jid = latest[-1][0]
+        else:
+            jid = int(batch["result_file"])
+            rows = await recorder.read(lambda conn: conn.execute(select(journal).where(journal.c.id == jid)).all())
+            docs = [(None, jid, self.journal_store.payload_of(rows[0]))]
 
         def parse():
-            report, statuses = iso.read_pain002(io.BytesIO(doc))
             out = []
-            for s in statuses:
-                if not s.orig_instr_id.startswith(prefix) or not s.orig_instr_id[len(prefix):].isdigit():
-                    raise ResultsRefused(f"OrgnlInstrId {s.orig_instr_id} is not an item of "
-                                         f"{batch['batch_no']}", [])
-                if s.amount_fen is None:
-                    raise ResultsRefused(f"{s.orig_instr_id}: no OrgnlTxRef/Amt to check against the item", [])
-                paid = s.status == "ACSC"
-                code = s.reason_code or ""
-                text = s.additional_info or (iso.REASONS.get(code, ("", ""))[1] if code else "")
-                out.append(ItemResult(int(s.orig_instr_id[len(prefix):]), paid, "0000" if paid else code,
-                                      (text or "")[:200], s.bank_ref or "",
-                                      (s.acceptance_date or "")[:10], s.amount_fen, s.creditor_account))
+            for part, _jid, doc in docs:
+                report, statuses = iso.read_pain002(io.BytesIO(doc))
+                if part is not None and report.group_status == "RJCT" and report.group_reason:
+                    # A part rejected whole beside paid ones: its own transfers fail with its reason.
+                    code = report.group_reason
+                    text = report.group_info or iso.REASONS.get(code, ("", ""))[1]
+                    _h, ts = iso.read_pain001(os.path.join(self.work_dir, part["file"]))
+                    for t in ts:
+                        out.append(ItemResult(int(t.instr_id[len(prefix):]), False, code, text[:200], "", "",
+                                              t.amount_fen, t.creditor_account))
+                    continue
+                out.extend(self._result_lines(batch, statuses, prefix))
             return report, out
         try:
             report, lines = await deferToThread(parse)
@@ -667,7 +811,7 @@ class IsoAdapter:
             raise ResultsRefused(f"pain.002 for {batch['batch_no']}: {e}", []) from None
         paid = [x for x in lines if x.paid]
         failed = [x for x in lines if not x.paid]
-        totals = ResultTotals(report.orig_msg_id, len(lines), sum(x.amount for x in lines),
+        totals = ResultTotals(batch["batch_no"] if len(docs) > 1 else report.orig_msg_id, len(lines), sum(x.amount for x in lines),
                               len(paid), sum(x.amount for x in paid), len(failed),
                               sum(x.amount for x in failed))
         summary = (f"pain.002 {report.msg_id}: {len(lines)} transfers, paid {totals.paid_count} / "
@@ -684,10 +828,15 @@ class IsoAdapter:
         """The bank is done with the batch (results applied, or rejected whole): our pain.001
         goes, locally (archived in the journal) and, over SFTP, from the bank's in folder."""
         path = os.path.join(self.work_dir, batch["file_name"] or "")
+        parts = self._parts(batch) if batch["file_name"] and os.path.exists(path) else []
+        for p in parts:
+            if p["file"] != batch["file_name"] and os.path.exists(os.path.join(self.work_dir, p["file"])):
+                os.unlink(os.path.join(self.work_dir, p["file"]))
         if batch["file_name"] and os.path.exists(path):
             os.unlink(path)
         if self.s.transport == "sftp" and self.s.sftp is not None and self.s.sftp.remove_uploads:
-            await self.client.remove_upload(batch["batch_no"])
+            for msg_id in [p["msg_id"] for p in parts] or [batch["batch_no"]]:
+                await self.client.remove_upload(msg_id)
 
     # --- refunds ------------------------------------------------------------------------
 

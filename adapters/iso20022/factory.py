@@ -6,7 +6,9 @@ Bank file keys (besides bank_id, name, dialect, payer_acct, payer_name):
                 refund_account, refund_account_name, status_poll_s, return_poll_s,
                 result_working_days, late_return_window_days, statement_daily, transport ("https"|"sftp"),
                 max_document_bytes (each received document, capped while reading; 64 MiB),
-                charset ("utf-8"|"latin": Latin-only banks get names and remittance text in pinyin)
+                charset ("utf-8"|"latin": Latin-only banks get names and remittance text in pinyin),
+                max_transfers_per_message, max_message_bytes (0: no limit; a batch over either goes
+                out as several pain.001 messages {BatchNo}-{part:03d})
     [https]     base_url, server_name?, timeout_s, max_body_bytes (a report page, bytes read; 1 GiB)
                                                                            (transport "https")
     [sftp]      as a cnbank bank's [sftp]: host, port, username, client_key, host_key, in_dir, out_dir
@@ -61,6 +63,8 @@ class IsoSettings:
     allow_unencrypted: bool = False   # [keys]: our RSA key may be plain (demo/tests only; warned at start)
     max_document_bytes: int = 64 * 1024 * 1024
     charset: str = "utf-8"
+    max_transfers_per_message: int = 0
+    max_message_bytes: int = 0
     allow_unsigned_reports: bool = False
     sftp: Any = None          # gateway.config.SftpSettings when transport = "sftp"
 
@@ -86,6 +90,8 @@ def _schemas():
         "transport": Field(str, "https", one_of("https", "sftp")),
         "max_document_bytes": Field(int, 64 * 1024 * 1024, positive),
         "charset": Field(str, "utf-8", one_of("utf-8", "latin")),
+        "max_transfers_per_message": Field(int, 0),
+        "max_message_bytes": Field(int, 0),
     }
     https = {
         "base_url": Field(str, check=pattern(r"https://[^\s]+", "an https:// URL")),
@@ -126,6 +132,9 @@ class factory:  # noqa: N801  (the entry point's object)
                                              'authenticates (anyone who can write the out folder could '
                                              'report a batch paid): refused unless [testing] '
                                              'allow_unsigned_reports = true')
+        for key in ("max_transfers_per_message", "max_message_bytes"):
+            if isinstance(d.get(key), int) and d[key] < 0:
+                reader.err(f"iso20022.{key}", "must be 0 (no limit) or a positive integer")
         sftp = None
         if d.get("transport") == "sftp":
             from gateway.config import _SFTP, SftpSettings

@@ -138,7 +138,8 @@ class IsoBankSimulator:
                  gateway_certs: list[bytes], holding_account: str, holding_name: str,
                  result_delay_s: float = 0.0, sign: bool = True, clock: Any = None,
                  max_body: int = DEFAULT_MAX_BODY, opening_balance: int = 0,
-                 bank_bic: str | None = None) -> None:
+                 bank_bic: str | None = None, max_transfers_per_message: int = 0,
+                 max_message_bytes: int = 0) -> None:
         if not gateway_certs:
             raise ValueError("gateway_certs: at least one pinned certificate is needed")
         self.reactor = reactor
@@ -152,6 +153,10 @@ class IsoBankSimulator:
         self.sign = sign
         self.max_body = max_body
         self.bank_bic = bank_bic
+        # iso20022.md: the bank's per-message limits (0: none); an over-limit pain.001 is
+        # refused whole (400 FF01), never partly taken.
+        self.max_transfers_per_message = max_transfers_per_message
+        self.max_message_bytes = max_message_bytes
         self.ledger = _Ledger(opening_balance)
         self.internal_errors = 0
         self._rejects: collections.deque[str] = collections.deque()
@@ -353,6 +358,9 @@ class IsoBankSimulator:
         """In a thread: XSD validation, a full read (what the XSD cannot say: currency, fen,
         one PmtInf, the kind of payment), then the MsgId and the body's SHA-256. Counts and
         sums that do not add up are not refused here: they are answered AM10 in a pain.002."""
+        if self.max_message_bytes and len(body) > self.max_message_bytes:
+            raise iso.Iso20022Error("Document", f"{len(body)} bytes, over this bank's limit of "
+                                                f"{self.max_message_bytes} bytes a message")
         _well_formed(body)
         iso.validate(io.BytesIO(body), iso.PAIN001)
         header, transfers = iso.read_pain001(body)
@@ -366,6 +374,9 @@ class IsoBankSimulator:
         except iso.Iso20022Error as e:
             if not e.element.endswith(("/NbOfTxs", "/CtrlSum")):
                 raise
+        if self.max_transfers_per_message and count > self.max_transfers_per_message:
+            raise iso.Iso20022Error("GrpHdr/NbOfTxs", f"{count} transfers, over this bank's limit of "
+                                                      f"{self.max_transfers_per_message} a message")
         if _kind(header) == "REFUND" and count != 1:
             raise iso.Iso20022Error("PmtInf/CdtTrfTxInf", f"a refund has one transfer, not {count}")
         return header.msg_id, hashlib.sha256(body).hexdigest()

@@ -147,12 +147,13 @@ passphrase_file = "{keys}/passphrase"
     return path
 
 
-def start_iso_bank(reactor, pki: IsoPki, *, result_delay_s: float = 0.3):
+def start_iso_bank(reactor, pki: IsoPki, *, result_delay_s: float = 0.3, **limits):
     """The simulator listening on 127.0.0.1 (port 0); (simulator, port)."""
     from simulators.isobank.bank import IsoBankSimulator
     sim = IsoBankSimulator(reactor, bank_key_pem=pki.bank_key_pem, bank_cert_pem=pki.bank_cert_pem,
                            gateway_certs=[pki.gateway_cert_pem], holding_account=ISO_HOLDING,
-                           holding_name="市财政局惠民惠农补贴专户（ISO）", result_delay_s=result_delay_s)
+                           holding_name="市财政局惠民惠农补贴专户（ISO）", result_delay_s=result_delay_s,
+                           **limits)
     port = sim.listen_https(0, server_key_pem=pki.server_key_pem, server_cert_pem=pki.server_cert_pem,
                             ca_pem=pki.ca_pem)
     return sim, port.getHost().port
