@@ -188,25 +188,6 @@ def cmd_journal_head(cfg, args) -> int:
     return 0
 
 
-def cmd_journal_show(cfg, args) -> int:
-    from gateway.models import journal
-    engine = _engine(cfg)
-    q = select(journal.c.id, journal.c.at, journal.c.direction, journal.c.peer, journal.c.channel,
-               journal.c.tx_code, journal.c.order_no, journal.c.batch_no, journal.c.verified,
-               journal.c.payload_size, journal.c.decoded).order_by(journal.c.id.desc()).limit(args.limit)
-    if args.order:
-        q = q.where(journal.c.order_no == args.order)
-    if args.batch:
-        q = q.where(journal.c.batch_no == args.batch)
-    with engine.connect() as conn:
-        rows = list(conn.execute(q))
-    for r in reversed(rows):
-        print(f"#{r.id} {r.at} {r.direction:5} {r.peer}/{r.channel} {r.tx_code} "
-              f"order={r.order_no or '-'} batch={r.batch_no or '-'} verified={r.verified} "
-              f"{r.payload_size}B  {r.decoded[:300]}")
-    return 0
-
-
 def cmd_orders(cfg, args) -> int:
     from gateway.models import items, orders
     engine = _engine(cfg)
@@ -387,11 +368,8 @@ def gatewayctl_main(argv: list[str] | None = None) -> None:
     jh = j.add_parser("head", help="the current head (id, hash, MAC), checked, for copying elsewhere")
     jh.add_argument("--json", action="store_true", help="one JSON object")
     jh.set_defaults(fn=cmd_journal_head)
-    show = j.add_parser("show", help="recent entries, masked")
-    show.add_argument("--order")
-    show.add_argument("--batch")
-    show.add_argument("--limit", type=int, default=50)
-    show.set_defaults(fn=cmd_journal_show)
+    from gateway import cli_journal
+    cli_journal.add_show_parser(j)   # journal show: filters, --full, --json
     sub.add_parser("orders", help="orders with counts and amounts per item state").set_defaults(fn=cmd_orders)
     r = sub.add_parser("rpc", help="call the daemon's RPC: gatewayctl rpc METHOD key=value ...",
                        add_help=False)
@@ -422,4 +400,17 @@ def gatewayctl_main(argv: list[str] | None = None) -> None:
         raise SystemExit(args.fn(cfg, args))
     except dbmod.NotMigrated as e:
         print(str(e), file=sys.stderr)
+        raise SystemExit(2) from None
+    except Exception as e:  # noqa: BLE001  (a database without our tables: say so, no traceback)
+        from sqlalchemy.exc import DBAPIError
+        if not isinstance(e, DBAPIError):
+            raise
+        try:
+            dbmod.check_migrated(dbmod.make_engine(cfg.database_url), cfg.file)
+        except dbmod.NotMigrated as nm:
+            print(str(nm), file=sys.stderr)
+            raise SystemExit(2) from None
+        except Exception:  # noqa: BLE001
+            pass
+        print(f"{cfg.file}: database.url: {type(e).__name__}: {str(e.orig)[:300]}", file=sys.stderr)
         raise SystemExit(2) from None
