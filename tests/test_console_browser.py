@@ -240,6 +240,9 @@ async def test_console_in_chromium_against_the_real_daemon(reactor, tmp_path):
             assert "funded" in line and "不平" not in line and "元" in line, line
             assert ORDER in b.text("#batches") and "已完成 DONE" in b.text("#batches")
             b.shot("order")
+            b.css("#do-query")[0].click()       # the operator's status query: order.status, the flow woken
+            assert "status queried: DISPATCHED" in b.text("#flash"), b.text("main")[:500]
+            assert b.d.current_url.startswith(f"{base}/orders/{ORDER}?")
             b.css(f"#corrections a[href='/orders/{ORDER}/items/{fixed}']")[0].click()
             hist = b.text("#item-corrections")
             assert "李科长" in hist and "NY[2026]17号" in hist and "收款人本人" in hist, hist
