@@ -243,3 +243,61 @@ async def test_console_over_http_standby_is_read_only_and_every_post_needs_the_c
     finally:
         await port.stopListening()
         database.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_console_service_serves_https_with_the_configured_certificate(reactor, tmp_path):
+    """With tls_cert and tls_key the console listens with TLS only: the sign-in page comes over
+    https with that certificate (its subject seen by the client), and plain http gets no page."""
+    import ssl
+    import urllib.request
+    from types import SimpleNamespace
+
+    from twisted.internet.threads import deferToThread
+
+    from gateway import db as dbmod
+    from gateway.config import ConsoleSettings
+    from gateway.console.service import ConsoleService
+    from gateway.journal import Journal
+    from tests import tlsfixtures
+
+    url = f"sqlite:///{tmp_path}/gw.db"
+    dbmod.upgrade(url)
+    server = tlsfixtures.issue(tlsfixtures.make_ca(), "console.example", ips=("127.0.0.1",))
+    (tmp_path / "c.pem").write_bytes(server.cert_pem)
+    (tmp_path / "k.pem").write_bytes(server.key_pem)
+    add_user(str(tmp_path / "users"), "wang", "viewer", "correct horse", rounds=4)
+    settings = ConsoleSettings("127.0.0.1", _free_port(), str(tmp_path / "users"), 1800, 5, 900,
+                               str(tmp_path / "c.pem"), str(tmp_path / "k.pem"))
+    svc = ConsoleService(reactor, settings, url, SimpleNamespace(flows={}, tickers={}, leadership=None),
+                         Journal(str(tmp_path / "j")))
+    svc.startService()
+    try:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+
+        def fetch(scheme):
+            with urllib.request.urlopen(f"{scheme}://127.0.0.1:{settings.port}/login", context=ctx, timeout=20) as r:
+                return r.status, r.read().decode()
+
+        def peer_cert():
+            import socket
+            with socket.create_connection(("127.0.0.1", settings.port), timeout=20) as raw, \
+                    ctx.wrap_socket(raw) as s:
+                return s.getpeercert(binary_form=True)
+        st, page = await deferToThread(fetch, "https")
+        assert st == 200 and 'name="password"' in page
+        from cryptography import x509
+        der = await deferToThread(peer_cert)
+        assert x509.load_der_x509_certificate(der).subject == server.subject
+        with pytest.raises(Exception):   # noqa: B017  (a reset or a bad status line: no page either way)
+            await deferToThread(fetch, "http")
+    finally:
+        await svc.stopService()
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
