@@ -14,6 +14,13 @@ For each size, in its own process (so each peak RSS is that run's alone):
   (default: sizes up to 100,000; it holds the whole tree), and the ratio ours / sepaxml.
 
 Prints one JSON object per size. Nothing here is a timed test.
+
+Measured 2026-12-07 on the shared 2-core machine under a load average of 14-19 (other
+suites running, so seconds are several times a quiet machine's; memory is not affected):
+  100,000 transfers (46 MB): build+sign 14.1 s, validate 18.7 s, total 32.8 s, peak RSS 49 MB;
+      sepaxml 36.0 s at 311 MB (ratio 0.91 in time, 0.16 in memory); xmlsec1 --verify ok.
+  1,000,000 transfers (461 MB): build+sign 224 s, validate 140 s, peak RSS 49 MB;
+      xmlsec1 --verify ok (347 s, its own DOM).
 """
 
 from __future__ import annotations
