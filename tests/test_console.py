@@ -16,7 +16,7 @@ from sqlalchemy import insert
 from gateway import config as configmod
 from gateway.console import queries as Q
 from gateway.console.auth import Auth, UsersFileError, add_user, read_users
-from tests.test_config import _edit, _has, inst  # noqa: F401  (fixture)
+from tests.test_config import _has, inst  # noqa: F401  (fixture)
 
 ID = "110101199003078515"
 ACCT = "6222020200112233445"
