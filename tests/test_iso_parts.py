@@ -94,13 +94,17 @@ def test_the_byte_cap_splits_so_that_no_message_is_larger(gateway):
 
 
 @pytest.mark.loopback
+@pytest.mark.parametrize("case", ["all_taken", "first_part_rejected"])
 @pytest_twisted.ensureDeferred
-async def test_fifty_items_seven_a_message_end_to_end_over_loopback_https(reactor, tmp_path):
+async def test_fifty_items_seven_a_message_end_to_end_over_loopback_https(reactor, tmp_path, case):
     """The daemon's flow against the ISO bank simulator on loopback HTTPS (mutual TLS), both held
     to 7 transfers a message: the 50-item PAY batch goes out as 8 signed parts, each taken once
     by the bank (which refuses a larger message), the batch DONE once every part's pain.002 is in,
     every item's result (paid and failed, from all parts) applied and pushed to the core, nothing
-    credited twice; the journal keeps each part's document under its own MsgId."""
+    credited twice; the journal keeps each part's document under its own MsgId. When the bank
+    rejects the first part whole (AM04) and pays the others, the batch is still DONE (not
+    rejected: that would free paid items for another batch): part 1's 7 items are FAILED with
+    AM04 and the rest carry the bank's own results."""
     from simulators import datagen, harness
     from simulators.isobank import install as isoinstall
     from tests.support import InProcess
@@ -115,6 +119,8 @@ async def test_fifty_items_seven_a_message_end_to_end_over_loopback_https(reacto
     cfg = harness.write_config(p, keys, sims.ports, token="test-token", poll_s=0.2, status_poll_s=0.1)
     pki = isoinstall.make_pki(p.keys)
     bank, port = isoinstall.start_iso_bank(reactor, pki, result_delay_s=0, max_transfers_per_message=7)
+    if case == "first_part_rejected":
+        bank.reject_next_payment("AM04")
     isoinstall.write_bank_file(p.banks, pki, port, status_poll_s=0.1, iso_extra="max_transfers_per_message = 7")
     harness.migrate(cfg)
     ip = InProcess(reactor, p, keys, sims, cfg)
@@ -144,6 +150,8 @@ async def test_fifty_items_seven_a_message_end_to_end_over_loopback_https(reacto
     assert bank.double_credits() == []
     failed = sorted(s for s, r in core.items() if r["status"] == "FAILED")
     assert failed and len(failed) < 50
+    am04 = sorted(s for s, r in core.items() if r["reason_code"] == "AM04")
+    assert am04 == (list(range(1, 8)) if case == "first_part_rejected" else [])
     assert {r["status"] for r in core.values()} == {"PAID", "FAILED"}
     assert items == [{"status": "FAILED", "n": len(failed)}, {"status": "PAID", "n": 50 - len(failed)}]
     assert len(bank.credits()) == 50 - len(failed)
