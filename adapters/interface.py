@@ -11,7 +11,7 @@ verification is journaled and alarmed by the adapter and reported as nothing
 to act on (None), so nothing unverified ever reaches a state change.
 
 Adapters are found by dialect name in the entry-point group
-`subsidy_gateway.bank_adapters` (see `gateway/adapters.py`); a site adds a bank
+`subsidy_gateway.bank_adapters` (see `gateway/bankplugins.py`); a site adds a bank
 in its own package by registering a factory there.
 """
 
@@ -28,6 +28,23 @@ ENTRY_POINT_GROUP = "subsidy_gateway.bank_adapters"
 class TransportError(Exception):
     """A bank could not be reached or did not answer in time: the step is tried again later
     (with backoff) and logged as a warning, not as a failure of the gateway."""
+
+
+@dataclass
+class Entry:
+    """What the caller knows about one exchange; the journal adds time, hashes and storage."""
+
+    direction: str                 # "in", "out" or "event"
+    peer: str                      # bank id, "core", or the RPC caller
+    channel: str                   # tcp, sftp, http, rpc, daemon
+    tx_code: str                   # BP01, BQ01, GET items, results, ...
+    decoded: str                   # masked, human-readable
+    payload: bytes | None = None   # the bytes on the wire
+    payload_file: str | None = None  # or a file holding them (big files)
+    msg_id: str | None = None
+    order_no: str | None = None
+    batch_no: str | None = None
+    verified: str = "n/a"          # "ok", "failed: why", "n/a"
 
 
 @dataclass
@@ -193,7 +210,7 @@ class IBankRecorder(Interface):
     """What an adapter is given to journal the messages it exchanges (the flow implements it)."""
 
     def record(entries, change=None, alarm=None):
-        """Journal `entries` (gateway.journal.Entry) in one transaction with `change(conn)` if given.
+        """Journal `entries` (`Entry`) in one transaction with `change(conn)` if given.
 
         `alarm` = (severity, kind, message, order_no, batch_no) raises an alarm pointing at the
         last entry. Returns a Deferred firing with the journal ids of the entries.

@@ -14,56 +14,11 @@ from zope.interface.exceptions import Invalid
 from zope.interface.verify import verifyObject
 
 from adapters.interface import ENTRY_POINT_GROUP, IBankAdapter, IBankAdapterFactory
+from adapters.settings import AdapterError, bank_passphrase, require_encrypted  # noqa: F401  (re-exported)
 
 
 class UnknownDialect(Exception):
     """No adapter is registered for a dialect, or the registered one is broken."""
-
-
-class AdapterError(Exception):
-    """An adapter cannot be made for a bank; the message names the bank file and key."""
-
-
-def bank_passphrase(bank_file: str, passphrase_file: str, passphrase_env: str):
-    """The passphrase a bank file names for our private key (keys.passphrase_file or
-    keys.passphrase_env), or None; AdapterError naming the file and key if it cannot be read."""
-    from gateway import keystore
-    try:
-        if passphrase_file:
-            return keystore.Passphrase.from_file(passphrase_file)
-        if passphrase_env:
-            return keystore.Passphrase.from_env(passphrase_env)
-        return None
-    except keystore.KeystoreError as e:
-        key = "passphrase_file" if passphrase_file else "passphrase_env"
-        raise AdapterError(f"{bank_file}: keys.{key}: {e}") from None
-
-
-def require_encrypted(bank_file: str, key_name: str, path: str, allowed: bool) -> None:
-    """Our private key must be encrypted at rest; a plain one only where the bank file's [keys] says
-    allow_unencrypted = true (a demo or test installation), and then with a warning at every start.
-
-    AdapterError naming the bank file and key otherwise (also for a key file group or others may
-    read, as the loaders refuse it).
-    """
-    from protocols.keyfile import KeyFileError, read_private_bytes
-
-    from gateway.keystore import private_key_encrypted
-    try:
-        data = read_private_bytes(path)
-    except (KeyFileError, OSError) as e:
-        raise AdapterError(f"{bank_file}: {key_name}: {e}") from None
-    if private_key_encrypted(data):
-        return
-    if not allowed:
-        raise AdapterError(
-            f"{bank_file}: {key_name}: {path} is not encrypted at rest (私钥未加密); encrypt it under a "
-            f"passphrase (gatewayctl keys generate/import, keys/README.md) and name passphrase_file or "
-            f"passphrase_env, or, on a demo or test installation only, set allow_unencrypted = true in [keys]")
-    from twisted.logger import Logger
-    Logger(namespace="gateway.bankplugins").warn(
-        "{file}: {key}: {path} is NOT encrypted at rest; allowed by [keys] allow_unencrypted = true "
-        "(demo and tests only)", file=bank_file, key=key_name, path=path)
 
 
 def known_dialects() -> list[str]:

@@ -16,111 +16,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-# --- schema helpers ----------------------------------------------------------
+from adapters.keys import Secret  # noqa: F401  (re-exported: configuration types name it)
+from adapters.settings import REQUIRED, ConfigError  # noqa: F401  (re-exported)
+from adapters.settings import SFTP as _SFTP  # noqa: F401  (re-exported)
+from adapters.settings import Field as _Field
+from adapters.settings import Reader as _Reader
+from adapters.settings import SftpSettings  # noqa: F401  (re-exported)
+from adapters.settings import check_file as _check_file
+from adapters.settings import check_private as _check_private
+from adapters.settings import join as _join  # noqa: F401
+from adapters.settings import load_toml as _load_toml
+from adapters.settings import one_of as _one_of
+from adapters.settings import pattern as _pattern
+from adapters.settings import port as _port
+from adapters.settings import positive as _positive
 
-
-class ConfigError(Exception):
-    """The configuration is invalid; `errors` lists every problem as 'file: key: message'."""
-
-    def __init__(self, errors: list[str]):
-        self.errors = errors
-        super().__init__("configuration is invalid:\n  " + "\n  ".join(errors))
-
-
-class _Missing:
-    def __repr__(self) -> str:
-        return "REQUIRED"
-
-
-REQUIRED: Any = _Missing()
-
-
-@dataclass
-class _Field:
-    kind: type | tuple
-    default: Any = REQUIRED
-    check: Callable[[Any], str | None] | None = None
-    path: bool = False  # resolve relative to the file's directory
-
-
-class _Reader:
-    """Reads one TOML table against a schema, collecting errors instead of raising."""
-
-    def __init__(self, file: Path, errors: list[str]):
-        self.file = file
-        self.base = file.parent
-        self.errors = errors
-
-    def err(self, key: str, msg: str) -> None:
-        self.errors.append(f"{self.file}: {key}: {msg}")
-
-    def table(self, data: Any, prefix: str, schema: dict[str, _Field]) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        if not isinstance(data, dict):
-            self.err(prefix or "(top)", "must be a table")
-            data = {}
-        for key in data:
-            if key not in schema:
-                self.err(_join(prefix, key), f"unknown key (known: {', '.join(sorted(schema))})")
-        for key, f in schema.items():
-            name = _join(prefix, key)
-            if key not in data:
-                if f.default is REQUIRED:
-                    self.err(name, "is required")
-                    out[key] = None
-                else:
-                    out[key] = f.default
-                continue
-            value = data[key]
-            kinds = f.kind if isinstance(f.kind, tuple) else (f.kind,)
-            if isinstance(value, bool) and bool not in kinds:
-                ok = False
-            elif float in kinds and isinstance(value, int) and not isinstance(value, bool):
-                ok, value = True, float(value)
-            else:
-                ok = isinstance(value, kinds)
-            if not ok:
-                want = " or ".join(k.__name__ for k in kinds)
-                self.err(name, f"must be {want}, got {type(value).__name__} {value!r}")
-                out[key] = None
-                continue
-            if f.check is not None:
-                problem = f.check(value)
-                if problem:
-                    self.err(name, problem)
-            if f.path and isinstance(value, str):
-                value = str((self.base / value).resolve()) if not os.path.isabs(value) else value
-            out[key] = value
-        return out
-
-
-def _join(prefix: str, key: str) -> str:
-    return f"{prefix}.{key}" if prefix else key
-
-
-def _positive(v: Any) -> str | None:
-    return None if v > 0 else "must be greater than 0"
-
-
-def _port(v: int) -> str | None:
-    return None if 0 < v < 65536 else "must be a TCP port 1-65535"
-
-
-def _one_of(*choices: str) -> Callable[[Any], str | None]:
-    def check(v: Any) -> str | None:
-        return None if v in choices else f"must be one of {', '.join(choices)}, got {v!r}"
-    return check
-
-
-def _pattern(rx: str, what: str) -> Callable[[Any], str | None]:
-    c = re.compile(rx)
-
-    def check(v: Any) -> str | None:
-        return None if c.fullmatch(v) else f"must be {what}, got {v!r}"
-    return check
-
-
-# For a dialect's adapter (gateway.bankplugins) reading its own part of a bank file.
+# For a dialect's adapter reading its own part of a bank file (now adapters.settings).
 Reader, Field, positive, port, one_of, pattern = _Reader, _Field, _positive, _port, _one_of, _pattern
 
 
@@ -131,44 +42,6 @@ def _http_url(v: str) -> str | None:
 # --- the configuration types -------------------------------------------------
 
 
-class Secret:
-    """A secret read from a file; repr and str never show it.
-
-    Deliberately not a dataclass: `dataclasses.asdict` of the configuration
-    would otherwise copy the value out into a plain dict.
-    """
-
-    __slots__ = ("_value", "source")
-
-    def __init__(self, value: str, source: str = ""):
-        object.__setattr__(self, "_value", value)
-        object.__setattr__(self, "source", source)
-
-    @property
-    def value(self) -> str:
-        return self._value
-
-    def __setattr__(self, name, value):  # noqa: ANN001
-        raise AttributeError("Secret is read-only")
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
-
-    def __hash__(self) -> int:
-        return hash(self._value)
-
-    def __repr__(self) -> str:
-        return f"Secret(<redacted>, from {self.source})"
-
-    __str__ = __repr__
-
-    def __copy__(self) -> "Secret":
-        return self
-
-    def __deepcopy__(self, memo: dict) -> "Secret":
-        return self
-
-
 @dataclass(frozen=True)
 class TcpSettings:
     host: str
@@ -176,21 +49,6 @@ class TcpSettings:
     connect_timeout_s: float
     read_timeout_s: float
     max_frame_bytes: int
-
-
-@dataclass(frozen=True)
-class SftpSettings:
-    host: str
-    port: int
-    username: str
-    client_key: str
-    host_key: str
-    in_dir: str
-    out_dir: str
-    remove_uploads: bool
-    connect_timeout_s: float
-    idle_timeout_s: float
-    max_file_bytes: int
 
 
 @dataclass(frozen=True)
@@ -512,21 +370,6 @@ _TCP = {
     "read_timeout_s": _Field(float, 60.0, _positive),
     "max_frame_bytes": _Field(int, 16 * 1024 * 1024, _positive),
 }
-_SFTP = {
-    "host": _Field(str),
-    "port": _Field(int, check=_port),
-    "username": _Field(str),
-    "client_key": _Field(str, path=True),
-    "host_key": _Field(str, check=_pattern(
-        r"(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)) [A-Za-z0-9+/]+=*( .*)?|SHA256:[A-Za-z0-9+/]{43}=?",
-        "the bank's SSH host key as an OpenSSH public key line or a SHA256: fingerprint")),
-    "in_dir": _Field(str, "/in"),
-    "out_dir": _Field(str, "/out"),
-    "remove_uploads": _Field(bool, True),
-    "connect_timeout_s": _Field(float, 10.0, _positive),
-    "idle_timeout_s": _Field(float, 120.0, _positive),
-    "max_file_bytes": _Field(int, 2 * 1024 ** 3, _positive),
-}
 _CNBANK = {
     "length_width": _Field(int, 8, _positive),
     "encoding": _Field(str, "gb18030", _one_of("gb18030")),
@@ -544,37 +387,6 @@ _CNBANK = {
     "heartbeat_s": _Field(float, 0.0, lambda v: None if v >= 0 else "must be 0 (off) or more"),
     "link_alarm_after_s": _Field(float, 300.0, _positive),   # bank-link-down once failing this long
 }
-
-
-def _load_toml(path: Path, errors: list[str]) -> dict | None:
-    try:
-        with path.open("rb") as f:
-            return tomllib.load(f)
-    except FileNotFoundError:
-        errors.append(f"{path}: file not found")
-    except tomllib.TOMLDecodeError as e:
-        errors.append(f"{path}: not valid TOML: {e}")
-    except OSError as e:
-        errors.append(f"{path}: cannot read: {e.strerror}")
-    return None
-
-
-def _check_file(r: _Reader, key: str, path: str | None) -> None:
-    if path and not os.path.isfile(path):
-        r.err(key, f"file {path} does not exist")
-
-
-def _check_private(r: _Reader, key: str, path: str | None) -> None:
-    """A secret file (key, token): it exists, and neither group nor others may read or write it."""
-    if not path or not os.path.isfile(path):
-        return
-    from protocols.keyfile import KeyFileError, read_private_bytes
-    try:
-        read_private_bytes(path)
-    except KeyFileError as e:
-        r.err(key, str(e).replace("private key file", "secret file"))
-    except OSError as e:
-        r.err(key, f"cannot read {path}: {e.strerror}")
 
 
 def load_bank(path: Path, errors: list[str]) -> BankConfig | None:

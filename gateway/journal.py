@@ -38,6 +38,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives import hmac as chmac
 from sqlalchemy import Connection, Integer, bindparam, func, insert, select, update
 
+from adapters.interface import Entry  # noqa: F401  (re-exported: adapters describe what they exchanged)
 from gateway.models import journal, journal_head
 from protocols.sm import SM3Hasher, sm3_hex
 
@@ -123,23 +124,6 @@ def read_key_file(path: str | os.PathLike) -> JournalKey:
         raise JournalKeyError(f"{path} must hold one line of 64 hex digits (a 256-bit key), as "
                               "`gatewayctl keys generate-journal` writes it")
     return JournalKey(bytes.fromhex(text), path)
-
-
-@dataclass
-class Entry:
-    """What the caller knows about one exchange; the journal adds time, hashes and storage."""
-
-    direction: str                 # "in", "out" or "event"
-    peer: str                      # bank id, "core", or the RPC caller
-    channel: str                   # tcp, sftp, http, rpc, daemon
-    tx_code: str                   # BP01, BQ01, GET items, results, ...
-    decoded: str                   # masked, human-readable
-    payload: bytes | None = None   # the bytes on the wire
-    payload_file: str | None = None  # or a file holding them (big files)
-    msg_id: str | None = None
-    order_no: str | None = None
-    batch_no: str | None = None
-    verified: str = "n/a"          # "ok", "failed: why", "n/a"
 
 
 def _entry_hash(row: dict) -> str:

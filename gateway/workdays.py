@@ -22,7 +22,7 @@ from typing import Any, Iterable
 
 from twisted.logger import Logger
 
-from gateway.config import ConfigError
+from adapters.settings import ConfigError
 
 log = Logger()
 

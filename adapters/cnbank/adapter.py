@@ -22,7 +22,7 @@ from adapters.cnbank.link import BuiltFile, CnBankLink, Incoming, LinkError, Out
 from adapters.interface import (BatchItem, BatchSpec, BatchStatus, Built, IBankAdapter, ItemResult,
                                 LateReturn, RefundStatus, Reply, ResultSet, ResultsRefused,
                                 ResultTotals)
-from gateway.journal import Entry
+from adapters.interface import Entry
 from protocols import cnbank_files as files
 from protocols.money import format_yuan
 

@@ -21,7 +21,7 @@ class factory:  # noqa: N801  (the entry point's object; a class used as a names
 
     @staticmethod
     def make(reactor, bank, cfg, faults):
-        from gateway.bankplugins import AdapterError, bank_passphrase, require_encrypted
+        from adapters.settings import AdapterError, bank_passphrase, require_encrypted
         passphrase = bank_passphrase(bank.file, bank.passphrase_file, bank.passphrase_env)
         require_encrypted(bank.file, "keys.our_private", bank.our_private_key, bank.allow_unencrypted)
         try:

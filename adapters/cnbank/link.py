@@ -21,7 +21,7 @@ from twisted.internet.threads import deferToThread
 from adapters import tcp
 from adapters.sftp import SFTPClient, SFTPEndpoint
 from gateway.config import BankConfig
-from gateway.masking import mask_fields
+from protocols.masking import mask_fields
 from protocols import cnbank_envelope as env
 from protocols import cnbank_files as files
 from protocols import sm
