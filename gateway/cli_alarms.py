@@ -11,10 +11,10 @@ from __future__ import annotations
 import getpass
 import json
 
-from sqlalchemy import select
 
 
 def _rows(conn, everything: bool) -> list[dict]:
+    from sqlalchemy import select
     from gateway.models import alarms
     q = select(alarms).order_by(alarms.c.id)
     if not everything:
@@ -49,6 +49,7 @@ def cmd_alarms(cfg, args) -> int:
 
 
 def cmd_alarms_ack(cfg, args) -> int:
+    from sqlalchemy import select
     from gateway import db as dbmod
     from gateway.alarms import acknowledge_alarm
     from gateway.journal import Entry, Journal

@@ -17,11 +17,10 @@ from __future__ import annotations
 import json
 import sys
 
-from sqlalchemy import and_, or_, select
-
 
 def _tie(conn, ids: list[int]) -> dict[int, tuple[str | None, str | None]]:
     """entry id -> (order_no, batch_no) of the outgoing message a report answers."""
+    from sqlalchemy import and_, select
     from gateway.models import bank_reports, journal
     if not ids:
         return {}
@@ -35,6 +34,7 @@ def _tie(conn, ids: list[int]) -> dict[int, tuple[str | None, str | None]]:
 
 def _answering(column, value):
     """Journal ids of reports answering an outgoing message whose *column* is *value*."""
+    from sqlalchemy import and_, select
     from gateway.models import bank_reports, journal
     out = journal.alias("sent")
     return (select(bank_reports.c.journal_id)
@@ -43,6 +43,7 @@ def _answering(column, value):
 
 
 def query(args):
+    from sqlalchemy import or_, select
     from gateway.models import journal
     q = select(journal.c.id, journal.c.at, journal.c.direction, journal.c.peer, journal.c.channel,
                journal.c.tx_code, journal.c.msg_id, journal.c.order_no, journal.c.batch_no, journal.c.verified,

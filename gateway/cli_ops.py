@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 
-from sqlalchemy import func, select
 
 from gateway.masking import mask
 
@@ -28,6 +27,7 @@ def _engine(cfg):
 
 
 def cmd_orders(cfg, args) -> int:
+    from sqlalchemy import func, select
     from gateway.models import items, orders
     engine = _engine(cfg)
     out = []
@@ -57,6 +57,7 @@ def cmd_orders(cfg, args) -> int:
 
 
 def cmd_items(cfg, args) -> int:
+    from sqlalchemy import select
     from gateway.models import corrections, items
     engine = _engine(cfg)
     with engine.connect() as conn:

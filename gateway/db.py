@@ -9,17 +9,21 @@ schema is not at the migrations' head, and says which command migrates it.
 
 from __future__ import annotations
 
-from typing import Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
-from alembic import command
-from alembic.config import Config as AlembicConfig
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, create_engine, event
-from twisted.internet.threads import deferToThreadPool
-from twisted.python.threadpool import ThreadPool
+if TYPE_CHECKING:
+    from alembic.config import Config as AlembicConfig
+    from sqlalchemy import Connection, Engine
+
+# alembic, SQLAlchemy and twisted are imported where they are used: gatewayctl's quick
+# commands (--help, --version, health) start without them.
 
 T = TypeVar("T")
+
+
+def deferToThreadPool(*args, **kw):  # noqa: N802  (twisted's name, imported when first used)
+    from twisted.internet.threads import deferToThreadPool as defer_to_thread_pool
+    return defer_to_thread_pool(*args, **kw)
 
 
 class NotMigrated(Exception):
@@ -27,6 +31,7 @@ class NotMigrated(Exception):
 
 
 def make_engine(url: str) -> Engine:
+    from sqlalchemy import create_engine, event
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30})
 
@@ -46,6 +51,7 @@ def make_engine(url: str) -> Engine:
 
 
 def alembic_config(url: str) -> AlembicConfig:
+    from alembic.config import Config as AlembicConfig
     cfg = AlembicConfig()
     cfg.set_main_option("script_location", "gateway:migrations")
     cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
@@ -53,16 +59,19 @@ def alembic_config(url: str) -> AlembicConfig:
 
 
 def head_revision() -> str:
+    from alembic.script import ScriptDirectory
     return ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
 
 
 def current_revision(engine: Engine) -> str | None:
+    from alembic.runtime.migration import MigrationContext
     with engine.connect() as conn:
         return MigrationContext.configure(conn).get_current_revision()
 
 
 def upgrade(url: str) -> None:
     """Bring the schema to head (`gatewayctl db upgrade`)."""
+    from alembic import command
     command.upgrade(alembic_config(url), "head")
 
 
@@ -81,6 +90,7 @@ class Database:
 
     def __init__(self, reactor, engine: Engine, threads: int = 1):
         self.reactor = reactor
+        from twisted.python.threadpool import ThreadPool
         self.engine = engine
         self.pool = ThreadPool(minthreads=1, maxthreads=threads, name="gateway-db")
         self._trigger = None
