@@ -118,6 +118,9 @@ async def test_rjct_of_a_pay_batch_sends_every_item_again_once(reactor, tmp_path
         assert await env.db.run(env.flow._new_batch, o, "RETRY", sa.and_(
             items.c.order_no == o, items.c.status == "CORRECTED")) is None
         assert len(await env.query("select 1 from batches")) == 2
+        # each batch's creation is journaled with it (rule 5)
+        assert [r["batch_no"] for r in await env.query(
+            "select batch_no from journal where tx_code='batch-created' order by id")] == [f"{o}-P01", f"{o}-P02"]
         _credited_once(env, o, [datagen.item(s, p)["seq"] for p in range(1, s.count + 1)])
     finally:
         await env.close()
