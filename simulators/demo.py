@@ -231,6 +231,13 @@ async def run(args) -> int:
         from simulators.paper_demo import write_paper   # articles 25-27: the month on paper, and the archive
         print("\n".join(write_paper(p.root, config, p.keys)))
         print("ALL ORDERS REACHED THEIR EXPECTED STATE" if ok else "SOME ORDERS DID NOT REACH THEIR EXPECTED STATE")
+        print(f"\nThe daemon's state is kept: configuration {config}\n"
+              f"  .venv/bin/gatewayctl --config {config} orders\n"
+              f"  .venv/bin/gatewayctl --config {config} alarms --all\n"
+              f"  .venv/bin/gatewayctl --config {config} journal show --type BP01 --full\n"
+              f"  .venv/bin/gatewayctl --config {config} journal verify\n"
+              f"  .venv/bin/gatewayd --config {config}    (then gatewayctl health; the simulators are "
+              f"stopped, so its banks' links fail and are alarmed)")
         result = 0 if ok and code == 0 else 1
     except DemoStuck as e:
         print(str(e))
