@@ -256,8 +256,16 @@ class Campaign:
     # --- the daemon ------------------------------------------------------------------------
 
     def start_daemon(self) -> None:
+        if self.started_at == 0.0:
+            # However the campaign ends (SIGTERM, an error), its daemon does not outlive it.
+            self.reactor.addSystemEventTrigger("before", "shutdown", self._kill_daemon)
         self.daemon.start()
         self.started_at = self.reactor.seconds()
+
+    def _kill_daemon(self) -> None:
+        if self.daemon is not None and self.daemon.running():
+            self.daemon.proc.kill()
+            self.daemon.proc.wait()
 
     def ensure_daemon(self) -> None:
         if not self.daemon.running():
