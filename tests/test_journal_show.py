@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import pytest_twisted
 import sqlalchemy as sa
 
 from gateway import config as configmod
@@ -108,3 +109,48 @@ def test_no_traceback_on_an_unmigrated_database(tmp_path):
         r = ctl(config, *args)
         assert r.returncode == 2 and "Traceback" not in r.stderr, (args, r.stderr)
         assert "db upgrade" in r.stderr or "migrat" in r.stderr, (args, r.stderr)
+
+
+@pytest.mark.loopback
+@pytest_twisted.ensureDeferred
+async def test_the_gateway_can_show_the_batch_file_it_sent(reactor, tmp_path):
+    """A cnbank batch file goes out (the flow ticked in process against the loopback bank); its
+    upload is journaled as SM4 ciphertext, and beside it the file's key||iv under the gateway's
+    own SM2 key. `journal show --id N --decrypt --reason R` prints the file's lines with ID and
+    account numbers masked, and journals who opened it and why first; without --reason it
+    refuses, and the SM2-encrypted entry alone (FILEKEY) cannot be opened by the bank's key."""
+    from twisted.internet import threads
+
+    from tests.support import in_process, spec
+    inst = await in_process(reactor, tmp_path, [spec("DEC0001", 4)])
+    try:
+        async def sent():
+            rows = await inst.query("SELECT id, batch_no FROM journal WHERE tx_code = 'PUT' AND decoded NOT LIKE '%.sig%'")
+            return rows or None
+        rows = await inst.until(sent, 60, "the batch file uploaded")
+        keys = await inst.query("SELECT id FROM journal WHERE tx_code = 'FILEKEY' AND batch_no = :b",
+                                b=rows[0]["batch_no"])
+        assert len(keys) == 1
+        items = await inst.query("SELECT seq, id_number, account_no FROM items WHERE order_no = 'DEC0001' "
+                                 "ORDER BY seq")
+    finally:
+        await inst.close()
+    cfg = inst.p.conf / "gateway.toml"
+    n = str(rows[0]["id"])
+    refused = await threads.deferToThread(ctl, cfg, "journal", "show", "--id", n, "--decrypt")
+    assert refused.returncode == 2 and "--reason" in refused.stderr
+    r = await threads.deferToThread(ctl, cfg, "journal", "show", "--id", n, "--decrypt", "--reason",
+                                    "audit 2026-7", "--json")
+    assert r.returncode == 0, r.stderr
+    shown = json.loads(r.stdout)
+    assert shown["batch_no"] == rows[0]["batch_no"] and shown["total_count"] == 4
+    assert [x["seq"] for x in shown["lines"]] == [i["seq"] for i in items]
+    for x, i in zip(shown["lines"], items):
+        assert x["id_no"] == i["id_number"][:4] + "*" * (len(i["id_number"]) - 8) + i["id_number"][-4:]
+        assert i["id_number"] not in r.stdout and i["account_no"] not in r.stdout
+    opened = [e for e in _shown(cfg, "--type", "file.decrypt")]
+    assert len(opened) == 1 and "audit 2026-7" in opened[0]["decoded"] and opened[0]["batch_no"] == rows[0]["batch_no"]
+    sig = await threads.deferToThread(ctl, cfg, "journal", "show", "--id", str(keys[0]["id"]), "--decrypt",
+                                      "--reason", "x")
+    assert sig.returncode == 1 and "not the upload of a batch file" in sig.stderr
+    assert ctl(cfg, "journal", "verify").returncode == 0

@@ -235,7 +235,22 @@ class CnBankAdapter:
             Entry("out", self.bank_id, "sftp", "PUT",
                   f"{in_dir}/{batch['file_name']}: batch file of {batch['total_count']} items, "
                   f"{batch['total_amount']} fen, FileSM3 {batch['file_sm3']}",
-                  payload_file=cipher, order_no=batch["order_no"], batch_no=batch["batch_no"])])
+                  payload_file=cipher, order_no=batch["order_no"], batch_no=batch["batch_no"])]
+            + self._audit_key_entry(batch, cipher))
+
+    def _audit_key_entry(self, batch: dict, cipher: str) -> list:
+        """The file's key||iv under the gateway's own SM2 key, journaled beside the upload (none
+        for a file built before the gateway kept it)."""
+        from adapters.cnbank.link import AUDIT_KEY_SUFFIX
+        try:
+            with open(cipher + AUDIT_KEY_SUFFIX, "rb") as f:
+                wrapped = f.read(4096)
+        except OSError:
+            return []
+        return [Entry("event", self.bank_id, "sftp", "FILEKEY",
+                      f"{batch['file_name']}: its key||iv under the gateway's own SM2 key (for an audited "
+                      f"view: gatewayctl journal show --decrypt)", payload=wrapped,
+                      order_no=batch["order_no"], batch_no=batch["batch_no"])]
 
     async def submit_batch(self, batch: dict, recorder, before) -> Reply | None:
         fields = {"BatchNo": batch["batch_no"], "Kind": batch["kind"], "OrderNo": batch["order_no"],

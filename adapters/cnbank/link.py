@@ -63,6 +63,19 @@ class Incoming:
     skew_s: int | None = None
 
 
+AUDIT_KEY_SUFFIX = ".gwkey"    # beside a batch file: its key||iv under the gateway's own SM2 key
+
+
+def decrypt_for_audit(our_key: sm.SM2PrivateKey, wrapped_b64: bytes, ciphertext: bytes) -> bytes:
+    """A sent batch file's plaintext from the journal: the audit key (AUDIT_KEY_SUFFIX) opened
+    with our private key, then SM4-CBC. Raises ValueError/sm.CryptoError when it cannot."""
+    key_iv = sm.sm2_decrypt(our_key, base64.b64decode(wrapped_b64, validate=True), sm.C1C3C2)
+    if len(key_iv) != 32:
+        raise ValueError(f"the audit key holds {len(key_iv)} bytes, not key||iv (32)")
+    dec = sm.SM4CBCDecryptor(key_iv[:16], key_iv[16:])
+    return dec.update(ciphertext) + dec.finalize()
+
+
 @dataclass
 class BuiltFile:
     """A batch file ready to upload: ciphertext, signature, and what BP01 says about it."""
@@ -225,6 +238,11 @@ class CnBankLink:
             f.write(signature)
         enc_key = base64.b64encode(
             sm.sm2_encrypt(self.bank_key, key + iv, self.bank.cnbank.sm2_cipher_order)).decode()
+        # The same key||iv wrapped for the gateway itself (its own SM2 key): journaled with the
+        # upload, so that what was sent can be shown again, audited (gatewayctl journal show
+        # --decrypt), when only the bank could open FileEncKey.
+        with open(cipher + AUDIT_KEY_SUFFIX, "wb") as f:
+            f.write(base64.b64encode(sm.sm2_encrypt(self.our_key.public_key, key + iv, sm.C1C3C2)))
         os.unlink(plain)  # the plaintext of personal data does not linger on disk
         return BuiltFile(name, cipher, sig_path, hw.sm3.hexdigest(), enc_key,
                          header.total_count, header.total_amount)
