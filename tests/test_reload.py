@@ -100,3 +100,58 @@ async def test_sighup_adds_refuses_and_removes_banks(reactor, tmp_path):
         await sims.stop()
     assert rc == 0
     assert not os.path.exists(p.rpc_socket)
+
+
+@pytest.mark.loopback
+@pytest_twisted.ensureDeferred
+async def test_per_bank_leases_follow_banks_added_and_removed(reactor, tmp_path):
+    """[ha] mode = "per-bank", the service in this process: a bank file added and reload() gives
+    the bank its own lease (taken, then its flow runs, fenced by that lease); the scheduler
+    covers it; its file removed and reload() stops the lease's service (released on stop) and
+    forgets the flow; a refused reload leaves leases and flows as they were."""
+    from gateway import config as configmod
+    from gateway.leadership import CORE
+    from gateway.service import make_service
+
+    p, keys, sims, cfg_path = await install(reactor, tmp_path, [spec("RLD0101", 2)])
+    with open(cfg_path, "a") as f:
+        f.write('\n[ha]\nretry_s = 0.2\nmode = "per-bank"\n')
+    gw = make_service(configmod.load(cfg_path), reactor)
+    first = (p.banks / f"{harness.BANK_ID}.toml").read_text()
+    try:
+        gw.startService()
+
+        async def acting(bank_id):
+            async def check():
+                lead = gw.leadership.leaders.get(bank_id)
+                return lead is not None and lead.active and gw.tickers[bank_id].running
+            return check
+        await wait_for(reactor, await acting(harness.BANK_ID), 30, "the first bank's lease")
+        (p.banks / f"{TWO}.toml").write_text(first.replace(f'bank_id = "{harness.BANK_ID}"', f'bank_id = "{TWO}"'))
+        summary = await gw.reload()
+        assert summary == {"ok": True, "added": [TWO], "changed": [], "removed": []}
+        await wait_for(reactor, await acting(TWO), 30, "the added bank's lease")
+        assert set(gw.leadership.leaders) == {CORE, harness.BANK_ID, TWO}
+        assert gw.flows[TWO].db.fence is gw.leadership.leaders[TWO].fence
+        assert set(gw.scheduler.bank_ids) == {harness.BANK_ID, TWO}
+        lead_two = gw.leadership.leaders[TWO]
+
+        (p.banks / "broken.toml").write_text(first.replace(f'bank_id = "{harness.BANK_ID}"', 'bank_id = "b3"')
+                                             .replace('dialect = "cnbank"', 'dialect = "nope"'))
+        refused = await gw.reload()
+        assert not refused["ok"] and any("broken.toml" in e and "dialect" in e for e in refused["errors"])
+        assert set(gw.leadership.leaders) == {CORE, harness.BANK_ID, TWO} and set(gw.flows) == {harness.BANK_ID, TWO}
+        (p.banks / "broken.toml").unlink()
+
+        (p.banks / f"{TWO}.toml").unlink()
+        summary = await gw.reload()
+        assert summary == {"ok": True, "added": [], "changed": [], "removed": [TWO]}
+        assert set(gw.leadership.leaders) == {CORE, harness.BANK_ID} and TWO not in gw.flows
+        assert not lead_two.running and not lead_two.active
+        assert gw.tickers[harness.BANK_ID].running and set(gw.scheduler.bank_ids) == {harness.BANK_ID}
+        status = gw.leadership.status()["leases"]
+        assert TWO not in status
+    finally:
+        if gw.running:
+            await gw.stopService()
+        await sims.stop()
