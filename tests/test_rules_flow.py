@@ -296,3 +296,28 @@ async def test_done_batches_are_asked_for_returns_at_the_low_rate_inside_the_win
         assert not await env.query("select kind from alarms where kind <> 'calendar-gap'")
     finally:
         await env.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_retry_takes_only_its_own_orders_corrected_items(reactor, tmp_path):
+    """Two orders each hold a corrected item; a retry asked for one sends only that order's item
+    (order.retry counts one, the bank's RETRY batch holds one), and the other order's item stays
+    CORRECTED in the batch it failed in, waiting for its own retry."""
+    a, b = spec("RTOW0001", 6, failures={"R001": 0.4}, seed=3), spec("RTOW0002", 6, failures={"R001": 0.4}, seed=3)
+    env = await in_process(reactor, tmp_path, [a, b])
+    try:
+        await env.until(lambda: _eq_rows(env, "select 1 from batches where state='DONE'", 2), what="both DONE")
+        fixed = {}
+        for o in (a.order_no, b.order_no):
+            seq = [q for q, (x, _) in (await _states(env, o)).items() if x == "FAILED"][0]
+            await env.gw.commands.call("item.correct", _correct(seq, o), CALLER)
+            fixed[o] = seq
+        out = await env.gw.commands.call("order.retry", {"order_no": a.order_no}, CALLER)
+        assert out["items"] == 1
+        await env.until(lambda: env.query("select 1 from batches where batch_no=:b and state='DONE'",
+                                          b=f"{a.order_no}-R02"), what="A's retry paid")
+        assert env.sims.bank.batch_now(f"{a.order_no}-R02")["total_count"] == 1
+        assert (await _states(env, b.order_no))[fixed[b.order_no]] == ("CORRECTED", f"{b.order_no}-P01")
+        assert not [c for c in env.sims.bank.credits(b.order_no) if c.seq == fixed[b.order_no]]
+    finally:
+        await env.close()

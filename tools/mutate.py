@@ -93,6 +93,7 @@ TARGETS: dict[str, Target] = {
                                "tests/test_rules_conservation.py::test_acceptance_that_would_unbalance_the_order_is_refused_and_alarmed",
                                "tests/test_rules_conservation.py::test_results_that_would_unbalance_the_order_are_refused_whole_and_alarmed",
                                "tests/test_rules_commands.py::test_retry_and_refund_take_only_the_items_the_rules_allow",
+                               "tests/test_rules_flow.py::test_a_retry_takes_only_its_own_orders_corrected_items",
                                "tests/test_flow_cnbank.py::test_lost_bp01_reply_is_resolved_by_bq01_not_by_resending",
                                "tests/test_rules_flow.py::test_a_late_return_is_applied_and_its_item_paid_again_only_after_correction",
                                "tests/test_result_file_rejection.py"]),
@@ -102,7 +103,8 @@ TARGETS: dict[str, Target] = {
         "tests/test_rules_commands.py",
         "tests/test_rules_conservation.py::test_rpc_changes_that_would_unbalance_the_order_change_nothing",
         "tests/test_rules_flow.py::test_rjct_of_a_retry_batch_sends_only_its_own_items_again",
-        "tests/test_rules_flow.py::test_a_refund_returns_only_the_failed_items_and_a_rejected_one_gives_them_back"]),
+        "tests/test_rules_flow.py::test_a_refund_returns_only_the_failed_items_and_a_rejected_one_gives_them_back",
+        "tests/test_rules_flow.py::test_a_retry_takes_only_its_own_orders_corrected_items"]),
     "gateway/validation.py": Target(None, ["tests/test_validation.py", "tests/test_validation_fastpath.py",
                                            "tests/test_rules_validation.py"]),
 }
