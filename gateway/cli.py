@@ -65,7 +65,12 @@ def gatewayd_main(argv: list[str] | None = None) -> None:
         except Exception as e:  # noqa: BLE001
             print(f"cannot start: {e}", file=sys.stderr)
             exit_code[0] = 2
-            reactor.stop()
+            # What did start stops too (the database's thread pool): its threads would keep the
+            # process alive after the reactor stopped, a daemon neither serving nor exiting.
+            from twisted.internet import defer
+            d = defer.maybeDeferred(gw.stopService).addTimeout(10, reactor)
+            d.addErrback(lambda f: print(f"stopping after a failed start: {f.value!r}", file=sys.stderr))
+            d.addBoth(lambda _: reactor.stop())
             return
         reactor.addSystemEventTrigger("before", "shutdown", gw.stopService)
         notifier.ready(reactor, f"serving {len(cfg.banks)} bank(s)")

@@ -12,6 +12,7 @@ import sqlite3
 
 import pytest
 import pytest_twisted
+from twisted.internet import task
 
 from chaos.proxy import FaultProxy
 from chaos.run import Campaign, Plan
@@ -111,3 +112,34 @@ async def test_proxy_faults_reach_the_client_as_named(reactor):
     finally:
         await proxy.stop()
         await server.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_gatewayd_that_cannot_start_exits_2_rather_than_hanging(reactor, tmp_path):
+    """The real gatewayd whose RPC socket is served by another process says "cannot start" and
+    exits 2 within seconds. Found by make chaos (a campaign's orphaned daemon held the socket):
+    the daemon logged "Main loop terminated" and then hung for good, its database thread pool
+    (started before the RPC listener failed) keeping the process alive."""
+    from twisted.internet import protocol
+
+    from simulators import harness
+    from tests.support import install
+
+    p, keys, sims, cfg = await install(reactor, tmp_path, [])
+    other = reactor.listenUNIX(str(p.rpc_socket), protocol.Factory.forProtocol(protocol.Protocol))
+    daemon = harness.Daemon(cfg, p.log)
+    try:
+        daemon.start()
+        deadline = reactor.seconds() + 40
+        while daemon.running() and reactor.seconds() < deadline:
+            await task.deferLater(reactor, 0.2, lambda: None)
+        assert not daemon.running(), "gatewayd still running 40 s after it could not start:\n" + \
+            p.log.read_text()[-1500:]
+        assert daemon.proc.returncode == 2
+        assert "another process is serving on this socket" in p.log.read_text()
+    finally:
+        if daemon.running():
+            daemon.proc.kill()
+            daemon.proc.wait()
+        await other.stopListening()
+        await sims.stop()
