@@ -50,7 +50,10 @@ def _unpushed(order_no: str):
     c = items.c
     return and_(c.order_no == order_no, c.status.in_(ItemStatus.REPORTED),
                 or_(c.version_sig.is_(None), c.result_version.is_(None), c.pushed_version.is_(None),
-                    c.pushed_version != c.result_version, c.version_sig != _sig_sql()))
+                    c.pushed_version != c.result_version, c.version_sig != _sig_sql(),
+                    # `pushed` cleared (by an operator, or a tool) asks for the push again,
+                    # with the same version if the result is the same
+                    c.pushed.is_(None), c.pushed != c.status))
 
 
 class CorePushSteps:
