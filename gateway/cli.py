@@ -42,8 +42,8 @@ def gatewayd_main(argv: list[str] | None = None) -> None:
     filemodes.secure_process()   # before anything is created: files 0600, folders 0700 (gateway/filemodes.py)
     cfg = _load(args.config)
     try:
-        for line in filemodes.secure_data_dirs(cfg.work_dir, cfg.journal_archive_dir, cfg.database_url):
-            print(f"gatewayd: took group/other access away: {line}", file=sys.stderr)
+        # said once logging has started, so that with JSON logs every line is still JSON
+        tightened = list(filemodes.secure_data_dirs(cfg.work_dir, cfg.journal_archive_dir, cfg.database_url))
     except OSError as e:
         print(f"{cfg.file}: cannot secure the data folders: {e}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -56,6 +56,9 @@ def gatewayd_main(argv: list[str] | None = None) -> None:
         print(str(e), file=sys.stderr)
         raise SystemExit(2) from None
     setup_logging(args.log_format or cfg.log_format)
+    from twisted.logger import Logger
+    for line in tightened:
+        Logger(namespace="gateway.filemodes").warn("took group/other access away: {what}", what=line)
     exit_code = [0]
 
     def start() -> None:
@@ -191,17 +194,19 @@ def cmd_journal_head(cfg, args) -> int:
     return 0
 
 
-def cmd_orders(cfg, args) -> int:
-    from sqlalchemy import func, select
-    from gateway.models import items, orders
-    engine = _engine(cfg)
-    with engine.connect() as conn:
-        for o in conn.execute(select(orders).order_by(orders.c.created_at)).mappings():
-            per = conn.execute(select(items.c.status, func.count(), func.sum(items.c.amount))
-                               .where(items.c.order_no == o["order_no"]).group_by(items.c.status)).all()
-            figures = ", ".join(f"{s} {n}/{int(a or 0)}" for s, n, a in per)
-            print(f"{o['order_no']} [{o['bank_id']}] {o['state']} {o['project_short']} "
-                  f"{o['total_count']} items {o['total_amount']} fen: {figures}")
+def cmd_check_config(cfg, args) -> int:
+    """What start-up checks, without starting: every file and key, each bank's adapter (keys
+    opened with their passphrases, modes), the database reachable and migrated."""
+    from twisted.internet import reactor
+
+    from gateway.service import StartupError, make_service
+    try:
+        gw = make_service(cfg, reactor)
+    except StartupError as e:
+        print(str(e), file=sys.stderr)
+        return 2
+    gw.database.engine.dispose()
+    print(json.dumps({"ok": True, "config": cfg.file, "banks": sorted(cfg.banks)}))
     return 0
 
 
@@ -374,7 +379,8 @@ def gatewayctl_main(argv: list[str] | None = None) -> None:
     jh.set_defaults(fn=cmd_journal_head)
     from gateway import cli_journal
     cli_journal.add_show_parser(j)   # journal show: filters, --full, --json
-    sub.add_parser("orders", help="orders with counts and amounts per item state").set_defaults(fn=cmd_orders)
+    from gateway import cli_ops
+    cli_ops.add_parsers(sub)
     r = sub.add_parser("rpc", help="call the daemon's RPC: gatewayctl rpc METHOD key=value ...",
                        add_help=False)
     r.add_argument("rest", nargs=argparse.REMAINDER)
@@ -387,8 +393,8 @@ def gatewayctl_main(argv: list[str] | None = None) -> None:
     cli_corrections.add_parser(sub)
     from gateway import cli_console
     cli_console.add_parser(sub)   # console add-user
-    sub.add_parser("check-config", help="validate the configuration and exit").set_defaults(
-        fn=lambda cfg, a: (print(json.dumps({"ok": True, "banks": sorted(cfg.banks)})), 0)[1])
+    sub.add_parser("check-config", help="run start-up's checks (files, keys, database) and exit").set_defaults(
+        fn=cmd_check_config)
     _add_keys_parser(sub)
     from gateway.paper.cli import add_parsers as add_paper_parsers
     add_paper_parsers(sub)   # sheet, register, report, archive (gateway/paper/)
