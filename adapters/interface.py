@@ -233,6 +233,16 @@ class IBankRecorder(Interface):
         """End the open episode of that identity (the condition is gone), inside a transaction
         `read` opened; returns how many were cleared."""
 
+    def statement_in(conn, period, source, header, lines, journal_id):
+        """Store the bank's statement for `period` (DYYYYMMDD, MYYYYMM, YYYYY) inside a transaction
+        `read` opened, replacing one stored before from the same `source`; returns its id.
+
+        `header` holds dialect, account, opening_balance, closing_balance and totals (JSON text or
+        None); each of `lines` is a dict with kind ("batch", "refund", "entry"), reference, amount
+        and the optional order_no, count, paid_count, paid_amount, failed_count, failed_amount,
+        returned_count, returned_amount, credit, entry_kind, bank_ref, booked (gateway/statements.py
+        reconciles them, by dialect, against the gateway's batches and refunds)."""
+
 
 class IBankAdapter(Interface):
     """A bank, as the flows see it."""

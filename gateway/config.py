@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import os
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from adapters.keys import Secret  # noqa: F401  (re-exported: configuration types name it)
 from adapters.settings import REQUIRED, ConfigError  # noqa: F401  (re-exported)
@@ -22,6 +21,7 @@ from adapters.settings import SFTP as _SFTP  # noqa: F401  (re-exported)
 from adapters.settings import Field as _Field
 from adapters.settings import Reader as _Reader
 from adapters.settings import SftpSettings  # noqa: F401  (re-exported)
+from adapters.cnbank.settings import CnBankSettings, TcpSettings  # noqa: F401,E402  (re-exported)
 from adapters.settings import check_file as _check_file
 from adapters.settings import check_private as _check_private
 from adapters.settings import join as _join  # noqa: F401
@@ -40,36 +40,6 @@ def _http_url(v: str) -> str | None:
 
 
 # --- the configuration types -------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TcpSettings:
-    host: str
-    port: int
-    connect_timeout_s: float
-    read_timeout_s: float
-    max_frame_bytes: int
-
-
-@dataclass(frozen=True)
-class CnBankSettings:
-    """The per-bank choices of the cnbank dialect (cnbank.md, items marked *(per bank)*)."""
-
-    length_width: int
-    encoding: str
-    sm2_cipher_order: str
-    signature_encoding: str
-    user_id: str
-    amount_unit: str
-    allow_plaintext: bool
-    max_clock_skew_s: int
-    late_return_window_days: int
-    status_poll_s: float
-    return_poll_s: float
-    result_working_days: int
-    statement_daily: bool = False
-    heartbeat_s: float = 0.0          # HB01 this often (0 = off)
-    link_alarm_after_s: float = 300.0  # one bank-link-down alarm once the link fails this long
 
 
 @dataclass(frozen=True)
@@ -351,44 +321,6 @@ _BANK_TOP = {
     "payer_acct": _Field(str, check=_pattern(r"[0-9]{8,32}", "8 to 32 digits")),
     "payer_name": _Field(str),
 }
-# The cnbank dialect's part of a bank file (another dialect's adapter reads its own keys).
-_CNBANK_TOP = {
-    "sender_id": _Field(str, check=_ID),
-    "receiver_id": _Field(str, check=_ID),
-    "keys": _Field(dict),
-    "tcp": _Field(dict),
-    "sftp": _Field(dict),
-    "cnbank": _Field(dict, {}),
-}
-_KEYS = {"our_private": _Field(str, path=True), "bank_public": _Field(str, path=True),
-         "passphrase_file": _Field(str, "", path=True), "passphrase_env": _Field(str, ""),
-         "allow_unencrypted": _Field(bool, False)}
-_TCP = {
-    "host": _Field(str),
-    "port": _Field(int, check=_port),
-    "connect_timeout_s": _Field(float, 10.0, _positive),
-    "read_timeout_s": _Field(float, 60.0, _positive),
-    "max_frame_bytes": _Field(int, 16 * 1024 * 1024, _positive),
-}
-_CNBANK = {
-    "length_width": _Field(int, 8, _positive),
-    "encoding": _Field(str, "gb18030", _one_of("gb18030")),
-    "sm2_cipher_order": _Field(str, "C1C3C2", _one_of("C1C3C2", "C1C2C3")),
-    "signature_encoding": _Field(str, "raw", _one_of("raw", "der")),
-    "user_id": _Field(str, "1234567812345678"),
-    "amount_unit": _Field(str, "yuan", _one_of("yuan", "fen")),
-    "allow_plaintext": _Field(bool, False),
-    "max_clock_skew_s": _Field(int, 300, _positive),
-    "late_return_window_days": _Field(int, 30, _positive),
-    "status_poll_s": _Field(float, 5.0, _positive),
-    "return_poll_s": _Field(float, 3600.0, _positive),   # BQ01 of DONE batches, for late returns
-    "result_working_days": _Field(int, 2, _positive),    # the bank's deadline for a batch's results
-    "statement_daily": _Field(bool, False),              # RC01 for yesterday (and last month on the 1st)
-    "heartbeat_s": _Field(float, 0.0, lambda v: None if v >= 0 else "must be 0 (off) or more"),
-    "link_alarm_after_s": _Field(float, 300.0, _positive),   # bank-link-down once failing this long
-}
-
-
 def load_bank(path: Path, errors: list[str]) -> BankConfig | None:
     data = _load_toml(path, errors)
     if data is None:
@@ -396,30 +328,14 @@ def load_bank(path: Path, errors: list[str]) -> BankConfig | None:
     r = _Reader(path, errors)
     n_before = len(errors)
     if data.get("dialect") == "cnbank":
-        top = cnb = r.table(data, "", {**_BANK_TOP, **_CNBANK_TOP})
-        dialect = "cnbank"
-        keys = r.table(cnb["keys"] or {}, "keys", _KEYS)
-        tcp = r.table(cnb["tcp"] or {}, "tcp", _TCP)
-        sftp = r.table(cnb["sftp"] or {}, "sftp", _SFTP)
-        cn = r.table(cnb["cnbank"] or {}, "cnbank", _CNBANK)
-        _check_file(r, "keys.our_private", keys.get("our_private"))
-        _check_file(r, "keys.bank_public", keys.get("bank_public"))
-        _check_file(r, "sftp.client_key", sftp.get("client_key"))
-        _check_private(r, "sftp.client_key", sftp.get("client_key"))
-        _check_file(r, "keys.passphrase_file", keys.get("passphrase_file"))
-        if keys.get("passphrase_file") and keys.get("passphrase_env"):
-            r.err("keys.passphrase_env", "set passphrase_file or passphrase_env, not both")
-        if len(errors) > n_before:
+        # The dialect the gateway was built with: its part of the file is read by adapters/cnbank/settings.py.
+        from adapters.cnbank.settings import read_bank_file
+        read = read_bank_file(r, data, _BANK_TOP)
+        if len(errors) > n_before or read is None:
             return None
-        return BankConfig(
-            file=str(path), bank_id=top["bank_id"], name=top["name"], dialect=dialect,
-            payer_acct=top["payer_acct"], payer_name=top["payer_name"],
-            sender_id=cnb["sender_id"], receiver_id=cnb["receiver_id"],
-            our_private_key=keys["our_private"], bank_public_key=keys["bank_public"],
-            passphrase_file=keys["passphrase_file"], passphrase_env=keys["passphrase_env"],
-            allow_unencrypted=bool(keys["allow_unencrypted"]),
-            tcp=TcpSettings(**tcp), sftp=SftpSettings(**sftp), cnbank=CnBankSettings(**cn),
-        )
+        top, fields = read
+        return BankConfig(file=str(path), bank_id=top["bank_id"], name=top["name"], dialect="cnbank",
+                          payer_acct=top["payer_acct"], payer_name=top["payer_name"], **fields)
     common = {k: data[k] for k in _BANK_TOP if k in data}
     top = r.table(common, "", _BANK_TOP)
     dialect = top.get("dialect")

@@ -714,6 +714,11 @@ class BankFlow(RefundSteps, Article26Steps, LateReturnSteps, CorePushSteps):
         return clear_alarm(conn, self.at(), kind, bank_id=self.bank_id, order_no=order_no,
                            batch_no=batch_no, key=key)
 
+    def statement_in(self, conn: Connection, period: str, source: str, header: dict, lines: list,
+                     journal_id) -> int:
+        from gateway import statements
+        return statements.store_lines(conn, self.bank_id, period, source, header, lines, self.at(), journal_id)
+
     async def heartbeat(self) -> None:
         """HB01 every `heartbeat_s` (banks whose adapter has heartbeat(); 0 = off): the link is
         watched, and a dead one alarmed (bank-link-down), even when nothing else is said."""

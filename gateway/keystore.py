@@ -1,29 +1,24 @@
 """Key store: the gateway's private keys, certificates and pinned bank keys, on disk.
 
-Loads what the daemon needs at start-up (our SM2 and RSA private keys, encrypted
-at rest under a passphrase from a file or the environment; our certificate; the
-bank's certificates with a rotation window; the bank's CA) and refuses anything
-unsafe with a message that names the file: a private key readable or writable
-by group or others, a wrong or missing passphrase, a certificate that does not
-parse. It also holds the logic behind `gatewayctl keys` (generate, show,
-import, check), so the command line only parses arguments and prints. The
+The logic behind `gatewayctl keys` (generate, show, import, check), so the
+command line only parses arguments and prints. What the daemon and the adapters
+load at run time (our SM2 and RSA private keys, encrypted at rest under a
+passphrase; our certificate; the bank's certificates with a rotation window;
+the bank's CA) is adapters/keys.py, re-exported here, which refuses anything
+unsafe with a message that names the file. The
 layout of a bank's key folder and the configuration keys are documented in
 keys/README.md. Nothing here reads the wall clock: callers pass `now`.
 """
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
-import hashlib
 import os
 import re
-import stat
 import tomllib
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping, Union
+from typing import Mapping
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -39,7 +34,7 @@ from adapters.keys import (  # noqa: F401  (re-exported: the run-time half lives
     ssh_fingerprint)
 from protocols import keyfile
 from protocols.keyfile import KeyFileError
-from protocols.sm import SM2PrivateKey, SM2PublicKey, generate_keypair
+from protocols.sm import SM2PrivateKey, generate_keypair
 
 __all__ = [
     "KeystoreError", "Passphrase", "PrivateKey", "CertRotation", "ExpiryWarning", "Finding",

@@ -13,7 +13,6 @@ Nothing here judges the figures; `gateway.reports` compares them.
 from __future__ import annotations
 
 import datetime
-import json
 import re
 from typing import Any
 
@@ -65,30 +64,29 @@ _LINE_DEFAULTS = {k: None for k in (
     "returned_count", "returned_amount", "credit", "entry_kind", "bank_ref", "booked")}
 
 
+def store_lines(conn: Connection, bank_id: str, period: str, source: str, header: dict[str, Any],
+                lines: list[dict[str, Any]], at: str, journal_id: int | None = None) -> int:
+    """Store a statement a dialect turned into rows (IBankRecorder.statement_in); its id.
+
+    *header*: dialect, account, opening_balance, closing_balance, totals; *lines*: statement_lines
+    rows without statement_id and line_no. Storing the same (bank, period, source) again replaces
+    the lines stored before.
+    """
+    _check_common(bank_id, period, source, at)
+    return _replace(conn, bank_id, period, source, {**header, "fetched_at": at, "journal_id": journal_id}, lines)
+
+
 def store_cnbank_statement(conn: Connection, bank_id: str, period: str, statement: CnbankStatement,
                            source: str, at: str, journal_id: int | None = None) -> int:
     """Store a cnbank statement read by `protocols.cnbank_files.read_statement_file`; its id.
 
-    *period* must be the statement's own (its H line); *source* names where it came
-    from, e.g. "cnbank:STMT_M202611.txt". Storing the same (bank, period, source)
-    again replaces the lines stored before.
+    The rows are the dialect's (adapters/cnbank/statements.py); *period* must be the statement's
+    own (its H line); *source* names where it came from, e.g. "cnbank:STMT_M202611.txt".
     """
+    from adapters.cnbank.statements import statement_rows
     _check_common(bank_id, period, source, at)
-    h = statement.header
-    if h.period != period:
-        raise ValueError(f"period {period!r} is not the statement's Period {h.period!r}")
-    totals = {"paid_cnt": h.paid_cnt, "paid_amt": h.paid_amt, "return_cnt": h.return_cnt,
-              "return_amt": h.return_amt, "refund_cnt": h.refund_cnt, "refund_amt": h.refund_amt}
-    lines = [{"kind": "batch", "reference": b.batch_no, "order_no": b.order_no, "count": b.cnt,
-              "amount": b.amt, "paid_count": b.succ_cnt, "paid_amount": b.succ_amt,
-              "failed_count": b.fail_cnt, "failed_amount": b.fail_amt,
-              "returned_count": b.return_cnt, "returned_amount": b.return_amt}
-             for b in statement.batches]
-    lines += [{"kind": "refund", "reference": r.refund_no, "order_no": r.order_no, "count": r.cnt,
-               "amount": r.amt, "bank_ref": r.refund_serial} for r in statement.refunds]
-    return _replace(conn, bank_id, period, source, {
-        "dialect": "cnbank", "account": h.payer_acct, "opening_balance": None, "closing_balance": None,
-        "totals": json.dumps(totals), "fetched_at": at, "journal_id": journal_id}, lines)
+    header, lines = statement_rows(statement, period)
+    return store_lines(conn, bank_id, period, source, header, lines, at, journal_id)
 
 
 def _entry(i: int, e: Any) -> dict[str, Any]:

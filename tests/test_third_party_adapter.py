@@ -29,8 +29,7 @@ ACME = '''
 import json, os
 from zope.interface import implementer, provider
 from adapters.interface import (IBankAdapter, IBankAdapterFactory, BatchStatus, Built, ItemResult,
-                                Reply, ResultSet, ResultTotals)
-from gateway.journal import Entry
+                                Entry, Reply, ResultSet, ResultTotals)
 
 
 class Settings:
@@ -109,7 +108,7 @@ class factory:
 
     @staticmethod
     def load_settings(reader, data, base_dir):
-        from gateway.config import Field, positive
+        from adapters.settings import Field, positive
         t = reader.table(data, "", {"acme": Field(dict)})
         a = reader.table(t["acme"] or {}, "acme", {"status_poll_s": Field(float, 0.1, positive)})
         return Settings(a) if a["status_poll_s"] is not None else None
@@ -207,3 +206,15 @@ def test_an_incomplete_adapter_stops_the_start_naming_the_bank_file(tmp_path, ac
     assert "half-1.toml: dialect" in str(e.value) and "incomplete" in str(e.value)
     assert "build_batch" in str(e.value)
     assert factory_for("acme").dialect == "acme"
+
+
+def test_site_package_imports_nothing_from_gateway():
+    """A dialect can be written from adapters/interface.py and adapters/settings.py alone (issue 12):
+    the site's package above imports no module of gateway/, and it does read its settings with the
+    schema helpers below the daemon."""
+    import ast
+    tree = ast.parse(ACME)
+    mods = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    mods |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert [m for m in mods if m and m.split(".")[0] == "gateway"] == []
+    assert {"adapters.interface", "adapters.settings"} <= mods

@@ -9,7 +9,6 @@ fails is journaled, alarmed and returned as None.
 
 from __future__ import annotations
 
-import datetime
 import os
 from typing import Iterable
 
@@ -22,16 +21,13 @@ from adapters.cnbank.link import BuiltFile, CnBankLink, Incoming, LinkError, Out
 from adapters.interface import (BatchItem, BatchSpec, BatchStatus, Built, IBankAdapter, ItemResult,
                                 LateReturn, RefundStatus, Reply, ResultSet, ResultsRefused,
                                 ResultTotals)
+from adapters.cnbank.statements import statement_rows
 from adapters.interface import Entry
 from protocols import cnbank_files as files
 from protocols.money import format_yuan
 
 log = Logger()
-CST = datetime.timezone(datetime.timedelta(hours=8))
 
-
-def _at(now: float) -> str:
-    return datetime.datetime.fromtimestamp(now, CST).isoformat(timespec="seconds")
 
 # Refusals that mean "not now": MsgId reused, clock skew; sent again with a new MsgId.
 RETRYABLE_REFUSALS = ("E008", "E009")
@@ -371,8 +367,7 @@ class CnBankAdapter:
 
     async def fetch_statement(self, period: str, recorder):
         """RC01, then the statement file over SFTP: decrypted, verified, parsed whole and stored
-        (gateway.statements) with its journal entries in one transaction; None if not fetched."""
-        from gateway import statements
+        (recorder.statement_in) with its journal entries in one transaction; None if not fetched."""
         ref = {"order_no": None, "batch_no": None}
         inc = await self._send(ref, "RC01", {"Period": period}, recorder)
         if inc is None or inc.tx_code == "":
@@ -409,8 +404,8 @@ class CnBankAdapter:
                 jid = recorder.journal_in(conn, Entry("in", self.bank_id, "sftp", "GET",
                                                       f"statement {name} ({period}), SM3 {fetched.sm3}",
                                                       payload_file=cipher, verified="ok"))
-                return statements.store_cnbank_statement(conn, self.bank_id, period, statement,
-                                                         f"cnbank:{name}", _at(recorder.now()), jid)
+                header, lines = statement_rows(statement, period)
+                return recorder.statement_in(conn, period, f"cnbank:{name}", header, lines, jid)
             statement_id = await recorder.read(keep)
             return {"period": period, "source": f"cnbank:{name}", "statement_id": statement_id}
         finally:

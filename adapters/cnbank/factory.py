@@ -1,5 +1,5 @@
-"""The entry point of the `cnbank` dialect: its settings are read by gateway/config.py
-(the dialect the gateway was built with), its keys loaded here."""
+"""The entry point of the `cnbank` dialect: its settings schema is adapters/cnbank/settings.py
+(read through gateway/config.py's load_bank into the bank's BankConfig), its keys loaded here."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ class factory:  # noqa: N801  (the entry point's object; a class used as a names
 
     @staticmethod
     def load_settings(reader, data, base_dir):
-        raise AssertionError("cnbank bank files are read by gateway.config itself")
+        raise AssertionError("cnbank bank files are read by adapters.cnbank.settings.read_bank_file")
 
     @staticmethod
     def make(reactor, bank, cfg, faults):

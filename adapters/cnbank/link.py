@@ -20,7 +20,6 @@ from twisted.internet.threads import deferToThread
 
 from adapters import tcp
 from adapters.sftp import SFTPClient, SFTPEndpoint
-from gateway.config import BankConfig
 from protocols.masking import mask_fields
 from protocols import cnbank_envelope as env
 from protocols import cnbank_files as files
@@ -119,7 +118,7 @@ def _decoded(tx_code: str, direction: str, head: dict, fields: dict) -> str:
 
 
 class CnBankLink:
-    def __init__(self, reactor, bank: BankConfig, our_key: sm.SM2PrivateKey,
+    def __init__(self, reactor, bank, our_key: sm.SM2PrivateKey,
                  bank_key: sm.SM2PublicKey, work_dir: str):
         self.reactor = reactor
         self.bank = bank

@@ -32,7 +32,7 @@ from adapters.https import HttpsBankClient, PageMalformed, PageTooLarge
 from adapters.interface import (BatchItem, BatchSpec, BatchStatus, Built, IBankAdapter, ItemResult,
                                 LateReturn, RefundStatus, Reply, ResultSet, ResultsRefused, ResultTotals,
                                 TransportError)
-from gateway.journal import Entry
+from adapters.interface import Entry
 from gateway.models import alarms, bank_feeds, bank_reports, batches, items, journal, orders, refunds
 from protocols import iso20022 as iso
 from protocols import xmldsig

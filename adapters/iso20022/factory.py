@@ -66,11 +66,11 @@ class IsoSettings:
     max_transfers_per_message: int = 0
     max_message_bytes: int = 0
     allow_unsigned_reports: bool = False
-    sftp: Any = None          # gateway.config.SftpSettings when transport = "sftp"
+    sftp: Any = None          # adapters.settings.SftpSettings when transport = "sftp"
 
 
 def _schemas():
-    from gateway.config import Field, REQUIRED, one_of, pattern, positive  # noqa: F401
+    from adapters.settings import REQUIRED, Field, one_of, pattern, positive  # noqa: F401
     top = {"iso20022": Field(dict), "https": Field(dict, None), "sftp": Field(dict, None),
            "keys": Field(dict), "testing": Field(dict, None)}
     dialect = {
@@ -137,8 +137,8 @@ class factory:  # noqa: N801  (the entry point's object)
                 reader.err(f"iso20022.{key}", "must be 0 (no limit) or a positive integer")
         sftp = None
         if d.get("transport") == "sftp":
-            from gateway.config import _SFTP, SftpSettings
-            t = reader.table(top["sftp"] or {}, "sftp", _SFTP)
+            from adapters.settings import SFTP, SftpSettings
+            t = reader.table(top["sftp"] or {}, "sftp", SFTP)
             if t.get("client_key") and not os.path.isfile(t["client_key"]):
                 reader.err("sftp.client_key", f"file {t['client_key']} does not exist")
             sftp = SftpSettings(**t) if None not in t.values() else None
@@ -166,8 +166,8 @@ class factory:  # noqa: N801  (the entry point's object)
     def make(reactor, bank, cfg, faults):
         from adapters.https import HttpsBankClient
         from adapters.iso20022.adapter import IsoAdapter
-        from gateway import keystore
-        from gateway.bankplugins import AdapterError, bank_passphrase, require_encrypted
+        from adapters import keys as keystore
+        from adapters.settings import AdapterError, bank_passphrase, require_encrypted
         from gateway.journal import Journal
         s = bank.settings
         passphrase = bank_passphrase(bank.file, s.passphrase_file, s.passphrase_env)
