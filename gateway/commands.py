@@ -178,7 +178,7 @@ class Commands:
                    order_no: str | None = None) -> int:
         payload = json.dumps({"method": method, "params": params}, ensure_ascii=False).encode()
         return self.journal.append(conn, Entry(
-            "in", f"{caller.transport}:{caller.identity}"[:64], "rpc", method, decoded,
+            "in", caller.who[:64], "rpc", method, decoded,
             payload=payload, order_no=order_no), self._at())
 
     @staticmethod

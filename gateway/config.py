@@ -119,6 +119,11 @@ class RpcSettings:
     head_timeout_s: float = 10.0   # a connection's request head must be in within this
     body_timeout_s: float = 30.0   # and its body within this after the head
     max_connections: int = 64      # open connections per listener; more are answered 503
+    callers: tuple = ()            # [[rpc.callers]]: gateway.rpc_api.CallerRule; () = everything to anyone
+    tls_listen: str = ""           # "host:port" of the TLS listener ("" = none), with the three below
+    tls_cert: str = ""
+    tls_key: str = ""
+    client_ca: str = ""            # CA(s) whose client certificates may connect (then pinned by cert_sha256)
 
 
 @dataclass(frozen=True)
@@ -264,7 +269,61 @@ _RPC = {
     "head_timeout_s": _Field(float, 10.0, _positive),
     "body_timeout_s": _Field(float, 30.0, _positive),
     "max_connections": _Field(int, 64, _positive),
+    "callers": _Field(list, []),
+    "tls_listen": _Field(str, "", _pattern(r"\[?[^\s\[\]]+\]?:[0-9]{1,5}", "host:port")),
+    "tls_cert": _Field(str, "", path=True),
+    "tls_key": _Field(str, "", path=True),
+    "client_ca": _Field(str, "", path=True),
 }
+_RPC_CALLER = {
+    "name": _Field(str, check=_pattern(r"[A-Za-z0-9_.-]{1,40}", "1-40 letters, digits, '_', '.' or '-'")),
+    "methods": _Field(list),
+    "unix_user": _Field(str, ""),
+    "unix_group": _Field(str, ""),
+    "token_file": _Field(str, "", path=True),
+    "cert_sha256": _Field(str, "", _pattern(r"([0-9A-Fa-f]{2}:?){31}[0-9A-Fa-f]{2}",
+                                            "the certificate's SHA-256, 64 hex digits (colons allowed)")),
+}
+
+
+def _rpc_callers(r: _Reader, items: list) -> tuple:
+    """[[rpc.callers]]: each a name, exactly one way to recognise it, and the methods it may call."""
+    import grp
+    import pwd
+
+    from gateway.rpc_api import CallerRule
+    rules, names = [], set()
+    for i, item in enumerate(items):
+        prefix = f"rpc.callers[{i}]"
+        ct = r.table(item, prefix, _RPC_CALLER)
+        ways = [k for k in ("unix_user", "unix_group", "token_file", "cert_sha256") if ct.get(k)]
+        if len(ways) != 1:
+            r.err(prefix, "needs exactly one of unix_user, unix_group, token_file, cert_sha256"
+                          + (f" (has {', '.join(ways)})" if ways else ""))
+        methods = ct.get("methods") or []
+        if not methods or not all(isinstance(m, str) and re.fullmatch(r"[A-Za-z0-9_.*]+", m) for m in methods):
+            r.err(f"{prefix}.methods", 'must list method names or patterns ("order.status", "report.*", "*")')
+        if ct.get("name") in names:
+            r.err(f"{prefix}.name", f"{ct['name']!r} is declared twice")
+        names.add(ct.get("name"))
+        if ct.get("unix_user"):
+            try:
+                pwd.getpwnam(ct["unix_user"])
+            except KeyError:
+                r.err(f"{prefix}.unix_user", f"no Unix user {ct['unix_user']!r} on this host")
+        if ct.get("unix_group"):
+            try:
+                grp.getgrnam(ct["unix_group"])
+            except KeyError:
+                r.err(f"{prefix}.unix_group", f"no Unix group {ct['unix_group']!r} on this host")
+        if ct.get("token_file"):
+            _check_file(r, f"{prefix}.token_file", ct["token_file"])
+        if ct.get("name") and methods and len(ways) == 1:
+            rules.append(CallerRule(ct["name"], tuple(methods), ct["unix_user"], ct["unix_group"],
+                                    ct["token_file"], ct["cert_sha256"].replace(":", "").lower()))
+    return tuple(rules)
+
+
 _CALENDAR = {
     "dir": _Field(str, path=True),
     "confirm_working_days": _Field(int, 5, _positive),   # article 26: the department checks within 5
@@ -438,10 +497,22 @@ def load(path: str | os.PathLike) -> GatewayConfig:
             r.err("rpc.token_file", "is required when rpc.tcp_port is set: TCP never runs without a token")
         if rt.get("unix_socket") and len(os.fsencode(rt["unix_socket"])) > 107:
             r.err("rpc.unix_socket", "path is longer than the 107 bytes a Unix socket allows")
+        callers = _rpc_callers(r, rt.get("callers") or [])
+        tls_keys = ("tls_listen", "tls_cert", "tls_key", "client_ca")
+        if any(rt.get(k) for k in tls_keys):
+            for key in tls_keys:
+                if not rt.get(key):
+                    r.err(f"rpc.{key}", "is required with the other TLS settings (tls_listen, tls_cert, tls_key, "
+                                        "client_ca): the RPC leaves the host only with TLS and a client certificate")
+                elif key != "tls_listen":
+                    _check_file(r, f"rpc.{key}", rt[key])
+            if rt.get("tls_key"):
+                _check_private(r, "rpc.tls_key", rt["tls_key"])
         if rt.get("unix_socket") and rt.get("unix_mode"):
             rpc = RpcSettings(rt["unix_socket"], int(rt["unix_mode"] or "0660", 8),
                               rt["tcp_port"] or None, rt["token_file"] or None,
-                              float(rt["head_timeout_s"]), float(rt["body_timeout_s"]), rt["max_connections"])
+                              float(rt["head_timeout_s"]), float(rt["body_timeout_s"]), rt["max_connections"],
+                              callers, rt["tls_listen"], rt["tls_cert"], rt["tls_key"], rt["client_ca"])
 
     if core.get("base_url") and not core.get("allow_plain_http"):
         # The token and every personal datum of an order would cross the network in clear.

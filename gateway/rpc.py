@@ -46,16 +46,18 @@ Choices the JSON-RPC 2.0 text leaves open, made here:
 
 from __future__ import annotations
 
+import grp
 import hashlib
 import hmac
 import json
 import math
 import os
+import pwd
 import socket
 import stat
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from io import BytesIO
 from typing import Any
 
@@ -73,7 +75,7 @@ from zope.interface.verify import verifyObject
 from gateway.masking import SENSITIVE_FIELDS, mask_fields, mask_text
 from gateway.rpc_api import (
     INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND, NOT_ALLOWED, PARSE_ERROR,
-    Caller, ICommands, RpcError,
+    Caller, CallerRule, ICommands, RpcError,
 )
 
 MAX_BODY = 1 << 20
@@ -254,6 +256,11 @@ async def _run(call: _Call, commands: Any, caller: Caller) -> tuple[Any, RpcErro
     try:
         if call.method not in commands.methods():
             return None, RpcError(METHOD_NOT_FOUND, f"no method {call.method[:64]!r}", "method")
+        if not caller.may(call.method):
+            who = f"caller {caller.name!r}" if caller.name else \
+                f"{caller.transport}:{caller.identity}, which no [[rpc.callers]] entry names,"
+            return None, RpcError(NOT_ALLOWED, f"not allowed: {who} may not call {call.method}", "method",
+                                  {"method": call.method, "caller": caller.name or None})
         result = await maybeDeferred(commands.call, call.method, call.params, caller)
     except RpcError as e:
         return None, e
@@ -340,14 +347,54 @@ def handle_body(body: bytes, commands: Any, caller: Caller, journal: Journal | N
 
 # --- HTTP --------------------------------------------------------------------
 
-def _unix_caller(transport: Any) -> Caller:
+def _unix_rule(rules: tuple[CallerRule, ...], uid: int, gid: int) -> CallerRule | None:
+    """The entry naming this uid (unix_user), else one whose group is the gid or lists the user (unix_group)."""
+    for rule in rules:
+        if rule.unix_user:
+            try:
+                if pwd.getpwnam(rule.unix_user).pw_uid == uid:
+                    return rule
+            except KeyError:
+                continue
+    try:
+        user = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        user = None
+    for rule in rules:
+        if rule.unix_group:
+            try:
+                group = grp.getgrnam(rule.unix_group)
+            except KeyError:
+                continue
+            if group.gr_gid == gid or (user is not None and user in group.gr_mem):
+                return rule
+    return None
+
+
+def _named(caller: Caller, rules: tuple[CallerRule, ...], rule: CallerRule | None) -> Caller:
+    """Without [[rpc.callers]] everything is allowed (as before they existed); with them, only what a rule says."""
+    if not rules:
+        return caller
+    if rule is None:
+        return replace(caller, methods=())
+    return replace(caller, name=rule.name, methods=rule.methods)
+
+
+def _unix_caller(transport: Any, rules: tuple[CallerRule, ...] = ()) -> Caller:
     try:
         fmt = "3i"
         creds = transport.getHandle().getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize(fmt))
         _pid, uid, gid = struct.unpack(fmt, creds)
     except (AttributeError, OSError, struct.error):
-        return Caller("unix", "unix")
-    return Caller("unix", f"uid={uid},gid={gid}")
+        return _named(Caller("unix", "unix"), rules, None)
+    return _named(Caller("unix", f"uid={uid},gid={gid}"), rules, _unix_rule(rules, uid, gid))
+
+
+def cert_fingerprint(der_or_x509: Any) -> str:
+    """SHA-256 of a certificate's DER, lower-case hex without colons (as cert_sha256 is written)."""
+    if isinstance(der_or_x509, bytes):
+        return hashlib.sha256(der_or_x509).hexdigest()
+    return der_or_x509.digest("sha256").decode("ascii").replace(":", "").lower()
 
 
 def _bearer(request: Request) -> bytes | None:
@@ -411,7 +458,8 @@ class _RpcRequest(Request):
         self.site = self.channel.site
         status, error, challenge = self._refusal
         log.warn("RPC request from {peer} refused: {why}", peer=str(self.getClientAddress()), why=error.message)
-        self.setHeader(b"www-authenticate", challenge.encode("ascii"))
+        if challenge:
+            self.setHeader(b"www-authenticate", challenge.encode("ascii"))
         _send(self, status, error_body(error))
 
 
@@ -510,40 +558,81 @@ class RpcSite(Site):
 
     def __init__(self, resource: Resource, *, token_digest: bytes | None = None, max_body: int = MAX_BODY,
                  timeout: float = IDLE_TIMEOUT_S, reactor: Any = None, head_timeout: float = HEAD_TIMEOUT_S,
-                 body_timeout: float = BODY_TIMEOUT_S, max_connections: int = MAX_CONNECTIONS) -> None:
+                 body_timeout: float = BODY_TIMEOUT_S, max_connections: int = MAX_CONNECTIONS,
+                 callers: tuple[CallerRule, ...] = (), token_names: dict[bytes, str] | None = None,
+                 tls: bool = False) -> None:
         super().__init__(resource, timeout=timeout, reactor=reactor)
         self.token_digest = token_digest
+        self.callers = tuple(callers)
+        self.token_names = dict(token_names or {})   # SHA-256 of a caller's token -> its name
+        self.tls = tls   # served behind TLS with a client certificate: callers are their pinned certificates
         self.max_body = max_body
         self.head_timeout = head_timeout
         self.body_timeout = body_timeout
         self.max_connections = max_connections
         self.open_connections = 0
 
-    def with_token(self, token: bytes) -> RpcSite:
-        """The same resources behind a bearer token (for the 127.0.0.1 listener); its own connection count."""
-        return RpcSite(self.resource, token_digest=hashlib.sha256(token).digest(), max_body=self.max_body,
-                       timeout=self.timeOut, reactor=self.reactor, head_timeout=self.head_timeout,
-                       body_timeout=self.body_timeout, max_connections=self.max_connections)
+    def _derived(self, **kw: Any) -> RpcSite:
+        return RpcSite(self.resource, max_body=self.max_body, timeout=self.timeOut, reactor=self.reactor,
+                       head_timeout=self.head_timeout, body_timeout=self.body_timeout,
+                       max_connections=self.max_connections, callers=self.callers, **kw)
 
-    def admit(self, request: Request) -> tuple[Caller | None, tuple[int, RpcError, str] | None]:
-        """(caller, None), or (None, (401, error, challenge)) for a TCP request without the token."""
+    def with_token(self, token: bytes | None, named: dict[bytes, str] | None = None) -> RpcSite:
+        """The same resources behind a bearer token (for the 127.0.0.1 listener); its own connection count.
+
+        *named* maps callers' tokens (as read from their token_file) to their names.
+        """
+        digests = {hashlib.sha256(t).digest(): name for t, name in (named or {}).items()}
+        return self._derived(token_digest=hashlib.sha256(token).digest() if token is not None else None,
+                             token_names=digests)
+
+    def with_tls(self) -> RpcSite:
+        """The same resources for the TLS listener: each caller is the [[rpc.callers]] entry pinning its certificate."""
+        return self._derived(tls=True)
+
+    def admit(self, request: Request) -> tuple[Caller | None, tuple[int, RpcError, str | None] | None]:
+        """(caller, None), or (None, (status, error, challenge)): 401 for a TCP request without a token,
+        403 for a TLS client certificate no caller pins."""
         transport = request.channel.transport
         host = transport.getHost()
         if isinstance(host, UNIXAddress):
-            return _unix_caller(transport), None
+            return _unix_caller(transport, self.callers), None
+        peer = transport.getPeer()
+        where = f"{peer.host}:{peer.port}" if isinstance(peer, (IPv4Address, IPv6Address)) else str(peer)
+        if self.tls:
+            return self._admit_certificate(transport, where)
         challenge = 'Bearer realm="gateway-rpc"'
-        if self.token_digest is None:
+        if self.token_digest is None and not self.token_names:
             return None, (401, RpcError(NOT_ALLOWED, "this listener accepts no token", "Authorization"), challenge)
         presented = _bearer(request)
         if presented is None:
             return None, (401, RpcError(NOT_ALLOWED, "missing bearer token", "Authorization"), challenge)
         # Digests first: the comparison then takes the same time whatever was sent.
-        if not hmac.compare_digest(hashlib.sha256(presented).digest(), self.token_digest):
+        digest = hashlib.sha256(presented).digest()
+        known = self.token_digest is not None and hmac.compare_digest(digest, self.token_digest)
+        name = None
+        for candidate, caller_name in self.token_names.items():
+            if hmac.compare_digest(digest, candidate):
+                known, name = True, caller_name
+        if not known:
             return None, (401, RpcError(NOT_ALLOWED, "wrong bearer token", "Authorization"),
                           challenge + ', error="invalid_token"')
-        peer = transport.getPeer()
-        where = f"{peer.host}:{peer.port}" if isinstance(peer, (IPv4Address, IPv6Address)) else str(peer)
-        return Caller("tcp", f"token:{self.token_digest.hex()[:8]}@{where}"), None
+        rule = next((r for r in self.callers if r.name == name), None)
+        return _named(Caller("tcp", f"token:{digest.hex()[:8]}@{where}"), self.callers, rule), None
+
+    def _admit_certificate(self, transport: Any, where: str) -> tuple[Caller | None, Any]:
+        get = getattr(transport, "getPeerCertificate", None)
+        cert = get() if get is not None else None
+        if cert is None:   # the handshake demands one; a site reached without TLS gets here
+            return None, (403, RpcError(NOT_ALLOWED, "not allowed: no client certificate", "certificate"), None)
+        fingerprint = cert_fingerprint(cert)
+        rule = next((r for r in self.callers if r.cert_sha256 and hmac.compare_digest(r.cert_sha256, fingerprint)),
+                    None)
+        if rule is None:
+            return None, (403, RpcError(NOT_ALLOWED, f"not allowed: client certificate sha256 {fingerprint} is "
+                                                     f"pinned by no [[rpc.callers]] entry (cert_sha256)",
+                                        "certificate", {"cert_sha256": fingerprint}), None)
+        return Caller("tls", f"cert:{fingerprint[:16]}@{where}", rule.name, rule.methods), None
 
     def log(self, request: Request) -> None:
         # Structured, and without the query string or headers a combined-format line would carry.
@@ -644,28 +733,33 @@ class RpcResource(Resource):
 
 def rpc_site(commands: Any, journal: Journal | None, *, reactor: Any = None, max_body: int = MAX_BODY,
              timeout: float = IDLE_TIMEOUT_S, head_timeout: float = HEAD_TIMEOUT_S,
-             body_timeout: float = BODY_TIMEOUT_S, max_connections: int = MAX_CONNECTIONS) -> RpcSite:
-    """The RPC site (for the Unix socket; `listen_rpc` derives the TCP one): /rpc and 404s elsewhere."""
+             body_timeout: float = BODY_TIMEOUT_S, max_connections: int = MAX_CONNECTIONS,
+             callers: tuple[CallerRule, ...] = ()) -> RpcSite:
+    """The RPC site (for the Unix socket; `listen_rpc` derives the TCP and TLS ones): /rpc and 404s elsewhere.
+
+    *callers*: the [[rpc.callers]] entries; () lets whoever reaches a listener call everything.
+    """
     root = _Root()
     root.putChild(b"rpc", RpcResource(commands, journal))
     if reactor is None:
         from twisted.internet import reactor as global_reactor
         reactor = global_reactor
     return RpcSite(root, max_body=max_body, timeout=timeout, reactor=reactor, head_timeout=head_timeout,
-                   body_timeout=body_timeout, max_connections=max_connections)
+                   body_timeout=body_timeout, max_connections=max_connections, callers=callers)
 
 
 # --- listening ---------------------------------------------------------------
 
 @dataclass
 class RpcListeners:
-    """What `listen_rpc` opened; `stop()` closes both (the Unix socket file is removed)."""
+    """What `listen_rpc` opened; `stop()` closes them all (the Unix socket file is removed)."""
 
     unix: IListeningPort
     tcp: IListeningPort | None = None
+    tls: IListeningPort | None = None
 
     def stop(self) -> Deferred[None]:
-        ports = [p for p in (self.tcp, self.unix) if p is not None]
+        ports = [p for p in (self.tls, self.tcp, self.unix) if p is not None]
         return gatherResults([maybeDeferred(p.stopListening) for p in ports]).addCallback(lambda _: None)
 
 
@@ -709,9 +803,56 @@ def _clear_stale_socket(path: str) -> None:
     raise CannotListenError(None, path, "another process is serving on this socket")
 
 
+def _pem_blocks(data: bytes, what: str) -> list[bytes]:
+    marker = b"-----END CERTIFICATE-----"
+    blocks = [b + marker for b in data.split(marker) if b"-----BEGIN CERTIFICATE-----" in b]
+    if not blocks:
+        raise ValueError(f"{what}: holds no PEM certificate")
+    return blocks
+
+
+def tls_options(cert_file: str, key_file: str, client_ca: str) -> Any:
+    """The TLS listener's context: our certificate and key, and a client certificate the CA(s) signed required."""
+    from OpenSSL import SSL
+    from twisted.internet import ssl
+
+    def read(key: str, path: str) -> bytes:
+        try:
+            with open(path, "rb") as f:
+                return f.read()
+        except OSError as e:
+            raise ValueError(f"{key} {path}: cannot read: {e.strerror}") from None
+    cert_pem, key_pem, ca_pem = read("tls_cert", cert_file), read("tls_key", key_file), read("client_ca", client_ca)
+    try:
+        mine = ssl.PrivateCertificate.loadPEM(key_pem + b"\n" + cert_pem)
+    except (SSL.Error, ValueError) as e:
+        raise ValueError(f"tls_cert/tls_key {cert_file}: not a PEM certificate and its key: {e}") from None
+    try:
+        roots = [ssl.Certificate.loadPEM(b) for b in _pem_blocks(ca_pem, f"client_ca {client_ca}")]
+    except SSL.Error as e:
+        raise ValueError(f"client_ca {client_ca}: not a PEM certificate: {e}") from None
+    # trustRoot makes the server ask for a client certificate and fail the handshake without one
+    # (requireCertificate defaults to True) or with one no root signed.
+    return ssl.CertificateOptions(privateKey=mine.privateKey.original, certificate=mine.original,
+                                  trustRoot=ssl.trustRootFromCertificates(roots),
+                                  raiseMinimumTo=ssl.TLSVersion.TLSv1_2)
+
+
+def _host_port(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"tls_listen {value!r}: must be host:port")
+    return host, int(port)
+
+
 def listen_rpc(reactor: Any, site: RpcSite, *, unix_path: str, unix_mode: int = 0o660,
-               tcp_port: int | None = None, token_file: str | None = None) -> RpcListeners:
-    """Listen on *unix_path* (mode *unix_mode*) and, if *tcp_port* is given, on 127.0.0.1 with a bearer token.
+               tcp_port: int | None = None, token_file: str | None = None, tls_listen: str | None = None,
+               tls_cert: str | None = None, tls_key: str | None = None, client_ca: str | None = None
+               ) -> RpcListeners:
+    """Listen on *unix_path* (mode *unix_mode*), if *tcp_port* is given on 127.0.0.1 with a bearer token,
+    and if *tls_listen* ("host:port") is given there with TLS and a client certificate the *client_ca* signed
+    and a [[rpc.callers]] entry pins (cert_sha256).
 
     Either everything asked for is listening when this returns, or nothing is
     and the exception names the setting at fault (ValueError) or the address
@@ -728,6 +869,14 @@ def listen_rpc(reactor: Any, site: RpcSite, *, unix_path: str, unix_mode: int = 
         if not token_file:
             raise ValueError("token_file: required when tcp_port is set; the TCP listener never runs without a token")
         token = read_token(token_file)
+    named = {read_token(r.token_file): r.name for r in site.callers if r.token_file} if tcp_port is not None else {}
+    tls = None
+    if tls_listen:
+        missing = [k for k, v in (("tls_cert", tls_cert), ("tls_key", tls_key), ("client_ca", client_ca)) if not v]
+        if missing:
+            raise ValueError(f"{missing[0]}: required when tls_listen is set; the RPC leaves the host only "
+                             f"with TLS and a client certificate")
+        tls = (_host_port(tls_listen), tls_options(tls_cert, tls_key, client_ca))
     _clear_stale_socket(unix_path)
     # twisted binds, chmods, then listens: no connection is accepted before the mode is set.
     unix = reactor.listenUNIX(unix_path, site, mode=unix_mode)
@@ -738,10 +887,15 @@ def listen_rpc(reactor: Any, site: RpcSite, *, unix_path: str, unix_mode: int = 
             raise CannotListenError(None, unix_path, f"socket mode is {actual:04o}, not {unix_mode:04o}")
         if tcp_port is not None:
             assert token is not None
-            listeners.tcp = reactor.listenTCP(tcp_port, site.with_token(token), interface="127.0.0.1")
+            listeners.tcp = reactor.listenTCP(tcp_port, site.with_token(token, named), interface="127.0.0.1")
+        if tls is not None:
+            (host, port), options = tls
+            listeners.tls = reactor.listenSSL(port, site.with_tls(), options, interface=host)
     except BaseException:
         listeners.stop()
         raise
-    log.info("RPC listening on {unix}{tcp}", unix=unix_path,
-             tcp=f" and 127.0.0.1:{listeners.tcp.getHost().port}" if listeners.tcp else "")
+    log.info("RPC listening on {unix}{tcp}{tls}", unix=unix_path,
+             tcp=f" and 127.0.0.1:{listeners.tcp.getHost().port}" if listeners.tcp else "",
+             tls=f" and TLS on {listeners.tls.getHost().host}:{listeners.tls.getHost().port}" if listeners.tls
+             else "")
     return listeners

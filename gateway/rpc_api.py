@@ -10,6 +10,7 @@ fault. Codes -32768..-32000 are JSON-RPC's own; the gateway's are 1001 upwards.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING
 
 import zope.interface
@@ -58,17 +59,54 @@ class RpcError(Exception):
         return f"{CODE_NAMES.get(self.code, self.code)}: {self.message}{where}"
 
 
+def method_allowed(patterns: tuple[str, ...], method: str) -> bool:
+    """True when *method* matches one of *patterns*: a name ("order.status"), "report.*" or "*"."""
+    return any(fnmatchcase(method, p) for p in patterns)
+
+
+@dataclass(frozen=True)
+class CallerRule:
+    """One [[rpc.callers]] entry: its name, one way to recognise it, and the methods it may call.
+
+    unix_user / unix_group match the SO_PEERCRED uid / gid (a group also matches
+    its listed members); token_file matches the bearer token in that file on the
+    127.0.0.1 listener; cert_sha256 (lower-case hex, no colons) matches the client
+    certificate on the TLS listener.
+    """
+
+    name: str
+    methods: tuple[str, ...]
+    unix_user: str = ""
+    unix_group: str = ""
+    token_file: str = ""
+    cert_sha256: str = ""
+
+
 @dataclass(frozen=True)
 class Caller:
     """Who made an RPC call, as journaled.
 
-    transport: "unix" or "tcp".
+    transport: "unix", "tcp" or "tls".
     identity: on unix "uid=..,gid=.." from SO_PEERCRED when available, else "unix";
-    on tcp "token:<first 8 hex chars of the token's SHA-256>@127.0.0.1:<peer port>".
+    on tcp "token:<first 8 hex chars of the token's SHA-256>@127.0.0.1:<peer port>";
+    on tls "cert:<first 16 hex chars of the certificate's SHA-256>@<peer>".
+    name: the [[rpc.callers]] entry it matched ("" when none did or none are declared).
+    methods: the patterns it may call; None = every method (no [[rpc.callers]] declared).
     """
 
     transport: str
     identity: str
+    name: str = ""
+    methods: tuple[str, ...] | None = None
+
+    def may(self, method: str) -> bool:
+        return self.methods is None or method_allowed(self.methods, method)
+
+    @property
+    def who(self) -> str:
+        """How the journal names the caller: its configured name first, then the transport's identity."""
+        plain = f"{self.transport}:{self.identity}"
+        return f"{self.name} ({plain})" if self.name else plain
 
 
 class ICommands(zope.interface.Interface):

@@ -148,7 +148,7 @@ def _refusal_journal(reactor, database: dbmod.Database, journal: Journal):
         payload = json.dumps({"method": method, "params": params, **outcome}, ensure_ascii=False,
                              default=str).encode()
         err = outcome["error"]
-        entry = Entry("in", f"{caller.transport}:{caller.identity}"[:64], "rpc", method or "(malformed)",
+        entry = Entry("in", caller.who[:64], "rpc", method or "(malformed)",
                       f"refused {err['code']}: {err['message']}"
                       + (f" [field {err['field']}]" if err.get("field") else ""),
                       payload=payload, order_no=(params.get("order_no") if isinstance(
@@ -170,9 +170,10 @@ class _RpcService(service.Service):
         super().startService()
         r = self.cfg.rpc
         site = rpc_site(self.commands, self.journal_hook, reactor=self.reactor, head_timeout=r.head_timeout_s,
-                        body_timeout=r.body_timeout_s, max_connections=r.max_connections)
+                        body_timeout=r.body_timeout_s, max_connections=r.max_connections, callers=r.callers)
         self.listeners = listen_rpc(self.reactor, site, unix_path=r.unix_socket, unix_mode=r.unix_mode,
-                                    tcp_port=r.tcp_port, token_file=r.token_file)
+                                    tcp_port=r.tcp_port, token_file=r.token_file, tls_listen=r.tls_listen or None,
+                                    tls_cert=r.tls_cert, tls_key=r.tls_key, client_ca=r.client_ca)
 
     def stopService(self):  # noqa: N802
         super().stopService()

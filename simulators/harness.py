@@ -8,7 +8,10 @@ configuration written here, exactly as an operator would start it.
 
 from __future__ import annotations
 
+import grp
+import json
 import os
+import pwd
 import secrets
 import signal
 import subprocess
@@ -25,6 +28,8 @@ CALENDAR_DIR = Path(__file__).resolve().parent.parent / "conf" / "calendar"
 GATEWAY_SENDER = "GW3301"
 BANK_RECEIVER = "CNBANK01"
 PAYER_ACCT = "6222020200112233445"
+# The RPC methods the demo's "operators" caller may use: reading only, never the core's rights.
+OPERATOR_METHODS = ("health", "order.status", "refund.status", "report.*")
 
 
 @dataclass
@@ -125,6 +130,18 @@ format = "text"
 
 [rpc]
 unix_socket = "{p.rpc_socket}"
+
+# Who may call what (README "Gateway RPC"): the core is this process's user; operators
+# (here its primary group, standing in for an operators' group) only read.
+[[rpc.callers]]
+name = "core"
+unix_user = "{pwd.getpwuid(os.getuid()).pw_name}"
+methods = ["*"]
+
+[[rpc.callers]]
+name = "operators"
+unix_group = "{grp.getgrgid(os.getgid()).gr_name}"
+methods = {json.dumps(list(OPERATOR_METHODS))}
 
 [calendar]
 dir = "{CALENDAR_DIR}"
