@@ -314,3 +314,42 @@ def test_config_refuses_incomplete_callers_and_tls_naming_the_key(inst, text, ke
     with pytest.raises(ConfigError) as e:
         load(inst.gateway)
     assert _has(e.value.errors, inst.gateway, key, *words), e.value.errors
+
+
+# --- the real daemon, with the demo's configuration --------------------------
+
+@pytest.mark.slow
+@pytest_twisted.ensureDeferred
+async def test_the_daemon_journals_the_callers_name_with_the_demo_callers(reactor, tmp_path):
+    """`make demo`'s configuration declares "core" (this user): the daemon serves it, and the journal entry of
+    its refused call names it "core"; the configuration loads with the "operators" group read-only."""
+    from twisted.internet.threads import deferToThread
+
+    from gateway import rpc_client
+    from gateway.rpc_api import RpcError
+    from simulators import harness
+    from tests.support import install, wait_for
+    from tests.test_e2e_cnbank import gatewayctl
+
+    p, keys, sims, cfg = await install(reactor, tmp_path, [])
+    assert [r.name for r in load(cfg).rpc.callers] == ["core", "operators"]
+    assert load(cfg).rpc.callers[1].methods == harness.OPERATOR_METHODS
+    daemon = harness.Daemon(cfg, p.log)
+    daemon.start()
+    try:
+        async def health():
+            try:
+                return await deferToThread(rpc_client.call, "health", {}, unix_path=str(p.rpc_socket))
+            except rpc_client.RpcUnavailable:
+                return None
+        assert "role" in await wait_for(reactor, health, 30, "the RPC to answer", daemon)
+        with pytest.raises(RpcError):
+            await deferToThread(rpc_client.call, "order.status", {"order_no": "NO-SUCH-ORDER"},
+                                unix_path=str(p.rpc_socket))
+    finally:
+        rc = await daemon.stop_async(reactor)
+        await sims.stop()
+    assert rc == 0
+    shown = gatewayctl(cfg, "journal", "show", "--limit", "100").stdout
+    line = next(x for x in shown.splitlines() if "order.status" in x)
+    assert f"core (unix:uid={os.geteuid()}" in line, shown
