@@ -233,6 +233,10 @@ class IBankRecorder(Interface):
         """End the open episode of that identity (the condition is gone), inside a transaction
         `read` opened; returns how many were cleared."""
 
+    def payloads_in(conn, journal_ids):
+        """The bytes kept by the journal for each of `journal_ids` (inline or archived), as a dict
+        by id, inside a transaction `read` opened: how a dialect reads back a document it received."""
+
     def statement_in(conn, period, source, header, lines, journal_id):
         """Store the bank's statement for `period` (DYYYYMMDD, MYYYYMM, YYYYY) inside a transaction
         `read` opened, replacing one stored before from the same `source`; returns its id.

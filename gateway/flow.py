@@ -714,6 +714,12 @@ class BankFlow(RefundSteps, Article26Steps, LateReturnSteps, CorePushSteps):
         return clear_alarm(conn, self.at(), kind, bank_id=self.bank_id, order_no=order_no,
                            batch_no=batch_no, key=key)
 
+    def payloads_in(self, conn: Connection, journal_ids) -> dict[int, bytes]:
+        from gateway.models import journal as journal_table
+        ids = sorted({int(i) for i in journal_ids})
+        rows = conn.execute(select(journal_table).where(journal_table.c.id.in_(ids))).all() if ids else []
+        return {row.id: self.journal.payload_of(row) for row in rows}
+
     def statement_in(self, conn: Connection, period: str, source: str, header: dict, lines: list,
                      journal_id) -> int:
         from gateway import statements

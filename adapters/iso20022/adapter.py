@@ -33,7 +33,8 @@ from adapters.interface import (BatchItem, BatchSpec, BatchStatus, Built, IBankA
                                 LateReturn, RefundStatus, Reply, ResultSet, ResultsRefused, ResultTotals,
                                 TransportError)
 from adapters.interface import Entry
-from gateway.models import alarms, bank_feeds, bank_reports, batches, items, journal, orders, refunds
+from adapters.statements import entry_rows
+from gateway.models import alarms, bank_feeds, bank_reports, batches, items, orders, refunds
 from protocols import iso20022 as iso
 from protocols import xmldsig
 from protocols.iso_feed import FeedReport
@@ -144,7 +145,9 @@ class IsoAdapter:
     dialect = "iso20022"
 
     def __init__(self, reactor, bank, settings, client: HttpsBankClient, *, key_pem: bytes,
-                 cert_pem: bytes, pinned, work_dir: str, journal_store):
+                 cert_pem: bytes, pinned, work_dir: str, journal_store=None):
+        # journal_store: no longer used (documents come back through recorder.payloads_in); still
+        # accepted from callers that pass it (tests/test_iso_charset.py).
         self.reactor = reactor
         self.bank = bank
         self.bank_id = bank.bank_id
@@ -155,7 +158,6 @@ class IsoAdapter:
         self.pinned = pinned            # callable(now: datetime) -> [(cert_pem, None)]
         self.work_dir = work_dir
         self.channel = settings.transport      # "https" or "sftp", for the journal
-        self.journal_store = journal_store   # gateway.journal.Journal: reads kept documents back
         self._page_limit: dict[str | None, int] = {}   # cursor -> page size that fits, after a page too large
         self._asked_again: dict[str, int] = {}
         self._faulted: set[str] = set()     # cursors whose page could not be taken (alarm open)
@@ -517,7 +519,7 @@ class IsoAdapter:
                     payload=r.document, msg_id=j.msg_id[:64], batch_no=j.ref, verified="ok"))
                 if r.type == iso.CAMT053:
                     try:
-                        self._store_statement(conn, r.document, jid, at)
+                        self._store_statement(conn, recorder, r.document, jid)
                     except ValueError as e:   # checked whole before anything is written
                         recorder.alarm_in(conn, "warning", "statement-not-stored",
                                           f"camt.053 {j.msg_id} kept but not stored for "
@@ -644,9 +646,8 @@ class IsoAdapter:
                                  self._refund_path(r), f"POST /payments pain.001 refund {r['refund_no']} again "
                                  f"(status question: a report of this bank was refused)", recorder)
 
-    def _store_statement(self, conn: Connection, doc: bytes, jid: int, at: str) -> None:
+    def _store_statement(self, conn: Connection, recorder, doc: bytes, jid: int) -> None:
         """Keep a verified camt.053 for report.monthly and report.yearly (period: statement_period)."""
-        from gateway import statements
         st = iso.read_camt053(io.BytesIO(doc))
         period = statement_period(st.from_date, st.to_date)
         entries = []
@@ -660,9 +661,9 @@ class IsoAdapter:
             entries.append({"reference": e.end_to_end_id, "amount_fen": e.amount_fen, "credit": e.credit,
                             "booking_date": e.booking_date, "kind": kind,
                             **({"bank_ref": e.bank_ref} if e.bank_ref else {})})
-        statements.store_entries(conn, self.bank_id, period, f"camt.053:{st.msg_id}", entries, at, jid,
-                                 account=st.account, opening_balance=st.opening_fen,
-                                 closing_balance=st.closing_fen)
+        header, lines = entry_rows(entries, account=st.account, opening_balance=st.opening_fen,
+                                   closing_balance=st.closing_fen)
+        recorder.statement_in(conn, period, f"camt.053:{st.msg_id}", header, lines, jid)
 
     async def _documents(self, recorder, kind: str, ref: str | None = None) -> list[tuple[int, bytes]]:
         def find(conn: Connection):
@@ -671,9 +672,8 @@ class IsoAdapter:
             if ref is not None:
                 q = q.where(bank_reports.c.ref == ref)
             ids = list(conn.execute(q.order_by(bank_reports.c.id)).scalars())
-            rows = conn.execute(select(journal).where(journal.c.id.in_(ids))).all() if ids else []
-            by_id = {row.id: row for row in rows}
-            return [(i, self.journal_store.payload_of(by_id[i])) for i in ids]
+            kept = recorder.payloads_in(conn, ids)
+            return [(i, kept[i]) for i in ids]
         return await recorder.read(find)
 
     async def _notifications(self, recorder) -> list[tuple[int, iso.Entry]]:
@@ -787,8 +787,8 @@ class IsoAdapter:
             jid = latest[-1][0]
         else:
             jid = int(batch["result_file"])
-            rows = await recorder.read(lambda conn: conn.execute(select(journal).where(journal.c.id == jid)).all())
-            docs = [(None, jid, self.journal_store.payload_of(rows[0]))]
+            kept = await recorder.read(recorder.payloads_in, [jid])
+            docs = [(None, jid, kept[jid])]
 
         def parse():
             out = []

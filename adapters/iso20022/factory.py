@@ -168,7 +168,6 @@ class factory:  # noqa: N801  (the entry point's object)
         from adapters.iso20022.adapter import IsoAdapter
         from adapters import keys as keystore
         from adapters.settings import AdapterError, bank_passphrase, require_encrypted
-        from gateway.journal import Journal
         s = bank.settings
         passphrase = bank_passphrase(bank.file, s.passphrase_file, s.passphrase_env)
         require_encrypted(bank.file, "keys.our_rsa_key", s.our_rsa_key, s.allow_unencrypted)
@@ -214,5 +213,4 @@ class factory:  # noqa: N801  (the entry point's object)
                                      timeout_s=s.timeout_s, max_body=s.max_body_bytes,
                                      max_document=s.max_document_bytes)
         return IsoAdapter(reactor, bank, s, client, key_pem=key_pem, cert_pem=cert.public_bytes(pem),
-                          pinned=pinned, work_dir=str(Path(cfg.work_dir) / bank.bank_id),
-                          journal_store=Journal(cfg.journal_archive_dir, cfg.journal_inline_max_bytes))
+                          pinned=pinned, work_dir=str(Path(cfg.work_dir) / bank.bank_id))
