@@ -206,8 +206,43 @@ class ResultsRefused(Exception):
         self.cleanup = cleanup or (lambda: None)
 
 
+class IDialectStore(Interface):
+    """What a dialect keeps between calls, and what it may ask of the gateway's records, for one
+    bank (gateway/dialect_store.py implements it). Every method takes the connection of a
+    transaction `IBankRecorder.read` opened."""
+
+    def feed_cursor(conn):
+        """The report feed's kept cursor, or None before the first report."""
+
+    def set_feed_cursor(conn, cursor, at):
+        """Keep the feed's cursor (moved past the reports just kept)."""
+
+    def report_received(conn, cursor, kind, msg_id, ref, journal_id, at):
+        """Note a report taken from the feed: its type, MsgId, what it answers, its journal entry."""
+
+    def report_journal_ids(conn, kind, ref=None):
+        """The journal ids of the reports of `kind` received (answering `ref` if given), oldest first."""
+
+    def alarm_open(conn, kind, key):
+        """Whether an alarm episode of `kind` and `key` is open for this bank."""
+
+    def batch_sent(conn, batch_nos):
+        """Whether one of `batch_nos` is a batch the gateway sent this bank."""
+
+    def refund_sent(conn, refund_no):
+        """Whether `refund_no` is a refund the gateway sent this bank."""
+
+    def item_sent(conn, order_no, seq):
+        """Whether item `seq` of `order_no` belongs to an order paid through this bank."""
+
+    def open_batches_and_refunds(conn):
+        """(batches, refunds) of this bank the bank has accepted and not finished, as dicts."""
+
+
 class IBankRecorder(Interface):
     """What an adapter is given to journal the messages it exchanges (the flow implements it)."""
+
+    store = Attribute("The bank's IDialectStore: what the dialect keeps between calls.")
 
     def record(entries, change=None, alarm=None):
         """Journal `entries` (`Entry`) in one transaction with `change(conn)` if given.

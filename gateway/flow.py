@@ -251,6 +251,8 @@ class BankFlow(RefundSteps, Article26Steps, LateReturnSteps, CorePushSteps):
         self._statement_day: datetime.date | None = None
         self._core_job: defer.Deferred | None = None
         self._core_idle: list[defer.Deferred] = []
+        from gateway.dialect_store import DialectStore
+        self.store = DialectStore(self.bank_id)   # IBankRecorder.store
 
     # --- helpers ------------------------------------------------------------
 

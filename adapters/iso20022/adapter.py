@@ -7,7 +7,7 @@ unknown outcome the very same bytes are posted again as the status question
 (never a new document: DU01 would follow). Results, refund confirmations, late
 returns and statements come from `GET /reports?since=cursor`: each document is
 XSD-validated and its signature checked against the pinned bank certificate(s)
-before it is journaled and kept (bank_reports); one that fails is journaled as
+before it is journaled and kept (IDialectStore.report_received); one that fails is journaled as
 failed, alarmed and never used. The cursor moves in the same transaction.
 
 A refund is a pain.001 of one transfer (EndToEndId = RefundNo, PmtInfId =
@@ -23,7 +23,7 @@ import io
 import json
 import os
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -34,7 +34,6 @@ from adapters.interface import (BatchItem, BatchSpec, BatchStatus, Built, IBankA
                                 TransportError)
 from adapters.interface import Entry
 from adapters.statements import entry_rows
-from gateway.models import alarms, bank_feeds, bank_reports, batches, items, orders, refunds
 from protocols import iso20022 as iso
 from protocols import xmldsig
 from protocols.iso_feed import FeedReport
@@ -433,51 +432,41 @@ class IsoAdapter:
                          bank=self.bank_id, cursor=r.cursor, error=j.bad[:300])
         return j
 
-    def _original(self, conn: Connection, j: "_Judged") -> str | None:
+    def _original(self, conn: Connection, store, j: "_Judged") -> str | None:
         """Why a valid, signed document names nothing the gateway sent (None: it does)."""
         if j.r.type == iso.PAIN002:
             if j.orig_name != iso.PAIN001:
                 return f"OrgnlMsgNmId {j.orig_name!r}, {iso.PAIN001} expected"
-            if not self._sent(conn, j.ref):
+            if not self._sent(conn, store, j.ref):
                 return f"OrgnlMsgId {j.ref!r} names no message the gateway sent to {self.bank_id}"
         elif j.r.type == iso.CAMT054:
             for e2e, instr in j.entries:
-                if e2e is not None and not self._sent_transfer(conn, e2e):
+                if e2e is not None and not self._sent_transfer(conn, store, e2e):
                     return f"entry EndToEndId {e2e!r} names no transfer the gateway sent to {self.bank_id}"
-                if e2e is None and instr is not None and not self._sent(conn, instr.rsplit("-", 1)[0]):
+                if e2e is None and instr is not None and not self._sent(conn, store, instr.rsplit("-", 1)[0]):
                     return f"entry InstrId {instr!r} names no batch the gateway sent to {self.bank_id}"
         return None
 
-    def _sent(self, conn: Connection, msg_id: str | None) -> bool:
+    def _sent(self, conn: Connection, store, msg_id: str | None) -> bool:
         """A MsgId we sent this bank: a batch's (BatchNo) or a refund's (RefundNo)."""
         if not msg_id:
             return False
         base, _, part = msg_id.rpartition("-")
         names = [msg_id, base] if base and len(part) == 3 and part.isdigit() else [msg_id]   # {BatchNo}-{part:03d}
-        if conn.execute(select(batches.c.batch_no).where(
-                batches.c.batch_no.in_(names), batches.c.bank_id == self.bank_id)).first():
-            return True
-        return conn.execute(select(refunds.c.refund_no).where(
-            refunds.c.refund_no == msg_id, refunds.c.bank_id == self.bank_id)).first() is not None
+        return store.batch_sent(conn, names) or store.refund_sent(conn, msg_id)
 
-    def _sent_transfer(self, conn: Connection, e2e: str) -> bool:
+    def _sent_transfer(self, conn: Connection, store, e2e: str) -> bool:
         """An EndToEndId we sent this bank: OrderNo-Seq of one of its items, or a RefundNo."""
         order_no, _, seq = e2e.rpartition("-")
-        if order_no and seq.isdigit() and conn.execute(
-                select(items.c.seq).select_from(items.join(orders, items.c.order_no == orders.c.order_no))
-                .where(items.c.order_no == order_no, items.c.seq == int(seq),
-                       orders.c.bank_id == self.bank_id)).first():
+        if order_no and seq.isdigit() and store.item_sent(conn, order_no, int(seq)):
             return True
-        return conn.execute(select(refunds.c.refund_no).where(
-            refunds.c.refund_no == e2e, refunds.c.bank_id == self.bank_id)).first() is not None
+        return store.refund_sent(conn, e2e)
 
     def _keep_page(self, recorder, judged: list["_Judged"], since: str | None, new_cursor: str | None):
         """The transaction of one page: each document journaled (refused ones with what arrived
         and one alarm episode each), the good ones kept, the cursor moved past all of them."""
         def new_episode(conn: Connection, kind: str, key: str) -> bool:
-            return conn.execute(select(alarms.c.id).where(
-                alarms.c.kind == kind, alarms.c.bank_id == self.bank_id, alarms.c.key == key,
-                alarms.c.cleared_at.is_(None))).first() is None
+            return not recorder.store.alarm_open(conn, kind, key)
 
         def keep(conn: Connection) -> tuple[int, int]:
             n = new_bad = 0
@@ -488,7 +477,7 @@ class IsoAdapter:
                 why = j.bad
                 key = _document_key(r)
                 if why is None:
-                    why = self._original(conn, j)
+                    why = self._original(conn, recorder.store, j)
                     if why is not None:
                         new_bad += new_episode(conn, "report-unknown-original", key)
                         jid = recorder.journal_in(conn, Entry(
@@ -524,18 +513,11 @@ class IsoAdapter:
                         recorder.alarm_in(conn, "warning", "statement-not-stored",
                                           f"camt.053 {j.msg_id} kept but not stored for "
                                           f"reconciliation: {e}"[:500], None, None, jid)
-                conn.execute(insert(bank_reports).values(
-                    bank_id=self.bank_id, cursor=r.cursor[:64], kind=r.type,
-                    msg_id=j.msg_id[:64], ref=(j.ref or None) and j.ref[:64], journal_id=jid,
-                    received_at=at))
+                recorder.store.report_received(conn, r.cursor, r.type, j.msg_id, j.ref, jid, at)
                 n += 1
             for kind in ("feed-page-too-large", "feed-page-malformed"):
                 recorder.clear_in(conn, kind, key=_feed_key(since))
-            done = conn.execute(update(bank_feeds).where(bank_feeds.c.bank_id == self.bank_id)
-                                .values(cursor=new_cursor, updated_at=at)).rowcount
-            if not done:
-                conn.execute(insert(bank_feeds).values(bank_id=self.bank_id, cursor=new_cursor,
-                                                       updated_at=at))
+            recorder.store.set_feed_cursor(conn, new_cursor, at)
             return n, new_bad
         return recorder.read(keep)
 
@@ -544,9 +526,7 @@ class IsoAdapter:
         self._faulted.add(_feed_key(since))
         def rec(conn: Connection) -> bool:
             key = _feed_key(since)
-            first = not conn.execute(select(alarms.c.id).where(
-                alarms.c.kind == kind, alarms.c.bank_id == self.bank_id, alarms.c.key == key,
-                alarms.c.cleared_at.is_(None))).first()
+            first = not recorder.store.alarm_open(conn, kind, key)
             jid = None
             if first:
                 jid = recorder.journal_in(conn, Entry(
@@ -570,10 +550,7 @@ class IsoAdapter:
         too large is asked again in smaller pages; one that cannot be taken even one report
         at a time is alarmed once and the feed waits at that cursor.
         """
-        def cursor(conn: Connection):
-            return conn.execute(select(bank_feeds.c.cursor).where(
-                bank_feeds.c.bank_id == self.bank_id)).scalar()
-        since = await recorder.read(cursor)
+        since = await recorder.read(recorder.store.feed_cursor)
         kept = refused = 0
         limit = self._page_limit.get(since, PAGE_LIMIT)
         for _ in range(PAGES_PER_SYNC):
@@ -626,13 +603,7 @@ class IsoAdapter:
         """After a refused report: the status question (the same bytes again) for every open
         batch and refund of this bank; the bank answers it and puts its reports in the feed
         again."""
-        def open_ones(conn: Connection):
-            bs = [dict(r) for r in conn.execute(select(batches).where(
-                batches.c.bank_id == self.bank_id, batches.c.state == "ACCEPTED")).mappings()]
-            rs = [dict(r) for r in conn.execute(select(refunds).where(
-                refunds.c.bank_id == self.bank_id, refunds.c.state == "ACCEPTED")).mappings()]
-            return bs, rs
-        bs, rs = await recorder.read(open_ones)
+        bs, rs = await recorder.read(recorder.store.open_batches_and_refunds)
         for b in bs:
             if not (b["file_name"] and self.built_exists(b) and self._may_ask_again(b["batch_no"])):
                 continue
@@ -667,11 +638,7 @@ class IsoAdapter:
 
     async def _documents(self, recorder, kind: str, ref: str | None = None) -> list[tuple[int, bytes]]:
         def find(conn: Connection):
-            q = select(bank_reports.c.journal_id).where(bank_reports.c.bank_id == self.bank_id,
-                                                        bank_reports.c.kind == kind)
-            if ref is not None:
-                q = q.where(bank_reports.c.ref == ref)
-            ids = list(conn.execute(q.order_by(bank_reports.c.id)).scalars())
+            ids = recorder.store.report_journal_ids(conn, kind, ref)
             kept = recorder.payloads_in(conn, ids)
             return [(i, kept[i]) for i in ids]
         return await recorder.read(find)
