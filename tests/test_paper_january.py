@@ -98,8 +98,13 @@ def test_iso_yearly_camt053_is_stored_as_the_year(tmp_path):
     out = io.BytesIO()
     I.write_camt053(out, s)
     with e.begin() as conn:
-        IsoAdapter._store_statement(SimpleNamespace(bank_id="ISO1"), conn, out.getvalue(), 1,
-                                    "2027-01-05T08:00:00+08:00")
+        from gateway import statements
+
+        def statement_in(conn, period, source, header, lines, journal_id):
+            return statements.store_lines(conn, "ISO1", period, source, header, lines,
+                                          "2027-01-05T08:00:00+08:00", journal_id)
+        IsoAdapter._store_statement(SimpleNamespace(bank_id="ISO1"), conn,
+                                    SimpleNamespace(statement_in=statement_in), out.getvalue(), 1)
         yr = reports.yearly(conn, 2026, "ISO1")
     e.dispose()
     assert yr["reconciliation"]["ISO1"]["statement"]["periods"] == ["Y2026"]
