@@ -1,9 +1,8 @@
 """Prometheus metrics (/metrics): what the daemon is doing, for dashboards and alert rules.
 
-Two kinds of figures. Counters and histograms are updated where things happen (a stage
-finished, a request to a bank or the core answered): `METRICS.stage(...)`,
-`METRICS.bank_request(...)`, `METRICS.core_request(...)`. Figures that live in the
-database (items and amounts by state per bank, batches by state, open alarms by
+Two kinds of figures. What the daemon holds in memory (each bank's link state, the core
+link, the leadership epoch) is read by `observe` on the reactor thread. Figures that live in
+the database (items and amounts by state per bank, batches by state, open alarms by
 severity, journal size) come from a snapshot that a ticker refreshes off the reactor
 thread every `refresh_s`; a scrape only reads the last snapshot, so scraping never
 waits on the database and a slow database never stalls a scrape.
@@ -15,16 +14,13 @@ default). The alert rules in conf/prometheus/alerts.yml are written against thes
 from __future__ import annotations
 
 import os
-import time
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client.core import GaugeMetricFamily
 from sqlalchemy import Connection, func, select
 
 from gateway import __version__
 
-_STAGE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
-_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
 class _Snapshot:
@@ -47,16 +43,6 @@ class Metrics:
         self.snapshot = _Snapshot()
         r.register(self.snapshot)
         Gauge("gateway_build_info", "the running release", ["version"], registry=r).labels(__version__).set(1)
-        self.stage_seconds = Histogram("gateway_stage_seconds", "duration of a flow stage per bank",
-                                       ["bank", "stage"], buckets=_STAGE_BUCKETS, registry=r)
-        self.bank_seconds = Histogram("gateway_bank_request_seconds", "latency of a request to a bank",
-                                      ["bank", "tx"], buckets=_LATENCY_BUCKETS, registry=r)
-        self.bank_errors = Counter("gateway_bank_errors", "requests to a bank that failed, by code",
-                                   ["bank", "tx", "code"], registry=r)
-        self.core_seconds = Histogram("gateway_core_request_seconds", "latency of a call to the core",
-                                      ["call"], buckets=_LATENCY_BUCKETS, registry=r)
-        self.core_errors = Counter("gateway_core_errors", "calls to the core that failed, by code",
-                                   ["call", "code"], registry=r)
         self.last_core_ok = Gauge("gateway_core_last_success_timestamp_seconds",
                                   "when the core last answered a call well", registry=r)
         self.last_bank_ok = Gauge("gateway_bank_last_success_timestamp_seconds",
@@ -65,33 +51,8 @@ class Metrics:
                              ["bank"], registry=r)
         self.active = Gauge("gateway_leader_active", "1 on the daemon that acts, 0 on a standby", registry=r)
         self.epoch = Gauge("gateway_leader_epoch", "the leadership epoch this daemon last held", registry=r)
-        self.db_wait = Histogram("gateway_db_pool_wait_seconds", "time a database job waited for a thread",
-                                 buckets=_LATENCY_BUCKETS, registry=r)
         self.snapshot_at = Gauge("gateway_snapshot_timestamp_seconds",
                                  "when the database figures were last read", registry=r)
-
-    # --- updated where things happen -------------------------------------------------------
-    def stage(self, bank: str, stage: str, seconds: float) -> None:
-        self.stage_seconds.labels(bank, stage).observe(seconds)
-
-    def bank_request(self, bank: str, tx: str, seconds: float, code: str = "0000", now: float | None = None) -> None:
-        self.bank_seconds.labels(bank, tx).observe(seconds)
-        if code in ("0000", "ok", ""):
-            self.last_bank_ok.labels(bank).set(now if now is not None else time.time())
-            self.link_up.labels(bank).set(1)
-        else:
-            self.bank_errors.labels(bank, tx, code).inc()
-
-    def bank_link_failed(self, bank: str, tx: str, what: str) -> None:
-        self.bank_errors.labels(bank, tx, what).inc()
-        self.link_up.labels(bank).set(0)
-
-    def core_request(self, call: str, seconds: float, code: str = "200", now: float | None = None) -> None:
-        self.core_seconds.labels(call).observe(seconds)
-        if code.startswith("2"):
-            self.last_core_ok.set(now if now is not None else time.time())
-        else:
-            self.core_errors.labels(call, code).inc()
 
     # --- the links and leases as the daemon holds them in memory -------------------------------
     def observe(self, gw) -> None:
