@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
 
 from protocols import keyfile, sm
@@ -84,6 +85,28 @@ class Ports:
     bank_sftp: int
 
 
+def calendar_dir(p: Paths, today: date | None = None) -> Path:
+    """The installation's calendar: the shipped conf/calendar years, plus, for this year and
+    the next when no file ships for them, a provisional weekends-only year marked as written
+    here, so that the demo, the tests and the campaign keep running after the last shipped
+    year (a real installation gets `CalendarGap` and its alarm instead: conf/calendar is
+    untouched)."""
+    today = today or date.today()
+    out = p.conf / "calendar"
+    out.mkdir(parents=True, exist_ok=True)
+    shipped = sorted(CALENDAR_DIR.glob("cn-*.toml"))
+    for f in shipped:
+        (out / f.name).write_bytes(f.read_bytes())
+    have = [int(f.stem[3:]) for f in shipped]
+    for year in range(max(have) + 1, today.year + 2):
+        (out / f"cn-{year}.toml").write_text(
+            f"# Written by simulators/harness.py for a loopback installation: weekends only.\n"
+            f"year = {year}\nprovisional = true\n"
+            f'source = "loopback installation: no notice for {year} shipped, weekends only"\n'
+            f"holidays = []\nworkdays = []\n")
+    return out
+
+
 def write_config(p: Paths, keys: Keys, ports: Ports, *, db_url: str | None = None,
                  poll_s: float = 0.5, status_poll_s: float = 0.3, results_chunk: int = 5000,
                  crash_after: str = "", token: str | None = None, return_poll_s: float = 3600) -> Path:
@@ -144,7 +167,7 @@ unix_group = "{grp.getgrgid(os.getgid()).gr_name}"
 methods = {json.dumps(list(OPERATOR_METHODS))}
 
 [calendar]
-dir = "{CALENDAR_DIR}"
+dir = "{calendar_dir(p)}"
 {testing}""")
     host_line = sftp_server.public_key_line(keys.bank_host + ".pub" if os.path.exists(keys.bank_host + ".pub")
                                             else keys.bank_host)

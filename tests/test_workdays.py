@@ -401,3 +401,27 @@ def test_provisional_year_is_warned_about(tmp_path):
     assert warnings[0]["year"] == 2027
     assert warnings[0]["file"] == str(p)
     assert c.provisional_years == frozenset({2027})
+
+
+def test_a_loopback_installations_calendar_runs_past_the_last_shipped_year(tmp_path):
+    """The demo and the tests count deadlines from today's date: their installation's calendar
+    holds the shipped years unchanged and, past the last one, provisional weekends-only years
+    up to next year, so deadlines computed in 2029 do not raise CalendarGap; conf/calendar
+    itself is not touched (a real installation still gets the gap)."""
+    from simulators import harness
+    shipped = sorted(p.name for p in harness.CALENDAR_DIR.glob("cn-*.toml"))
+    last = max(int(n[3:7]) for n in shipped)
+    d = harness.calendar_dir(harness.Paths(tmp_path), date(last + 2, 12, 30))
+    cal = load_calendar(d)
+    start, weekdays = date(last + 2, 12, 30), []
+    day = start
+    while len(weekdays) < 5:
+        day += timedelta(days=1)
+        if day.weekday() < 5:
+            weekdays.append(day)
+    assert cal.add_working_days(start, 5) == weekdays[-1]
+    for n in shipped:
+        assert (d / n).read_bytes() == (harness.CALENDAR_DIR / n).read_bytes()
+    assert sorted(p.name for p in harness.CALENDAR_DIR.glob("cn-*.toml")) == shipped
+    with pytest.raises(CalendarGap):
+        load_calendar(harness.CALENDAR_DIR).add_working_days(date(last + 1, 6, 1), 1)
