@@ -251,6 +251,15 @@ class LateReturn(Base):
     journal_id: Mapped[int] = mapped_column(Integer)
 
 
+class DisputeState:
+    NEW = "NEW"                # raised by batch.dispute, DP01 not sent yet
+    SUBMITTING = "SUBMITTING"  # DP01 journaled as sent; sent again with the same DisputeNo
+    ACCEPTED = "ACCEPTED"      # the bank took it
+    REFUSED = "REFUSED"        # refused for good: an operator settles it with the bank
+
+    LIVE = (NEW, SUBMITTING)
+
+
 class Dispute(Base):
     """An error in a batch's results reported to the bank (DP01), article 26."""
 

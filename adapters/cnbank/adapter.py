@@ -262,7 +262,8 @@ class CnBankAdapter:
         if inc.ret_code == "E007":
             return BatchStatus("unknown_to_bank", inc.ret_code, inc.ret_msg, journal_id=inc.journal_id)
         if inc.ret_code != "0000":
-            return BatchStatus("unanswered", inc.ret_code, inc.ret_msg, journal_id=inc.journal_id)
+            return BatchStatus("unanswered", inc.ret_code, inc.ret_msg, journal_id=inc.journal_id,
+                               alarmed=inc.ret_code in RETRYABLE_REFUSALS)
         f = inc.fields
         returns = [LateReturn(serial=r.get("ReturnSerial"), seq=r.get("Seq"), amount=r.get("Amount"),
                               reason_code=r.get("ReasonCode"), return_date=str(r.get("ReturnDate") or ""))
@@ -345,7 +346,8 @@ class CnBankAdapter:
         if inc.ret_code == "E007":
             return RefundStatus("unknown_to_bank", inc.ret_code, inc.ret_msg, journal_id=inc.journal_id)
         if inc.ret_code != "0000":
-            return RefundStatus("unanswered", inc.ret_code, inc.ret_msg, journal_id=inc.journal_id)
+            return RefundStatus("unanswered", inc.ret_code, inc.ret_msg, journal_id=inc.journal_id,
+                                alarmed=inc.ret_code in RETRYABLE_REFUSALS)
         f = inc.fields
         status = f.get("Status")
         if status == "DONE":
