@@ -81,8 +81,9 @@ class Item(Base):
     """One recipient line of an order (发放明细)."""
 
     __tablename__ = "items"
-    # The console's per-state count and sum of an order read this index alone (migration 0018).
-    __table_args__ = (Index("ix_items_order_counts", "order_no", "status", "reason_code", "amount"),)
+    # The console's per-state count and sum of an order read this index alone, and its items
+    # filtered by state and reason are paged along it by seq (migration 0018).
+    __table_args__ = (Index("ix_items_order_counts", "order_no", "status", "reason_code", "seq", "amount"),)
     order_no: Mapped[str] = mapped_column(String(64), primary_key=True)
     seq: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(100))

@@ -343,3 +343,90 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.mark.loopback
+@pytest_twisted.ensureDeferred
+async def test_console_sessions_and_lockouts_survive_a_restart_of_the_real_daemon(reactor, tmp_path):
+    """The real gatewayd, restarted: a browser session signed in before the restart is still
+    signed in after it, with the same CSRF token in its forms; an account locked by wrong
+    passwords before the restart is still locked after it; signing out after the restart ends
+    the session. Nothing of the session's cookie is in the database."""
+    import http.cookiejar
+    import re
+    import socket
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    import sqlalchemy as sa
+    from twisted.internet.threads import deferToThread
+
+    from simulators import harness
+    from tests.support import install, wait_for
+
+    p, _keys, sims, cfg = await install(reactor, tmp_path, [])
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    users = p.conf / "console-users"
+    add_user(str(users), "op", "operator", "correct horse", rounds=4)
+    add_user(str(users), "view", "viewer", "correct horse", rounds=4)
+    with open(cfg, "a") as f:
+        f.write(f'\n[console]\nlisten = "127.0.0.1:{port}"\nusers_file = "console-users"\nlockout_after = 3\n')
+    base = f"http://127.0.0.1:{port}"
+    jar = http.cookiejar.CookieJar()
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+
+    def call(path, data=None):
+        try:
+            with opener.open(base + path, urllib.parse.urlencode(data).encode() if data is not None else None,
+                             timeout=10) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+        except OSError:
+            return None, ""
+
+    def sign_in(user, password):
+        _, page = call("/login")
+        pre = re.search(r'name="csrf" value="([^"]+)"', page).group(1)
+        return call("/login", {"csrf": pre, "user": user, "password": password, "next": "/alarms"})
+
+    async def serving():
+        return (await deferToThread(call, "/login"))[0] == 200
+
+    daemon = harness.Daemon(cfg, p.log)
+    daemon.start()
+    try:
+        await wait_for(reactor, serving, 60, "the console", daemon)
+        st, page = await deferToThread(sign_in, "op", "correct horse")
+        assert st == 200 and "op (operator)" in page, page[-800:]
+        token = re.search(r'name="csrf" value="([^"]+)"', page).group(1)
+        for _ in range(3):
+            st, _ = await deferToThread(sign_in, "view", "wrong password")
+        assert st == 401
+        assert await daemon.stop_async(reactor) == 0
+
+        daemon = harness.Daemon(cfg, p.log)
+        daemon.start()
+        await wait_for(reactor, serving, 60, "the console after the restart", daemon)
+        st, page = await deferToThread(call, "/alarms")
+        assert st == 200 and "op (operator)" in page, page[-800:]
+        assert re.search(r'name="csrf" value="([^"]+)"', page).group(1) == token
+        st, page = await deferToThread(sign_in, "view", "correct horse")
+        assert st == 401 and "locked" in page
+        sid = next(c.value for c in jar if c.name == "gwconsole")
+        engine = sa.create_engine(f"sqlite:///{p.gateway_db}")
+        with engine.connect() as c:
+            stored = c.execute(sa.text("SELECT * FROM console_sessions")).all()
+        engine.dispose()
+        assert len(stored) == 1 and sid not in repr(stored) and token not in repr(stored)
+        st, _ = await deferToThread(call, "/logout", {"csrf": token})
+        assert st == 200
+        st, page = await deferToThread(call, "/alarms")
+        assert "op (operator)" not in page and 'id="sign-in"' in page
+    finally:
+        rc = await daemon.stop_async(reactor)
+        await sims.stop()
+    assert rc == 0, p.log.read_text()[-3000:]

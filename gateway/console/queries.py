@@ -1,8 +1,9 @@
 """The console's reads: one function a page, each a handful of indexed queries.
 
-A million-item order costs one grouped count (status, reason) per view; its items are
-paged by seq (keyset: `seq > after ... LIMIT n` on the primary key), never counted or
-offset again. The journal is paged by id the same way. Every personal datum leaves here
+A million-item order costs one grouped count (status, reason) per view, read from the
+covering index ix_items_order_counts alone; its items are paged by seq (keyset: `seq > after
+... LIMIT n` on the primary key, or along that index when filtered by state and reason),
+never counted or offset again. The journal is paged by id the same way. Every personal datum leaves here
 masked unless the caller asks for one clear value (auditor's reveal, journaled by the page).
 """
 

@@ -1,8 +1,10 @@
 """Console: an index that answers an order's per-state counts, and sessions kept in the database
 
-ix_items_order_counts covers items(order_no, status, reason_code, amount): the console's
+ix_items_order_counts covers items(order_no, status, reason_code, seq, amount): the console's
 grouped count and sum of a million-item order reads this index alone (an index-only scan on
-PostgreSQL, a covering index on SQLite), never the table's wide rows.
+PostgreSQL, a covering index on SQLite), never the table's wide rows; and a page of the
+order's items filtered by state and reason code is a range of it in seq order (keyset paging),
+where without seq the database fetched every matching item and sorted them for each page.
 
 console_sessions holds signed-in sessions by the SHA-256 of their id (the cookie's value is
 never stored), so a daemon restart or a second daemon (a standby serving read-only) does not
@@ -25,7 +27,7 @@ depends_on = None
 
 
 def upgrade() -> None:
-    op.create_index("ix_items_order_counts", "items", ["order_no", "status", "reason_code", "amount"])
+    op.create_index("ix_items_order_counts", "items", ["order_no", "status", "reason_code", "seq", "amount"])
     for table in ("corrections", "alarms", "late_returns"):
         op.create_index(f"ix_{table}_journal_id", table, ["journal_id"])
     op.create_table(
