@@ -430,3 +430,18 @@ async def test_console_sessions_and_lockouts_survive_a_restart_of_the_real_daemo
         rc = await daemon.stop_async(reactor)
         await sims.stop()
     assert rc == 0, p.log.read_text()[-3000:]
+
+
+def test_file_lines_are_paged_and_masked():
+    """A journaled file's lines come 50 a page after the n-th line, with whether more follow;
+    ID and account numbers masked in the lines and the payer's account in the header."""
+    from protocols import cnbank_files as files
+    header = files.BatchHeader("B1", "O1", "6222020200112233445", "财政局", 120, 120 * 100, "20261208", "耕地补贴")
+    made = lambda: (header, iter(files.BatchLine(n, "张三", ID, ACCT, "农商行", 100, "NY2026-01")  # noqa: E731
+                                 for n in range(1, 121)))
+    first = Q.file_page(made, 0)
+    assert [x["seq"] for x in first["lines"]] == list(range(1, 51)) and first["more"]
+    third = Q.file_page(made, 100)
+    assert [x["seq"] for x in third["lines"]] == list(range(101, 121)) and not third["more"]
+    assert ID not in repr(first) + repr(third) and ACCT not in repr(first) + repr(third)
+    assert first["lines"][0]["id_no"] == "1101**********8515" and first["header"]["payer_acct"].startswith("6222*")
