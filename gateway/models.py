@@ -8,7 +8,7 @@ them, so the journal's hash chain sees exactly the text that was stored.
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Index, Integer, LargeBinary, String, Text, UniqueConstraint
+from sqlalchemy import BigInteger, Float, Index, Integer, LargeBinary, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -81,6 +81,9 @@ class Item(Base):
     """One recipient line of an order (发放明细)."""
 
     __tablename__ = "items"
+    # The console's per-state count and sum of an order read this index alone, and its items
+    # filtered by state and reason are paged along it by seq (migration 0018).
+    __table_args__ = (Index("ix_items_order_counts", "order_no", "status", "reason_code", "seq", "amount"),)
     order_no: Mapped[str] = mapped_column(String(64), primary_key=True)
     seq: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(100))
@@ -248,7 +251,7 @@ class LateReturn(Base):
     reason_code: Mapped[str] = mapped_column(String(8))
     return_date: Mapped[str] = mapped_column(String(8))
     applied_at: Mapped[str] = mapped_column(String(40))
-    journal_id: Mapped[int] = mapped_column(Integer)
+    journal_id: Mapped[int] = mapped_column(Integer, index=True)
 
 
 class DisputeState:
@@ -297,7 +300,7 @@ class Correction(Base):
     approved_by: Mapped[str] = mapped_column(String(100))    # the department head
     approval_ref: Mapped[str] = mapped_column(String(100))   # the approval document
     caller: Mapped[str] = mapped_column(String(200))
-    journal_id: Mapped[int] = mapped_column(Integer)
+    journal_id: Mapped[int] = mapped_column(Integer, index=True)
 
 
 class Alarm(Base):
@@ -316,7 +319,7 @@ class Alarm(Base):
     order_no: Mapped[str | None] = mapped_column(String(64))
     batch_no: Mapped[str | None] = mapped_column(String(64))
     message: Mapped[str] = mapped_column(Text)
-    journal_id: Mapped[int | None] = mapped_column(Integer)
+    journal_id: Mapped[int | None] = mapped_column(Integer, index=True)
     acknowledged_by: Mapped[str | None] = mapped_column(String(64))
     # the episode (gateway/alarms.py): what makes two raises the same alarm, how often it
     # was seen, when last, and when the daemon saw the condition end
@@ -455,6 +458,26 @@ class LeaseTerm(Base):
 
 
 orders = Order.__table__
+class ConsoleSession(Base):
+    """A signed-in console session, by the SHA-256 of its id (the cookie is never stored)."""
+
+    __tablename__ = "console_sessions"
+    sid_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_name: Mapped[str] = mapped_column(String(64), index=True)
+    role: Mapped[str] = mapped_column(String(16))
+    signed_in_at: Mapped[float] = mapped_column(Float)     # seconds of the daemon's clock
+    last_seen: Mapped[float] = mapped_column(Float)
+
+
+class ConsoleLockout(Base):
+    """Wrong console passwords in a row, and until when the account is locked."""
+
+    __tablename__ = "console_lockouts"
+    user_name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer)
+    locked_until: Mapped[float] = mapped_column(Float)
+
+
 items = Item.__table__
 batches = Batch.__table__
 journal = JournalEntry.__table__
@@ -472,3 +495,5 @@ bank_reports = BankReport.__table__
 result_sheets = ResultSheet.__table__
 leases = Lease.__table__
 lease_terms = LeaseTerm.__table__
+console_sessions = ConsoleSession.__table__
+console_lockouts = ConsoleLockout.__table__

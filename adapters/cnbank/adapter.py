@@ -212,6 +212,11 @@ class CnBankAdapter:
         b = self.link.write_batch_file(header, lines, kind=spec.kind)
         return Built(b.name, b.sm3, b.enc_key, b.count, b.amount)
 
+    def audit_read(self, kind: str, ciphertext: bytes, key_b64: bytes | str):
+        """A journaled batch or result file's (header, lines), for the console's masked view
+        (blocking; see CnBankLink.audit_read)."""
+        return self.link.audit_read(kind, ciphertext, key_b64)
+
     def _paths(self, batch: dict) -> tuple[str, str]:
         p = os.path.join(self.work_dir, batch["file_name"])
         return p, p + ".sig"
