@@ -174,6 +174,14 @@ class Commands:
         if ticker is not None:
             ticker.kick()
 
+    def _journal_read(self, caller: Caller, method: str, params: dict, decoded: str,
+                      order_no: str | None = None):
+        """The journal entry of a read-only call, once its answer is read from a snapshot (on the
+        read pool, beside the writer): the call is answered after it is journaled. On PostgreSQL
+        the entry is a short transaction that a bulk step does not hold up; on SQLite (one
+        writer) it waits for the writer's current transaction."""
+        return self.db.run(self._rpc_entry, caller, method, params, decoded, order_no)
+
     def _rpc_entry(self, conn: Connection, caller: Caller, method: str, params: dict, decoded: str,
                    order_no: str | None = None) -> int:
         payload = json.dumps({"method": method, "params": params}, ensure_ascii=False).encode()
@@ -223,12 +231,13 @@ class Commands:
                    "confirmed_by": b.confirmed_by}
                   for b in conn.execute(select(batches).where(batches.c.order_no == order_no)
                                         .order_by(batches.c.seq))]
-            self._rpc_entry(conn, caller, "order.status", params, f"order.status {order_no}", order_no)
             return {"order_no": order_no, "state": o["state"], "bank_id": o["bank_id"],
                     "total_count": o["total_count"], "total_amount": o["total_amount"],
                     "items": per, "batches": bs,
                     "invalid_reasons": json.loads(o["detail"])["reasons"] if o["detail"] else []}
-        return await self.db.run(read)
+        answer = await self.db.read(read)
+        await self._journal_read(caller, "order.status", params, f"order.status {order_no}", order_no)
+        return answer
 
     @staticmethod
     def _evidence(params: dict, keys: tuple[str, ...], where: str = "", field_prefix: str = "") -> None:
@@ -494,13 +503,14 @@ class Commands:
             r = conn.execute(select(refunds).where(refunds.c.refund_no == refund_no)).mappings().one_or_none()
             if r is None:
                 raise RpcError(UNKNOWN_REFUND, f"no refund {refund_no!r}", "refund_no")
-            self._rpc_entry(conn, caller, "refund.status", params, f"refund.status {refund_no}",
-                            r["order_no"])
             return {"refund_no": refund_no, "order_no": r["order_no"], "state": r["state"],
                     "count": r["total_count"], "amount": r["total_amount"],
                     "bank_serial": r["refund_serial"], "returned_to": mask(r["returned_to"]) or None,
                     "refund_amount": r["refund_amount"], "reject_code": r["reject_code"]}
-        return await self.db.run(read)
+        answer = await self.db.read(read)
+        await self._journal_read(caller, "refund.status", params, f"refund.status {refund_no}",
+                                 answer["order_no"])
+        return answer
 
     @staticmethod
     def _done_batch(conn: Connection, batch_no: str) -> dict:
@@ -602,14 +612,11 @@ class Commands:
 
         from gateway import reports
 
-        def read(conn: Connection) -> dict:
-            report = reports.monthly(conn, year, month, bank_id, project_code)
-            self._rpc_entry(conn, caller, "report.monthly", params,
-                            f"report.monthly {year}-{month:02d}"
-                            + (f" bank {bank_id}" if bank_id else "")
-                            + (f" project {project_code}" if project_code else ""))
-            return report
-        return await self.db.run(read)
+        report = await self.db.read(reports.monthly, year, month, bank_id, project_code)
+        await self._journal_read(caller, "report.monthly", params,
+                                 f"report.monthly {year}-{month:02d}" + (f" bank {bank_id}" if bank_id else "")
+                                 + (f" project {project_code}" if project_code else ""))
+        return report
 
     async def health(self, params: dict, caller: Caller) -> dict:
         """The daemon's health (gateway/health.py); {"check": "live"} or {"check": "ready"} for a

@@ -166,6 +166,8 @@ class GatewayConfig:
     file: str
     database_url: str
     db_threads: int
+    db_bulk_threads: int
+    db_read_threads: int
     work_dir: str
     journal_archive_dir: str
     journal_inline_max_bytes: int
@@ -209,6 +211,11 @@ _DATABASE = {
     "url": _Field(str, check=_pattern(r"(sqlite:///.+|postgresql(\+psycopg)?://.+)",
                                       "sqlite:///PATH or postgresql+psycopg://USER@HOST:PORT/DB")),
     "threads": _Field(int, 1, _positive),
+    # PostgreSQL: threads of their own for the work that grows with an order (load, build,
+    # apply, push); SQLite keeps it on its one writer. Read-only snapshots (the RPC's reads,
+    # reports) run on read_threads beside the writer on both.
+    "bulk_threads": _Field(int, 2, _positive),
+    "read_threads": _Field(int, 2, _positive),
 }
 _CORE = {
     "base_url": _Field(str, check=_http_url),
@@ -551,7 +558,7 @@ def load(path: str | os.PathLike) -> GatewayConfig:
         raise ConfigError(errors)
     return GatewayConfig(
         file=str(path), database_url=resolve_database_url(db["url"] or "", path.parent), db_threads=db["threads"],
-        work_dir=work["dir"], journal_archive_dir=journal["archive_dir"],
+        db_bulk_threads=db["bulk_threads"], db_read_threads=db["read_threads"], work_dir=work["dir"], journal_archive_dir=journal["archive_dir"],
         journal_inline_max_bytes=journal["inline_max_bytes"], journal_auth=journal_auth,
         core=CoreSettings(base_url=core["base_url"].rstrip("/"), token=token,
                           poll_interval_s=core["poll_interval_s"], timeout_s=core["timeout_s"],

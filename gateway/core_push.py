@@ -136,14 +136,14 @@ class CorePushSteps:
                 # alarmed (one episode per order); the chunk stays unpushed for an operator.
                 await self.contract_fault(e, order_no)
                 raise CoreError(f"results of {order_no}: the core answered 409 (journaled)") from None
-            await self.ctx.db.run(mark, rows, ex)
+            await self.ctx.db.run_bulk(mark, rows, ex)
 
         # Two chunks in flight: the core parses one while it stores the other.
         slots = defer.DeferredSemaphore(2)
         pushes: list[defer.Deferred] = []
-        rows = await self.ctx.db.run(take, 0)
+        rows = await self.ctx.db.run_bulk(take, 0)
         while rows:
-            nxt = self.ctx.db.run(take, rows[-1]["seq"])
+            nxt = self.ctx.db.run_bulk(take, rows[-1]["seq"])
             await slots.acquire()
             d = defer.ensureDeferred(push(rows))
             d.addBoth(lambda r: (slots.release(), r)[1])

@@ -86,17 +86,39 @@ def check_migrated(engine: Engine, config_file: str) -> None:
 
 
 class Database:
-    """An engine and the thread pool its work runs on."""
+    """An engine and the thread pools its work runs on.
 
-    def __init__(self, reactor, engine: Engine, threads: int = 1):
+    Three kinds of work, so that no single thread is what everything waits on:
+
+    - `run`: a short transaction (a state change, an RPC call, a bank's step): the writer pool,
+      `threads` threads (1 by default: every state change of the flows in one order);
+    - `run_bulk` / `run_plain_bulk`: the work that grows with an order (items loaded, a batch
+      file built, results applied, results marked pushed). On PostgreSQL it has a pool of its own
+      (`bulk_threads`), so a million-item apply never holds up the RPC or another bank's steps;
+      on SQLite, which has one writer, it stays on the writer's thread (a second thread would only
+      wait on SQLite's lock), and the bulk steps commit in chunks where the rules allow;
+    - `read`: a read-only snapshot (a consistent view across its statements) on a pool of its own
+      (`read_threads`): on SQLite in WAL mode and on PostgreSQL alike it runs beside a writer.
+    """
+
+    def __init__(self, reactor, engine: Engine, threads: int = 1, *, bulk_threads: int = 2,
+                 read_threads: int = 2):
         self.reactor = reactor
         from twisted.python.threadpool import ThreadPool
         self.engine = engine
+        self.sqlite = engine.url.get_backend_name() == "sqlite"
         self.pool = ThreadPool(minthreads=1, maxthreads=threads, name="gateway-db")
+        self.bulk_pool = (self.pool if self.sqlite or bulk_threads < 1 else
+                          ThreadPool(minthreads=1, maxthreads=bulk_threads, name="gateway-db-bulk"))
+        self.read_pool = ThreadPool(minthreads=1, maxthreads=max(read_threads, 1), name="gateway-db-read")
         self._trigger = None
 
+    def _pools(self):
+        return [self.pool] + ([self.bulk_pool] if self.bulk_pool is not self.pool else []) + [self.read_pool]
+
     def start(self) -> None:
-        self.pool.start()
+        for p in self._pools():
+            p.start()
         # A pool left running keeps the process alive: stop it with the reactor at the latest.
         self._trigger = self.reactor.addSystemEventTrigger("during", "shutdown", self.stop)
 
@@ -108,19 +130,49 @@ class Database:
         except (ValueError, KeyError):
             pass   # the trigger is what is calling us, during shutdown
         self._trigger = None
-        self.pool.stop()
+        for p in self._pools():
+            p.stop()
         self.engine.dispose()
 
-    def run(self, fn: Callable[..., T], *args: Any, **kw: Any):
-        """Run fn(conn, *args, **kw) in one transaction on the pool; a Deferred of its result."""
+    def _tx(self, fn: Callable[..., T], *args: Any, **kw: Any) -> Callable[[], T]:
         def work() -> T:
             with self.engine.begin() as conn:
                 return fn(conn, *args, **kw)
-        return deferToThreadPool(self.reactor, self.pool, work)
+        return work
+
+    def run(self, fn: Callable[..., T], *args: Any, **kw: Any):
+        """Run fn(conn, *args, **kw) in one transaction on the pool; a Deferred of its result."""
+        return deferToThreadPool(self.reactor, self.pool, self._tx(fn, *args, **kw))
 
     def run_plain(self, fn: Callable[..., T], *args: Any, **kw: Any):
         """Run fn(*args) on the pool without a connection (file work that must stay in order)."""
         return deferToThreadPool(self.reactor, self.pool, fn, *args, **kw)
+
+    def run_bulk(self, fn: Callable[..., T], *args: Any, **kw: Any):
+        """As `run`, for work that grows with an order: on the bulk pool."""
+        return deferToThreadPool(self.reactor, self.bulk_pool, self._tx(fn, *args, **kw))
+
+    def run_plain_bulk(self, fn: Callable[..., T], *args: Any, **kw: Any):
+        """As `run_plain`, for work that grows with an order (a batch file built): the bulk pool."""
+        return deferToThreadPool(self.reactor, self.bulk_pool, fn, *args, **kw)
+
+    def read(self, fn: Callable[..., T], *args: Any, **kw: Any):
+        """Run fn(conn, *args, **kw) on a read-only snapshot, beside the writer; nothing it
+        does is kept (the transaction is rolled back)."""
+        def work() -> T:
+            with self.engine.connect() as conn:
+                if self.sqlite:
+                    # pysqlite begins a transaction only before a write: begin here, so that every
+                    # statement of fn reads the same snapshot (WAL: the writer goes on meanwhile).
+                    conn.exec_driver_sql("BEGIN")
+                else:
+                    conn = conn.execution_options(isolation_level="REPEATABLE READ",
+                                                  postgresql_readonly=True)
+                try:
+                    return fn(conn, *args, **kw)
+                finally:
+                    conn.rollback()
+        return deferToThreadPool(self.reactor, self.read_pool, work)
 
 
 class FencedDatabase:
@@ -143,6 +195,22 @@ class FencedDatabase:
         self.pool = database.pool
 
     def run(self, fn: Callable[..., T], *args: Any, **kw: Any):
+        return self._run(self.database.pool, fn, *args, **kw)
+
+    def run_bulk(self, fn: Callable[..., T], *args: Any, **kw: Any):
+        return self._run(self.database.bulk_pool, fn, *args, **kw)
+
+    def run_plain(self, fn: Callable[..., T], *args: Any, **kw: Any):
+        return self._run_plain(self.database.pool, fn, *args, **kw)
+
+    def run_plain_bulk(self, fn: Callable[..., T], *args: Any, **kw: Any):
+        return self._run_plain(self.database.bulk_pool, fn, *args, **kw)
+
+    def read(self, fn: Callable[..., T], *args: Any, **kw: Any):
+        """Reading needs no lease (a standby answers too)."""
+        return self.database.read(fn, *args, **kw)
+
+    def _run(self, pool, fn: Callable[..., T], *args: Any, **kw: Any):
         from twisted.internet import defer
         from gateway.leadership import Deposed
         fence = self.fence
@@ -156,9 +224,9 @@ class FencedDatabase:
                 out = fn(conn, *args, **kw)
                 fence.check(epoch)      # the deadline passed while we worked: roll back
                 return out
-        return self._after(fence.track(deferToThreadPool(self.reactor, self.pool, work)), epoch)
+        return self._after(fence.track(deferToThreadPool(self.reactor, pool, work)), epoch)
 
-    def run_plain(self, fn: Callable[..., T], *args: Any, **kw: Any):
+    def _run_plain(self, pool, fn: Callable[..., T], *args: Any, **kw: Any):
         from twisted.internet import defer
         from gateway.leadership import Deposed
         fence = self.fence
@@ -168,7 +236,7 @@ class FencedDatabase:
         # Not cancelled when the lease is lost: file work (a batch being built) runs to its end,
         # so the step, and with it the stand-down, waits for it; this daemon takes no new epoch
         # while a file of the old one is still being written.
-        return self._after(deferToThreadPool(self.reactor, self.pool, fn, *args, **kw), epoch)
+        return self._after(deferToThreadPool(self.reactor, pool, fn, *args, **kw), epoch)
 
     def _after(self, d, epoch):
         from twisted.internet import defer
@@ -184,10 +252,6 @@ class FencedDatabase:
             raise Deposed(f"lease {fence.name!r} lost while the call was in flight")
         d.addCallbacks(ok, cancelled)
         return d
-
-
-def begin(engine: Engine) -> Connection:
-    return engine.begin()
 
 
 def executemany(conn: Connection, sql: str, rows: list[tuple]) -> None:

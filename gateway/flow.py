@@ -515,13 +515,13 @@ class BankFlow:
         loader = _Loader(header, os.path.join(self.cfg.work_dir, f"{order_no}.items.ndjson"),
                          self.cfg.core.max_item_line_bytes)
         try:
-            size = await self.core.stream_items(order_no, lambda chunk: self.db.run(loader.feed, chunk))
+            size = await self.core.stream_items(order_no, lambda chunk: self.db.run_bulk(loader.feed, chunk))
         except (ItemStreamRefused, sa_exc.DataError) as e:
-            await self.db.run_plain(loader.abort)
+            await self.db.run_plain_bulk(loader.abort)
             await self._load_refused(order_no, loader, e)
             return
         except BaseException:
-            await self.db.run_plain(loader.abort)
+            await self.db.run_plain_bulk(loader.abort)
             raise
 
         def finish(conn: Connection) -> list[str]:
@@ -544,9 +544,9 @@ class BankFlow:
                             order_no=order_no, journal_id=jid)
             return reasons
         try:
-            reasons = await self.db.run(finish)
+            reasons = await self.db.run_bulk(finish)
         except (ItemStreamRefused, sa_exc.DataError) as e:
-            await self.db.run_plain(loader.abort)
+            await self.db.run_plain_bulk(loader.abort)
             await self._load_refused(order_no, loader, e)
             return
         os.unlink(loader.raw_path)   # archived in the journal
@@ -696,7 +696,7 @@ class BankFlow:
             return self.adapter.build_batch(spec, lines)
 
     async def build(self, b: dict) -> None:
-        built = await self.db.run_plain(self._build_document, b)
+        built = await self.db.run_plain_bulk(self._build_document, b)
 
         def record(conn: Connection) -> None:
             conn.execute(update(batches).where(batches.c.batch_no == b["batch_no"],
@@ -1003,13 +1003,13 @@ class BankFlow:
                      bank=self.bank_id, batch=batch_no, error=e)
             return
         try:
-            summary = await self.db.run(self._apply_results, b, rs)
+            summary = await self.db.run_bulk(self._apply_results, b, rs)
         except (ResultRejected, ResultsRefused, ConservationError) as e:
             why = str(e) if isinstance(e, ResultsRefused) else f"{type(e).__name__}: {e}"
             await self._result_refused(b, rs.evidence(f"failed: {why}"), why)
             return
         finally:
-            await self.db.run_plain(rs.cleanup)
+            await self.db.run_plain_bulk(rs.cleanup)
         log.info("{bank}: results of {batch} applied: {summary}", bank=self.bank_id, batch=batch_no,
                  summary=summary)
         self.faults.point("results-applied")

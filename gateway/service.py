@@ -429,7 +429,8 @@ def make_service(cfg: GatewayConfig, reactor=None, core=None) -> Gateway:
         engine.dispose()
         raise StartupError(problem)
     gw = Gateway()
-    database = dbmod.Database(reactor, engine, cfg.db_threads)
+    database = dbmod.Database(reactor, engine, cfg.db_threads, bulk_threads=cfg.db_bulk_threads,
+                              read_threads=cfg.db_read_threads)
     gw.database = database
     _DatabaseService(database).setServiceParent(gw)
     journal = Journal(cfg.journal_archive_dir, cfg.journal_inline_max_bytes, key=cfg.journal_auth.key)

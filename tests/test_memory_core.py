@@ -30,9 +30,11 @@ async def test_an_order_is_paid_and_reported_through_the_in_memory_core(reactor,
     core = MemoryCore([s])
     env = await in_process(reactor, tmp_path, [s], core=core)   # [s]: the bank is funded for it
     try:
-        await env.until(lambda: env.query("select 1 from orders where state in ('SETTLED', 'DISPATCHED') "
-                                          "and results_pending = 0 and core_state_pushed is not null"),
-                        what="results pushed to the in-memory core")
+        await env.until(lambda: env.query(
+            "select 1 from orders where results_pending = 0 and core_state_pushed is not null and "
+            "exists (select 1 from batches where state = 'DONE') and "
+            "not exists (select 1 from items where status in ('PENDING', 'SENT'))"),
+            what="results pushed to the in-memory core")
         ours = {r["seq"]: r["status"] for r in await env.query("select seq, status from items")}
         theirs = {seq: r["status"] for seq, r in core.latest("MEMCORE01").items()}
         assert theirs == ours and len(ours) == 12
