@@ -215,6 +215,44 @@ def cmd_rpc(cfg, args) -> int:
     return rpc_cli_main(args.rest, unix_path=cfg.rpc.unix_socket if cfg.rpc else None)
 
 
+def rpc_help(rest: list[str]) -> int | None:
+    """`rpc --list` and `rpc [METHOD] --help`, printed from the method table (gateway.rpc_api.METHODS)
+    without a configuration or a daemon; None when *rest* is a call to make."""
+    from gateway.rpc_api import METHODS
+    wants_help = any(a in ("--help", "-h") for a in rest)
+    if "--list" not in rest and not wants_help:
+        return None
+    valued = {"--socket", "--url", "--token-file", "--timeout"}
+    methods = [a for i, a in enumerate(rest)
+               if not a.startswith("-") and "=" not in a and (i == 0 or rest[i - 1] not in valued)]
+    if "--list" in rest or not methods:
+        if wants_help and not methods:
+            from gateway.rpc_client import USAGE
+            print(f"usage: {USAGE}\n       gatewayctl rpc --list | gatewayctl rpc METHOD --help\n")
+        width = max(map(len, METHODS))
+        for name in sorted(METHODS):
+            print(f"{name:<{width}}  {METHODS[name].summary}")
+        return 0
+    name = methods[0]
+    spec = METHODS.get(name)
+    if spec is None:
+        print(f"gatewayctl rpc: no RPC method {name!r}; the methods are: {', '.join(sorted(METHODS))} "
+              f"(gatewayctl rpc --list)", file=sys.stderr)
+        return 2
+    print(f"gatewayctl rpc {name}" + "".join(f" {p.name}=..." if p.required else f" [{p.name}=...]"
+                                              for p in spec.params))
+    print(f"  {spec.summary}")
+    if not spec.params:
+        print("parameters: none")
+        return 0
+    print("parameters:")
+    nw = max(len(p.name) for p in spec.params)
+    tw = max(len(p.type) for p in spec.params)
+    for p in spec.params:
+        print(f"  {p.name:<{nw}}  {'required' if p.required else 'optional'}  {p.type:<{tw}}  {p.about}")
+    return 0
+
+
 # --- gatewayctl keys ---------------------------------------------------------------
 
 def _keys_passphrase(args):
@@ -381,7 +419,8 @@ def gatewayctl_main(argv: list[str] | None = None) -> None:
     cli_journal.add_show_parser(j)   # journal show: filters, --full, --json
     from gateway import cli_ops
     cli_ops.add_parsers(sub)
-    r = sub.add_parser("rpc", help="call the daemon's RPC: gatewayctl rpc METHOD key=value ...",
+    r = sub.add_parser("rpc", help="call the daemon's RPC: gatewayctl rpc METHOD key=value ... "
+                                   "(--list: the methods; METHOD --help: its parameters)",
                        add_help=False)
     r.add_argument("rest", nargs=argparse.REMAINDER)
     r.set_defaults(fn=cmd_rpc)
@@ -398,7 +437,15 @@ def gatewayctl_main(argv: list[str] | None = None) -> None:
     _add_keys_parser(sub)
     from gateway.paper.cli import add_parsers as add_paper_parsers
     add_paper_parsers(sub)   # sheet, register, report, archive (gateway/paper/)
-    args = p.parse_args(argv)
+    args, extra = p.parse_known_args(argv)
+    if extra and args.group != "rpc":
+        p.error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.group == "rpc":
+        # argparse leaves options before the method (--list, --socket S) out of REMAINDER: they are rpc's
+        args.rest = extra + args.rest
+        shown = rpc_help(args.rest)   # the method table needs no configuration
+        if shown is not None:
+            raise SystemExit(shown)
     if args.group == "keys":
         _run_keys(args)   # key files need no valid configuration (keys check reads it itself)
     if getattr(args, "no_config", False) or (args.group == "console" and args.users_file and not args.config):
