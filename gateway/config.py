@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from adapters.keys import Secret  # noqa: F401  (re-exported: configuration types name it)
+from adapters.secret import Secret  # noqa: F401  (re-exported: configuration types name it)
 from adapters.settings import REQUIRED, ConfigError  # noqa: F401  (re-exported)
 from adapters.settings import SFTP as _SFTP  # noqa: F401  (re-exported)
 from adapters.settings import Field as _Field
@@ -247,7 +247,7 @@ class JournalAuth:
 def _journal_auth(r: _Reader, journal: dict) -> JournalAuth:
     key = None
     if journal.get("key_file"):
-        from gateway.journal import JournalKeyError, read_key_file
+        from gateway.journal_key import JournalKeyError, read_key_file
         try:
             key = read_key_file(journal["key_file"])
         except JournalKeyError as e:

@@ -17,8 +17,7 @@ import uuid
 from typing import Any, TextIO
 from urllib.parse import urlsplit
 
-from gateway.masking import mask_text
-from gateway.rpc import mask_record
+from gateway.masking import mask_record, mask_text
 from gateway.rpc_api import CODE_NAMES, INTERNAL_ERROR, RpcError, text_params
 
 MAX_REPLY = 64 << 20

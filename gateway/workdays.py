@@ -20,11 +20,8 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any, Iterable
 
-from twisted.logger import Logger
-
 from adapters.settings import ConfigError
 
-log = Logger()
 
 _FILE_NAME = re.compile(r"cn-(\d{4})\.toml")
 _KEYS = ("year", "provisional", "source", "holidays", "workdays")
@@ -185,8 +182,11 @@ def load_calendar(directory: str | Path) -> WorkCalendar:
             )
     if errors:
         raise CalendarError(errors)
-    for y in years:
-        if y.provisional:
+    provisional = [y for y in years if y.provisional]
+    if provisional:
+        from twisted.logger import Logger   # here: gatewayctl loads calendars and needs no Twisted
+        log = Logger(namespace=__name__)
+        for y in provisional:
             log.warn(
                 "working-day calendar for {year} is provisional ({file}): deadlines in {year} "
                 "may be wrong until the State Council's notice is entered",

@@ -34,3 +34,10 @@ def test_downgrade_to_base_and_back(db_url):
     finally:
         engine.dispose()
     dbmod.upgrade(db_url)
+
+
+def test_head_constant_is_alembics_head():
+    """gateway.migrations.HEAD (what check_migrated requires without loading Alembic) is the newest
+    migration: a new migration without HEAD moved on fails here."""
+    from gateway.migrations import HEAD
+    assert HEAD == dbmod.head_revision()
