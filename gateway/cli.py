@@ -15,13 +15,16 @@ from gateway import __version__
 from gateway import db as dbmod
 
 
-def _load(path: str) -> configmod.GatewayConfig:  # noqa: F821  (imported here: gatewayctl starts faster)
+def _load(path: str, banks_optional: bool = False) -> configmod.GatewayConfig:  # noqa: F821  (imported here: gatewayctl starts faster)
     from gateway import config as configmod
     try:
-        return configmod.load(path)
+        cfg = configmod.load(path, banks_optional=banks_optional)
     except configmod.ConfigError as e:
         print(str(e), file=sys.stderr)
         raise SystemExit(2) from None
+    for problem in cfg.bank_problems:   # a command that needs no bank still runs; the daemon would refuse
+        print(f"warning: bank file left out (gatewayd and check-config refuse it): {problem}", file=sys.stderr)
+    return cfg
 
 
 def setup_logging(fmt: str) -> None:
@@ -433,7 +436,7 @@ def gatewayctl_main(argv: list[str] | None = None) -> None:
     from gateway import cli_console
     cli_console.add_parser(sub)   # console add-user
     sub.add_parser("check-config", help="run start-up's checks (files, keys, database) and exit").set_defaults(
-        fn=cmd_check_config)
+        fn=cmd_check_config, needs_banks=True)
     _add_keys_parser(sub)
     from gateway.paper.cli import add_parsers as add_paper_parsers
     add_paper_parsers(sub)   # sheet, register, report, archive (gateway/paper/)
@@ -452,7 +455,9 @@ def gatewayctl_main(argv: list[str] | None = None) -> None:
         raise SystemExit(args.fn(None, args))   # sheet verify, archive verify: offline, for auditors
     if not args.config:
         p.error("the following arguments are required: --config")
-    cfg = _load(args.config)
+    # Only check-config needs every bank file valid; the other commands read the database, the
+    # journal or the daemon's RPC, and a broken bank file (the daemon refuses it) must not hide those.
+    cfg = _load(args.config, banks_optional=not getattr(args, "needs_banks", False))
     try:
         raise SystemExit(args.fn(cfg, args))
     except dbmod.NotMigrated as e:

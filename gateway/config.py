@@ -187,6 +187,8 @@ class GatewayConfig:
     paper: PaperSettings | None = None  # [paper]: None = sheets cannot be sealed
     metrics: MetricsSettings | None = None  # [metrics]: None = no /metrics endpoint
     console: ConsoleSettings | None = None  # [console]: None = no console
+    # load(..., banks_optional=True) only: one per bank file left out, "file: key: message; ..."
+    bank_problems: tuple[str, ...] = ()
 
 
 _GATEWAY_TOP = {
@@ -415,8 +417,13 @@ def load_bank(path: Path, errors: list[str]) -> BankConfig | None:
                       payer_acct=top["payer_acct"], payer_name=top["payer_name"], settings=settings)
 
 
-def load(path: str | os.PathLike) -> GatewayConfig:
-    """Read and validate the daemon's file and every bank file; raise ConfigError listing all errors."""
+def load(path: str | os.PathLike, *, banks_optional: bool = False) -> GatewayConfig:
+    """Read and validate the daemon's file and every bank file; raise ConfigError listing all errors.
+
+    With *banks_optional* (gatewayctl commands that never touch a bank: alarms, journal, orders,
+    health), a bank file with errors is left out of `banks` and its errors are kept in
+    `bank_problems` instead of refusing the whole configuration.
+    """
     path = Path(path).resolve()
     errors: list[str] = []
     data = _load_toml(path, errors)
@@ -532,6 +539,7 @@ def load(path: str | os.PathLike) -> GatewayConfig:
             r.err("core.token_file", f"cannot read {core['token_file']}: {e.strerror}")
 
     banks: dict[str, BankConfig] = {}
+    bank_problems: list[str] = []
     bank_dir = banks_t.get("dir")
     if bank_dir:
         files = sorted(Path(bank_dir).glob("*.toml")) if os.path.isdir(bank_dir) else []
@@ -540,7 +548,12 @@ def load(path: str | os.PathLike) -> GatewayConfig:
         elif not files:
             r.err("banks.dir", f"no bank files (*.toml) in {bank_dir}")
         for f in files:
-            b = load_bank(f, errors)
+            bank_errors: list[str] = []
+            b = load_bank(f, bank_errors)
+            if bank_errors and banks_optional:
+                bank_problems.append("; ".join(bank_errors))
+                continue
+            errors.extend(bank_errors)
             if b is None:
                 continue
             if b.bank_id in banks:
@@ -568,6 +581,7 @@ def load(path: str | os.PathLike) -> GatewayConfig:
         ha_mode=ha["mode"], ha_lease_s=ha["lease_s"], ha_margin_s=ha["margin_s"],
         ha_prefer=tuple(str(b) for b in ha["prefer"] or ()),
         paper=paper, metrics=metrics, console=console,
+        bank_problems=tuple(bank_problems),
     )
 
 
