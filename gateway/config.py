@@ -162,6 +162,15 @@ class ConsoleSettings:
 
 
 @dataclass(frozen=True)
+class DiskSettings:
+    """[work] min_free_mb, critical_free_mb, disk_check_s: when free space is alarmed (disk-space-low)."""
+
+    min_free_mb: int = 2048
+    critical_free_mb: int = 512
+    check_s: float = 60.0
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     file: str
     database_url: str
@@ -187,6 +196,7 @@ class GatewayConfig:
     paper: PaperSettings | None = None  # [paper]: None = sheets cannot be sealed
     metrics: MetricsSettings | None = None  # [metrics]: None = no /metrics endpoint
     console: ConsoleSettings | None = None  # [console]: None = no console
+    disk: DiskSettings = field(default_factory=DiskSettings)
     # load(..., banks_optional=True) only: one per bank file left out, "file: key: message; ..."
     bank_problems: tuple[str, ...] = ()
 
@@ -261,7 +271,14 @@ def _journal_auth(r: _Reader, journal: dict) -> JournalAuth:
     return JournalAuth(key, journal.get("key_file") or "", journal.get("head_file") or "",
                        journal.get("head_export_s") or 60.0,
                        journal["self_verify_s"] if journal.get("self_verify_s") is not None else 3600.0)
-_WORK = {"dir": _Field(str, path=True)}
+_WORK = {
+    "dir": _Field(str, path=True),
+    # disk-space-low (gateway/disk_watch.py): free space on the file systems of the work dir, the
+    # journal archive and the SQLite database; a warning under min_free_mb, critical under critical_free_mb
+    "min_free_mb": _Field(int, 2048, _positive),
+    "critical_free_mb": _Field(int, 512, _positive),
+    "disk_check_s": _Field((int, float), 60.0, _positive),
+}
 _BANKS = {"dir": _Field(str, path=True)}
 _RPC = {
     "unix_socket": _Field(str, path=True),
@@ -436,6 +453,9 @@ def load(path: str | os.PathLike, *, banks_optional: bool = False) -> GatewayCon
     journal = r.table(top["journal"] or {}, "journal", _JOURNAL)
     journal_auth = _journal_auth(r, journal)
     work = r.table(top["work"] or {}, "work", _WORK)
+    if work.get("min_free_mb") and work.get("critical_free_mb") and work["critical_free_mb"] >= work["min_free_mb"]:
+        r.err("work.critical_free_mb", f"must be below work.min_free_mb ({work['min_free_mb']}): the warning "
+                                       f"comes first, critical when space keeps shrinking")
     banks_t = r.table(top["banks"] or {}, "banks", _BANKS)
     log = r.table(top["log"] or {}, "log", _LOG)
     testing = r.table(top["testing"] or {}, "testing", _TESTING)
@@ -565,6 +585,7 @@ def load(path: str | os.PathLike, *, banks_optional: bool = False) -> GatewayCon
     return GatewayConfig(
         file=str(path), database_url=resolve_database_url(db["url"] or "", path.parent), db_threads=db["threads"],
         work_dir=work["dir"], journal_archive_dir=journal["archive_dir"],
+        disk=DiskSettings(work["min_free_mb"], work["critical_free_mb"], float(work["disk_check_s"])),
         journal_inline_max_bytes=journal["inline_max_bytes"], journal_auth=journal_auth,
         core=CoreSettings(base_url=core["base_url"].rstrip("/"), token=token,
                           poll_interval_s=core["poll_interval_s"], timeout_s=core["timeout_s"],
