@@ -10,7 +10,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import threads
 
-from simulators import datagen, harness
+from simulators import datagen, harness, sftp_server
 from simulators.isobank import install as isoinstall
 from tests.support import install, wait_for
 
@@ -30,9 +30,10 @@ def _iso_spec(order_no: str) -> datagen.OrderSpec:
         funded_at="2026-11-02T09:30:00+08:00", failures={}, corrupt=None)
 
 
+@pytest.mark.parametrize("transport", ["https", "sftp"])
 @pytest_twisted.ensureDeferred
-async def test_iso_bank_down_raises_one_episode_and_its_return_clears_it(reactor, tmp_path):
-    """An ISO bank (HTTPS) accepts a batch and holds its results, so the gateway keeps asking its
+async def test_iso_bank_down_raises_one_episode_and_its_return_clears_it(reactor, tmp_path, transport):
+    """An ISO bank (over HTTPS, or SFTP) accepts a batch and holds its results, so the gateway keeps asking its
     report feed. The simulator stops: past link_alarm_after_s (1 s) `gatewayctl alarms` shows one
     critical bank-link-down episode of that bank naming since when and the last error, and
     `gatewayctl health` shows its link failing (consecutive failures, last error, last success).
@@ -41,7 +42,19 @@ async def test_iso_bank_down_raises_one_episode_and_its_return_clears_it(reactor
     p, keys, sims, cfg = await install(reactor, tmp_path, [_iso_spec("ISOL0001")])
     pki = isoinstall.make_pki(p.keys)
     iso_bank, port = isoinstall.start_iso_bank(reactor, pki, result_delay_s=3600)
-    isoinstall.write_bank_file(p.banks, pki, port, status_poll_s=0.2, iso_extra="link_alarm_after_s = 1")
+    sftp_root, client_keys = str(tmp_path / "iso-sftp"), [sftp_server.public_key_line(keys.gw_ssh)]
+
+    def listen(port: int) -> int:
+        if transport == "https":
+            return iso_bank.listen_https(port, server_key_pem=pki.server_key_pem,
+                                         server_cert_pem=pki.server_cert_pem, ca_pem=pki.ca_pem).getHost().port
+        return iso_bank.listen_sftp(sftp_root, port, authorized_keys=client_keys,
+                                    host_key_path=keys.bank_host).getHost().port
+    if transport == "sftp":
+        port = listen(0)
+    isoinstall.write_bank_file(p.banks, pki, port, status_poll_s=0.2, iso_extra="link_alarm_after_s = 1",
+                               sftp=(keys.gw_ssh, sftp_server.public_key_line(keys.bank_host + ".pub"))
+                               if transport == "sftp" else None)
     daemon = harness.Daemon(cfg, p.log)
     daemon.start()
 
@@ -77,8 +90,7 @@ async def test_iso_bank_down_raises_one_episode_and_its_return_clears_it(reactor
         r = await threads.deferToThread(_ctl, cfg, "health")
         assert r.returncode == 1 and f"bank {ISO} (iso20022)" in r.stdout and "LINK FAILING since" in r.stdout
 
-        iso_bank.listen_https(port, server_key_pem=pki.server_key_pem, server_cert_pem=pki.server_cert_pem,
-                              ca_pem=pki.ca_pem)
+        assert listen(port) == port
 
         async def cleared():
             rows = await link_alarms(everything=True)
