@@ -469,7 +469,7 @@ def load(path: str | os.PathLike, *, banks_optional: bool = False) -> GatewayCon
         if cal.get("dir"):
             from gateway.workdays import CalendarError, load_calendar
             try:
-                calendar = load_calendar(cal["dir"])
+                calendar = load_calendar(cal["dir"], warn=False)   # warned at the daemon's start
             except CalendarError as e:
                 errors.extend(e.errors)
     if schedule.get("retry_times") and not (isinstance(top["calendar"], dict) and top["calendar"].get("dir")):

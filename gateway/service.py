@@ -432,6 +432,9 @@ def make_service(cfg: GatewayConfig, reactor=None) -> Gateway:
     if problem:
         engine.dispose()
         raise StartupError(problem)
+    if cfg.calendar is not None:
+        from gateway.workdays import warn_provisional
+        warn_provisional(cfg.calendar)   # configuration loading leaves it to the daemon
     gw = Gateway()
     database = dbmod.Database(reactor, engine, cfg.db_threads)
     gw.database = database

@@ -6,7 +6,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
 from gateway import db as dbmod
-from gateway.models import Base
+from gateway.models import metadata
 
 
 def test_migrations_match_models(db_url):
@@ -16,7 +16,7 @@ def test_migrations_match_models(db_url):
     engine = dbmod.make_engine(db_url)
     try:
         with engine.connect() as conn:
-            diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+            diff = compare_metadata(MigrationContext.configure(conn), metadata)
         assert diff == []
         dbmod.check_migrated(engine, "gateway.toml")
     finally:
