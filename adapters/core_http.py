@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import dataclass
 from typing import Callable
 from urllib.parse import quote, urlencode
 
@@ -31,33 +30,12 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import client, http
 from twisted.web.http_headers import Headers
+from zope.interface import implementer
 
 from adapters.bodies import BytesProducer
+from adapters.core_interface import CoreContractError, CoreError, Exchange, ICoreSystem
 
 log = Logger()
-
-
-class CoreError(Exception):
-    """The core could not be reached or answered badly; retried, then given up until next time."""
-
-
-class CoreContractError(CoreError):
-    """The core answered 4xx: one side broke the contract. Journal and alarm; do not retry blindly."""
-
-    def __init__(self, method: str, url: str, status: int, body: bytes):
-        self.method, self.url, self.status, self.body = method, url, status, body
-        super().__init__(f"core answered {status} to {method} {url}: {body[:300]!r}")
-
-
-@dataclass
-class Exchange:
-    """One request and its answer, for the journal."""
-
-    method: str
-    url: str
-    request: bytes
-    status: int
-    response: bytes
 
 
 class _IdleTimer:
@@ -237,6 +215,7 @@ class _QuietFactory(client._HTTP11ClientFactory):  # noqa: SLF001
     noisy = False
 
 
+@implementer(ICoreSystem)
 class CoreClient:
     """Calls the core's HTTP API with retries; one instance per daemon.
 
@@ -268,6 +247,10 @@ class CoreClient:
         self._streams: set[_Stream] = set()
         self._watchers: list[Callable] = []
         self.agent = client.Agent(reactor, pool=self.pool, connectTimeout=min(timeout_s, self.deadline))
+
+    @property
+    def closing(self) -> bool:
+        return self._closing
 
     def watch(self, fn: Callable) -> None:
         self._watchers.append(fn)

@@ -18,6 +18,7 @@ in its own package by registering a factory there.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Callable, Iterator
 
 from zope.interface import Attribute, Interface
@@ -92,22 +93,40 @@ class Built:
     amount: int
 
 
+class Outcome(StrEnum):
+    """The bank's verified reply to a submission (batch, refund or dispute). There is no
+    "unknown": an exchange without a verified reply is None, and the flow asks."""
+
+    ACCEPTED = "accepted"
+    RETRY = "retry"          # refused for now: send again later, nothing was taken
+    REFUSED = "refused"      # refused for good: an operator decides
+    UNSENT = "unsent"        # it never reached the bank: sending again is not blind
+
+
+class BankAnswer(StrEnum):
+    """What the bank says it knows of a batch or a refund, asked (BQ01/RQ01, pain.002)."""
+
+    UNKNOWN_TO_BANK = "unknown_to_bank"   # never received: it may be submitted again
+    PENDING = "pending"                   # in hand
+    REJECTED = "rejected"                 # whole, nothing paid
+    DONE = "done"                         # results ready
+    UNANSWERED = "unanswered"             # the bank refused the question
+
+
 @dataclass
 class Reply:
-    """The bank's verified answer to a submission (batch, refund or dispute).
+    """The bank's verified answer to a submission (batch, refund or dispute); `outcome` is
+    an Outcome (a plain string is taken and checked)."""
 
-    outcome: "accepted"; "retry" (refused for now: send again later, nothing was
-    taken); "refused" (refused for good: an operator decides); "unsent" (it never
-    reached the bank: sending again is not blind); "unknown" is never returned: an
-    exchange without a verified answer is None.
-    """
-
-    outcome: str
+    outcome: Outcome
     code: str = ""
     message: str = ""
     bank_ref: str | None = None
     journal_id: int | None = None
     fields: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.outcome = Outcome(self.outcome)
 
 
 @dataclass
@@ -126,31 +145,39 @@ class LateReturn:
 class BatchStatus:
     """What the bank knows of a batch.
 
-    state: "unknown_to_bank" (never received: it may be submitted again),
-    "pending", "rejected" (whole batch, nothing paid), "done" (results ready),
-    "unanswered" (the bank refused the question: alarmed by the flow).
-    `results` is what fetch_results needs later (kept in the batch row).
+    `state` is a BankAnswer (a plain string is taken and checked). "unanswered" is
+    alarmed by the flow unless `alarmed`: the adapter holds an episode of its own for that
+    refusal (cnbank's bank-refusing for E008/E009). `results` is what fetch_results needs
+    later (kept in the batch row).
     """
 
-    state: str
+    state: BankAnswer
     code: str = ""
     message: str = ""
     results: dict | None = None
     returns: list[LateReturn] = field(default_factory=list)
     journal_id: int | None = None
+    alarmed: bool = False
+
+    def __post_init__(self) -> None:
+        self.state = BankAnswer(self.state)
 
 
 @dataclass
 class RefundStatus:
     """What the bank knows of a refund (原渠道退回); states as BatchStatus."""
 
-    state: str
+    state: BankAnswer
     code: str = ""
     message: str = ""
     serial: str | None = None
     amount: int | None = None
     returned_to: str | None = None
     journal_id: int | None = None
+    alarmed: bool = False
+
+    def __post_init__(self) -> None:
+        self.state = BankAnswer(self.state)
 
 
 @dataclass

@@ -1,8 +1,10 @@
-"""Booked entries (ISO camt.053 and the like) as the rows of a statement, checked whole.
+"""Booked entries (ISO camt.053 and the like) as the rows of a statement, checked whole;
+and what a reconciliation difference looks like, for every dialect.
 
 A dialect whose bank reports its account as booked entries turns them into the
 (header, lines) that `IBankRecorder.statement_in` stores; nothing is written
-unless every entry passes.
+unless every entry passes. A dialect that compares its statements line by line
+(adapters/cnbank/statements.py:compare) reports each difference with `difference`.
 """
 
 from __future__ import annotations
@@ -10,6 +12,28 @@ from __future__ import annotations
 import datetime
 import re
 from typing import Any
+
+# The kinds of difference report.monthly lists, with the words operators read (对账差异).
+LABELS = {
+    "gateway_only": "gateway_only 网关有银行无: recorded by the gateway, not on the bank's statement",
+    "bank_only": "bank_only 银行有网关无: on the bank's statement, not recorded by the gateway",
+    "count_differs": "count_differs 笔数不符: both sides list it with different counts",
+    "amount_differs": "amount_differs 金额不符: both sides list it with different amounts",
+    "returns_differ": "returns_differ 退票不符: the returns of a batch differ",
+    "period_differs": "period_differs 账期不同: both sides have it, in different periods",
+    "duplicate": "duplicate 重复入账: the bank booked it more times than the gateway recorded",
+}
+
+
+def count_amount(count: int = 0, amount: int = 0) -> dict[str, int]:
+    return {"count": int(count or 0), "amount": int(amount or 0)}
+
+
+def difference(kind: str, line: str, reference: str, order_no: str | None, gateway, bank, **extra) -> dict:
+    """One difference between the gateway's records and the bank's statement."""
+    return {"kind": kind, "label": LABELS[kind], "line": line, "reference": reference,
+            "order_no": order_no, "gateway": gateway, "bank": bank, **extra}
+
 
 _REFERENCE = re.compile(r"[^|\r\n]{1,64}")
 _DATE = re.compile(r"[0-9]{4}-?[0-9]{2}-?[0-9]{2}")

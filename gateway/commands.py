@@ -36,8 +36,8 @@ from zope.interface import implementer
 from gateway.rules import check_conservation, iso, raise_alarm
 from gateway.journal import Entry, Journal
 from gateway.masking import mask
-from gateway.models import (BatchState, ItemStatus, OrderState, RefundState, batches, corrections,
-                            disputes, items, orders, refund_items, refunds)
+from gateway.models import (BatchState, DisputeState, ItemStatus, OrderState, RefundState, batches,
+                            corrections, disputes, items, orders, refund_items, refunds)
 from gateway.rpc_api import (INVALID_PARAMS, METHOD_NOT_FOUND, METHODS, MISSING_EVIDENCE, NOT_ALLOWED,
                              UNKNOWN_BATCH, UNKNOWN_ITEM, UNKNOWN_ORDER, UNKNOWN_REFUND, WRONG_STATE,
                              Caller, ICommands, RpcError, check_known_params)
@@ -570,7 +570,7 @@ class Commands:
                 conn, disputes, "dispute_no", lambda n: f"{batch_no}-D{n:02d}",
                 select(func.count()).where(disputes.c.batch_no == batch_no),
                 dict(batch_no=batch_no, order_no=b["order_no"], bank_id=b["bank_id"],
-                     seqs=json.dumps(sorted(seqs)), reason=reason, raised_by=raised_by, state="NEW",
+                     seqs=json.dumps(sorted(seqs)), reason=reason, raised_by=raised_by, state=DisputeState.NEW,
                      due=b["dispute_due"], on_time=int(on_time), attempts=0, created_at=at, updated_at=at))
             jid = self._rpc_entry(conn, caller, "batch.dispute", params,
                                   f"batch.dispute {batch_no}: {dispute_no}, {len(seqs)} items, raised by "

@@ -22,8 +22,10 @@ from sqlalchemy import Connection, and_, func, literal, or_, select, update
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from adapters.core_http import CoreContractError, CoreError, Exchange
+from adapters.core_interface import CoreContractError, CoreError, Exchange
 from gateway.db import executemany
+from gateway.flowctx import FlowContext
+from gateway.journal import Entry, Journal
 from gateway.models import ItemStatus, OrderState, items, orders
 
 log = Logger()
@@ -56,22 +58,43 @@ def _unpushed(order_no: str):
                     c.pushed.is_(None), c.pushed != c.status))
 
 
+def journal_exchange(journal: Journal, conn: Connection, at: str, ex: Exchange, tx: str,
+                     order_no=None) -> None:
+    """An exchange with the core as two journal entries: what was asked and what came back."""
+    journal.append(conn, Entry("out", "core", "http", tx, f"{ex.method} {ex.url}",
+                               payload=ex.request, order_no=order_no), at)
+    journal.append(conn, Entry("in", "core", "http", tx, f"HTTP {ex.status}",
+                               payload=ex.response, order_no=order_no), at)
+
+
 class CorePushSteps:
-    """Steps of BankFlow (gateway/flow.py); `self` is the bank's flow."""
+    """One bank's results and order states, pushed to the core (ICoreSystem).
+
+    `contract_fault(error, order_no)` journals and alarms an answer the contract does not
+    allow (the flow's, shared with its other calls to the core)."""
+
+    def __init__(self, ctx: FlowContext, core, journal: Journal, contract_fault):
+        self.ctx = ctx
+        self.core = core
+        self.journal = journal
+        self.contract_fault = contract_fault
+
+    def _core_entries(self, conn: Connection, ex: Exchange, tx: str, order_no=None) -> None:
+        journal_exchange(self.journal, conn, self.ctx.at(), ex, tx, order_no)
 
     async def push_results(self) -> None:
-        for order_no in await self.db.run(lambda c: list(c.execute(select(orders.c.order_no).where(
-                orders.c.bank_id == self.bank_id, orders.c.results_pending == 1)).scalars())):
-            await self._push_order_results(order_no)
+        for order_no in await self.ctx.db.run(lambda c: list(c.execute(select(orders.c.order_no).where(
+                orders.c.bank_id == self.ctx.bank_id, orders.c.results_pending == 1)).scalars())):
+            await self.push_order_results(order_no)
 
-    async def _push_order_results(self, order_no: str) -> None:
+    async def push_order_results(self, order_no: str) -> None:
         """Push unreported results in chunks, keyset-paged by seq.
 
         Pipelined: the next chunk is read while one is posted, and two POSTs are in
         flight. A crash between a POST and its mark only means that chunk is pushed
         again, which the core takes idempotently.
         """
-        chunk_size = self.cfg.core.results_chunk
+        chunk_size = self.ctx.cfg.core.results_chunk
 
         def take(conn: Connection, after: int) -> list[dict]:
             rows = [dict(r) for r in conn.execute(select(
@@ -84,7 +107,7 @@ class CorePushSteps:
             fresh = []
             for r in rows:
                 if not r["result_at"]:
-                    r["result_at"] = self.at()    # `at` must not change between resends
+                    r["result_at"] = self.ctx.at()    # `at` must not change between resends
                 sig = _sig(r)
                 if r["version_sig"] != sig:
                     r["result_version"] = (r["result_version"] or 0) + 1
@@ -111,16 +134,16 @@ class CorePushSteps:
                     raise
                 # The core holds one of these (seq, version) with other content: journaled and
                 # alarmed (one episode per order); the chunk stays unpushed for an operator.
-                await self._contract_fault(e, order_no)
+                await self.contract_fault(e, order_no)
                 raise CoreError(f"results of {order_no}: the core answered 409 (journaled)") from None
-            await self.db.run(mark, rows, ex)
+            await self.ctx.db.run(mark, rows, ex)
 
         # Two chunks in flight: the core parses one while it stores the other.
         slots = defer.DeferredSemaphore(2)
         pushes: list[defer.Deferred] = []
-        rows = await self.db.run(take, 0)
+        rows = await self.ctx.db.run(take, 0)
         while rows:
-            nxt = self.db.run(take, rows[-1]["seq"])
+            nxt = self.ctx.db.run(take, rows[-1]["seq"])
             await slots.acquire()
             d = defer.ensureDeferred(push(rows))
             d.addBoth(lambda r: (slots.release(), r)[1])
@@ -135,13 +158,13 @@ class CorePushSteps:
             conn.execute(update(orders).where(orders.c.order_no == order_no,
                                               ~select(items.c.seq).where(_unpushed(order_no)).exists())
                          .values(results_pending=0))
-        await self.db.run(done)
-        log.info("{bank}: results of {order} pushed to the core", bank=self.bank_id, order=order_no)
+        await self.ctx.db.run(done)
+        log.info("{bank}: results of {order} pushed to the core", bank=self.ctx.bank_id, order=order_no)
 
     async def push_states(self) -> None:
-        rows = await self.db.run(lambda c: [dict(r) for r in c.execute(select(
+        rows = await self.ctx.db.run(lambda c: [dict(r) for r in c.execute(select(
             orders.c.order_no, orders.c.state, orders.c.core_state_pushed, orders.c.detail).where(
-            orders.c.bank_id == self.bank_id, orders.c.results_pending == 0,
+            orders.c.bank_id == self.ctx.bank_id, orders.c.results_pending == 0,
             orders.c.state.in_((OrderState.DISPATCHED, OrderState.SETTLED, OrderState.INVALID)),
             or_(orders.c.core_state_pushed.is_(None),
                 orders.c.core_state_pushed != orders.c.state))).mappings()])
@@ -150,15 +173,15 @@ class CorePushSteps:
             if o["state"] == OrderState.SETTLED and o["core_state_pushed"] is None:
                 steps = [OrderState.DISPATCHED, OrderState.SETTLED]
             for state in steps:
-                detail = await self.db.run(self._state_detail, o["order_no"], state, o["detail"])
+                detail = await self.ctx.db.run(self._state_detail, o["order_no"], state, o["detail"])
                 ex = await self.core.push_state(o["order_no"], state, detail)
 
                 def mark(conn: Connection, state=state, ex=ex, no=o["order_no"]) -> None:
                     conn.execute(update(orders).where(orders.c.order_no == no)
                                  .values(core_state_pushed=state))
                     self._core_entries(conn, ex, "POST state", no)
-                await self.db.run(mark)
-                log.info("{bank}: told the core order {order} is {state}", bank=self.bank_id,
+                await self.ctx.db.run(mark)
+                log.info("{bank}: told the core order {order} is {state}", bank=self.ctx.bank_id,
                          order=o["order_no"], state=state)
 
     def _state_detail(self, conn: Connection, order_no: str, state: str, detail: str | None):

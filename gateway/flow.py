@@ -15,9 +15,11 @@ from the bank changes state before it is decrypted, verified and parsed whole
 (rule 4); a result file is applied in one transaction or not at all.
 
 This module holds the tick, the orders and the batches. The other steps of a
-bank's flow have modules of their own, mixed into BankFlow: refund_flow.py
-(RF01/RQ01), late_returns.py, article26.py (checks, disputes, deadlines) and
-core_push.py (results and order states back to the core).
+bank's flow are objects of their own, composed by BankFlow on one FlowContext
+(gateway/flowctx.py): refund_flow.py (RF01/RQ01), late_returns.py, article26.py
+(checks, disputes, deadlines) and core_push.py (results and order states back to
+the core). What to do after a bank's reply or status answer is decided once, for
+batches, refunds and disputes alike, by gateway/transitions.py.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from zope.interface import implementer
 
 from adapters.interface import (BatchItem, BatchSpec, Built, IBankAdapter, IBankRecorder, ResultSet,
                                 ResultsRefused, TransportError)
-from adapters.core_http import CoreClient, CoreContractError, CoreError, Exchange
+from adapters.core_interface import CoreContractError, CoreError, Exchange, ICoreSystem
 from gateway.config import BankConfig, GatewayConfig
 from gateway.db import Database, executemany
 from gateway.faults import Faults
@@ -48,11 +50,13 @@ from gateway.journal import Entry, Journal
 from gateway.models import BatchState, ItemStatus, OrderState, batches, items, orders, statements
 from gateway import backoff
 from gateway.article26 import Article26Steps
-from gateway.core_push import CorePushSteps
+from gateway.core_push import CorePushSteps, journal_exchange
+from gateway.flowctx import FlowContext
 from gateway.late_returns import LateReturnSteps
 from gateway.refund_flow import RefundSteps
-from gateway.rules import (CST, RETRYABLE_REFUSALS, ConservationError, ResultRejected,  # noqa: F401
+from gateway.rules import (CST, ConservationError, ResultRejected,  # noqa: F401
                            check_conservation, clear_alarm, iso, post_date, raise_alarm)
+from gateway.transitions import Next, Phase, after_status, after_submit
 from gateway.masking import mask, mask_text
 from gateway.validation import OrderValidator, header_problems, storable, uncarriable
 
@@ -227,15 +231,16 @@ class _Loader:
 
 
 @implementer(IBankRecorder)
-class BankFlow(RefundSteps, Article26Steps, LateReturnSteps, CorePushSteps):
-    """Drives the orders and batches of one bank; `tick` does whatever is due, then returns."""
+class BankFlow:
+    """Drives the orders and batches of one bank; `tick` does whatever is due, then returns.
+
+    Composed of steps (no mixins): `refunds`, `returns` (late returns), `article26` and
+    `push` (to the core), each built on the one FlowContext `ctx` with the collaborators
+    it names; this object is also the IBankRecorder the adapter journals through."""
 
     def __init__(self, reactor, cfg: GatewayConfig, bank: BankConfig, db: Database, journal: Journal,
-                 core: CoreClient, adapter: IBankAdapter, faults: Faults):
-        self.reactor = reactor
-        self.cfg = cfg
-        self.bank = bank
-        self.db = db
+                 core: ICoreSystem, adapter: IBankAdapter, faults: Faults):
+        self.ctx = FlowContext(reactor, cfg, bank, db)
         self.journal = journal
         self.core = core
         self.adapter = adapter
@@ -253,26 +258,55 @@ class BankFlow(RefundSteps, Article26Steps, LateReturnSteps, CorePushSteps):
         self._core_idle: list[defer.Deferred] = []
         from gateway.dialect_store import DialectStore
         self.store = DialectStore(self.bank_id)   # IBankRecorder.store
+        self.refunds = RefundSteps(self.ctx, adapter, self)
+        self.returns = LateReturnSteps(self.ctx)
+        self.article26 = Article26Steps(self.ctx, adapter, self)
+        self.push = CorePushSteps(self.ctx, core, journal, self._contract_fault)
 
-    # --- helpers ------------------------------------------------------------
+    # --- what the steps share: the context ------------------------------------
+
+    cfg = property(lambda self: self.ctx.cfg)
+    db = property(lambda self: self.ctx.db)
+
+    @property
+    def reactor(self):
+        return self.ctx.reactor
+
+    @reactor.setter
+    def reactor(self, clock) -> None:   # tests drive the flow on a task.Clock
+        self.ctx.reactor = clock
+
+    @property
+    def bank(self) -> BankConfig:
+        return self.ctx.bank
+
+    @bank.setter
+    def bank(self, bank: BankConfig) -> None:
+        self.ctx.bank = bank
 
     def now(self) -> float:
-        return self.reactor.seconds()
+        return self.ctx.now()
 
     def at(self) -> str:
-        return iso(self.now())
+        return self.ctx.at()
+
+    def today(self) -> datetime.date:
+        return self.ctx.today()
 
     def _journal(self, conn: Connection, e: Entry) -> int:
         return self.journal.append(conn, e, self.at())
 
     def _alarm(self, conn: Connection, severity: str, kind: str, message: str, **kw) -> None:
-        raise_alarm(conn, self.at(), severity, kind, message, bank_id=self.bank_id, **kw)
+        self.ctx.alarm(conn, severity, kind, message, **kw)
 
     def _core_entries(self, conn: Connection, ex: Exchange, tx: str, order_no=None) -> None:
-        self._journal(conn, Entry("out", "core", "http", tx, f"{ex.method} {ex.url}",
-                                  payload=ex.request, order_no=order_no))
-        self._journal(conn, Entry("in", "core", "http", tx, f"HTTP {ex.status}",
-                                  payload=ex.response, order_no=order_no))
+        journal_exchange(self.journal, conn, self.at(), ex, tx, order_no)
+
+    async def push_results(self) -> None:
+        await self.push.push_results()
+
+    async def push_states(self) -> None:
+        await self.push.push_states()
 
     async def _contract_fault(self, e: CoreContractError, order_no=None) -> None:
         def rec(conn):
@@ -301,13 +335,13 @@ class BankFlow(RefundSteps, Article26Steps, LateReturnSteps, CorePushSteps):
             await self._guard(f"retry order {order_no}", self.create_retry_batch(order_no))
         for b in await self.db.run(self._live_batches):
             await self._guard(f"advance batch {b['batch_no']}", self.advance(b))
-        for b in await self.db.run(self._batches_watching_returns):
+        for b in await self.db.run(self.returns.watched):
             await self._guard(f"late returns of {b['batch_no']}", self.query(b))
-        for r in await self.db.run(self._live_refunds):
-            await self._guard(f"advance refund {r['refund_no']}", self.advance_refund(r))
+        for r in await self.db.run(self.refunds.live):
+            await self._guard(f"advance refund {r['refund_no']}", self.refunds.advance(r))
         await self._guard("fetch statements", self.fetch_statements())
-        await self._guard("send disputes", self.send_disputes())
-        await self._guard("check deadlines", self.check_deadlines())
+        await self._guard("send disputes", self.article26.send_disputes())
+        await self._guard("check deadlines", self.article26.check_deadlines())
         await self._guard("heartbeat", self.heartbeat())
 
     def _start_core_work(self) -> None:
@@ -340,8 +374,8 @@ class BankFlow(RefundSteps, Article26Steps, LateReturnSteps, CorePushSteps):
             self.last_poll = self.now()
         for order_no in await self.db.run(self._orders_in, (OrderState.FUNDED, OrderState.LOADING)):
             await self._guard(f"load order {order_no}", self.load_order(order_no))
-        await self._guard("push results", self.push_results())
-        await self._guard("push order states", self.push_states())
+        await self._guard("push results", self.push.push_results())
+        await self._guard("push order states", self.push.push_states())
 
     async def fetch_statements(self) -> None:
         """Once a day, the bank's statement (对账单) of yesterday, and of last month on the 1st,
@@ -754,11 +788,12 @@ class BankFlow(RefundSteps, Article26Steps, LateReturnSteps, CorePushSteps):
         reply = await self.adapter.submit_batch(b, self, mark)
         if reply is None:
             return   # outcome unknown: the batch stays SUBMITTING and BQ01 decides (rule 3)
+        step = after_submit(reply.outcome)
 
         def record(conn: Connection) -> bool:
-            if reply.outcome == "accepted":
+            if step.then is Next.ACCEPT:
                 self._accept(conn, b, reply.bank_ref)
-            elif reply.outcome in ("retry", "unsent"):
+            elif step.then is Next.SEND_LATER:
                 # Nothing was taken: the batch may be submitted again (a new MsgId, not blind),
                 # after a backoff; a refusal for now is alarmed by the adapter (bank-refusing).
                 failures = (b.get("failures") or 0) + 1
@@ -766,7 +801,7 @@ class BankFlow(RefundSteps, Article26Steps, LateReturnSteps, CorePushSteps):
                                                    batches.c.state == BatchState.SUBMITTING).values(
                     state=BatchState.UPLOADED, updated_at=self.at(), failures=failures,
                     next_check_at=backoff.next_at(self.now(), self.bank.status_poll_s, failures)))
-                if reply.outcome == "retry":
+                if reply.outcome == "retry":   # "unsent" never left: nothing to say
                     log.warn("{bank}: submission of {batch} refused {code} {msg}; sending again later",
                              bank=self.bank_id, batch=b["batch_no"], code=reply.code, msg=reply.message)
             else:
@@ -848,7 +883,7 @@ class BankFlow(RefundSteps, Article26Steps, LateReturnSteps, CorePushSteps):
         conn.execute(update(batches).where(batches.c.batch_no == b["batch_no"]).values(
             state=BatchState.ACCEPTED, bank_batch_no=bank_batch_no, updated_at=self.at(),
             next_check_at=int(self.now() + self.bank.status_poll_s), failures=0,
-            bank_due=self._working_days_from_today(conn, b, self.bank.result_working_days)))
+            bank_due=self.article26.working_days_from_today(conn, b, self.bank.result_working_days)))
         conn.execute(update(orders).where(orders.c.order_no == b["order_no"],
                                           orders.c.state == OrderState.LOADED)
                      .values(state=OrderState.DISPATCHED, updated_at=self.at()))
@@ -879,12 +914,14 @@ class BankFlow(RefundSteps, Article26Steps, LateReturnSteps, CorePushSteps):
         if st is None:
             await self.db.run(again_later)
             return
+        phase = {BatchState.SUBMITTING: Phase.SUBMITTING, BatchState.DONE: Phase.DONE}.get(was, Phase.ACCEPTED)
+        step = after_status(phase, st.state, alarmed=st.alarmed)
 
         def record(conn: Connection) -> None:
             jid = st.journal_id
-            if st.state == "unanswered":
+            if step.then is Next.ASK_LATER:
                 again_later(conn)
-                if st.code not in RETRYABLE_REFUSALS:   # those are the adapter's bank-refusing
+                if step.alarm:
                     self._alarm(conn, "warning", "status-refused",
                                 f"status query for {b['batch_no']} answered {st.code} {st.message}",
                                 order_no=b["order_no"], batch_no=b["batch_no"], journal_id=jid)
@@ -893,28 +930,28 @@ class BankFlow(RefundSteps, Article26Steps, LateReturnSteps, CorePushSteps):
                 clear_alarm(conn, self.at(), "status-refused", bank_id=self.bank_id,
                             order_no=b["order_no"], batch_no=b["batch_no"])
             good = {"failures": 0, "next_check_at": int(self.now() + interval)}
-            if st.state == "unknown_to_bank":
-                if was == BatchState.SUBMITTING:
-                    # The bank never accepted it: the lost submission may now be sent again.
-                    conn.execute(update(batches).where(batches.c.batch_no == b["batch_no"]).values(
-                        state=BatchState.UPLOADED, updated_at=self.at(), failures=0,
-                        next_check_at=None))
-                    log.info("{bank}: bank does not know {batch}: it will be submitted again",
-                             bank=self.bank_id, batch=b["batch_no"])
-                else:
-                    again_later(conn)
-                    self._alarm(conn, "critical", "batch-unknown",
-                                f"bank says it never accepted {b['batch_no']}, which it had accepted",
-                                order_no=b["order_no"], batch_no=b["batch_no"], journal_id=jid)
+            if step.then is Next.SEND_AGAIN:
+                # The bank never accepted it: the lost submission may now be sent again.
+                conn.execute(update(batches).where(batches.c.batch_no == b["batch_no"]).values(
+                    state=BatchState.UPLOADED, updated_at=self.at(), failures=0,
+                    next_check_at=None))
+                log.info("{bank}: bank does not know {batch}: it will be submitted again",
+                         bank=self.bank_id, batch=b["batch_no"])
                 return
-            if was == BatchState.SUBMITTING:
+            if step.then is Next.FORGOTTEN:
+                again_later(conn)
+                self._alarm(conn, "critical", "batch-unknown",
+                            f"bank says it never accepted {b['batch_no']}, which it had accepted",
+                            order_no=b["order_no"], batch_no=b["batch_no"], journal_id=jid)
+                return
+            if step.accepted_first:
                 self._accept(conn, b, None)
-            if was == BatchState.DONE:
-                self._apply_returns(conn, b, st.returns, jid)
+            if step.then is Next.RETURNS:
+                self.returns.apply(conn, b, st.returns, jid)
                 conn.execute(update(batches).where(batches.c.batch_no == b["batch_no"]).values(**good))
-            elif st.state == "rejected":
+            elif step.then is Next.REJECT:
                 self._reject(conn, b, st.code, st.message, jid)
-            elif st.state == "done":
+            elif step.then is Next.FINISH:
                 r = st.results or {}
                 conn.execute(update(batches).where(batches.c.batch_no == b["batch_no"]).values(
                     result_file=r.get("file"), result_sm3=r.get("digest"), result_enc_key=r.get("key"),
@@ -922,9 +959,9 @@ class BankFlow(RefundSteps, Article26Steps, LateReturnSteps, CorePushSteps):
             else:
                 conn.execute(update(batches).where(batches.c.batch_no == b["batch_no"]).values(**good))
         await self.db.run(record)
-        if st.state == "done" and was != BatchState.DONE:
+        if step.then is Next.FINISH:
             await self.fetch_results(b["batch_no"])
-        elif st.state == "rejected" and was != BatchState.DONE:
+        elif step.then is Next.REJECT:
             await self._remove_uploads(b)
 
     def _reject(self, conn: Connection, b: dict, code: str, message: str, jid: int | None) -> None:
@@ -1032,7 +1069,7 @@ class BankFlow(RefundSteps, Article26Steps, LateReturnSteps, CorePushSteps):
         paid = per.get(ItemStatus.PAID, 0)
         if paid != t.paid_count:
             raise ResultRejected(f"results say {t.paid_count} paid, lines say {paid}")
-        confirm_due, dispute_due = self._deadlines(conn, b)
+        confirm_due, dispute_due = self.article26.deadlines(conn, b)
         conn.execute(update(batches).where(batches.c.batch_no == b["batch_no"]).values(
             state=BatchState.DONE, succ_cnt=t.paid_count, succ_amt=t.paid_amount,
             fail_cnt=t.failed_count, fail_amt=t.failed_amount, updated_at=self.at(),

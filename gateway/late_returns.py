@@ -10,6 +10,7 @@ from __future__ import annotations
 from sqlalchemy import Connection, insert, select, update
 from twisted.logger import Logger
 
+from gateway.flowctx import FlowContext
 from gateway.models import BatchState, ItemStatus, OrderState, batches, items, late_returns, orders
 from gateway.rules import check_conservation, post_date
 
@@ -17,18 +18,21 @@ log = Logger()
 
 
 class LateReturnSteps:
-    """Steps of BankFlow (gateway/flow.py); `self` is the bank's flow."""
+    """The late returns of one bank's finished batches (the status question is the batch's)."""
 
-    def _batches_watching_returns(self, conn: Connection) -> list[dict]:
+    def __init__(self, ctx: FlowContext):
+        self.ctx = ctx
+
+    def watched(self, conn: Connection) -> list[dict]:
         """DONE batches still inside the late-return window whose next BQ01 is due."""
-        now = self.now()
-        window = self.bank.late_return_window_days * 86400
+        now = self.ctx.now()
+        window = self.ctx.bank.late_return_window_days * 86400
         return [dict(r) for r in conn.execute(select(batches).where(
-            batches.c.bank_id == self.bank_id, batches.c.state == BatchState.DONE,
+            batches.c.bank_id == self.ctx.bank_id, batches.c.state == BatchState.DONE,
             batches.c.done_at >= int(now - window), batches.c.next_check_at <= int(now))
             .order_by(batches.c.batch_no)).mappings()]
 
-    def _apply_returns(self, conn: Connection, b: dict, returns: list, jid: int | None) -> None:
+    def apply(self, conn: Connection, b: dict, returns: list, jid: int | None) -> None:
         """Late returns (退票): a PAID item of this batch goes back to FAILED, once per ReturnSerial.
 
         A return naming an item that is not PAID in this batch, or another amount, is not
@@ -38,7 +42,7 @@ class LateReturnSteps:
         for r in returns:
             serial = r.serial
             seen = conn.execute(select(late_returns.c.return_serial).where(
-                late_returns.c.bank_id == self.bank_id, late_returns.c.return_serial == serial)).first()
+                late_returns.c.bank_id == self.ctx.bank_id, late_returns.c.return_serial == serial)).first()
             if seen is not None:
                 continue
             n = conn.execute(update(items).where(
@@ -49,24 +53,24 @@ class LateReturnSteps:
                 reason_text=f"late return {serial} on {r.return_date}"[:200],
                 bank_serial=serial, result_at=post_date(r.return_date))).rowcount
             if n != 1:
-                self._alarm(conn, "critical", "late-return-unmatched",
-                            f"bank returned seq {r.seq} of {b['batch_no']} ({serial}, "
-                            f"{r.amount} fen), which is not a PAID item of that batch: not applied",
-                            order_no=b["order_no"], batch_no=b["batch_no"], journal_id=jid)
+                self.ctx.alarm(conn, "critical", "late-return-unmatched",
+                               f"bank returned seq {r.seq} of {b['batch_no']} ({serial}, "
+                               f"{r.amount} fen), which is not a PAID item of that batch: not applied",
+                               order_no=b["order_no"], batch_no=b["batch_no"], journal_id=jid)
                 continue
             conn.execute(insert(late_returns).values(
-                return_serial=serial, bank_id=self.bank_id, batch_no=b["batch_no"],
+                return_serial=serial, bank_id=self.ctx.bank_id, batch_no=b["batch_no"],
                 order_no=b["order_no"], seq=r.seq, amount=r.amount,
                 reason_code=r.reason_code, return_date=r.return_date,
-                applied_at=self.at(), journal_id=r.journal_id or jid))
+                applied_at=self.ctx.at(), journal_id=r.journal_id or jid))
             log.info("{bank}: late return {serial}: seq {seq} of {batch} is FAILED again ({code})",
-                     bank=self.bank_id, serial=serial, seq=r.seq, batch=b["batch_no"],
+                     bank=self.ctx.bank_id, serial=serial, seq=r.seq, batch=b["batch_no"],
                      code=r.reason_code)
             changed = True
         if changed:
             check_conservation(conn, b["order_no"])
             conn.execute(update(orders).where(orders.c.order_no == b["order_no"]).values(
-                results_pending=1, updated_at=self.at()))
+                results_pending=1, updated_at=self.ctx.at()))
             conn.execute(update(orders).where(orders.c.order_no == b["order_no"],
                                               orders.c.state == OrderState.SETTLED)
                          .values(state=OrderState.DISPATCHED))

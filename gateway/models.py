@@ -9,8 +9,8 @@ them, so the journal's hash chain sees exactly the text that was stored.
 
 from __future__ import annotations
 
-from sqlalchemy import (BigInteger, Column, Index, Integer, LargeBinary, MetaData, String, Table, Text,
-                        UniqueConstraint)
+from sqlalchemy import (BigInteger, Column, Float, Index, Integer, LargeBinary, MetaData, String, Table,
+                        Text, UniqueConstraint)
 
 
 metadata = MetaData()
@@ -80,6 +80,8 @@ orders = Table(
 # One recipient line of an order (发放明细).
 items = Table(
     "items", metadata,
+    # The console's per-state count and sum of an order read this index alone, and its items
+    # filtered by state and reason are paged along it by seq (migration 0018).
     Column("order_no", String(64), primary_key=True),
     Column("seq", Integer, primary_key=True),
     Column("name", String(100), nullable=False),
@@ -105,6 +107,7 @@ items = Table(
     Column("version_sig", String(400)),
     Column("pushed_version", Integer),
     Column("orig_batch_no", String(64)),  # RETRY: the batch it last failed in
+    Index("ix_items_order_counts", "order_no", "status", "reason_code", "seq", "amount"),
 )
 
 
@@ -246,8 +249,17 @@ late_returns = Table(
     Column("reason_code", String(8), nullable=False),
     Column("return_date", String(8), nullable=False),
     Column("applied_at", String(40), nullable=False),
-    Column("journal_id", Integer, nullable=False),
+    Column("journal_id", Integer, index=True, nullable=False),
 )
+
+
+class DisputeState:
+    NEW = "NEW"                # raised by batch.dispute, DP01 not sent yet
+    SUBMITTING = "SUBMITTING"  # DP01 journaled as sent; sent again with the same DisputeNo
+    ACCEPTED = "ACCEPTED"      # the bank took it
+    REFUSED = "REFUSED"        # refused for good: an operator settles it with the bank
+
+    LIVE = (NEW, SUBMITTING)
 
 
 # An error in a batch's results reported to the bank (DP01), article 26.
@@ -286,7 +298,7 @@ corrections = Table(
     Column("approved_by", String(100), nullable=False),    # the department head
     Column("approval_ref", String(100), nullable=False),   # the approval document
     Column("caller", String(200), nullable=False),
-    Column("journal_id", Integer, nullable=False),
+    Column("journal_id", Integer, index=True, nullable=False),
 )
 
 
@@ -303,7 +315,7 @@ alarms = Table(
     Column("order_no", String(64)),
     Column("batch_no", String(64)),
     Column("message", Text, nullable=False),
-    Column("journal_id", Integer),
+    Column("journal_id", Integer, index=True),
     Column("acknowledged_by", String(64)),
     # the episode (gateway/alarms.py): what makes two raises the same alarm, how often it
     # was seen, when last, and when the daemon saw the condition end
@@ -432,4 +444,24 @@ lease_terms = Table(
     Column("acquired_ms", BigInteger, nullable=False),
     Column("expires_ms", BigInteger),
     Column("released_ms", BigInteger),
+)
+
+
+# A signed-in console session, by the SHA-256 of its id (the cookie is never stored).
+console_sessions = Table(
+    "console_sessions", metadata,
+    Column("sid_hash", String(64), primary_key=True),
+    Column("user_name", String(64), index=True, nullable=False),
+    Column("role", String(16), nullable=False),
+    Column("signed_in_at", Float, nullable=False),     # seconds of the daemon's clock
+    Column("last_seen", Float, nullable=False),
+)
+
+
+# Wrong console passwords in a row, and until when the account is locked.
+console_lockouts = Table(
+    "console_lockouts", metadata,
+    Column("user_name", String(64), primary_key=True),
+    Column("failures", Integer, nullable=False),
+    Column("locked_until", Float, nullable=False),
 )

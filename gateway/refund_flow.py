@@ -16,150 +16,160 @@ from __future__ import annotations
 from sqlalchemy import Connection, select, update
 from twisted.logger import Logger
 
-from adapters.interface import RefundStatus
+from adapters.interface import IBankAdapter, IBankRecorder, RefundStatus
 from gateway import backoff
+from gateway.flowctx import FlowContext
 from gateway.models import (ItemStatus, OrderState, RefundState, items, orders, refund_items,
                             refunds)
-from gateway.rules import RETRYABLE_REFUSALS, ConservationError, check_conservation, clear_alarm
+from gateway.rules import ConservationError, check_conservation
+from gateway.transitions import Next, Phase, after_status, after_submit
 
 log = Logger()
 
 
 class RefundSteps:
-    """Steps of BankFlow (gateway/flow.py); `self` is the bank's flow."""
+    """The refunds of one bank: submitted, asked about, applied."""
 
-    def _live_refunds(self, conn: Connection) -> list[dict]:
+    def __init__(self, ctx: FlowContext, adapter: IBankAdapter, recorder: IBankRecorder):
+        self.ctx = ctx
+        self.adapter = adapter
+        self.recorder = recorder
+
+    def live(self, conn: Connection) -> list[dict]:
         return [dict(r) for r in conn.execute(select(refunds).where(
-            refunds.c.bank_id == self.bank_id, refunds.c.state.in_(RefundState.LIVE))
+            refunds.c.bank_id == self.ctx.bank_id, refunds.c.state.in_(RefundState.LIVE))
             .order_by(refunds.c.created_at, refunds.c.refund_no)).mappings()]
 
-    async def advance_refund(self, r: dict) -> None:
-        if (r["next_check_at"] or 0) > self.now():
+    async def advance(self, r: dict) -> None:
+        if (r["next_check_at"] or 0) > self.ctx.now():
             return
         if r["state"] == RefundState.NEW:
-            await self.submit_refund(r)
+            await self.submit(r)
         else:
-            await self.query_refund(r)
+            await self.query(r)
 
-    def _refund_again_later(self, conn: Connection, r: dict, **values) -> None:
+    def _again_later(self, conn: Connection, r: dict, **values) -> None:
         failures = (r.get("failures") or 0) + 1
         conn.execute(update(refunds).where(refunds.c.refund_no == r["refund_no"]).values(
-            failures=failures, next_check_at=backoff.next_at(self.now(), self.bank.status_poll_s,
+            failures=failures, next_check_at=backoff.next_at(self.ctx.now(), self.ctx.bank.status_poll_s,
                                                              failures), **values))
 
-    async def submit_refund(self, r: dict) -> None:
-        lines = await self.db.run(lambda c: [dict(x) for x in c.execute(select(
+    async def submit(self, r: dict) -> None:
+        ctx = self.ctx
+        lines = await ctx.db.run(lambda c: [dict(x) for x in c.execute(select(
             refund_items.c.seq, refund_items.c.batch_no, refund_items.c.amount).where(
             refund_items.c.refund_no == r["refund_no"]).order_by(refund_items.c.seq)).mappings()])
 
         def mark(conn: Connection) -> None:
             conn.execute(update(refunds).where(refunds.c.refund_no == r["refund_no"]).values(
-                state=RefundState.SUBMITTING, attempts=refunds.c.attempts + 1, updated_at=self.at()))
-        reply = await self.adapter.send_refund(r, lines, self, mark)
+                state=RefundState.SUBMITTING, attempts=refunds.c.attempts + 1, updated_at=ctx.at()))
+        reply = await self.adapter.send_refund(r, lines, self.recorder, mark)
         if reply is None:
-            return
+            return   # outcome unknown: the refund stays SUBMITTING and RQ01 decides (rule 3)
+        step = after_submit(reply.outcome)
 
         def record(conn: Connection) -> None:
-            if reply.outcome == "accepted":
-                self._refund_accepted(conn, r)
-            elif reply.outcome in ("retry", "unsent"):
+            if step.then is Next.ACCEPT:
+                self._accepted(conn, r)
+            elif step.then is Next.SEND_LATER:
                 # Sent again (a new MsgId) after a backoff; E008/E009 are the adapter's alarm.
                 failures = (r.get("failures") or 0) + 1
                 conn.execute(update(refunds).where(refunds.c.refund_no == r["refund_no"],
                                                    refunds.c.state == RefundState.SUBMITTING)
-                             .values(state=RefundState.NEW, updated_at=self.at(), failures=failures,
-                                     next_check_at=backoff.next_at(self.now(), self.bank.status_poll_s,
+                             .values(state=RefundState.NEW, updated_at=ctx.at(), failures=failures,
+                                     next_check_at=backoff.next_at(ctx.now(), ctx.bank.status_poll_s,
                                                                    failures)))
             else:
-                self._refund_failed(conn, r, RefundState.REFUSED, reply.code, reply.message,
-                                    reply.journal_id)
-        await self.db.run(record)
+                self._failed(conn, r, RefundState.REFUSED, reply.code, reply.message, reply.journal_id)
+        await ctx.db.run(record)
 
-    def _refund_accepted(self, conn: Connection, r: dict) -> None:
+    def _accepted(self, conn: Connection, r: dict) -> None:
         conn.execute(update(refunds).where(refunds.c.refund_no == r["refund_no"]).values(
-            state=RefundState.ACCEPTED, updated_at=self.at(), failures=0,
-            next_check_at=int(self.now() + self.bank.status_poll_s)))
+            state=RefundState.ACCEPTED, updated_at=self.ctx.at(), failures=0,
+            next_check_at=int(self.ctx.now() + self.ctx.bank.status_poll_s)))
         r["state"] = RefundState.ACCEPTED
 
-    def _refund_failed(self, conn: Connection, r: dict, state: str, code: str, msg: str,
-                       jid: int | None) -> None:
+    def _failed(self, conn: Connection, r: dict, state: str, code: str, msg: str,
+                jid: int | None) -> None:
         """The bank will not refund: the items go back to FAILED for the department to act on."""
         conn.execute(update(items).where(
             items.c.order_no == r["order_no"], items.c.status == ItemStatus.REFUND_PENDING,
             items.c.seq.in_(select(refund_items.c.seq).where(refund_items.c.refund_no == r["refund_no"])))
             .values(status=ItemStatus.FAILED))
         conn.execute(update(refunds).where(refunds.c.refund_no == r["refund_no"]).values(
-            state=state, reject_code=code, reject_msg=(msg or "")[:500], updated_at=self.at()))
+            state=state, reject_code=code, reject_msg=(msg or "")[:500], updated_at=self.ctx.at()))
         check_conservation(conn, r["order_no"])
-        self._alarm(conn, "critical", "refund-refused",
-                    f"bank refused refund {r['refund_no']} ({state}): {code} {msg}; its items are FAILED again",
-                    order_no=r["order_no"], batch_no=r["refund_no"], journal_id=jid)
+        self.ctx.alarm(conn, "critical", "refund-refused",
+                       f"bank refused refund {r['refund_no']} ({state}): {code} {msg}; its items are FAILED again",
+                       order_no=r["order_no"], batch_no=r["refund_no"], journal_id=jid)
 
-    async def query_refund(self, r: dict) -> None:
+    async def query(self, r: dict) -> None:
         """Ask the refund's status, also first when a submission's outcome is unknown (rule 3)."""
-        st = await self.adapter.refund_status(r, self)
+        ctx = self.ctx
+        st = await self.adapter.refund_status(r, self.recorder)
         if st is None:
-            await self.db.run(self._refund_again_later, r)
+            await ctx.db.run(self._again_later, r)
             return
+        phase = Phase.SUBMITTING if r["state"] == RefundState.SUBMITTING else Phase.ACCEPTED
+        step = after_status(phase, st.state, alarmed=st.alarmed)
 
         def record(conn: Connection) -> None:
             jid = st.journal_id
-            if st.state == "unanswered":
-                self._refund_again_later(conn, r)
-                if st.code not in RETRYABLE_REFUSALS:   # those are the adapter's bank-refusing
-                    self._alarm(conn, "warning", "refund-status-refused",
-                                f"status query for refund {r['refund_no']} answered {st.code} {st.message}",
-                                order_no=r["order_no"], batch_no=r["refund_no"], journal_id=jid)
+            if step.then is Next.ASK_LATER:
+                self._again_later(conn, r)
+                if step.alarm:
+                    ctx.alarm(conn, "warning", "refund-status-refused",
+                              f"status query for refund {r['refund_no']} answered {st.code} {st.message}",
+                              order_no=r["order_no"], batch_no=r["refund_no"], journal_id=jid)
                 return
             if r.get("failures"):
-                clear_alarm(conn, self.at(), "refund-status-refused", bank_id=self.bank_id,
-                            order_no=r["order_no"], batch_no=r["refund_no"])
+                ctx.clear(conn, "refund-status-refused", order_no=r["order_no"], batch_no=r["refund_no"])
                 conn.execute(update(refunds).where(refunds.c.refund_no == r["refund_no"])
                              .values(failures=0))
-            if st.state == "unknown_to_bank":
-                if r["state"] == RefundState.SUBMITTING:
-                    conn.execute(update(refunds).where(refunds.c.refund_no == r["refund_no"])
-                                 .values(state=RefundState.NEW, updated_at=self.at(), next_check_at=None))
-                else:
-                    self._refund_again_later(conn, r)
-                    self._alarm(conn, "critical", "refund-unknown",
-                                f"bank says it never accepted refund {r['refund_no']}, which it had "
-                                f"accepted", order_no=r["order_no"], batch_no=r["refund_no"],
-                                journal_id=jid)
+            if step.then is Next.SEND_AGAIN:
+                conn.execute(update(refunds).where(refunds.c.refund_no == r["refund_no"])
+                             .values(state=RefundState.NEW, updated_at=ctx.at(), next_check_at=None))
                 return
-            if r["state"] == RefundState.SUBMITTING:
-                self._refund_accepted(conn, r)
-            if st.state == "done":
-                self._refund_done(conn, r, st, jid)
-            elif st.state == "rejected":
-                self._refund_failed(conn, r, RefundState.RJCT, st.code, st.message, jid)
+            if step.then is Next.FORGOTTEN:
+                self._again_later(conn, r)
+                ctx.alarm(conn, "critical", "refund-unknown",
+                          f"bank says it never accepted refund {r['refund_no']}, which it had "
+                          f"accepted", order_no=r["order_no"], batch_no=r["refund_no"], journal_id=jid)
+                return
+            if step.accepted_first:
+                self._accepted(conn, r)
+            if step.then is Next.FINISH:
+                self._done(conn, r, st, jid)
+            elif step.then is Next.REJECT:
+                self._failed(conn, r, RefundState.RJCT, st.code, st.message, jid)
             else:
                 conn.execute(update(refunds).where(refunds.c.refund_no == r["refund_no"]).values(
-                    next_check_at=int(self.now() + self.bank.status_poll_s)))
-        await self.db.run(record)
+                    next_check_at=int(ctx.now() + ctx.bank.status_poll_s)))
+        await ctx.db.run(record)
 
-    def _refund_done(self, conn: Connection, r: dict, st: RefundStatus, jid: int | None) -> None:
+    def _done(self, conn: Connection, r: dict, st: RefundStatus, jid: int | None) -> None:
+        ctx = self.ctx
         amount = st.amount
         if amount != r["total_amount"]:
-            self._alarm(conn, "critical", "refund-amount-mismatch",
-                        f"bank says refund {r['refund_no']} returned {amount} fen, we asked "
-                        f"{r['total_amount']}: not applied", order_no=r["order_no"],
-                        batch_no=r["refund_no"], journal_id=jid)
+            ctx.alarm(conn, "critical", "refund-amount-mismatch",
+                      f"bank says refund {r['refund_no']} returned {amount} fen, we asked "
+                      f"{r['total_amount']}: not applied", order_no=r["order_no"],
+                      batch_no=r["refund_no"], journal_id=jid)
             return
         serial = st.serial
         n = conn.execute(update(items).where(
             items.c.order_no == r["order_no"], items.c.status == ItemStatus.REFUND_PENDING,
             items.c.seq.in_(select(refund_items.c.seq).where(refund_items.c.refund_no == r["refund_no"])))
-            .values(status=ItemStatus.REFUNDED, bank_serial=serial, result_at=self.at())).rowcount
+            .values(status=ItemStatus.REFUNDED, bank_serial=serial, result_at=ctx.at())).rowcount
         if n != r["total_count"]:
             raise ConservationError(f"refund {r['refund_no']} holds {r['total_count']} items but {n} "
                                     f"were waiting for it")
         conn.execute(update(refunds).where(refunds.c.refund_no == r["refund_no"]).values(
             state=RefundState.DONE, refund_serial=serial, returned_to=st.returned_to,
-            refund_amount=amount, updated_at=self.at()))
+            refund_amount=amount, updated_at=ctx.at()))
         per_order = check_conservation(conn, r["order_no"])
         settled = set(per_order) <= {ItemStatus.PAID, ItemStatus.REFUNDED}
         conn.execute(update(orders).where(orders.c.order_no == r["order_no"]).values(
-            results_pending=1, updated_at=self.at(), **({"state": OrderState.SETTLED} if settled else {})))
+            results_pending=1, updated_at=ctx.at(), **({"state": OrderState.SETTLED} if settled else {})))
         log.info("{bank}: refund {refund} done: {n} items, {amount} fen back to the original account",
-                 bank=self.bank_id, refund=r["refund_no"], n=n, amount=amount)
+                 bank=ctx.bank_id, refund=r["refund_no"], n=n, amount=amount)

@@ -42,17 +42,10 @@ from sqlalchemy import Connection, and_, func, or_, select
 
 from gateway.models import (BatchState, ItemStatus, OrderState, RefundState, batches, items,
                             late_returns, orders, refunds, statement_lines, statements)
+from adapters.cnbank import statements as cnbank_statements
+from adapters.statements import LABELS, count_amount, difference  # noqa: F401  (LABELS: report users)
 from gateway.rules import CST
 
-LABELS = {
-    "gateway_only": "gateway_only 网关有银行无: recorded by the gateway, not on the bank's statement",
-    "bank_only": "bank_only 银行有网关无: on the bank's statement, not recorded by the gateway",
-    "count_differs": "count_differs 笔数不符: both sides list it with different counts",
-    "amount_differs": "amount_differs 金额不符: both sides list it with different amounts",
-    "returns_differ": "returns_differ 退票不符: the returns of a batch differ",
-    "period_differs": "period_differs 账期不同: both sides have it, in different periods",
-    "duplicate": "duplicate 重复入账: the bank booked it more times than the gateway recorded",
-}
 MAX_LISTED = 1000     # differences listed per bank; the rest are counted
 _CHUNK = 500          # values per IN (...) list
 
@@ -110,8 +103,7 @@ class _Year(_Month):
         return self.yyyymm
 
 
-def _ca(count: int = 0, amount: int = 0) -> dict[str, int]:
-    return {"count": int(count or 0), "amount": int(amount or 0)}
+_ca = count_amount
 
 
 def _add(d: dict[str, int], count, amount) -> None:
@@ -383,9 +375,7 @@ def _chosen_statements(conn: Connection, m: _Month, bank_id: str) -> list[dict]:
     return [per_day[p] for p in sorted(per_day)]
 
 
-def _diff(kind: str, line: str, reference: str, order_no: str | None, gateway, bank, **extra) -> dict:
-    return {"kind": kind, "label": LABELS[kind], "line": line, "reference": reference,
-            "order_no": order_no, "gateway": gateway, "bank": bank, **extra}
+_diff = difference
 
 
 def _elsewhere(conn: Connection, bank_id: str, chosen: list[int], refs: list[str]) -> dict[str, str]:
@@ -462,7 +452,9 @@ def _projects(conn: Connection, order_nos: set[str]) -> dict[str, str]:
 
 
 def _reconcile_cnbank(conn, m: _Month, bank_id, project_code, lines, fetched, ids):
-    """Batches and refunds, line by line against the gateway's batches and refunds of the month."""
+    """The gateway's batches and refunds of the month, with the returns it knew of, compared
+    with a cnbank statement's lines by the cnbank package; what only one side lists is placed
+    in its period here."""
     proj = [orders.c.project_code == project_code] if project_code is not None else []
     gb = {r["batch_no"]: dict(r) for r in conn.execute(
         select(batches).join(orders, orders.c.order_no == batches.c.order_no)
@@ -471,71 +463,21 @@ def _reconcile_cnbank(conn, m: _Month, bank_id, project_code, lines, fetched, id
         select(refunds).join(orders, orders.c.order_no == refunds.c.order_no)
         .where(refunds.c.bank_id == bank_id, refunds.c.state == RefundState.DONE,
                m.text(refunds.c.updated_at), *proj)).mappings()}
-    diffs: list[dict] = []
-    matched = 0
-    sb: dict[str, dict] = {}
-    sr: dict[str, dict] = {}
-    for ln in lines:
-        into = sb if ln["kind"] == "batch" else sr if ln["kind"] == "refund" else None
-        if into is None:
-            continue
-        if ln["reference"] in into:   # listed on two daily statements
-            diffs.append(_diff("duplicate", ln["kind"], ln["reference"], ln["order_no"], None,
-                               _bank_view(ln)))
-            continue
-        into[ln["reference"]] = ln
-
-    # Returns known to the gateway by the time each statement was fetched.
+    listed = {ln["reference"] for ln in lines if ln["kind"] == "batch"}
     returned: dict[str, list[tuple[str, int]]] = defaultdict(list)
-    for part in _chunks(sorted(set(gb) & set(sb))):
+    for part in _chunks(sorted(set(gb) & listed)):
         for r in conn.execute(select(late_returns.c.batch_no, late_returns.c.return_date,
                                      late_returns.c.amount).where(
                 late_returns.c.bank_id == bank_id, late_returns.c.batch_no.in_(part))):
             returned[r.batch_no].append((r.return_date, r.amount))
-
-    for ref in sorted(set(gb) | set(sb)):
-        g, s = gb.get(ref), sb.get(ref)
-        if g is not None and s is not None:
-            asof = fetched[s["statement_id"]][:10].replace("-", "")
-            rets = [a for d, a in returned.get(ref, []) if d <= asof]
-            gv = {"count": g["total_count"], "amount": g["total_amount"], "paid": _ca(g["succ_cnt"], g["succ_amt"]),
-                  "failed": _ca(g["fail_cnt"], g["fail_amt"]), "returned": _ca(len(rets), sum(rets))}
-            bv = _bank_view(s)
-            found = []
-            if (gv["count"], gv["paid"]["count"], gv["failed"]["count"]) != (
-                    bv["count"], bv["paid"]["count"], bv["failed"]["count"]):
-                found.append("count_differs")
-            if (gv["amount"], gv["paid"]["amount"], gv["failed"]["amount"]) != (
-                    bv["amount"], bv["paid"]["amount"], bv["failed"]["amount"]):
-                found.append("amount_differs")
-            if gv["returned"] != bv["returned"]:
-                found.append("returns_differ")
-            for kind in found:
-                diffs.append(_diff(kind, "batch", ref, g["order_no"], gv, bv))
-            matched += not found
-    diffs += _one_sided(conn, m, bank_id, ids, "batch", {k: v for k, v in gb.items() if k not in sb},
-                        {k: v for k, v in sb.items() if k not in gb})
-
-    for ref in sorted(set(gr) & set(sr)):
-        g, s = gr[ref], sr[ref]
-        gv = _ca(g["total_count"], g["refund_amount"])
-        bv = _ca(s["count"], s["amount"])
-        found = [k for k, same in (("count_differs", gv["count"] == bv["count"]),
-                                   ("amount_differs", gv["amount"] == bv["amount"])) if not same]
-        for kind in found:
-            diffs.append(_diff(kind, "refund", ref, g["order_no"], gv, {**bv, "serial": s["bank_ref"]}))
-        matched += not found
-    diffs += _one_sided(conn, m, bank_id, ids, "refund", {k: v for k, v in gr.items() if k not in sr},
-                        {k: v for k, v in sr.items() if k not in gr})
-    return matched, diffs
+    c = cnbank_statements.compare(lines, gb, gr, returned, fetched)
+    diffs = c.differences
+    diffs += _one_sided(conn, m, bank_id, ids, "batch", c.gateway_only_batches, c.bank_only_batches)
+    diffs += _one_sided(conn, m, bank_id, ids, "refund", c.gateway_only_refunds, c.bank_only_refunds)
+    return c.matched, diffs
 
 
-def _bank_view(s: dict) -> dict:
-    if s["kind"] == "refund":
-        return {**_ca(s["count"], s["amount"]), "serial": s["bank_ref"]}
-    return {"count": s["count"], "amount": s["amount"], "paid": _ca(s["paid_count"], s["paid_amount"]),
-            "failed": _ca(s["failed_count"], s["failed_amount"]),
-            "returned": _ca(s["returned_count"], s["returned_amount"])}
+_bank_view = cnbank_statements.bank_view
 
 
 def _one_sided(conn, m: _Month, bank_id, ids, line: str, gateway: dict, bank: dict) -> list[dict]:

@@ -17,7 +17,6 @@ from gateway.models import ItemStatus, items, orders
 
 log = Logger()
 CST = datetime.timezone(datetime.timedelta(hours=8))
-RETRYABLE_REFUSALS = ("E008", "E009")   # MsgId reused, clock skew: send again with a new MsgId
 
 
 class ConservationError(Exception):

@@ -16,6 +16,7 @@ from twisted.logger import Logger
 
 from gateway.bankplugins import AdapterError, make_adapter
 from adapters.core_http import CoreClient
+from adapters.core_interface import ICoreSystem
 from gateway import db as dbmod
 from gateway.commands import Commands
 from gateway.config import GatewayConfig
@@ -102,7 +103,7 @@ class _CoreService(service.Service):
     """The core client, and the one "core-unreachable" alarm episode: raised (or updated) when
     a core call fails after its retries, cleared by the next good answer."""
 
-    def __init__(self, core: CoreClient, database: dbmod.Database | None = None, reactor=None):
+    def __init__(self, core: ICoreSystem, database: dbmod.Database | None = None, reactor=None):
         self.core, self.database, self.reactor = core, database, reactor
         self.setName("core-client")
         self.failing: bool | None = None    # None: not known since start (an old episode may be open)
@@ -114,7 +115,7 @@ class _CoreService(service.Service):
     def _heard(self, problem) -> None:
         from gateway.flow import error_text, iso
         from gateway.rules import clear_alarm, raise_alarm
-        if self.core._closing or not self.running:  # noqa: SLF001  (a stop is not an outage)
+        if self.core.closing or not self.running:   # a stop is not an outage
             return
         self.link.heard(self.reactor.seconds(), None if problem is None else error_text(problem))
         if problem is None:
@@ -194,7 +195,7 @@ class Gateway(service.MultiService):
         self.flows: dict[str, BankFlow] = {}
         self.tickers: dict[str, Ticker] = {}
         self.database: dbmod.Database | None = None
-        self.core: CoreClient | None = None
+        self.core: ICoreSystem | None = None
         self.core_link = None           # gateway.health.CoreLink: the core as last seen
         self.commands = None
         self.leadership: Leadership | None = None
@@ -408,7 +409,9 @@ def _make_adapters(reactor, cfg: GatewayConfig, faults: Faults) -> dict:
     return adapters
 
 
-def make_service(cfg: GatewayConfig, reactor=None) -> Gateway:
+def make_service(cfg: GatewayConfig, reactor=None, core=None) -> Gateway:
+    """The daemon's service tree; `core` (an ICoreSystem) replaces the HTTP client of
+    [core] (tests give simulators/memory_core.py:MemoryCore)."""
     if reactor is None:
         from twisted.internet import reactor as _reactor
         reactor = _reactor
@@ -450,10 +453,11 @@ def make_service(cfg: GatewayConfig, reactor=None) -> Gateway:
     gw.disk_watch = DiskWatch(reactor, database, disk_dirs, cfg.disk,
                               ticker_factory=lambda job, interval: Ticker(reactor, "disk-watch", job, interval))
     gw.disk_watch.setServiceParent(gw)
-    core = CoreClient(reactor, cfg.core.base_url, cfg.core.token.value, timeout_s=cfg.core.timeout_s,
-                      max_delay_s=cfg.core.retry_max_delay_s, call_deadline_s=cfg.core.call_deadline_s,
-                      stream_window_s=cfg.core.stream_window_s,
-                      stream_min_bytes_per_s=cfg.core.stream_min_bytes_per_s)
+    if core is None:
+        core = CoreClient(reactor, cfg.core.base_url, cfg.core.token.value, timeout_s=cfg.core.timeout_s,
+                          max_delay_s=cfg.core.retry_max_delay_s, call_deadline_s=cfg.core.call_deadline_s,
+                          stream_window_s=cfg.core.stream_window_s,
+                          stream_min_bytes_per_s=cfg.core.stream_min_bytes_per_s)
     gw.core = core
     core_service = _CoreService(core, database, reactor)
     core_service.setServiceParent(gw)

@@ -55,12 +55,12 @@ def hold_leases(gw) -> None:
 class InProcess:
     """The daemon's service built in the test's reactor, its flow driven tick by tick."""
 
-    def __init__(self, reactor, p, keys, sims, cfg_path):
+    def __init__(self, reactor, p, keys, sims, cfg_path, core=None):
         from gateway import config as configmod
         from gateway.service import make_service
         self.reactor, self.p, self.keys, self.sims = reactor, p, keys, sims
         self.cfg = configmod.load(cfg_path)
-        self.gw = make_service(self.cfg, reactor)
+        self.gw = make_service(self.cfg, reactor, core=core)
         self.gw.database.start()
         hold_leases(self.gw)
         self.flow = self.gw.flows[harness.BANK_ID]
@@ -97,12 +97,13 @@ class InProcess:
         await self.sims.stop()
 
 
-async def in_process(reactor, tmp_path, specs, db_url=None, **config) -> InProcess:
-    """An installation whose daemon service is built in this reactor (not started): tick it."""
+async def in_process(reactor, tmp_path, specs, db_url=None, core=None, **config) -> InProcess:
+    """An installation whose daemon service is built in this reactor (not started): tick it.
+    `core`: an ICoreSystem in place of the HTTP client (the HTTP core simulator still runs)."""
     p = harness.Paths(tmp_path / "inst")
     keys = harness.make_keys(p)
     sims = await harness.start_simulators(reactor, p, keys, specs, token="test-token")
     cfg = harness.write_config(p, keys, sims.ports, db_url=db_url, token="test-token",
                                poll_s=0.2, status_poll_s=0.1, **config)
     harness.migrate(cfg)
-    return InProcess(reactor, p, keys, sims, cfg)
+    return InProcess(reactor, p, keys, sims, cfg, core=core)

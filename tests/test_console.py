@@ -15,7 +15,7 @@ from sqlalchemy import insert
 
 from gateway import config as configmod
 from gateway.console import queries as Q
-from gateway.console.auth import Auth, UsersFileError, add_user, read_users
+from gateway.console.auth import Auth, DbStore, MemoryStore, UsersFileError, add_user, read_users
 from tests.test_config import _has, inst  # noqa: F401  (fixture)
 
 ID = "110101199003078515"
@@ -35,6 +35,20 @@ def _auth(tmp_path, **kw) -> tuple[Auth, Clock]:
     add_user(path, "wang", "operator", "correct horse", rounds=4)
     clock = Clock()
     return Auth(read_users(path), clock, **kw), clock
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
+def store(request, tmp_path):
+    """Where sessions and lockouts are kept: a dict, or the database (SQLite, PostgreSQL)."""
+    if request.param == "memory":
+        yield MemoryStore()
+        return
+    from gateway import db as dbmod
+    url = f"sqlite:///{tmp_path}/gateway.db" if request.param == "sqlite" else request.getfixturevalue("pg_url")
+    dbmod.upgrade(url)
+    engine = dbmod.make_engine(url)
+    yield DbStore(engine)
+    engine.dispose()
 
 
 def test_users_file_holds_bcrypt_hashes_only_and_is_0600(tmp_path):
@@ -58,10 +72,11 @@ def test_users_file_holds_bcrypt_hashes_only_and_is_0600(tmp_path):
         read_users(str(tmp_path / "clear"))
 
 
-def test_five_wrong_passwords_lock_the_account_for_the_lockout_time(tmp_path):
+def test_five_wrong_passwords_lock_the_account_for_the_lockout_time(tmp_path, store):
     """The fifth wrong password locks the account: even the right one is refused until
-    lockout_s has passed on the clock; then the right one signs in. A success resets the count."""
-    auth, clock = _auth(tmp_path, lockout_after=5, lockout_s=900)
+    lockout_s has passed on the clock; then the right one signs in. A success resets the count.
+    The same with the counters in memory and in the database."""
+    auth, clock = _auth(tmp_path, lockout_after=5, lockout_s=900, store=store)
     for _ in range(4):
         assert auth.sign_in("wang", "wrong")[0] is None
     s, _ = auth.sign_in("wang", "correct horse")
@@ -79,23 +94,50 @@ def test_five_wrong_passwords_lock_the_account_for_the_lockout_time(tmp_path):
     assert s2 is None and why == "用户名或密码错误 wrong name or password"
 
 
-def test_sessions_expire_after_idle_time_and_csrf_tokens_are_per_session(tmp_path):
+def test_sessions_expire_after_idle_time_and_csrf_tokens_are_per_session(tmp_path, store):
     """A session lives while used within session_s of its last request and is gone after;
-    its CSRF token is its own (another session's token, an empty one or none are refused)."""
-    auth, clock = _auth(tmp_path, session_s=60)
+    its CSRF token is its own (another session's token, an empty one or none are refused).
+    The same with sessions in memory and in the database."""
+    auth, clock = _auth(tmp_path, session_s=60, store=store)
     a, _ = auth.sign_in("wang", "correct horse")
     b, _ = auth.sign_in("wang", "correct horse")
     assert a.sid != b.sid and a.csrf != b.csrf
     assert auth.csrf_ok(a, a.csrf)
     assert not auth.csrf_ok(a, b.csrf) and not auth.csrf_ok(a, "") and not auth.csrf_ok(a, None)
     clock.t += 59
-    assert auth.session(a.sid) is a                        # used: pushed back
+    assert auth.session(a.sid).csrf == a.csrf              # used: pushed back
     clock.t += 59
-    assert auth.session(a.sid) is a
+    assert (auth.session(a.sid).user, auth.session(a.sid).role) == ("wang", "operator")
     assert auth.session(b.sid) is None                     # idle 118 s > 60
     clock.t += 61
     assert auth.session(a.sid) is None
     assert auth.session(None) is None and auth.session("forged") is None
+
+
+def test_sessions_are_kept_by_hash_and_outlive_the_auth_that_made_them(tmp_path, store):
+    """A second Auth over the same store (a restarted daemon, or a standby) knows the session
+    and its CSRF token, and knows a locked account is locked; the store holds neither the
+    session id nor the CSRF token; signing out ends the session for both; an account removed
+    from the users file, or given another role, loses its sessions."""
+    from gateway.console.auth import sid_hash
+    first, clock = _auth(tmp_path, lockout_after=2, store=store)
+    s, _ = first.sign_in("wang", "correct horse")
+    for _ in range(2):
+        first.sign_in("li", "wrong")
+    second = Auth(read_users(str(tmp_path / "users")), clock, lockout_after=2, store=store)
+    again = second.session(s.sid)
+    assert again is not None and (again.user, again.role, again.csrf) == ("wang", "operator", s.csrf)
+    assert "locked" in second.locked("li")
+    kept = store.sessions if isinstance(store, MemoryStore) else {
+        r[0]: r for r in store.engine.connect().execute(__import__("sqlalchemy").text(
+            "SELECT sid_hash, user_name, role FROM console_sessions"))}
+    assert list(kept) == [sid_hash(s.sid)] and s.sid not in repr(kept) and s.csrf not in repr(kept)
+    second.sign_out(s.sid)
+    assert first.session(s.sid) is None
+    s, _ = first.sign_in("wang", "correct horse")
+    add_user(str(tmp_path / "users"), "wang", "viewer", "correct horse", rounds=4)
+    demoted = Auth(read_users(str(tmp_path / "users")), clock, store=store)
+    assert demoted.session(s.sid) is None and first.session(s.sid) is None
 
 
 def test_console_settings_loopback_by_default_and_tls_required_elsewhere(inst):  # noqa: F811
@@ -301,3 +343,105 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.mark.loopback
+@pytest_twisted.ensureDeferred
+async def test_console_sessions_and_lockouts_survive_a_restart_of_the_real_daemon(reactor, tmp_path):
+    """The real gatewayd, restarted: a browser session signed in before the restart is still
+    signed in after it, with the same CSRF token in its forms; an account locked by wrong
+    passwords before the restart is still locked after it; signing out after the restart ends
+    the session. Nothing of the session's cookie is in the database."""
+    import http.cookiejar
+    import re
+    import socket
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    import sqlalchemy as sa
+    from twisted.internet.threads import deferToThread
+
+    from simulators import harness
+    from tests.support import install, wait_for
+
+    p, _keys, sims, cfg = await install(reactor, tmp_path, [])
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    users = p.conf / "console-users"
+    add_user(str(users), "op", "operator", "correct horse", rounds=4)
+    add_user(str(users), "view", "viewer", "correct horse", rounds=4)
+    with open(cfg, "a") as f:
+        f.write(f'\n[console]\nlisten = "127.0.0.1:{port}"\nusers_file = "console-users"\nlockout_after = 3\n')
+    base = f"http://127.0.0.1:{port}"
+    jar = http.cookiejar.CookieJar()
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+
+    def call(path, data=None):
+        try:
+            with opener.open(base + path, urllib.parse.urlencode(data).encode() if data is not None else None,
+                             timeout=10) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+        except OSError:
+            return None, ""
+
+    def sign_in(user, password):
+        _, page = call("/login")
+        pre = re.search(r'name="csrf" value="([^"]+)"', page).group(1)
+        return call("/login", {"csrf": pre, "user": user, "password": password, "next": "/alarms"})
+
+    async def serving():
+        return (await deferToThread(call, "/login"))[0] == 200
+
+    daemon = harness.Daemon(cfg, p.log)
+    daemon.start()
+    try:
+        await wait_for(reactor, serving, 60, "the console", daemon)
+        st, page = await deferToThread(sign_in, "op", "correct horse")
+        assert st == 200 and "op (operator)" in page, page[-800:]
+        token = re.search(r'name="csrf" value="([^"]+)"', page).group(1)
+        for _ in range(3):
+            st, _ = await deferToThread(sign_in, "view", "wrong password")
+        assert st == 401
+        assert await daemon.stop_async(reactor) == 0
+
+        daemon = harness.Daemon(cfg, p.log)
+        daemon.start()
+        await wait_for(reactor, serving, 60, "the console after the restart", daemon)
+        st, page = await deferToThread(call, "/alarms")
+        assert st == 200 and "op (operator)" in page, page[-800:]
+        assert re.search(r'name="csrf" value="([^"]+)"', page).group(1) == token
+        st, page = await deferToThread(sign_in, "view", "correct horse")
+        assert st == 401 and "locked" in page
+        sid = next(c.value for c in jar if c.name == "gwconsole")
+        engine = sa.create_engine(f"sqlite:///{p.gateway_db}")
+        with engine.connect() as c:
+            stored = c.execute(sa.text("SELECT * FROM console_sessions")).all()
+        engine.dispose()
+        assert len(stored) == 1 and sid not in repr(stored) and token not in repr(stored)
+        st, _ = await deferToThread(call, "/logout", {"csrf": token})
+        assert st == 200
+        st, page = await deferToThread(call, "/alarms")
+        assert "op (operator)" not in page and 'id="sign-in"' in page
+    finally:
+        rc = await daemon.stop_async(reactor)
+        await sims.stop()
+    assert rc == 0, p.log.read_text()[-3000:]
+
+
+def test_file_lines_are_paged_and_masked():
+    """A journaled file's lines come 50 a page after the n-th line, with whether more follow;
+    ID and account numbers masked in the lines and the payer's account in the header."""
+    from protocols import cnbank_files as files
+    header = files.BatchHeader("B1", "O1", "6222020200112233445", "财政局", 120, 120 * 100, "20261208", "耕地补贴")
+    made = lambda: (header, iter(files.BatchLine(n, "张三", ID, ACCT, "农商行", 100, "NY2026-01")  # noqa: E731
+                                 for n in range(1, 121)))
+    first = Q.file_page(made, 0)
+    assert [x["seq"] for x in first["lines"]] == list(range(1, 51)) and first["more"]
+    third = Q.file_page(made, 100)
+    assert [x["seq"] for x in third["lines"]] == list(range(101, 121)) and not third["more"]
+    assert ID not in repr(first) + repr(third) and ACCT not in repr(first) + repr(third)
+    assert first["lines"][0]["id_no"] == "1101**********8515" and first["header"]["payer_acct"].startswith("6222*")

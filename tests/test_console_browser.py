@@ -272,6 +272,32 @@ async def test_console_in_chromium_against_the_real_daemon(reactor, tmp_path):
             assert body.strip() and not clear_ids(body)
             assert b.text("#verified")
             b.shot("entry")
+            # the related batch file's lines, decrypted with the gateway's own key and masked
+            bp01 = b.d.current_url
+            lines = b.css("#file-lines tr.file-line")
+            assert b.css("#file-lines")[0].get_attribute("data-file") == "batch", b.text("main")[:1500]
+            count, fails = int(b.text("#batch-count")), int(b.text("#batch-fail-cnt"))
+            assert len(lines) == count > 0, (len(lines), count)    # 40 items at most: one page
+            table = b.text("#file-lines")
+            assert not clear_ids(table) and not [v for v in clear if v and v in b.d.page_source]
+            assert ORDER in b.text("#file-header") and "**" in table
+            b.d.execute_script("arguments[0].scrollIntoView()", b.css("#links")[0])
+            b.shot("entry-file")
+            b.css("#show-result-file")[0].click()
+            assert b.css("#file-lines")[0].get_attribute("data-file") == "result"
+            result = [r.text for r in b.css("#file-lines tr.file-line")]
+            assert len(result) == count and sum(" F " in f" {r} " for r in result) == fails, result[:3]
+            # links: the answer to this BP01, which points back; the batch whose state it moved
+            b.get(bp01[len(base):])
+            b.css("#links a.answered-by")[0].click()
+            assert "BP01" in b.text("h1") and b.d.current_url != bp01
+            b.css("#links a.answers")[0].click()
+            assert b.d.current_url == bp01
+            change = b.css("#links a.state-change")[0]
+            target = change.get_attribute("href")
+            assert target.startswith(f"{base}/orders/{ORDER}#batch-{ORDER}"), target
+            change.click()
+            assert b.css(f"tr[id='{target.split('#')[1]}']"), "the order page has no row for the batch"
         await deferToThread(journal)
 
         # -- alarms: acknowledge one (the link-down episode), see it journaled ---------------
@@ -304,6 +330,7 @@ async def test_console_in_chromium_against_the_real_daemon(reactor, tmp_path):
             pages += [a.get_attribute("href")[len(base):] for a in b.css("#entries tr.entry a")[:3]]
             b.get(f"/journal?order={ORDER}")
             pages += [a.get_attribute("href")[len(base):] for a in b.css("#entries tr.entry td:first-child a")[:8]]
+            pages += [pages[8] + "?file=batch", pages[8] + "?file=result"]     # a BP01's file lines
             for path in pages:
                 html = b.get(path)
                 leaked = [v for v in clear if v and v in html]
@@ -330,7 +357,8 @@ async def test_console_in_chromium_against_the_real_daemon(reactor, tmp_path):
             assert b.css("#reveal-reason"), b.d.page_source[-1500:]
             b.css("#reveal-reason")[0].send_keys("核对身份 identity check, ticket 42")
             b.css("#reveal")[0].click()
-            shown = b.text("#revealed")
+            # the click returns once the POST is sent, not always once its answer has loaded
+            shown = poll(lambda: b.text("#revealed"), 15, "the revealed value")
             assert clear_ids(shown), shown
             b.get("/journal?type=console.reveal")
             return b.cookie(), b.csrf(), len(b.css("#entries tr.entry"))

@@ -246,10 +246,10 @@ async def test_bank_steps_go_on_while_the_core_poll_hangs(reactor, tmp_path):
 
 
 class _StubCore:
-    """What _CoreService needs of the client: watch() and _closing; the test tells outcomes."""
+    """What _CoreService needs of the client: watch() and closing; the test tells outcomes."""
 
     def __init__(self):
-        self._closing = False
+        self.closing = False
         self.heard = []
 
     def watch(self, fn):
@@ -289,7 +289,7 @@ async def test_core_unreachable_is_one_episode_cleared_by_the_next_good_answer(r
         core.tell(flowmod.CoreError("connection refused"))
         rows = await settle()
         assert len(rows) == 2 and rows[1]["cleared_at"] is None
-        core._closing = True
+        core.closing = True
         core.tell(flowmod.CoreError("the daemon is stopping"))
         assert [r["count"] for r in await settle()] == [3, 1]
     finally:

@@ -12,6 +12,7 @@ and are bounded.
 
 from __future__ import annotations
 
+import datetime
 import sqlite3
 import threading
 from types import SimpleNamespace
@@ -21,10 +22,11 @@ import pytest_twisted
 from sqlalchemy import event, func, insert, select, text
 from twisted.internet import defer, task
 
-from adapters.core_http import Exchange
+from adapters.core_interface import Exchange
 from gateway import db as dbmod
 from gateway.commands import Commands
 from gateway.core_push import CorePushSteps
+from gateway.flowctx import FlowContext
 from gateway.journal import Entry, Journal
 from gateway.models import (batches, corrections, disputes, items, journal, orders, refund_items,
                             refunds)
@@ -263,24 +265,18 @@ async def test_correct_many_racing_refund_all_failed_is_all_or_nothing(env):
 
 # --- lock order: the RPC against the flows (issue 9) ----------------------------------------
 
-class Pusher(CorePushSteps):
-    """The flow's result push (gateway/core_push.py) with a core that takes every chunk at once."""
+def Pusher(env) -> CorePushSteps:  # noqa: N802 - reads as the class it builds
+    """The flow's result push step (gateway/core_push.py) with a core that takes every chunk at once."""
+    clock = task.Clock()
+    clock.advance(datetime.datetime.fromisoformat(AT).timestamp())
+    ctx = FlowContext(clock, SimpleNamespace(core=SimpleNamespace(results_chunk=1000)),
+                      SimpleNamespace(bank_id=BANK), env.db)
+    core = SimpleNamespace(push_results=lambda order_no, results: defer.succeed(Exchange(
+        "POST", f"http://core/api/orders/{order_no}/results", b"{}", 200, b"{}")))
 
-    def __init__(self, env):
-        self.db, self.bank_id = env.db, BANK
-        self.journal = env.commands.journal
-        self.cfg = SimpleNamespace(core=SimpleNamespace(results_chunk=1000))
-        self.core = SimpleNamespace(push_results=lambda order_no, results: defer.succeed(Exchange(
-            "POST", f"http://core/api/orders/{order_no}/results", b"{}", 200, b"{}")))
-
-    def at(self) -> str:
-        return AT
-
-    def _core_entries(self, conn, ex, tx, order_no=None) -> None:  # noqa: ANN001 - as BankFlow journals
-        self.journal.append(conn, Entry("out", "core", "http", tx, ex.url, payload=ex.request,
-                                        order_no=order_no), AT)
-        self.journal.append(conn, Entry("in", "core", "http", tx, f"HTTP {ex.status}", payload=ex.response,
-                                        order_no=order_no), AT)
+    async def contract_fault(e, order_no=None):  # noqa: ANN001 - never called: the core takes every chunk
+        raise AssertionError(f"contract fault {e}")
+    return CorePushSteps(ctx, core, env.commands.journal, contract_fault)
 
 
 @pytest_twisted.ensureDeferred
@@ -296,7 +292,7 @@ async def test_a_correction_and_the_result_push_marking_the_same_item_never_dead
         with env.engine.begin() as c:
             c.execute(items.update().where(items.c.status == "FAILED").values(pushed=None, pushed_version=None))
         got = await race(env, lambda seq=seq: correct(env, seq),
-                         lambda: pusher._push_order_results(ORDER))
+                         lambda: pusher.push_order_results(ORDER))
         failures += [(seq, g) for g in got if isinstance(g, Exception)]
         marked += scalar(env, select(func.count()).where(items.c.pushed_version.is_not(None))) > 0
     assert failures == []

@@ -172,7 +172,7 @@ async def test_a_late_return_on_an_unbalanced_order_is_refused(reactor, tmp_path
         jid = (await env.query("select max(id) m from journal"))[0]["m"]
         await _unbalance(env, o)
         with pytest.raises(ConservationError):
-            await env.db.run(env.flow._apply_returns, b,
+            await env.db.run(env.flow.returns.apply, b,
                              [LateReturn("RTC-1", it["seq"], it["amount"], "R004", "20261201")], jid)
         assert (await env.query("select status from items where seq=:s", s=it["seq"]))[0]["status"] == "PAID"
         assert not await env.query("select 1 from late_returns")

@@ -87,7 +87,7 @@ async def test_rjct_of_a_retry_batch_sends_only_its_own_items_again(reactor, tmp
         p01 = (await env.query("select * from batches where batch_no=:b", b=f"{o}-P01"))[0]
         amt = (await env.query("select amount from items where seq=:s", s=failed[0]))[0]["amount"]
         jid = (await env.query("select max(id) m from journal"))[0]["m"]
-        await env.db.run(env.flow._apply_returns, p01, [LateReturn("RTX-9", failed[0], amt, "R004",
+        await env.db.run(env.flow.returns.apply, p01, [LateReturn("RTX-9", failed[0], amt, "R004",
                                                                    "20261203")], jid)
         assert (await _states(env, o))[failed[0]] == ("PAID", f"{o}-R03")
         assert await env.query("select 1 from alarms where kind='late-return-unmatched'")
@@ -188,7 +188,7 @@ async def test_a_late_return_that_matches_no_paid_item_is_alarmed_not_applied(re
                  LateReturn("RTX-2", paid[0], amount[paid[0]] + 1, "R004", "20261201"),
                  # one item's seq with another paid item's amount: matches neither
                  LateReturn("RTX-5", paid[0], amount[paid[1]], "R004", "20261201")]
-        await env.db.run(env.flow._apply_returns, b, wrong, None)
+        await env.db.run(env.flow.returns.apply, b, wrong, None)
         assert await _states(env, o) == st
         alarms = await env.query("select severity, count, message, last_message from alarms "
                                  "where kind='late-return-unmatched'")
@@ -202,11 +202,11 @@ async def test_a_late_return_that_matches_no_paid_item_is_alarmed_not_applied(re
             return_serial="RTX-3", bank_id="otherbank", batch_no="X-P01", order_no="X", seq=1,
             amount=1, reason_code="R004", return_date="20261201", applied_at="x", journal_id=jid)))
         good = LateReturn("RTX-3", paid[0], amount[paid[0]], "R004", "20261201")
-        await env.db.run(env.flow._apply_returns, b, [good], jid)
-        await env.db.run(env.flow._apply_returns, b, [good], jid)
+        await env.db.run(env.flow.returns.apply, b, [good], jid)
+        await env.db.run(env.flow.returns.apply, b, [good], jid)
         assert len(await env.query("select 1 from late_returns where bank_id=:b", b=env.flow.bank_id)) == 1
         # a second return, another serial of the same bank, is applied too
-        await env.db.run(env.flow._apply_returns, b,
+        await env.db.run(env.flow.returns.apply, b,
                          [LateReturn("RTX-4", paid[1], amount[paid[1]], "R004", "20261202")], jid)
         assert len(await env.query("select 1 from late_returns where bank_id=:b", b=env.flow.bank_id)) == 2
         assert (await _states(env, o))[paid[1]] == ("FAILED", b["batch_no"])

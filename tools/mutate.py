@@ -75,6 +75,8 @@ class Target:
 
 TARGETS: dict[str, Target] = {
     "gateway/rules.py": Target({"check_conservation"}, ["tests/test_rules_conservation.py"]),
+    # The submit -> ask -> accept/reject/resend decision for batches, refunds and disputes.
+    "gateway/transitions.py": Target(None, ["tests/test_transitions.py"]),
     "gateway/late_returns.py": Target(None, [
         "tests/test_rules_flow.py::test_a_late_return_that_matches_no_paid_item_is_alarmed_not_applied",
         "tests/test_rules_flow.py::test_done_batches_are_asked_for_returns_at_the_low_rate_inside_the_window_only",
@@ -83,6 +85,7 @@ TARGETS: dict[str, Target] = {
         "tests/test_rules_conservation.py::test_a_late_return_on_an_unbalanced_order_is_refused",
         "tests/test_rules_flow.py::test_rjct_of_a_retry_batch_sends_only_its_own_items_again"]),
     "gateway/refund_flow.py": Target(None, [
+        "tests/test_rules_refunds.py",
         "tests/test_rules_flow.py::test_a_refund_returns_only_the_failed_items_and_a_rejected_one_gives_them_back",
         "tests/test_rules_commands.py::test_retry_and_refund_take_only_the_items_the_rules_allow",
         "tests/test_e2e_correction.py"]),

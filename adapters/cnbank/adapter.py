@@ -191,6 +191,11 @@ class CnBankAdapter:
         b = self.link.write_batch_file(header, lines, kind=spec.kind)
         return Built(b.name, b.sm3, b.enc_key, b.count, b.amount)
 
+    def audit_read(self, kind: str, ciphertext: bytes, key_b64: bytes | str):
+        """A journaled batch or result file's (header, lines), for the console's masked view
+        (blocking; see CnBankLink.audit_read)."""
+        return self.link.audit_read(kind, ciphertext, key_b64)
+
     def _paths(self, batch: dict) -> tuple[str, str]:
         p = os.path.join(self.work_dir, batch["file_name"])
         return p, p + ".sig"
@@ -241,7 +246,8 @@ class CnBankAdapter:
         if inc.ret_code == "E007":
             return BatchStatus("unknown_to_bank", inc.ret_code, inc.ret_msg, journal_id=inc.journal_id)
         if inc.ret_code != "0000":
-            return BatchStatus("unanswered", inc.ret_code, inc.ret_msg, journal_id=inc.journal_id)
+            return BatchStatus("unanswered", inc.ret_code, inc.ret_msg, journal_id=inc.journal_id,
+                               alarmed=inc.ret_code in RETRYABLE_REFUSALS)
         f = inc.fields
         returns = [LateReturn(serial=r.get("ReturnSerial"), seq=r.get("Seq"), amount=r.get("Amount"),
                               reason_code=r.get("ReasonCode"), return_date=str(r.get("ReturnDate") or ""))
@@ -324,7 +330,8 @@ class CnBankAdapter:
         if inc.ret_code == "E007":
             return RefundStatus("unknown_to_bank", inc.ret_code, inc.ret_msg, journal_id=inc.journal_id)
         if inc.ret_code != "0000":
-            return RefundStatus("unanswered", inc.ret_code, inc.ret_msg, journal_id=inc.journal_id)
+            return RefundStatus("unanswered", inc.ret_code, inc.ret_msg, journal_id=inc.journal_id,
+                                alarmed=inc.ret_code in RETRYABLE_REFUSALS)
         f = inc.fields
         status = f.get("Status")
         if status == "DONE":

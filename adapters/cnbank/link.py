@@ -306,6 +306,26 @@ class CnBankLink:
             raise LinkError(f"{name}: the bank's signature (.sig) does not verify", code="E006")
         return FetchedFile(name, cipher_path, sig_path, plain, digest)
 
+    def audit_read(self, kind: str, ciphertext: bytes, key_b64: bytes | str):
+        """(header, lines) of a journaled file, opened for an audited or masked view (blocking):
+        kind "batch", a batch file this gateway sent, *key_b64* the key||iv it kept under its own
+        SM2 key (AUDIT_KEY_SUFFIX); kind "result", a result file the bank sent, *key_b64* its
+        FileEncKey. Raises ValueError, sm.CryptoError or files.FileFormatError when it cannot."""
+        import io
+        c = self.bank.cnbank
+        if kind == "batch":
+            plain = decrypt_for_audit(self.our_key, key_b64 if isinstance(key_b64, bytes) else key_b64.encode(),
+                                      ciphertext)
+            return files.read_batch_file(io.BytesIO(plain), unit=c.amount_unit, encoding=c.encoding)
+        if kind != "result":
+            raise ValueError(f"kind must be batch or result, not {kind!r}")
+        key_iv = sm.sm2_decrypt(self.our_key, base64.b64decode(key_b64, validate=True), c.sm2_cipher_order)
+        if len(key_iv) != 32:
+            raise ValueError(f"FileEncKey holds {len(key_iv)} bytes, not key||iv (32)")
+        dec = sm.SM4CBCDecryptor(key_iv[:16], key_iv[16:])
+        plain = dec.update(ciphertext) + dec.finalize()
+        return files.read_result_file(io.BytesIO(plain), unit=c.amount_unit, encoding=c.encoding)
+
     def result_lines(self, plain_path: str) -> tuple[files.ResultHeader, Iterator[files.ResultLine]]:
         f = open(plain_path, "rb")  # noqa: SIM115  (closed when the iterator is exhausted)
         try:

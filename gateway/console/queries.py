@@ -1,8 +1,9 @@
 """The console's reads: one function a page, each a handful of indexed queries.
 
-A million-item order costs one grouped count (status, reason) per view; its items are
-paged by seq (keyset: `seq > after ... LIMIT n` on the primary key), never counted or
-offset again. The journal is paged by id the same way. Every personal datum leaves here
+A million-item order costs one grouped count (status, reason) per view, read from the
+covering index ix_items_order_counts alone; its items are paged by seq (keyset: `seq > after
+... LIMIT n` on the primary key, or along that index when filtered by state and reason),
+never counted or offset again. The journal is paged by id the same way. Every personal datum leaves here
 masked unless the caller asks for one clear value (auditor's reveal, journaled by the page).
 """
 
@@ -15,7 +16,7 @@ from sqlalchemy import Connection, and_, func, or_, select
 from gateway.journal import current_head
 from gateway.masking import mask, mask_text
 from gateway.models import (BatchState, ItemStatus, alarms, batches, corrections, disputes, items, journal,
-                            orders, refunds)
+                            late_returns, orders, refunds)
 
 PAGE = 50
 WAITING_ON_BANK = (BatchState.UPLOADED, BatchState.SUBMITTING, BatchState.ACCEPTED)
@@ -196,6 +197,94 @@ def search_journal(conn: Connection, f: dict, before: int | None = None) -> list
 def journal_entry(conn: Connection, entry_id: int) -> dict | None:
     r = conn.execute(select(journal).where(journal.c.id == entry_id)).mappings().first()
     return dict(r) if r else None
+
+
+def _file_entry(conn: Connection, batch_no: str, peer: str, tx_code: str, direction: str,
+                file_name: str | None) -> dict | None:
+    """The latest journaled transfer of a batch's file (not its .sig), by the batch index."""
+    if not file_name:
+        return None
+    for r in conn.execute(select(journal.c.id, journal.c.decoded, journal.c.payload_size, journal.c.payload_sm3,
+                                 journal.c.verified, journal.c.at)
+                          .where(journal.c.batch_no == batch_no, journal.c.peer == peer,
+                                 journal.c.tx_code == tx_code, journal.c.direction == direction)
+                          .order_by(journal.c.id.desc()).limit(20)).mappings():
+        name = r["decoded"].split(":")[0].rsplit("/", 1)[-1].replace("result file ", "")
+        if name == file_name:
+            return dict(r)
+    return None
+
+
+def related_files(conn: Connection, e: dict, batch: dict | None) -> dict:
+    """The batch's own file (the gateway's PUT) and the bank's result file (GET) as journaled,
+    with the key the gateway kept for its own file (FILEKEY): what the entry page can open."""
+    if batch is None:
+        return {}
+    out = {"batch": _file_entry(conn, batch["batch_no"], e["peer"], "PUT", "out", batch["file_name"]),
+           "result": _file_entry(conn, batch["batch_no"], e["peer"], "GET", "in", batch["result_file"])}
+    out["key_id"] = conn.execute(select(journal.c.id).where(
+        journal.c.batch_no == batch["batch_no"], journal.c.peer == e["peer"], journal.c.tx_code == "FILEKEY")
+        .order_by(journal.c.id.desc()).limit(1)).scalar()
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def caused(conn: Connection, entry_id: int) -> dict:
+    """The state this entry changed, where a row names it (journal_id): alarms raised,
+    corrections recorded, late returns applied."""
+    return {
+        "alarms": [dict(r) for r in conn.execute(
+            select(alarms.c.id, alarms.c.kind, alarms.c.severity).where(alarms.c.journal_id == entry_id)
+            .limit(20)).mappings()],
+        "corrections": [dict(r) for r in conn.execute(
+            select(corrections.c.order_no, corrections.c.seq).where(corrections.c.journal_id == entry_id)
+            .limit(50)).mappings()],
+        "returns": [dict(r) for r in conn.execute(
+            select(late_returns.c.order_no, late_returns.c.seq, late_returns.c.return_serial)
+            .where(late_returns.c.journal_id == entry_id).limit(50)).mappings()],
+    }
+
+
+def answer_of(conn: Connection, e: dict) -> tuple[list[dict], list[dict]]:
+    """(the entries this one answers, the entries that answer it): the other direction's
+    entries of the same MsgId and peer, journaled close by (a primary-key window, not a scan:
+    msg_id has no index)."""
+    if not e["msg_id"] or e["direction"] not in ("in", "out"):
+        return [], []
+    rows = [dict(r) for r in conn.execute(
+        select(*JOURNAL_COLS).where(journal.c.msg_id == e["msg_id"], journal.c.peer == e["peer"],
+                                    journal.c.id != e["id"], journal.c.id.between(e["id"] - 2000, e["id"] + 2000))
+        .order_by(journal.c.id).limit(10)).mappings()]
+    if e["direction"] == "in":
+        return [r for r in rows if r["direction"] == "out" and r["id"] < e["id"]], \
+            [r for r in rows if r["direction"] == "out" and r["id"] > e["id"]]
+    return [r for r in rows if r["direction"] == "in" and r["id"] < e["id"]], \
+        [r for r in rows if r["direction"] == "in" and r["id"] > e["id"]]
+
+
+def file_page(read, after: int, limit: int = PAGE) -> dict:
+    """One page of a batch or result file's lines, masked: *read()* gives (header, lines)
+    (the adapter's audit_read); lines after the *after*-th are shown (the file is read from
+    its start each time: files are paged, not indexed)."""
+    header, lines = read()
+    shown, more = [], False
+    for n, line in enumerate(lines, 1):
+        if n <= after:
+            continue
+        if len(shown) == limit:
+            more = True
+            break
+        d = {k: getattr(line, k) for k in line.__slots__}
+        for k in ("id_no", "acct_no"):
+            if k in d and d[k]:
+                d[k] = mask(d[k])
+        for k in ("name", "remark", "reason_text"):
+            if k in d and d[k]:
+                d[k] = mask_text(d[k])
+        shown.append(d)
+    h = {k: v for k, v in vars(header).items()}
+    if "payer_acct" in h:
+        h["payer_acct"] = mask(h["payer_acct"])
+    return {"header": h, "lines": shown, "after": after, "more": more}
 
 
 def chain_status(conn: Connection, key) -> dict:  # noqa: ANN001

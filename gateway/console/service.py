@@ -8,7 +8,7 @@ from twisted.logger import Logger
 from twisted.web import server
 
 from gateway import db as dbmod
-from gateway.console.auth import Auth, read_users
+from gateway.console.auth import Auth, DbStore, read_users
 from gateway.console.web import Console
 
 log = Logger()
@@ -16,13 +16,16 @@ log = Logger()
 
 class ConsoleService(service.Service):
     """Serves the console with its own engine and thread pool (2 threads): pages read apart
-    from the flows' database work, so a slow page never holds a bank step up."""
+    from the flows' database work, so a slow page never holds a bank step up. Sessions and
+    lockouts are kept in the database (DbStore): they outlive a restart and are shared with
+    a standby daemon."""
 
     def __init__(self, reactor, settings, database_url: str, gateway, journal, journal_key=None):
         self.reactor, self.settings, self.gw, self.journal = reactor, settings, gateway, journal
         self.users = read_users(settings.users_file)   # UsersFileError names the file and line
         self.database = dbmod.Database(reactor, dbmod.make_engine(database_url), 2)
-        self.auth = Auth(self.users, reactor.seconds, settings.session_s, settings.lockout_after, settings.lockout_s)
+        self.auth = Auth(self.users, reactor.seconds, settings.session_s, settings.lockout_after, settings.lockout_s,
+                         DbStore(self.database.engine))
         self.resource = Console(reactor, self.auth, self.database, gateway, journal, journal_key,
                                 secure_cookies=bool(settings.tls_cert))
         self.port = None

@@ -1,0 +1,227 @@
+"""The refund step's rules (gateway/refund_flow.py), each against a real database.
+
+The bank is a script of verified replies and status answers (what an adapter hands the
+flow after it has checked the bank's signature): the step is driven through every branch
+in a second, so that a mutation of a rule is caught fast (tools/mutate.py). The real
+banks, over the wire, pay and refund in tests/test_rules_flow.py and
+tests/test_e2e_correction.py, where the bank's ledger proves what was returned.
+
+Rules: domain.md rule 3 (after an unknown outcome RQ01 is asked first; only "unknown to
+the bank" lets RF01 go again), rule 1 (a refund is applied whole, for the items it holds,
+or not at all; the bank's amount must be ours), a refused or rejected refund puts its
+items back to FAILED, REFUNDED only on the bank's DONE, and one alarm per episode.
+"""
+
+from __future__ import annotations
+
+import datetime
+from types import SimpleNamespace
+
+import pytest
+import pytest_twisted
+from sqlalchemy import func, insert, select, update
+from twisted.internet import defer, task
+
+from adapters.interface import RefundStatus, Reply
+from gateway import db as dbmod
+from gateway.flowctx import FlowContext
+from gateway.models import (ItemStatus, OrderState, RefundState, alarms, items, orders, refund_items,
+                            refunds)
+from gateway.refund_flow import RefundSteps
+from gateway.rules import ConservationError
+
+ORDER, BANK, BATCH, REFUND = "FS3401212026110007", "cnbank", "FS3401212026110007-P01", "RF-0001"
+AT = "2026-11-20T09:00:00+08:00"
+N = 4           # items of the order: 1..2 PAID, 3..4 FAILED and asked back
+POLL = 10       # the bank's status_poll_s
+
+
+class ScriptedBank:
+    """An adapter whose verified replies are given by the test, one per call; records the calls."""
+
+    def __init__(self):
+        self.replies: list = []
+        self.calls: list[str] = []
+
+    def _next(self, what: str):
+        self.calls.append(what)
+        assert self.replies, f"the step asked the bank ({what}) when the test expected it not to"
+        return defer.succeed(self.replies.pop(0))
+
+    def send_refund(self, r, lines, recorder, mark):  # noqa: ANN001
+        assert [x["seq"] for x in lines] == [3, 4]
+        return recorder.db.run(mark).addCallback(lambda _: None).addCallback(
+            lambda _: self._next("RF01"))
+
+    def refund_status(self, r, recorder):  # noqa: ANN001
+        return self._next("RQ01")
+
+
+@pytest.fixture
+def env(reactor, tmp_path):
+    url = f"sqlite:///{tmp_path}/gw.db"
+    dbmod.upgrade(url)
+    database = dbmod.Database(reactor, dbmod.make_engine(url))
+    database.start()
+    clock = task.Clock()
+    clock.advance(datetime.datetime.fromisoformat(AT).timestamp())
+    bank = ScriptedBank()
+    ctx = FlowContext(clock, SimpleNamespace(), SimpleNamespace(bank_id=BANK, status_poll_s=POLL), database)
+    steps = RefundSteps(ctx, bank, SimpleNamespace(db=database))
+    with database.engine.begin() as c:
+        c.execute(insert(orders).values(
+            order_no=ORDER, bank_id=BANK, budget_unit="长丰县农业农村局", project_code="NY2026-01",
+            project_name="2026年耕地地力保护补贴", project_short="耕地补贴", region="340121",
+            total_amount=100 * N, total_count=N, funded_at=AT, state=OrderState.DISPATCHED,
+            results_pending=0, retry_requested=0, created_at=AT, updated_at=AT))
+        c.execute(insert(items), [
+            {"order_no": ORDER, "seq": s, "name": "张三", "id_number": "110101199003078515",
+             "account_no": f"62220212345678{s:05d}", "account_bank": "", "amount": 100, "remark": "",
+             "status": ItemStatus.PAID if s <= 2 else ItemStatus.REFUND_PENDING, "batch_no": BATCH,
+             "reason_code": None if s <= 2 else "R001", "reason_text": "", "bank_serial": None,
+             "result_at": AT, "pushed": None, "orig_batch_no": None} for s in range(1, N + 1)])
+        c.execute(insert(refunds).values(
+            refund_no=REFUND, order_no=ORDER, bank_id=BANK, state=RefundState.NEW, total_count=2,
+            total_amount=200, reason="账户已销户", approved_by="财务科 王芳", caller="core", attempts=0,
+            failures=0, created_at=AT, updated_at=AT))
+        c.execute(insert(refund_items), [{"refund_no": REFUND, "seq": s, "order_no": ORDER,
+                                          "batch_no": BATCH, "amount": 100} for s in (3, 4)])
+    yield SimpleNamespace(db=database, clock=clock, bank=bank, steps=steps)
+    database.stop()
+
+
+def _q(env, stmt):
+    with env.db.engine.connect() as c:
+        return c.execute(stmt).all()
+
+
+def refund(env) -> dict:
+    with env.db.engine.connect() as c:
+        return dict(c.execute(select(refunds).where(refunds.c.refund_no == REFUND)).mappings().one())
+
+
+def statuses(env) -> dict:
+    return dict(_q(env, select(items.c.seq, items.c.status).order_by(items.c.seq)))
+
+
+def open_alarms(env) -> list[tuple[str, int]]:
+    return _q(env, select(alarms.c.kind, alarms.c.count).where(alarms.c.cleared_at.is_(None))
+              .order_by(alarms.c.id))
+
+
+async def advance(env, *replies, wait: bool = True) -> None:
+    """One pass of the step, with the bank's next answers; then past any backoff it set."""
+    env.bank.replies.extend(replies)
+    await env.steps.advance(refund(env))
+    assert env.bank.replies == [], "the step did not ask the bank as often as expected"
+    if wait:
+        env.clock.advance(3600)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_refund_accepted_then_done_returns_exactly_its_items_and_settles_the_order(env):
+    await advance(env, Reply("accepted"))
+    assert refund(env)["state"] == RefundState.ACCEPTED
+    await advance(env, RefundStatus("pending"))
+    assert statuses(env) == {1: "PAID", 2: "PAID", 3: "REFUND_PENDING", 4: "REFUND_PENDING"}
+    await advance(env, RefundStatus("done", serial="RS-77", amount=200, returned_to="payer"))
+    r = refund(env)
+    assert (r["state"], r["refund_serial"], r["refund_amount"]) == (RefundState.DONE, "RS-77", 200)
+    assert statuses(env) == {1: "PAID", 2: "PAID", 3: "REFUNDED", 4: "REFUNDED"}
+    assert _q(env, select(items.c.bank_serial).where(items.c.seq == 3)) == [("RS-77",)]
+    assert _q(env, select(orders.c.state, orders.c.results_pending)) == [(OrderState.SETTLED, 1)]
+    assert env.bank.calls == ["RF01", "RQ01", "RQ01"]
+    assert open_alarms(env) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_after_a_lost_reply_the_bank_is_asked_first_and_rf01_goes_again_only_if_it_never_got_it(env):
+    """Rule 3: RF01 journaled as sent and no verified reply: the refund stays SUBMITTING, the
+    next step asks RQ01; "unknown to the bank" makes it NEW (sent again), any other answer
+    shows the bank took it (ACCEPTED) and RF01 does not go again."""
+    await advance(env, None)
+    assert refund(env)["state"] == RefundState.SUBMITTING
+    await advance(env, RefundStatus("unknown_to_bank", "E007"))
+    assert refund(env)["state"] == RefundState.NEW
+    await advance(env, None)
+    await advance(env, RefundStatus("pending"))
+    assert refund(env)["state"] == RefundState.ACCEPTED
+    assert env.bank.calls == ["RF01", "RQ01", "RF01", "RQ01"]
+    assert refund(env)["attempts"] == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_refund_the_bank_forgets_after_accepting_it_is_alarmed_and_never_sent_again(env):
+    await advance(env, Reply("accepted"))
+    await advance(env, RefundStatus("unknown_to_bank", "E007"))
+    await advance(env, RefundStatus("unknown_to_bank", "E007"))
+    assert refund(env)["state"] == RefundState.ACCEPTED
+    assert env.bank.calls == ["RF01", "RQ01", "RQ01"]
+    assert open_alarms(env) == [("refund-unknown", 2)]
+
+
+@pytest.mark.parametrize("how", ["refused", "rejected"])
+@pytest_twisted.ensureDeferred
+async def test_a_refund_refused_or_rejected_puts_its_items_back_to_failed(env, how):
+    if how == "refused":
+        await advance(env, Reply("refused", "E003", "账户冻结"))
+        want = RefundState.REFUSED
+    else:
+        await advance(env, Reply("accepted"))
+        await advance(env, RefundStatus("rejected", "R021", "原账户已销户"))
+        want = RefundState.RJCT
+    assert refund(env)["state"] == want
+    assert statuses(env) == {1: "PAID", 2: "PAID", 3: "FAILED", 4: "FAILED"}
+    assert open_alarms(env) == [("refund-refused", 1)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_refund_refused_for_now_waits_its_backoff_and_goes_again(env):
+    env.bank.replies.append(Reply("retry", "E009", "时间偏差"))
+    await env.steps.advance(refund(env))
+    r = refund(env)
+    assert (r["state"], r["failures"]) == (RefundState.NEW, 1)
+    assert r["next_check_at"] > env.clock.seconds()
+    await env.steps.advance(r)                   # before the backoff: the bank is not called
+    assert env.bank.calls == ["RF01"]
+    env.clock.advance(3600)
+    await advance(env, Reply("accepted"))
+    assert env.bank.calls == ["RF01", "RF01"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_done_with_another_amount_is_alarmed_and_not_applied(env):
+    await advance(env, Reply("accepted"))
+    await advance(env, RefundStatus("done", serial="RS-78", amount=199, returned_to="payer"))
+    assert refund(env)["state"] == RefundState.ACCEPTED
+    assert statuses(env)[3] == "REFUND_PENDING"
+    assert open_alarms(env) == [("refund-amount-mismatch", 1)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_done_for_items_no_longer_waiting_changes_nothing(env):
+    """Rule 1: the refund holds two items; if only one is still REFUND_PENDING the bank's DONE
+    is refused whole (ConservationError, the transaction rolled back)."""
+    await advance(env, Reply("accepted"))
+    with env.db.engine.begin() as c:
+        c.execute(update(items).where(items.c.seq == 4).values(status=ItemStatus.FAILED))
+    with pytest.raises(ConservationError):
+        await advance(env, RefundStatus("done", serial="RS-79", amount=200, returned_to="payer"))
+    assert refund(env)["state"] == RefundState.ACCEPTED
+    assert statuses(env) == {1: "PAID", 2: "PAID", 3: "REFUND_PENDING", 4: "FAILED"}
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_refused_status_question_is_one_alarm_cleared_by_the_next_answer(env):
+    await advance(env, Reply("accepted"))
+    await advance(env, RefundStatus("unanswered", "E005", "系统繁忙"))
+    await advance(env, RefundStatus("unanswered", "E005", "系统繁忙"))
+    assert open_alarms(env) == [("refund-status-refused", 2)]
+    assert refund(env)["failures"] == 2
+    await advance(env, RefundStatus("pending"))
+    assert open_alarms(env) == []
+    assert refund(env)["failures"] == 0
+    # A refusal the adapter alarms itself (its bank-refusing episode) is not alarmed here.
+    await advance(env, RefundStatus("unanswered", "E009", "时间偏差", alarmed=True))
+    assert open_alarms(env) == []
+    assert _q(env, select(func.count()).select_from(alarms)) == [(1,)]
