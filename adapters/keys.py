@@ -30,6 +30,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from adapters.secret import Secret  # noqa: F401  (re-exported; kept apart so configuration loads without cryptography)
 from protocols import keyfile
 from protocols.keyfile import KeyFileError
 from protocols.sm import SM2PrivateKey, SM2PublicKey
@@ -48,44 +49,6 @@ MIN_RSA_BITS = 2048
 # NIST SP 800-57 puts 2048-bit RSA at 112-bit strength, acceptable only to 2030;
 # 3072 bits carries a key generated now through its certificate's life.
 DEFAULT_RSA_BITS = 3072
-
-
-class Secret:
-    """A secret read from a file; repr and str never show it.
-
-    Deliberately not a dataclass: `dataclasses.asdict` of the configuration
-    would otherwise copy the value out into a plain dict.
-    """
-
-    __slots__ = ("_value", "source")
-
-    def __init__(self, value: str, source: str = ""):
-        object.__setattr__(self, "_value", value)
-        object.__setattr__(self, "source", source)
-
-    @property
-    def value(self) -> str:
-        return self._value
-
-    def __setattr__(self, name, value):  # noqa: ANN001
-        raise AttributeError("Secret is read-only")
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
-
-    def __hash__(self) -> int:
-        return hash(self._value)
-
-    def __repr__(self) -> str:
-        return f"Secret(<redacted>, from {self.source})"
-
-    __str__ = __repr__
-
-    def __copy__(self) -> "Secret":
-        return self
-
-    def __deepcopy__(self, memo: dict) -> "Secret":
-        return self
 
 
 class KeystoreError(KeyFileError):

@@ -15,13 +15,16 @@ from gateway import __version__
 from gateway import db as dbmod
 
 
-def _load(path: str) -> configmod.GatewayConfig:  # noqa: F821  (imported here: gatewayctl starts faster)
+def _load(path: str, banks_optional: bool = False) -> configmod.GatewayConfig:  # noqa: F821  (imported here: gatewayctl starts faster)
     from gateway import config as configmod
     try:
-        return configmod.load(path)
+        cfg = configmod.load(path, banks_optional=banks_optional)
     except configmod.ConfigError as e:
         print(str(e), file=sys.stderr)
         raise SystemExit(2) from None
+    for problem in cfg.bank_problems:   # a command that needs no bank still runs; the daemon would refuse
+        print(f"warning: bank file left out (gatewayd and check-config refuse it): {problem}", file=sys.stderr)
+    return cfg
 
 
 def setup_logging(fmt: str) -> None:
@@ -215,6 +218,44 @@ def cmd_rpc(cfg, args) -> int:
     return rpc_cli_main(args.rest, unix_path=cfg.rpc.unix_socket if cfg.rpc else None)
 
 
+def rpc_help(rest: list[str]) -> int | None:
+    """`rpc --list` and `rpc [METHOD] --help`, printed from the method table (gateway.rpc_api.METHODS)
+    without a configuration or a daemon; None when *rest* is a call to make."""
+    from gateway.rpc_api import METHODS
+    wants_help = any(a in ("--help", "-h") for a in rest)
+    if "--list" not in rest and not wants_help:
+        return None
+    valued = {"--socket", "--url", "--token-file", "--timeout"}
+    methods = [a for i, a in enumerate(rest)
+               if not a.startswith("-") and "=" not in a and (i == 0 or rest[i - 1] not in valued)]
+    if "--list" in rest or not methods:
+        if wants_help and not methods:
+            from gateway.rpc_client import USAGE
+            print(f"usage: {USAGE}\n       gatewayctl rpc --list | gatewayctl rpc METHOD --help\n")
+        width = max(map(len, METHODS))
+        for name in sorted(METHODS):
+            print(f"{name:<{width}}  {METHODS[name].summary}")
+        return 0
+    name = methods[0]
+    spec = METHODS.get(name)
+    if spec is None:
+        print(f"gatewayctl rpc: no RPC method {name!r}; the methods are: {', '.join(sorted(METHODS))} "
+              f"(gatewayctl rpc --list)", file=sys.stderr)
+        return 2
+    print(f"gatewayctl rpc {name}" + "".join(f" {p.name}=..." if p.required else f" [{p.name}=...]"
+                                              for p in spec.params))
+    print(f"  {spec.summary}")
+    if not spec.params:
+        print("parameters: none")
+        return 0
+    print("parameters:")
+    nw = max(len(p.name) for p in spec.params)
+    tw = max(len(p.type) for p in spec.params)
+    for p in spec.params:
+        print(f"  {p.name:<{nw}}  {'required' if p.required else 'optional'}  {p.type:<{tw}}  {p.about}")
+    return 0
+
+
 # --- gatewayctl keys ---------------------------------------------------------------
 
 def _keys_passphrase(args):
@@ -381,7 +422,8 @@ def gatewayctl_main(argv: list[str] | None = None) -> None:
     cli_journal.add_show_parser(j)   # journal show: filters, --full, --json
     from gateway import cli_ops
     cli_ops.add_parsers(sub)
-    r = sub.add_parser("rpc", help="call the daemon's RPC: gatewayctl rpc METHOD key=value ...",
+    r = sub.add_parser("rpc", help="call the daemon's RPC: gatewayctl rpc METHOD key=value ... "
+                                   "(--list: the methods; METHOD --help: its parameters)",
                        add_help=False)
     r.add_argument("rest", nargs=argparse.REMAINDER)
     r.set_defaults(fn=cmd_rpc)
@@ -394,18 +436,28 @@ def gatewayctl_main(argv: list[str] | None = None) -> None:
     from gateway import cli_console
     cli_console.add_parser(sub)   # console add-user
     sub.add_parser("check-config", help="run start-up's checks (files, keys, database) and exit").set_defaults(
-        fn=cmd_check_config)
+        fn=cmd_check_config, needs_banks=True)
     _add_keys_parser(sub)
     from gateway.paper.cli import add_parsers as add_paper_parsers
     add_paper_parsers(sub)   # sheet, register, report, archive (gateway/paper/)
-    args = p.parse_args(argv)
+    args, extra = p.parse_known_args(argv)
+    if extra and args.group != "rpc":
+        p.error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.group == "rpc":
+        # argparse leaves options before the method (--list, --socket S) out of REMAINDER: they are rpc's
+        args.rest = extra + args.rest
+        shown = rpc_help(args.rest)   # the method table needs no configuration
+        if shown is not None:
+            raise SystemExit(shown)
     if args.group == "keys":
         _run_keys(args)   # key files need no valid configuration (keys check reads it itself)
     if getattr(args, "no_config", False) or (args.group == "console" and args.users_file and not args.config):
         raise SystemExit(args.fn(None, args))   # sheet verify, archive verify: offline, for auditors
     if not args.config:
         p.error("the following arguments are required: --config")
-    cfg = _load(args.config)
+    # Only check-config needs every bank file valid; the other commands read the database, the
+    # journal or the daemon's RPC, and a broken bank file (the daemon refuses it) must not hide those.
+    cfg = _load(args.config, banks_optional=not getattr(args, "needs_banks", False))
     try:
         raise SystemExit(args.fn(cfg, args))
     except dbmod.NotMigrated as e:

@@ -10,10 +10,11 @@ from __future__ import annotations
 import getpass
 import sys
 
-from gateway.console.auth import ROLES, UsersFileError, add_user
+from gateway.console import ROLES
 
 
 def cmd_add_user(cfg, args) -> int:
+    from gateway.console.auth import UsersFileError, add_user
     path = args.users_file or (cfg.console.users_file if cfg is not None and cfg.console else None)
     if not path:
         print("console add-user: no [console] users_file in the configuration; pass --users-file", file=sys.stderr)

@@ -38,9 +38,9 @@ from gateway.journal import Entry, Journal
 from gateway.masking import mask
 from gateway.models import (BatchState, DisputeState, ItemStatus, OrderState, RefundState, batches,
                             corrections, disputes, items, orders, refund_items, refunds)
-from gateway.rpc_api import (INVALID_PARAMS, METHOD_NOT_FOUND, MISSING_EVIDENCE, NOT_ALLOWED,
+from gateway.rpc_api import (INVALID_PARAMS, METHOD_NOT_FOUND, METHODS, MISSING_EVIDENCE, NOT_ALLOWED,
                              UNKNOWN_BATCH, UNKNOWN_ITEM, UNKNOWN_ORDER, UNKNOWN_REFUND, WRONG_STATE,
-                             Caller, ICommands, RpcError)
+                             Caller, ICommands, RpcError, check_known_params)
 from gateway.validation import ACCOUNT, id_number_problem
 from gateway.paper.rpc_methods import methods as paper_methods
 
@@ -146,9 +146,13 @@ class Commands:
         self.db = db
         self.journal = journal
         self.gateway = gateway   # flows and tickers, to wake a bank's flow
+        bound, declared = set(self._table()), set(METHODS)
+        if bound != declared:   # a method without its declared params (or the reverse) is a build error
+            raise RuntimeError(f"gateway.rpc_api.METHODS and Commands._table differ: declared only "
+                               f"{sorted(declared - bound)}, coded only {sorted(bound - declared)}")
 
     def methods(self) -> list[str]:
-        return sorted(self._table())
+        return sorted(METHODS)
 
     def _table(self) -> dict:
         return {"order.submit": self.order_submit, "order.status": self.order_status,
@@ -164,7 +168,12 @@ class Commands:
         if fn is None:
             return defer.fail(RpcError(METHOD_NOT_FOUND, f"method {method!r} is not available; "
                                                          f"available: {', '.join(self.methods())}"))
-        return defer.ensureDeferred(fn(params if params is not None else {}, caller))
+        params = params if params is not None else {}
+        try:
+            check_known_params(method, params)   # the declared parameters (rpc_api.METHODS), nothing else
+        except RpcError as e:
+            return defer.fail(e)
+        return defer.ensureDeferred(fn(params, caller))
 
     def _at(self) -> str:
         return iso(self.reactor.seconds())
@@ -200,7 +209,6 @@ class Commands:
 
     async def order_submit(self, params: dict, caller: Caller) -> dict:
         """Pull this order now: wake the flow of its bank (or of every bank) to poll the core."""
-        _known(params, {"order_no"})
         order_no = _str(params, "order_no", max_len=64)
         known = await self.db.run(lambda c: c.execute(select(orders.c.state, orders.c.bank_id).where(
             orders.c.order_no == order_no)).one_or_none())
@@ -215,7 +223,6 @@ class Commands:
                 "polling": known is None}
 
     async def order_status(self, params: dict, caller: Caller) -> dict:
-        _known(params, {"order_no"})
         order_no = _str(params, "order_no", max_len=64)
 
         def read(conn: Connection) -> dict:
@@ -324,7 +331,6 @@ class Commands:
 
     async def item_correct(self, params: dict, caller: Caller) -> dict:
         """A FAILED item gets new account data, with who confirmed and who approved (article 23)."""
-        _known(params, {"order_no", "seq", *CORRECTABLE, *EVIDENCE})
         order_no = _str(params, "order_no", max_len=64)
         seq = params.get("seq")
         if not isinstance(seq, int) or isinstance(seq, bool) or seq <= 0:
@@ -353,7 +359,6 @@ class Commands:
         Each correction is checked as item.correct checks it; a refusal names the seq and
         the field (`corrections[i].field`, data.seq). One transaction, one journal entry.
         """
-        _known(params, {"order_no", "approved_by", "approval_ref", "corrections"})
         order_no = _str(params, "order_no", max_len=64)
         self._evidence(params, ("approved_by", "approval_ref"))
         listed = params.get("corrections")
@@ -403,7 +408,6 @@ class Commands:
 
     async def order_retry(self, params: dict, caller: Caller) -> dict:
         """Send the order's corrected items now in a RETRY batch (otherwise the scheduler does)."""
-        _known(params, {"order_no"})
         order_no = _str(params, "order_no", max_len=64)
 
         def request(conn: Connection) -> dict:
@@ -433,7 +437,6 @@ class Commands:
 
     async def refund_request(self, params: dict, caller: Caller) -> dict:
         """Items that cannot be paid go back to the original channel: RF01, then RQ01 until DONE."""
-        _known(params, {"order_no", "seqs", "reason", "approved_by"})
         order_no = _str(params, "order_no", max_len=64)
         reason = _str(params, "reason", max_len=200)
         approved_by = params.get("approved_by")
@@ -496,7 +499,6 @@ class Commands:
         return result
 
     async def refund_status(self, params: dict, caller: Caller) -> dict:
-        _known(params, {"refund_no"})
         refund_no = _str(params, "refund_no", max_len=64)
 
         def read(conn: Connection) -> dict:
@@ -530,7 +532,6 @@ class Commands:
 
     async def batch_confirm(self, params: dict, caller: Caller) -> dict:
         """The department has checked the bank's results of a batch (article 26)."""
-        _known(params, {"batch_no", "confirmed_by"})
         batch_no = _str(params, "batch_no", max_len=64)
         if not isinstance(params.get("confirmed_by"), str) or not params["confirmed_by"].strip():
             raise RpcError(MISSING_EVIDENCE, "confirmed_by is required", "confirmed_by")
@@ -557,7 +558,6 @@ class Commands:
 
     async def batch_dispute(self, params: dict, caller: Caller) -> dict:
         """Report an error in a batch's results to the bank (DP01), tracked against its deadline."""
-        _known(params, {"batch_no", "seqs", "reason", "raised_by"})
         batch_no = _str(params, "batch_no", max_len=64)
         reason = _str(params, "reason", max_len=200)
         raised_by = _str(params, "raised_by")
@@ -598,7 +598,6 @@ class Commands:
 
     async def report_monthly(self, params: dict, caller: Caller) -> dict:
         """The month's figures per bank and project, and the reconciliation with the banks' statements."""
-        _known(params, {"year", "month", "bank_id", "project_code"})
         year, month = params.get("year"), params.get("month")
         if not isinstance(year, int) or isinstance(year, bool) or not 2000 <= year <= 2100:
             raise RpcError(INVALID_PARAMS, "year must be an integer from 2000 to 2100", "year")
@@ -621,7 +620,6 @@ class Commands:
     async def health(self, params: dict, caller: Caller) -> dict:
         """The daemon's health (gateway/health.py); {"check": "live"} or {"check": "ready"} for a
         supervisor's short answers."""
-        _known(params, {"check"})
         check = params.get("check")
         if check not in (None, "live", "ready"):
             raise RpcError(INVALID_PARAMS, "check must be \"live\" or \"ready\"", "check")

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from adapters.keys import Secret  # noqa: F401  (re-exported: configuration types name it)
+from adapters.secret import Secret  # noqa: F401  (re-exported: configuration types name it)
 from adapters.settings import REQUIRED, ConfigError  # noqa: F401  (re-exported)
 from adapters.settings import SFTP as _SFTP  # noqa: F401  (re-exported)
 from adapters.settings import Field as _Field
@@ -162,6 +162,15 @@ class ConsoleSettings:
 
 
 @dataclass(frozen=True)
+class DiskSettings:
+    """[work] min_free_mb, critical_free_mb, disk_check_s: when free space is alarmed (disk-space-low)."""
+
+    min_free_mb: int = 2048
+    critical_free_mb: int = 512
+    check_s: float = 60.0
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     file: str
     database_url: str
@@ -189,6 +198,9 @@ class GatewayConfig:
     paper: PaperSettings | None = None  # [paper]: None = sheets cannot be sealed
     metrics: MetricsSettings | None = None  # [metrics]: None = no /metrics endpoint
     console: ConsoleSettings | None = None  # [console]: None = no console
+    disk: DiskSettings = field(default_factory=DiskSettings)
+    # load(..., banks_optional=True) only: one per bank file left out, "file: key: message; ..."
+    bank_problems: tuple[str, ...] = ()
 
 
 _GATEWAY_TOP = {
@@ -254,7 +266,7 @@ class JournalAuth:
 def _journal_auth(r: _Reader, journal: dict) -> JournalAuth:
     key = None
     if journal.get("key_file"):
-        from gateway.journal import JournalKeyError, read_key_file
+        from gateway.journal_key import JournalKeyError, read_key_file
         try:
             key = read_key_file(journal["key_file"])
         except JournalKeyError as e:
@@ -266,7 +278,14 @@ def _journal_auth(r: _Reader, journal: dict) -> JournalAuth:
     return JournalAuth(key, journal.get("key_file") or "", journal.get("head_file") or "",
                        journal.get("head_export_s") or 60.0,
                        journal["self_verify_s"] if journal.get("self_verify_s") is not None else 3600.0)
-_WORK = {"dir": _Field(str, path=True)}
+_WORK = {
+    "dir": _Field(str, path=True),
+    # disk-space-low (gateway/disk_watch.py): free space on the file systems of the work dir, the
+    # journal archive and the SQLite database; a warning under min_free_mb, critical under critical_free_mb
+    "min_free_mb": _Field(int, 2048, _positive),
+    "critical_free_mb": _Field(int, 512, _positive),
+    "disk_check_s": _Field((int, float), 60.0, _positive),
+}
 _BANKS = {"dir": _Field(str, path=True)}
 _RPC = {
     "unix_socket": _Field(str, path=True),
@@ -422,8 +441,13 @@ def load_bank(path: Path, errors: list[str]) -> BankConfig | None:
                       payer_acct=top["payer_acct"], payer_name=top["payer_name"], settings=settings)
 
 
-def load(path: str | os.PathLike) -> GatewayConfig:
-    """Read and validate the daemon's file and every bank file; raise ConfigError listing all errors."""
+def load(path: str | os.PathLike, *, banks_optional: bool = False) -> GatewayConfig:
+    """Read and validate the daemon's file and every bank file; raise ConfigError listing all errors.
+
+    With *banks_optional* (gatewayctl commands that never touch a bank: alarms, journal, orders,
+    health), a bank file with errors is left out of `banks` and its errors are kept in
+    `bank_problems` instead of refusing the whole configuration.
+    """
     path = Path(path).resolve()
     errors: list[str] = []
     data = _load_toml(path, errors)
@@ -436,6 +460,9 @@ def load(path: str | os.PathLike) -> GatewayConfig:
     journal = r.table(top["journal"] or {}, "journal", _JOURNAL)
     journal_auth = _journal_auth(r, journal)
     work = r.table(top["work"] or {}, "work", _WORK)
+    if work.get("min_free_mb") and work.get("critical_free_mb") and work["critical_free_mb"] >= work["min_free_mb"]:
+        r.err("work.critical_free_mb", f"must be below work.min_free_mb ({work['min_free_mb']}): the warning "
+                                       f"comes first, critical when space keeps shrinking")
     banks_t = r.table(top["banks"] or {}, "banks", _BANKS)
     log = r.table(top["log"] or {}, "log", _LOG)
     testing = r.table(top["testing"] or {}, "testing", _TESTING)
@@ -449,7 +476,7 @@ def load(path: str | os.PathLike) -> GatewayConfig:
         if cal.get("dir"):
             from gateway.workdays import CalendarError, load_calendar
             try:
-                calendar = load_calendar(cal["dir"])
+                calendar = load_calendar(cal["dir"], warn=False)   # warned at the daemon's start
             except CalendarError as e:
                 errors.extend(e.errors)
     if schedule.get("retry_times") and not (isinstance(top["calendar"], dict) and top["calendar"].get("dir")):
@@ -539,6 +566,7 @@ def load(path: str | os.PathLike) -> GatewayConfig:
             r.err("core.token_file", f"cannot read {core['token_file']}: {e.strerror}")
 
     banks: dict[str, BankConfig] = {}
+    bank_problems: list[str] = []
     bank_dir = banks_t.get("dir")
     if bank_dir:
         files = sorted(Path(bank_dir).glob("*.toml")) if os.path.isdir(bank_dir) else []
@@ -547,7 +575,12 @@ def load(path: str | os.PathLike) -> GatewayConfig:
         elif not files:
             r.err("banks.dir", f"no bank files (*.toml) in {bank_dir}")
         for f in files:
-            b = load_bank(f, errors)
+            bank_errors: list[str] = []
+            b = load_bank(f, bank_errors)
+            if bank_errors and banks_optional:
+                bank_problems.append("; ".join(bank_errors))
+                continue
+            errors.extend(bank_errors)
             if b is None:
                 continue
             if b.bank_id in banks:
@@ -558,7 +591,9 @@ def load(path: str | os.PathLike) -> GatewayConfig:
         raise ConfigError(errors)
     return GatewayConfig(
         file=str(path), database_url=resolve_database_url(db["url"] or "", path.parent), db_threads=db["threads"],
-        db_bulk_threads=db["bulk_threads"], db_read_threads=db["read_threads"], work_dir=work["dir"], journal_archive_dir=journal["archive_dir"],
+        db_bulk_threads=db["bulk_threads"], db_read_threads=db["read_threads"],
+        work_dir=work["dir"], journal_archive_dir=journal["archive_dir"],
+        disk=DiskSettings(work["min_free_mb"], work["critical_free_mb"], float(work["disk_check_s"])),
         journal_inline_max_bytes=journal["inline_max_bytes"], journal_auth=journal_auth,
         core=CoreSettings(base_url=core["base_url"].rstrip("/"), token=token,
                           poll_interval_s=core["poll_interval_s"], timeout_s=core["timeout_s"],
@@ -575,6 +610,7 @@ def load(path: str | os.PathLike) -> GatewayConfig:
         ha_mode=ha["mode"], ha_lease_s=ha["lease_s"], ha_margin_s=ha["margin_s"],
         ha_prefer=tuple(str(b) for b in ha["prefer"] or ()),
         paper=paper, metrics=metrics, console=console,
+        bank_problems=tuple(bank_problems),
     )
 
 

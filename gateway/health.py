@@ -21,9 +21,10 @@ daemon is ready (it serves the RPC; the leases decide who acts).
 from __future__ import annotations
 
 import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, func, select
+if TYPE_CHECKING:   # SQLAlchemy is imported where it is used: gatewayctl health needs only the constants
+    from sqlalchemy import Connection
 
 OK, DEGRADED, DOWN = "ok", "degraded", "down"
 EXIT_CODES = {OK: 0, DEGRADED: 1, DOWN: 2}
@@ -75,6 +76,7 @@ def link_view(state: dict | None) -> dict:
 
 def database_facts(conn: Connection) -> dict:
     """Open alarms and waiting batches, per bank (key None: alarms of no bank)."""
+    from sqlalchemy import func, select
     from gateway.models import BatchState, alarms, batches
     out: dict[Any, dict] = {}
 

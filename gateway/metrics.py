@@ -13,8 +13,6 @@ default). The alert rules in conf/prometheus/alerts.yml are written against thes
 
 from __future__ import annotations
 
-import os
-
 from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client.core import GaugeMetricFamily
 from sqlalchemy import Connection, func, select
@@ -106,15 +104,10 @@ class Metrics:
         n, size = conn.execute(select(func.count(), func.sum(journal.c.payload_size))).one()
         fam["gateway_journal_entries"] = ("entries in the journal", [], [((), n)])
         fam["gateway_journal_payload_bytes"] = ("bytes of payload kept by the journal", [], [((), int(size or 0))])
-        free = []
-        for label, path in (dirs or {}).items():
-            try:
-                st = os.statvfs(path)
-                free.append(((label,), st.f_bavail * st.f_frsize))
-            except OSError:
-                pass
-        fam["gateway_dir_free_bytes"] = ("free bytes on the file system of the work and journal folders",
-                                         ["dir"], free)
+        from gateway.disk_watch import free_bytes
+        free = [((label,), space[0]) for label, space in free_bytes(dirs or {}).items()]
+        fam["gateway_dir_free_bytes"] = ("free bytes on the file system of the work and journal folders "
+                                         "and of the SQLite database", ["dir"], free)
         self.snapshot.families = fam
         self.snapshot_at.set(now)
 

@@ -1,19 +1,19 @@
 """The gateway's durable state: orders, items, batches, journal and alarms.
 
-Declared with SQLAlchemy 2; the schema itself is created only by the Alembic
-migrations in `gateway/migrations/`. Money columns are integers of fen.
+Declared as SQLAlchemy Core tables (no ORM: nothing maps rows to objects, and
+gatewayctl's reads load faster without it); the schema itself is created only by
+the Alembic migrations in `gateway/migrations/`. Money columns are integers of fen.
 Times are ISO 8601 strings with offset (+08:00), as the core and banks write
 them, so the journal's hash chain sees exactly the text that was stored.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Float, Index, Integer, LargeBinary, String, Text, UniqueConstraint
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy import (BigInteger, Column, Float, Index, Integer, LargeBinary, MetaData, String, Table,
+                        Text, UniqueConstraint)
 
 
-class Base(DeclarativeBase):
-    pass
+metadata = MetaData()
 
 
 class OrderState:
@@ -54,141 +54,140 @@ class BatchState:
     LIVE = (BUILDING, BUILT, UPLOADED, SUBMITTING, ACCEPTED)
 
 
-class Order(Base):
-    """A disbursement order (发放单) pulled from the core."""
+# A disbursement order (发放单) pulled from the core.
+orders = Table(
+    "orders", metadata,
+    Column("order_no", String(64), primary_key=True),
+    Column("bank_id", String(32), index=True, nullable=False),
+    Column("budget_unit", String(200), nullable=False),
+    Column("project_code", String(64), nullable=False),
+    Column("project_name", String(200), nullable=False),
+    Column("project_short", String(16), nullable=False),
+    Column("region", String(16), nullable=False),
+    Column("total_amount", BigInteger, nullable=False),
+    Column("total_count", Integer, nullable=False),
+    Column("funded_at", String(40), nullable=False),
+    Column("state", String(16), index=True, nullable=False),
+    Column("detail", Text),          # JSON: why INVALID, etc.
+    Column("core_state_pushed", String(16)),
+    Column("results_pending", Integer, default=0, nullable=False),  # 1: results to push to the core
+    Column("retry_requested", Integer, default=0, nullable=False),  # 1: send corrected items now
+    Column("created_at", String(40), nullable=False),
+    Column("updated_at", String(40), nullable=False),
+)
 
-    __tablename__ = "orders"
-    order_no: Mapped[str] = mapped_column(String(64), primary_key=True)
-    bank_id: Mapped[str] = mapped_column(String(32), index=True)
-    budget_unit: Mapped[str] = mapped_column(String(200))
-    project_code: Mapped[str] = mapped_column(String(64))
-    project_name: Mapped[str] = mapped_column(String(200))
-    project_short: Mapped[str] = mapped_column(String(16))
-    region: Mapped[str] = mapped_column(String(16))
-    total_amount: Mapped[int] = mapped_column(BigInteger)
-    total_count: Mapped[int] = mapped_column(Integer)
-    funded_at: Mapped[str] = mapped_column(String(40))
-    state: Mapped[str] = mapped_column(String(16), index=True)
-    detail: Mapped[str | None] = mapped_column(Text)          # JSON: why INVALID, etc.
-    core_state_pushed: Mapped[str | None] = mapped_column(String(16))
-    results_pending: Mapped[int] = mapped_column(Integer, default=0)  # 1: results to push to the core
-    retry_requested: Mapped[int] = mapped_column(Integer, default=0)  # 1: send corrected items now
-    created_at: Mapped[str] = mapped_column(String(40))
-    updated_at: Mapped[str] = mapped_column(String(40))
 
-
-class Item(Base):
-    """One recipient line of an order (发放明细)."""
-
-    __tablename__ = "items"
+# One recipient line of an order (发放明细).
+items = Table(
+    "items", metadata,
     # The console's per-state count and sum of an order read this index alone, and its items
     # filtered by state and reason are paged along it by seq (migration 0018).
-    __table_args__ = (Index("ix_items_order_counts", "order_no", "status", "reason_code", "seq", "amount"),)
-    order_no: Mapped[str] = mapped_column(String(64), primary_key=True)
-    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
-    name: Mapped[str] = mapped_column(String(100))
-    id_number: Mapped[str] = mapped_column(String(18))
-    account_no: Mapped[str] = mapped_column(String(32))
-    account_bank: Mapped[str] = mapped_column(String(200))
+    Column("order_no", String(64), primary_key=True),
+    Column("seq", Integer, primary_key=True),
+    Column("name", String(100), nullable=False),
+    Column("id_number", String(18), nullable=False),
+    Column("account_no", String(32), nullable=False),
+    Column("account_bank", String(200), nullable=False),
     # core-api.md: the account bank's 12-digit CNAPS code (联行号) when the core holds it;
     # iso20022 names the creditor agent by it (ClrSysMmbId) instead of by name.
-    account_bank_code: Mapped[str | None] = mapped_column(String(12))
-    amount: Mapped[int] = mapped_column(BigInteger)
-    remark: Mapped[str] = mapped_column(String(200))
-    status: Mapped[str] = mapped_column(String(16))
-    batch_no: Mapped[str | None] = mapped_column(String(64))
-    reason_code: Mapped[str | None] = mapped_column(String(8))
-    reason_text: Mapped[str | None] = mapped_column(String(200))
-    bank_serial: Mapped[str | None] = mapped_column(String(64))
-    result_at: Mapped[str | None] = mapped_column(String(40), index=True)  # reports select a month by it
-    pushed: Mapped[str | None] = mapped_column(String(16))    # status last pushed to the core
+    Column("account_bank_code", String(12)),
+    Column("amount", BigInteger, nullable=False),
+    Column("remark", String(200), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("batch_no", String(64)),
+    Column("reason_code", String(8)),
+    Column("reason_text", String(200)),
+    Column("bank_serial", String(64)),
+    Column("result_at", String(40), index=True),  # reports select a month by it
+    Column("pushed", String(16)),    # status last pushed to the core
     # core-api.md result versions: the version given to the item's current result (never
     # reused: +1 for every new result), the result it was given to (version_sig), and the
     # version the core has acknowledged.
-    result_version: Mapped[int | None] = mapped_column(Integer)
-    version_sig: Mapped[str | None] = mapped_column(String(400))
-    pushed_version: Mapped[int | None] = mapped_column(Integer)
-    orig_batch_no: Mapped[str | None] = mapped_column(String(64))  # RETRY: the batch it last failed in
+    Column("result_version", Integer),
+    Column("version_sig", String(400)),
+    Column("pushed_version", Integer),
+    Column("orig_batch_no", String(64)),  # RETRY: the batch it last failed in
+    Index("ix_items_order_counts", "order_no", "status", "reason_code", "seq", "amount"),
+)
 
 
-class Batch(Base):
-    """One transmission to a bank (发放批次): PAY, RETRY or REFUND."""
-
-    __tablename__ = "batches"
-    batch_no: Mapped[str] = mapped_column(String(64), primary_key=True)
-    order_no: Mapped[str] = mapped_column(String(64), index=True)
-    bank_id: Mapped[str] = mapped_column(String(32), index=True)
-    kind: Mapped[str] = mapped_column(String(8))
-    seq: Mapped[int] = mapped_column(Integer)
-    state: Mapped[str] = mapped_column(String(16), index=True)
-    total_count: Mapped[int] = mapped_column(Integer)
-    total_amount: Mapped[int] = mapped_column(BigInteger)
-    file_name: Mapped[str | None] = mapped_column(String(100))
-    file_sm3: Mapped[str | None] = mapped_column(String(64))
-    file_enc_key: Mapped[str | None] = mapped_column(Text)    # SM2-enveloped key||iv, base64
-    bank_batch_no: Mapped[str | None] = mapped_column(String(64))
-    result_file: Mapped[str | None] = mapped_column(String(100))
-    result_sm3: Mapped[str | None] = mapped_column(String(64))
-    result_enc_key: Mapped[str | None] = mapped_column(Text)
-    reject_code: Mapped[str | None] = mapped_column(String(8))
-    reject_msg: Mapped[str | None] = mapped_column(String(500))
-    succ_cnt: Mapped[int | None] = mapped_column(Integer)
-    succ_amt: Mapped[int | None] = mapped_column(BigInteger)
-    fail_cnt: Mapped[int | None] = mapped_column(Integer)
-    fail_amt: Mapped[int | None] = mapped_column(BigInteger)
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
-    created_at: Mapped[str] = mapped_column(String(40))
-    updated_at: Mapped[str] = mapped_column(String(40))
-    next_check_at: Mapped[int | None] = mapped_column(BigInteger)  # reactor seconds, whole
-    done_at: Mapped[int | None] = mapped_column(BigInteger)  # reactor seconds: late returns asked until + window
-    confirm_due: Mapped[str | None] = mapped_column(String(10))   # article 26: check within 5 working days
-    dispute_due: Mapped[str | None] = mapped_column(String(10))   # and report errors within 3 more
-    confirmed_by: Mapped[str | None] = mapped_column(String(100))
-    confirmed_at: Mapped[str | None] = mapped_column(String(40))
-    overdue_alarmed: Mapped[int] = mapped_column(Integer, default=0)
-    bank_due: Mapped[str | None] = mapped_column(String(10))      # the bank owes its results by then
-    bank_overdue_alarmed: Mapped[int] = mapped_column(Integer, default=0)
+# One transmission to a bank (发放批次): PAY, RETRY or REFUND.
+batches = Table(
+    "batches", metadata,
+    Column("batch_no", String(64), primary_key=True),
+    Column("order_no", String(64), index=True, nullable=False),
+    Column("bank_id", String(32), index=True, nullable=False),
+    Column("kind", String(8), nullable=False),
+    Column("seq", Integer, nullable=False),
+    Column("state", String(16), index=True, nullable=False),
+    Column("total_count", Integer, nullable=False),
+    Column("total_amount", BigInteger, nullable=False),
+    Column("file_name", String(100)),
+    Column("file_sm3", String(64)),
+    Column("file_enc_key", Text),    # SM2-enveloped key||iv, base64
+    Column("bank_batch_no", String(64)),
+    Column("result_file", String(100)),
+    Column("result_sm3", String(64)),
+    Column("result_enc_key", Text),
+    Column("reject_code", String(8)),
+    Column("reject_msg", String(500)),
+    Column("succ_cnt", Integer),
+    Column("succ_amt", BigInteger),
+    Column("fail_cnt", Integer),
+    Column("fail_amt", BigInteger),
+    Column("attempts", Integer, default=0, nullable=False),
+    Column("created_at", String(40), nullable=False),
+    Column("updated_at", String(40), nullable=False),
+    Column("next_check_at", BigInteger),  # reactor seconds, whole
+    Column("done_at", BigInteger),  # reactor seconds: late returns asked until + window
+    Column("confirm_due", String(10)),   # article 26: check within 5 working days
+    Column("dispute_due", String(10)),   # and report errors within 3 more
+    Column("confirmed_by", String(100)),
+    Column("confirmed_at", String(40)),
+    Column("overdue_alarmed", Integer, default=0, nullable=False),
+    Column("bank_due", String(10)),      # the bank owes its results by then
+    Column("bank_overdue_alarmed", Integer, default=0, nullable=False),
     # consecutive questions (or resends) without a usable answer: the backoff (gateway/backoff.py)
-    failures: Mapped[int] = mapped_column(Integer, default=0)
+    Column("failures", Integer, default=0, nullable=False),
+)
 
 
-class JournalEntry(Base):
-    """One message or file exchanged, or one operator-visible event (报文日志).
-
-    Append-only and hash-chained: `hash` covers every column and `prev_hash`,
-    so an edited or deleted entry breaks the chain at that point.
-    """
-
-    __tablename__ = "journal"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    at: Mapped[str] = mapped_column(String(40))
-    direction: Mapped[str] = mapped_column(String(8))         # in / out / event
-    peer: Mapped[str] = mapped_column(String(64))
-    channel: Mapped[str] = mapped_column(String(16))          # tcp / sftp / http / rpc / daemon
+# One message or file exchanged, or one operator-visible event (报文日志).
+#
+# Append-only and hash-chained: `hash` covers every column and `prev_hash`,
+# so an edited or deleted entry breaks the chain at that point.
+journal = Table(
+    "journal", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", String(40), nullable=False),
+    Column("direction", String(8), nullable=False),         # in / out / event
+    Column("peer", String(64), nullable=False),
+    Column("channel", String(16), nullable=False),          # tcp / sftp / http / rpc / daemon
     # the message type: up to an ISO 20022 MsgNmId (Max35Text), e.g. pain.002.001.03.ch.02
-    tx_code: Mapped[str] = mapped_column(String(35))
-    msg_id: Mapped[str | None] = mapped_column(String(64))
-    order_no: Mapped[str | None] = mapped_column(String(64), index=True)
-    batch_no: Mapped[str | None] = mapped_column(String(64), index=True)
-    verified: Mapped[str] = mapped_column(String(200))
-    payload: Mapped[bytes | None] = mapped_column(LargeBinary)  # small payloads, as on the wire
-    payload_ref: Mapped[str | None] = mapped_column(String(200))  # big payloads: archive file name
-    payload_size: Mapped[int] = mapped_column(BigInteger)
-    payload_sm3: Mapped[str] = mapped_column(String(64))
-    decoded: Mapped[str] = mapped_column(Text)                # masked, human-readable view
-    prev_hash: Mapped[str] = mapped_column(String(64))
-    hash: Mapped[str] = mapped_column(String(64))
-    mac: Mapped[str | None] = mapped_column(String(64))       # HMAC-SM3 of hash, key outside the database
+    Column("tx_code", String(35), nullable=False),
+    Column("msg_id", String(64)),
+    Column("order_no", String(64), index=True),
+    Column("batch_no", String(64), index=True),
+    Column("verified", String(200), nullable=False),
+    Column("payload", LargeBinary),  # small payloads, as on the wire
+    Column("payload_ref", String(200)),  # big payloads: archive file name
+    Column("payload_size", BigInteger, nullable=False),
+    Column("payload_sm3", String(64), nullable=False),
+    Column("decoded", Text, nullable=False),                # masked, human-readable view
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+    Column("mac", String(64)),       # HMAC-SM3 of hash, key outside the database
+)
 
 
-class JournalHead(Base):
-    """One row: the last journal entry's id and hash; locking it serialises appends."""
-
-    __tablename__ = "journal_head"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    last_id: Mapped[int] = mapped_column(Integer)
-    last_hash: Mapped[str] = mapped_column(String(64))
-    keyed_from: Mapped[int | None] = mapped_column(Integer)   # first entry with a MAC; NULL: none yet
+# One row: the last journal entry's id and hash; locking it serialises appends.
+journal_head = Table(
+    "journal_head", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("last_id", Integer, nullable=False),
+    Column("last_hash", String(64), nullable=False),
+    Column("keyed_from", Integer),   # first entry with a MAC; NULL: none yet
+)
 
 
 class RefundState:
@@ -202,56 +201,56 @@ class RefundState:
     LIVE = (NEW, SUBMITTING, ACCEPTED)
 
 
-class Refund(Base):
-    """A refund to the original channel (原渠道退回) of items that cannot be paid."""
-
-    __tablename__ = "refunds"
-    refund_no: Mapped[str] = mapped_column(String(64), primary_key=True)
-    order_no: Mapped[str] = mapped_column(String(64), index=True)
-    bank_id: Mapped[str] = mapped_column(String(32), index=True)
-    state: Mapped[str] = mapped_column(String(16), index=True)
-    total_count: Mapped[int] = mapped_column(Integer)
-    total_amount: Mapped[int] = mapped_column(BigInteger)
-    reason: Mapped[str] = mapped_column(String(200))
-    approved_by: Mapped[str] = mapped_column(String(100))
-    caller: Mapped[str] = mapped_column(String(200))
-    refund_serial: Mapped[str | None] = mapped_column(String(64))
-    returned_to: Mapped[str | None] = mapped_column(String(32))
-    refund_amount: Mapped[int | None] = mapped_column(BigInteger)
-    reject_code: Mapped[str | None] = mapped_column(String(8))
-    reject_msg: Mapped[str | None] = mapped_column(String(500))
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
-    next_check_at: Mapped[int | None] = mapped_column(BigInteger)
-    failures: Mapped[int] = mapped_column(Integer, default=0)   # as batches.failures
-    created_at: Mapped[str] = mapped_column(String(40))
-    updated_at: Mapped[str] = mapped_column(String(40))
-
-
-class RefundItem(Base):
-    """One item of a refund, with the batch that reported it failed."""
-
-    __tablename__ = "refund_items"
-    refund_no: Mapped[str] = mapped_column(String(64), primary_key=True)
-    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
-    order_no: Mapped[str] = mapped_column(String(64))
-    batch_no: Mapped[str] = mapped_column(String(64))
-    amount: Mapped[int] = mapped_column(BigInteger)
+# A refund to the original channel (原渠道退回) of items that cannot be paid.
+refunds = Table(
+    "refunds", metadata,
+    Column("refund_no", String(64), primary_key=True),
+    Column("order_no", String(64), index=True, nullable=False),
+    Column("bank_id", String(32), index=True, nullable=False),
+    Column("state", String(16), index=True, nullable=False),
+    Column("total_count", Integer, nullable=False),
+    Column("total_amount", BigInteger, nullable=False),
+    Column("reason", String(200), nullable=False),
+    Column("approved_by", String(100), nullable=False),
+    Column("caller", String(200), nullable=False),
+    Column("refund_serial", String(64)),
+    Column("returned_to", String(32)),
+    Column("refund_amount", BigInteger),
+    Column("reject_code", String(8)),
+    Column("reject_msg", String(500)),
+    Column("attempts", Integer, default=0, nullable=False),
+    Column("next_check_at", BigInteger),
+    Column("failures", Integer, default=0, nullable=False),   # as batches.failures
+    Column("created_at", String(40), nullable=False),
+    Column("updated_at", String(40), nullable=False),
+)
 
 
-class LateReturn(Base):
-    """A paid item the bank later returned (退票), applied once per ReturnSerial."""
+# One item of a refund, with the batch that reported it failed.
+refund_items = Table(
+    "refund_items", metadata,
+    Column("refund_no", String(64), primary_key=True),
+    Column("seq", Integer, primary_key=True),
+    Column("order_no", String(64), nullable=False),
+    Column("batch_no", String(64), nullable=False),
+    Column("amount", BigInteger, nullable=False),
+)
 
-    __tablename__ = "late_returns"
-    return_serial: Mapped[str] = mapped_column(String(64), primary_key=True)
-    bank_id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    batch_no: Mapped[str] = mapped_column(String(64))
-    order_no: Mapped[str] = mapped_column(String(64), index=True)
-    seq: Mapped[int] = mapped_column(Integer)
-    amount: Mapped[int] = mapped_column(BigInteger)
-    reason_code: Mapped[str] = mapped_column(String(8))
-    return_date: Mapped[str] = mapped_column(String(8))
-    applied_at: Mapped[str] = mapped_column(String(40))
-    journal_id: Mapped[int] = mapped_column(Integer, index=True)
+
+# A paid item the bank later returned (退票), applied once per ReturnSerial.
+late_returns = Table(
+    "late_returns", metadata,
+    Column("return_serial", String(64), primary_key=True),
+    Column("bank_id", String(32), primary_key=True),
+    Column("batch_no", String(64), nullable=False),
+    Column("order_no", String(64), index=True, nullable=False),
+    Column("seq", Integer, nullable=False),
+    Column("amount", BigInteger, nullable=False),
+    Column("reason_code", String(8), nullable=False),
+    Column("return_date", String(8), nullable=False),
+    Column("applied_at", String(40), nullable=False),
+    Column("journal_id", Integer, index=True, nullable=False),
+)
 
 
 class DisputeState:
@@ -263,237 +262,206 @@ class DisputeState:
     LIVE = (NEW, SUBMITTING)
 
 
-class Dispute(Base):
-    """An error in a batch's results reported to the bank (DP01), article 26."""
-
-    __tablename__ = "disputes"
-    dispute_no: Mapped[str] = mapped_column(String(64), primary_key=True)
-    batch_no: Mapped[str] = mapped_column(String(64), index=True)
-    order_no: Mapped[str] = mapped_column(String(64))
-    bank_id: Mapped[str] = mapped_column(String(32), index=True)
-    seqs: Mapped[str] = mapped_column(Text)             # JSON list
-    reason: Mapped[str] = mapped_column(String(200))
-    raised_by: Mapped[str] = mapped_column(String(100))
-    state: Mapped[str] = mapped_column(String(16), index=True)  # NEW, SUBMITTING, ACCEPTED, REFUSED
-    due: Mapped[str | None] = mapped_column(String(10))
-    on_time: Mapped[int | None] = mapped_column(Integer)
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
-    next_check_at: Mapped[int | None] = mapped_column(BigInteger)   # DP01 not again before (backoff)
-    failures: Mapped[int] = mapped_column(Integer, default=0)       # as batches.failures
-    created_at: Mapped[str] = mapped_column(String(40))
-    updated_at: Mapped[str] = mapped_column(String(40))
-
-
-class Correction(Base):
-    """A correction (信息更正) of a failed item, with its evidence; every one is kept."""
-
-    __tablename__ = "corrections"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    order_no: Mapped[str] = mapped_column(String(64), index=True)
-    seq: Mapped[int] = mapped_column(Integer)
-    at: Mapped[str] = mapped_column(String(40))
-    failed_batch_no: Mapped[str | None] = mapped_column(String(64))
-    reason_code: Mapped[str | None] = mapped_column(String(8))
-    old_values: Mapped[str] = mapped_column(Text)     # JSON of the fields before
-    new_values: Mapped[str] = mapped_column(Text)     # JSON of the fields changed
-    confirmed_by: Mapped[str] = mapped_column(String(100))   # the recipient or guardian
-    approved_by: Mapped[str] = mapped_column(String(100))    # the department head
-    approval_ref: Mapped[str] = mapped_column(String(100))   # the approval document
-    caller: Mapped[str] = mapped_column(String(200))
-    journal_id: Mapped[int] = mapped_column(Integer, index=True)
+# An error in a batch's results reported to the bank (DP01), article 26.
+disputes = Table(
+    "disputes", metadata,
+    Column("dispute_no", String(64), primary_key=True),
+    Column("batch_no", String(64), index=True, nullable=False),
+    Column("order_no", String(64), nullable=False),
+    Column("bank_id", String(32), index=True, nullable=False),
+    Column("seqs", Text, nullable=False),             # JSON list
+    Column("reason", String(200), nullable=False),
+    Column("raised_by", String(100), nullable=False),
+    Column("state", String(16), index=True, nullable=False),  # NEW, SUBMITTING, ACCEPTED, REFUSED
+    Column("due", String(10)),
+    Column("on_time", Integer),
+    Column("attempts", Integer, default=0, nullable=False),
+    Column("next_check_at", BigInteger),   # DP01 not again before (backoff)
+    Column("failures", Integer, default=0, nullable=False),       # as batches.failures
+    Column("created_at", String(40), nullable=False),
+    Column("updated_at", String(40), nullable=False),
+)
 
 
-class Alarm(Base):
-    """Something an operator must look at (告警): a contract fault, a rejected file, a double payment.
+# A correction (信息更正) of a failed item, with its evidence; every one is kept.
+corrections = Table(
+    "corrections", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("order_no", String(64), index=True, nullable=False),
+    Column("seq", Integer, nullable=False),
+    Column("at", String(40), nullable=False),
+    Column("failed_batch_no", String(64)),
+    Column("reason_code", String(8)),
+    Column("old_values", Text, nullable=False),     # JSON of the fields before
+    Column("new_values", Text, nullable=False),     # JSON of the fields changed
+    Column("confirmed_by", String(100), nullable=False),   # the recipient or guardian
+    Column("approved_by", String(100), nullable=False),    # the department head
+    Column("approval_ref", String(100), nullable=False),   # the approval document
+    Column("caller", String(200), nullable=False),
+    Column("journal_id", Integer, index=True, nullable=False),
+)
 
-    One row is one episode; see gateway/alarms.py.
-    """
 
-    __tablename__ = "alarms"
-    __table_args__ = (Index("ix_alarms_open", "kind", "cleared_at"),)
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    at: Mapped[str] = mapped_column(String(40))
-    severity: Mapped[str] = mapped_column(String(8))          # warning / critical
-    kind: Mapped[str] = mapped_column(String(40))
-    bank_id: Mapped[str | None] = mapped_column(String(32))
-    order_no: Mapped[str | None] = mapped_column(String(64))
-    batch_no: Mapped[str | None] = mapped_column(String(64))
-    message: Mapped[str] = mapped_column(Text)
-    journal_id: Mapped[int | None] = mapped_column(Integer, index=True)
-    acknowledged_by: Mapped[str | None] = mapped_column(String(64))
+# Something an operator must look at (告警): a contract fault, a rejected file, a double payment.
+#
+# One row is one episode; see gateway/alarms.py.
+alarms = Table(
+    "alarms", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", String(40), nullable=False),
+    Column("severity", String(8), nullable=False),          # warning / critical
+    Column("kind", String(40), nullable=False),
+    Column("bank_id", String(32)),
+    Column("order_no", String(64)),
+    Column("batch_no", String(64)),
+    Column("message", Text, nullable=False),
+    Column("journal_id", Integer, index=True),
+    Column("acknowledged_by", String(64)),
     # the episode (gateway/alarms.py): what makes two raises the same alarm, how often it
     # was seen, when last, and when the daemon saw the condition end
-    key: Mapped[str | None] = mapped_column(String(200))
-    count: Mapped[int] = mapped_column(Integer, default=1)
-    last_at: Mapped[str | None] = mapped_column(String(40))
-    last_message: Mapped[str | None] = mapped_column(Text)
-    cleared_at: Mapped[str | None] = mapped_column(String(40))
-    acknowledged_at: Mapped[str | None] = mapped_column(String(40))
-    ack_comment: Mapped[str | None] = mapped_column(Text)
+    Column("key", String(200)),
+    Column("count", Integer, default=1, nullable=False),
+    Column("last_at", String(40)),
+    Column("last_message", Text),
+    Column("cleared_at", String(40)),
+    Column("acknowledged_at", String(40)),
+    Column("ack_comment", Text),
+    Index("ix_alarms_open", "kind", "cleared_at"),
+)
 
 
-class Statement(Base):
-    """A bank's statement (对账单) of one period, as fetched: cnbank RC01 or ISO camt.053.
-
-    Stored again whole when fetched again from the same source; `totals` keeps the
-    dialect's own summary (the cnbank H line) as JSON.
-    """
-
-    __tablename__ = "statements"
-    __table_args__ = (UniqueConstraint("bank_id", "period", "source",
-                                       name="uq_statements_bank_period_source"),)
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    bank_id: Mapped[str] = mapped_column(String(32))
-    period: Mapped[str] = mapped_column(String(16))           # D20261128, M202611, Y2026
-    source: Mapped[str] = mapped_column(String(200))          # cnbank:STMT_M202611.txt, camt.053:<MsgId>
-    dialect: Mapped[str] = mapped_column(String(16))          # cnbank / entries
-    account: Mapped[str | None] = mapped_column(String(34))   # PayerAcct, the holding account
-    opening_balance: Mapped[int | None] = mapped_column(BigInteger)
-    closing_balance: Mapped[int | None] = mapped_column(BigInteger)
-    totals: Mapped[str | None] = mapped_column(Text)
-    line_count: Mapped[int] = mapped_column(Integer)
-    fetched_at: Mapped[str] = mapped_column(String(40))
-    journal_id: Mapped[int | None] = mapped_column(Integer)
+# A bank's statement (对账单) of one period, as fetched: cnbank RC01 or ISO camt.053.
+#
+# Stored again whole when fetched again from the same source; `totals` keeps the
+# dialect's own summary (the cnbank H line) as JSON.
+statements = Table(
+    "statements", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("bank_id", String(32), nullable=False),
+    Column("period", String(16), nullable=False),           # D20261128, M202611, Y2026
+    Column("source", String(200), nullable=False),          # cnbank:STMT_M202611.txt, camt.053:<MsgId>
+    Column("dialect", String(16), nullable=False),          # cnbank / entries
+    Column("account", String(34)),   # PayerAcct, the holding account
+    Column("opening_balance", BigInteger),
+    Column("closing_balance", BigInteger),
+    Column("totals", Text),
+    Column("line_count", Integer, nullable=False),
+    Column("fetched_at", String(40), nullable=False),
+    Column("journal_id", Integer),
+    UniqueConstraint("bank_id", "period", "source", name="uq_statements_bank_period_source"),
+)
 
 
-class StatementLine(Base):
-    """One line of a statement: a batch or refund (cnbank), or one booked entry (camt.053)."""
-
-    __tablename__ = "statement_lines"
-    statement_id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    line_no: Mapped[int] = mapped_column(Integer, primary_key=True)
-    kind: Mapped[str] = mapped_column(String(8))              # batch / refund / entry
-    reference: Mapped[str] = mapped_column(String(64), index=True)  # BatchNo, RefundNo, EndToEndId
-    order_no: Mapped[str | None] = mapped_column(String(64))
-    count: Mapped[int | None] = mapped_column(Integer)
-    amount: Mapped[int] = mapped_column(BigInteger)
-    paid_count: Mapped[int | None] = mapped_column(Integer)
-    paid_amount: Mapped[int | None] = mapped_column(BigInteger)
-    failed_count: Mapped[int | None] = mapped_column(Integer)
-    failed_amount: Mapped[int | None] = mapped_column(BigInteger)
-    returned_count: Mapped[int | None] = mapped_column(Integer)
-    returned_amount: Mapped[int | None] = mapped_column(BigInteger)
-    credit: Mapped[int | None] = mapped_column(Integer)       # entries: 1 credit, 0 debit
-    entry_kind: Mapped[str | None] = mapped_column(String(16))  # entries: payment / return / refund
-    bank_ref: Mapped[str | None] = mapped_column(String(64))  # RefundSerial, the bank's entry reference
-    booked: Mapped[str | None] = mapped_column(String(10))    # YYYY-MM-DD
-
-
-class BankFeed(Base):
-    """Where a bank's report feed (ISO 20022 GET /reports) was read up to."""
-
-    __tablename__ = "bank_feeds"
-    bank_id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    cursor: Mapped[str | None] = mapped_column(String(64))
-    updated_at: Mapped[str] = mapped_column(String(40))
+# One line of a statement: a batch or refund (cnbank), or one booked entry (camt.053).
+statement_lines = Table(
+    "statement_lines", metadata,
+    Column("statement_id", Integer, primary_key=True),
+    Column("line_no", Integer, primary_key=True),
+    Column("kind", String(8), nullable=False),              # batch / refund / entry
+    Column("reference", String(64), index=True, nullable=False),  # BatchNo, RefundNo, EndToEndId
+    Column("order_no", String(64)),
+    Column("count", Integer),
+    Column("amount", BigInteger, nullable=False),
+    Column("paid_count", Integer),
+    Column("paid_amount", BigInteger),
+    Column("failed_count", Integer),
+    Column("failed_amount", BigInteger),
+    Column("returned_count", Integer),
+    Column("returned_amount", BigInteger),
+    Column("credit", Integer),       # entries: 1 credit, 0 debit
+    Column("entry_kind", String(16)),  # entries: payment / return / refund
+    Column("bank_ref", String(64)),  # RefundSerial, the bank's entry reference
+    Column("booked", String(10)),    # YYYY-MM-DD
+)
 
 
-class BankReport(Base):
-    """A verified document from a bank's report feed; its bytes are in the journal entry."""
-
-    __tablename__ = "bank_reports"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    bank_id: Mapped[str] = mapped_column(String(32), index=True)
-    cursor: Mapped[str] = mapped_column(String(64))
-    kind: Mapped[str] = mapped_column(String(20))             # pain.002.001.11, camt.054.001.08, ...
-    msg_id: Mapped[str] = mapped_column(String(64))
-    ref: Mapped[str | None] = mapped_column(String(64), index=True)   # pain.002: OrgnlMsgId
-    journal_id: Mapped[int] = mapped_column(Integer)
-    received_at: Mapped[str] = mapped_column(String(40))
+# Where a bank's report feed (ISO 20022 GET /reports) was read up to.
+bank_feeds = Table(
+    "bank_feeds", metadata,
+    Column("bank_id", String(32), primary_key=True),
+    Column("cursor", String(64)),
+    Column("updated_at", String(40), nullable=False),
+)
 
 
-
-class ResultSheet(Base):
-    """A batch's result sheet (交易结果) as produced by the gateway: the PDF, sealed with its SM2 key.
-
-    The PDF and its detached signature are journal payloads (`journal_id`, `sig_journal_id`);
-    `filed_at`/`filed_by` record when the department filed it with finance (article 26).
-    """
-
-    __tablename__ = "result_sheets"
-    batch_no: Mapped[str] = mapped_column(String(64), primary_key=True)
-    order_no: Mapped[str] = mapped_column(String(64), index=True)
-    bank_id: Mapped[str] = mapped_column(String(32), index=True)
-    produced_at: Mapped[str] = mapped_column(String(40))
-    pdf_sm3: Mapped[str] = mapped_column(String(64))
-    pdf_sha256: Mapped[str] = mapped_column(String(64))
-    pdf_size: Mapped[int] = mapped_column(BigInteger)
-    signer: Mapped[str] = mapped_column(String(100))          # SHA-256 fingerprint of the seal's public key
-    journal_id: Mapped[int] = mapped_column(Integer)          # the PDF
-    sig_journal_id: Mapped[int] = mapped_column(Integer)      # its detached SM2 signature (DER)
-    filed_at: Mapped[str | None] = mapped_column(String(40))
-    filed_by: Mapped[str | None] = mapped_column(String(100))
+# A verified document from a bank's report feed; its bytes are in the journal entry.
+bank_reports = Table(
+    "bank_reports", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("bank_id", String(32), index=True, nullable=False),
+    Column("cursor", String(64), nullable=False),
+    Column("kind", String(20), nullable=False),             # pain.002.001.11, camt.054.001.08, ...
+    Column("msg_id", String(64), nullable=False),
+    Column("ref", String(64), index=True),   # pain.002: OrgnlMsgId
+    Column("journal_id", Integer, nullable=False),
+    Column("received_at", String(40), nullable=False),
+)
 
 
-
-class Lease(Base):
-    """Who may act (gateway/leadership.py): one row per lease ("gateway", or "core" and each bank).
-
-    `epoch` grows by one with each new holder, in the transaction that takes the lease; it is
-    the fencing token every transaction of the flows checks. Times are milliseconds of the
-    database's clock (PostgreSQL `clock_timestamp()`), which alone decides expiry.
-    """
-
-    __tablename__ = "leases"
-
-    name: Mapped[str] = mapped_column(String(64), primary_key=True)
-    epoch: Mapped[int] = mapped_column(BigInteger, default=0)
-    holder: Mapped[str | None] = mapped_column(String(200))
-    acquired_ms: Mapped[int | None] = mapped_column(BigInteger)
-    expires_ms: Mapped[int | None] = mapped_column(BigInteger)     # NULL on SQLite (flock)
-
-
-class LeaseTerm(Base):
-    """One row per (lease, epoch): who held it, from when, and until when the database let it
-    (the last renewal's expiry, or when it was released); for operators and the overlap check."""
-
-    __tablename__ = "lease_terms"
-
-    name: Mapped[str] = mapped_column(String(64), primary_key=True)
-    epoch: Mapped[int] = mapped_column(BigInteger, primary_key=True)
-    holder: Mapped[str] = mapped_column(String(200))
-    acquired_ms: Mapped[int] = mapped_column(BigInteger)
-    expires_ms: Mapped[int | None] = mapped_column(BigInteger)
-    released_ms: Mapped[int | None] = mapped_column(BigInteger)
+# A batch's result sheet (交易结果) as produced by the gateway: the PDF, sealed with its SM2 key.
+#
+# The PDF and its detached signature are journal payloads (`journal_id`, `sig_journal_id`);
+# `filed_at`/`filed_by` record when the department filed it with finance (article 26).
+result_sheets = Table(
+    "result_sheets", metadata,
+    Column("batch_no", String(64), primary_key=True),
+    Column("order_no", String(64), index=True, nullable=False),
+    Column("bank_id", String(32), index=True, nullable=False),
+    Column("produced_at", String(40), nullable=False),
+    Column("pdf_sm3", String(64), nullable=False),
+    Column("pdf_sha256", String(64), nullable=False),
+    Column("pdf_size", BigInteger, nullable=False),
+    Column("signer", String(100), nullable=False),          # SHA-256 fingerprint of the seal's public key
+    Column("journal_id", Integer, nullable=False),          # the PDF
+    Column("sig_journal_id", Integer, nullable=False),      # its detached SM2 signature (DER)
+    Column("filed_at", String(40)),
+    Column("filed_by", String(100)),
+)
 
 
-orders = Order.__table__
-class ConsoleSession(Base):
-    """A signed-in console session, by the SHA-256 of its id (the cookie is never stored)."""
-
-    __tablename__ = "console_sessions"
-    sid_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
-    user_name: Mapped[str] = mapped_column(String(64), index=True)
-    role: Mapped[str] = mapped_column(String(16))
-    signed_in_at: Mapped[float] = mapped_column(Float)     # seconds of the daemon's clock
-    last_seen: Mapped[float] = mapped_column(Float)
-
-
-class ConsoleLockout(Base):
-    """Wrong console passwords in a row, and until when the account is locked."""
-
-    __tablename__ = "console_lockouts"
-    user_name: Mapped[str] = mapped_column(String(64), primary_key=True)
-    failures: Mapped[int] = mapped_column(Integer)
-    locked_until: Mapped[float] = mapped_column(Float)
+# Who may act (gateway/leadership.py): one row per lease ("gateway", or "core" and each bank).
+#
+# `epoch` grows by one with each new holder, in the transaction that takes the lease; it is
+# the fencing token every transaction of the flows checks. Times are milliseconds of the
+# database's clock (PostgreSQL `clock_timestamp()`), which alone decides expiry.
+leases = Table(
+    "leases", metadata,
+    Column("name", String(64), primary_key=True),
+    Column("epoch", BigInteger, default=0, nullable=False),
+    Column("holder", String(200)),
+    Column("acquired_ms", BigInteger),
+    Column("expires_ms", BigInteger),     # NULL on SQLite (flock)
+)
 
 
-items = Item.__table__
-batches = Batch.__table__
-journal = JournalEntry.__table__
-journal_head = JournalHead.__table__
-alarms = Alarm.__table__
-corrections = Correction.__table__
-refunds = Refund.__table__
-late_returns = LateReturn.__table__
-disputes = Dispute.__table__
-refund_items = RefundItem.__table__
-statements = Statement.__table__
-statement_lines = StatementLine.__table__
-bank_feeds = BankFeed.__table__
-bank_reports = BankReport.__table__
-result_sheets = ResultSheet.__table__
-leases = Lease.__table__
-lease_terms = LeaseTerm.__table__
-console_sessions = ConsoleSession.__table__
-console_lockouts = ConsoleLockout.__table__
+# One row per (lease, epoch): who held it, from when, and until when the database let it
+# (the last renewal's expiry, or when it was released); for operators and the overlap check.
+lease_terms = Table(
+    "lease_terms", metadata,
+    Column("name", String(64), primary_key=True),
+    Column("epoch", BigInteger, primary_key=True),
+    Column("holder", String(200), nullable=False),
+    Column("acquired_ms", BigInteger, nullable=False),
+    Column("expires_ms", BigInteger),
+    Column("released_ms", BigInteger),
+)
+
+
+# A signed-in console session, by the SHA-256 of its id (the cookie is never stored).
+console_sessions = Table(
+    "console_sessions", metadata,
+    Column("sid_hash", String(64), primary_key=True),
+    Column("user_name", String(64), index=True, nullable=False),
+    Column("role", String(16), nullable=False),
+    Column("signed_in_at", Float, nullable=False),     # seconds of the daemon's clock
+    Column("last_seen", Float, nullable=False),
+)
+
+
+# Wrong console passwords in a row, and until when the account is locked.
+console_lockouts = Table(
+    "console_lockouts", metadata,
+    Column("user_name", String(64), primary_key=True),
+    Column("failures", Integer, nullable=False),
+    Column("locked_until", Float, nullable=False),
+)

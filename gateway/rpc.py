@@ -72,7 +72,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 from zope.interface.verify import verifyObject
 
-from gateway.masking import SENSITIVE_FIELDS, mask_fields, mask_text
+from gateway.masking import mask_fields, mask_record, mask_text  # noqa: F401  (mask_record re-exported)
 from gateway.rpc_api import (
     INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND, NOT_ALLOWED, PARSE_ERROR,
     Caller, CallerRule, ICommands, RpcError,
@@ -176,18 +176,6 @@ def error_body(error: RpcError, id_: Any = None) -> bytes:
         log.error("RpcError data for code {code} is not JSON; answered without it", code=error.code)
         return _dump({"jsonrpc": "2.0", "error": _error_object(RpcError(error.code, error.message, error.field)),
                       "id": id_})
-
-
-def mask_record(record: dict) -> dict:
-    """mask_fields, also for an ID or account number sent as a JSON number (mask_fields masks strings only)."""
-    def textual(value: Any) -> Any:
-        if isinstance(value, dict):
-            return {k: (str(v) if k in SENSITIVE_FIELDS and isinstance(v, (int, float)) and not isinstance(v, bool)
-                        else textual(v)) for k, v in value.items()}
-        if isinstance(value, list):
-            return [textual(v) for v in value]
-        return value
-    return mask_fields(textual(record))
 
 
 def _error_outcome(error: RpcError) -> dict:

@@ -17,9 +17,8 @@ import uuid
 from typing import Any, TextIO
 from urllib.parse import urlsplit
 
-from gateway.masking import mask_text
-from gateway.rpc import mask_record
-from gateway.rpc_api import CODE_NAMES, INTERNAL_ERROR, RpcError
+from gateway.masking import mask_record, mask_text
+from gateway.rpc_api import CODE_NAMES, INTERNAL_ERROR, RpcError, text_params
 
 MAX_REPLY = 64 << 20
 USAGE = "gatewayctl rpc [--socket PATH | --url URL --token-file FILE] [--timeout S] METHOD key=value ..."
@@ -110,10 +109,8 @@ def _json_value(text: str) -> Any:
 # Parameters that are text even when they look like numbers: an all-digit
 # account or order number read as JSON would become an int (and a leading "+"
 # or exponent would change it). A JSON string literal is still unquoted.
-TEXT_PARAMS = frozenset({
-    "order_no", "batch_no", "refund_no", "account_no", "account_bank", "name", "id_number",
-    "confirmed_by", "approved_by", "approval_ref", "raised_by", "reason", "bank_id", "project_code",
-})
+# The string-typed parameters of the method table (gateway.rpc_api.METHODS).
+TEXT_PARAMS = text_params()
 
 
 def parse_cli_params(args: list[str]) -> dict:

@@ -200,6 +200,7 @@ class Gateway(service.MultiService):
         self.commands = None
         self.leadership: Leadership | None = None
         self.scheduler: RetryScheduler | None = None
+        self.disk_watch = None          # gateway.disk_watch.DiskWatch: free space, disk-space-low
         self.stopping = False
         self.build: dict | None = None          # what reload() needs to make flows (make_service)
         self._reload_lock: defer.DeferredLock | None = None
@@ -248,8 +249,10 @@ class Gateway(service.MultiService):
         the new file. The new configuration is checked whole first (every file and key, each
         new or changed bank's adapter: keys opened); if anything is wrong nothing changes, the
         running banks go on, and one "config-reload-refused" alarm episode names the file and
-        key (cleared by the next good reload). Settings of the daemon's own file (database,
-        core, rpc, ...) take effect at the next restart. Fires with a summary dict."""
+        key (cleared by the next good reload). Of the daemon's own file only the disk-space
+        thresholds ([work] min_free_mb, critical_free_mb) apply at once (and are checked at
+        once); its other settings (database, core, rpc, ...) take effect at the next restart.
+        Fires with a summary dict."""
         if self._reload_lock is None:
             self._reload_lock = defer.DeferredLock()
         return self._reload_lock.run(lambda: defer.ensureDeferred(self._reload()))
@@ -267,7 +270,8 @@ class Gateway(service.MultiService):
         adapters: dict = {}
         try:
             new = configmod.load(old.file)
-            running = dataclasses.replace(old, banks=new.banks)   # the daemon's own settings stay
+            # the daemon's own settings stay, but for the disk thresholds (monitoring only)
+            running = dataclasses.replace(old, banks=new.banks, disk=new.disk)
             added = [b for b in new.banks if b not in old.banks]
             removed = [b for b in old.banks if b not in new.banks]
             changed = [b for b in new.banks if b in old.banks and new.banks[b] != old.banks[b]]
@@ -294,6 +298,9 @@ class Gateway(service.MultiService):
         for b in removed + changed:
             await self._remove_bank(b)
         ctx["cfg"] = running
+        if self.disk_watch is not None and self.disk_watch.settings != new.disk:
+            self.disk_watch.settings = new.disk
+            self.disk_watch.ticker.kick()
         for b in changed + added:
             self._add_bank(running, new.banks[b], adapters[b])
         if self.scheduler is not None:
@@ -428,6 +435,9 @@ def make_service(cfg: GatewayConfig, reactor=None, core=None) -> Gateway:
     if problem:
         engine.dispose()
         raise StartupError(problem)
+    if cfg.calendar is not None:
+        from gateway.workdays import warn_provisional
+        warn_provisional(cfg.calendar)   # configuration loading leaves it to the daemon
     gw = Gateway()
     database = dbmod.Database(reactor, engine, cfg.db_threads, bulk_threads=cfg.db_bulk_threads,
                               read_threads=cfg.db_read_threads)
@@ -439,6 +449,11 @@ def make_service(cfg: GatewayConfig, reactor=None, core=None) -> Gateway:
     JournalWatch(reactor, engine, journal, cfg.journal_auth,
                  ticker_factory=lambda job, interval: Ticker(reactor, "journal-watch", job, interval)
                  ).setServiceParent(gw)
+    from gateway.disk_watch import DiskWatch, watched_dirs
+    disk_dirs = watched_dirs(cfg.work_dir, cfg.journal_archive_dir, cfg.database_url)
+    gw.disk_watch = DiskWatch(reactor, database, disk_dirs, cfg.disk,
+                              ticker_factory=lambda job, interval: Ticker(reactor, "disk-watch", job, interval))
+    gw.disk_watch.setServiceParent(gw)
     if core is None:
         core = CoreClient(reactor, cfg.core.base_url, cfg.core.token.value, timeout_s=cfg.core.timeout_s,
                           max_delay_s=cfg.core.retry_max_delay_s, call_deadline_s=cfg.core.call_deadline_s,
@@ -500,8 +515,7 @@ def make_service(cfg: GatewayConfig, reactor=None, core=None) -> Gateway:
     for lead in leaders.values():
         lead.setServiceParent(gw)
     if cfg.metrics is not None:
-        _MetricsService(reactor, cfg.metrics, database,
-                        {"work": cfg.work_dir, "journal": cfg.journal_archive_dir}, gw).setServiceParent(gw)
+        _MetricsService(reactor, cfg.metrics, database, disk_dirs, gw).setServiceParent(gw)
     if cfg.console is not None:
         from gateway.console.auth import UsersFileError
         from gateway.console.service import ConsoleService

@@ -20,11 +20,8 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any, Iterable
 
-from twisted.logger import Logger
-
 from adapters.settings import ConfigError
 
-log = Logger()
 
 _FILE_NAME = re.compile(r"cn-(\d{4})\.toml")
 _KEYS = ("year", "provisional", "source", "holidays", "workdays")
@@ -155,10 +152,11 @@ class WorkCalendar:
         return count
 
 
-def load_calendar(directory: str | Path) -> WorkCalendar:
+def load_calendar(directory: str | Path, *, warn: bool = True) -> WorkCalendar:
     """Read and validate every `cn-YYYY.toml` in `directory`; all problems are raised together.
 
-    Logs a warning for each provisional year.
+    Logs a warning for each provisional year (`warn_provisional`), unless *warn* is false:
+    configuration loading leaves it to the daemon's start, so gatewayctl needs no Twisted.
     """
     base = Path(directory)
     errors: list[str] = []
@@ -185,14 +183,25 @@ def load_calendar(directory: str | Path) -> WorkCalendar:
             )
     if errors:
         raise CalendarError(errors)
-    for y in years:
-        if y.provisional:
-            log.warn(
-                "working-day calendar for {year} is provisional ({file}): deadlines in {year} "
-                "may be wrong until the State Council's notice is entered",
-                year=y.year, file=y.file,
-            )
-    return WorkCalendar(years)
+    calendar = WorkCalendar(years)
+    if warn:
+        warn_provisional(calendar)
+    return calendar
+
+
+def warn_provisional(calendar: WorkCalendar) -> None:
+    """One warning per provisional year: its deadlines may be wrong until the notice is entered."""
+    provisional = [y for y in calendar._years.values() if y.provisional]  # noqa: SLF001
+    if not provisional:
+        return
+    from twisted.logger import Logger   # here: gatewayctl loads calendars and needs no Twisted
+    log = Logger(namespace=__name__)
+    for y in sorted(provisional, key=lambda y: y.year):
+        log.warn(
+            "working-day calendar for {year} is provisional ({file}): deadlines in {year} "
+            "may be wrong until the State Council's notice is entered",
+            year=y.year, file=y.file,
+        )
 
 
 def _read_year(path: Path, year: int, errors: list[str]) -> CalendarYear | None:

@@ -382,7 +382,7 @@ def test_migrations_build_the_schema_the_models_declare(engine) -> None:
     from alembic.autogenerate import compare_metadata
     from alembic.runtime.migration import MigrationContext
 
-    from gateway.models import Base
+    from gateway.models import metadata
     with engine.connect() as conn:
-        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+        diff = compare_metadata(MigrationContext.configure(conn), metadata)
     assert diff == []

@@ -6,7 +6,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
 from gateway import db as dbmod
-from gateway.models import Base
+from gateway.models import metadata
 
 
 def test_migrations_match_models(db_url):
@@ -16,7 +16,7 @@ def test_migrations_match_models(db_url):
     engine = dbmod.make_engine(db_url)
     try:
         with engine.connect() as conn:
-            diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+            diff = compare_metadata(MigrationContext.configure(conn), metadata)
         assert diff == []
         dbmod.check_migrated(engine, "gateway.toml")
     finally:
@@ -34,3 +34,10 @@ def test_downgrade_to_base_and_back(db_url):
     finally:
         engine.dispose()
     dbmod.upgrade(db_url)
+
+
+def test_head_constant_is_alembics_head():
+    """gateway.migrations.HEAD (what check_migrated requires without loading Alembic) is the newest
+    migration: a new migration without HEAD moved on fails here."""
+    from gateway.migrations import HEAD
+    assert HEAD == dbmod.head_revision()

@@ -14,7 +14,7 @@ import pytest
 import pytest_twisted
 import sqlalchemy as sa
 
-from gateway.models import Base, ItemStatus, items, orders
+from gateway.models import metadata, ItemStatus, items, orders
 from gateway.rpc_api import Caller
 from gateway.rules import ConservationError, check_conservation
 from tests.support import in_process, spec
@@ -25,7 +25,7 @@ CALLER = Caller("unix", "uid=0,gid=0")
 @pytest.fixture
 def conn(db_url):
     engine = sa.create_engine(db_url)
-    Base.metadata.create_all(engine)
+    metadata.create_all(engine)
     with engine.begin() as c:
         c.execute(sa.insert(orders).values(
             order_no="C1", bank_id="b", budget_unit="u", project_code="p", project_name="n",

@@ -17,6 +17,8 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from adapters import tcp
+from adapters.link_watch import ALARM_KIND as LINK_DOWN
+from adapters.link_watch import LinkWatch
 from adapters.cnbank.link import BuiltFile, CnBankLink, Incoming, LinkError, Outgoing
 from adapters.interface import (BatchItem, BatchSpec, BatchStatus, Built, IBankAdapter, ItemResult,
                                 LateReturn, RefundStatus, Reply, ResultSet, ResultsRefused,
@@ -46,11 +48,9 @@ class CnBankAdapter:
         self.link = link
         self.work_dir = link.work_dir
         self.faults = faults
-        self._link = {"last_ok_at": None, "last_error_at": None, "last_error": None,
-                      "failures": 0, "failing_since": None}
+        self._link = LinkWatch(bank.cnbank.link_alarm_after_s, self.bank_id)
         # After a start, an episode of a former run may still be open: the first good
         # answer clears it (once), later ones only when this run raised it.
-        self._link_alarm_maybe_open = True
         self._skew_maybe_open = True
         self._refusing_maybe_open = True
 
@@ -59,32 +59,11 @@ class CnBankAdapter:
     def link_state(self) -> dict:
         """The message link as last seen (kept in memory, for health): when a request last got a
         verified reply, the last failure and when, consecutive failures, and since when failing."""
-        return dict(self._link)
-
-    def _link_ok(self, now: float) -> bool:
-        """Note a verified reply; True when a bank-link-down episode may be open (to clear)."""
-        was_down = self._link["failures"] > 0 or self._link_alarm_maybe_open
-        self._link.update(last_ok_at=now, failures=0, failing_since=None)
-        self._link_alarm_maybe_open = False
-        return was_down
-
-    def _link_failed(self, now: float, why: str) -> bool:
-        """Note an exchange without a verified reply; True when the link has now failed for longer
-        than link_alarm_after_s (the caller raises, or updates, the one bank-link-down episode)."""
-        lk = self._link
-        lk.update(last_error_at=now, last_error=why[:300], failures=lk["failures"] + 1)
-        if lk["failing_since"] is None:
-            lk["failing_since"] = now
-        if now - lk["failing_since"] >= self.bank.cnbank.link_alarm_after_s:
-            self._link_alarm_maybe_open = True
-            return True
-        return False
+        return self._link.state()
 
     def _link_down_alarm(self, conn, recorder, now: float, journal_id) -> None:
-        lk = self._link
-        recorder.alarm_in(conn, "critical", "bank-link-down",
-                          f"no verified answer from the bank for {int(now - lk['failing_since'])} s "
-                          f"({lk['failures']} attempts): {lk['last_error']}", None, None, journal_id)
+        recorder.alarm_in(conn, "critical", LINK_DOWN, self._link.down_message(now), None, None,
+                          journal_id)
 
     # --- messages ---------------------------------------------------------------
 
@@ -109,7 +88,7 @@ class CnBankAdapter:
             raw = await self.link.exchange(out)
         except tcp.ExchangeError as e:
             now = recorder.now()
-            down = self._link_failed(now, f"{tx}: {e}")
+            down = self._link.failed(now, f"{tx}: {e}")
 
             def failed(conn):
                 jid = recorder.journal_in(conn, Entry(
@@ -129,7 +108,7 @@ class CnBankAdapter:
         try:
             inc = await self.link.open(out, raw, now)
         except LinkError as e:
-            down = self._link_failed(now, f"{tx}: {e}")
+            down = self._link.failed(now, f"{tx}: {e}")
 
             def rejected(conn):
                 jid = recorder.journal_in(conn, Entry(
@@ -143,7 +122,7 @@ class CnBankAdapter:
                     self._link_down_alarm(conn, recorder, now, jid)
             await recorder.read(rejected)
             return None
-        clear_down = self._link_ok(now)
+        clear_down = self._link.ok(now)
         skew_was_open = self._skew_maybe_open
         self._skew_maybe_open = inc.skew_s is not None
         refusing_was_open = self._refusing_maybe_open
@@ -155,7 +134,7 @@ class CnBankAdapter:
                 msg_id=inc.msg_id, order_no=ref["order_no"], batch_no=ref["batch_no"],
                 verified="ok" if inc.skew_s is None else f"ok; clock skew {inc.skew_s:+d} s"))
             if clear_down:
-                recorder.clear_in(conn, "bank-link-down")
+                recorder.clear_in(conn, LINK_DOWN)
             if inc.skew_s is not None:
                 recorder.alarm_in(conn, "warning", "bank-clock-skew",
                                   f"the bank's reply to {tx} is dated {inc.skew_s:+d} s from our "

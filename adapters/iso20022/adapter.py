@@ -33,6 +33,8 @@ from adapters.interface import (BatchItem, BatchSpec, BatchStatus, Built, IBankA
                                 LateReturn, RefundStatus, Reply, ResultSet, ResultsRefused, ResultTotals,
                                 TransportError)
 from adapters.interface import Entry
+from adapters.link_watch import ALARM_KIND as LINK_DOWN
+from adapters.link_watch import LinkWatch
 from adapters.statements import entry_rows
 from protocols import iso20022 as iso
 from protocols import xmldsig
@@ -97,15 +99,21 @@ def _iso_time(now: float) -> str:
 
 
 class _WatchedClient:
-    """The bank client (HTTPS or SFTP) with the link's state noted on every call, the same
-    link_state() as cnbank's for health and /metrics: an answer (any HTTP status below 500,
-    a page refused as too large or malformed included) is the link working; no answer, a
-    timeout or a 5xx is a failure."""
+    """The bank client (HTTPS or SFTP) with the link's state noted on every call in a LinkWatch,
+    the same as cnbank's for health, /metrics and bank-link-down: an answer (any HTTP status
+    below 500, a page refused as too large or malformed included) is the link working; no
+    answer, a timeout or a 5xx is a failure. What a call means for the bank-link-down episode
+    ("down" or "clear", with when) waits in `verdict` until the adapter, which holds the
+    recorder, acts on it (IsoAdapter._linked)."""
 
-    def __init__(self, client, clock) -> None:
+    def __init__(self, client, clock, watch: LinkWatch | None = None) -> None:
         self._client, self._clock = client, clock
-        self.state = {"last_ok_at": None, "last_error_at": None, "last_error": None,
-                      "failures": 0, "failing_since": None}
+        self.watch = watch if watch is not None else LinkWatch(300.0)
+        self.verdict: tuple[str, float] | None = None
+
+    @property
+    def state(self) -> dict:
+        return self.watch.state()
 
     def __getattr__(self, name):
         return getattr(self._client, name)
@@ -119,16 +127,16 @@ class _WatchedClient:
                 self._ok()
             else:
                 now = self._clock.seconds()
-                st = self.state
-                st.update(last_error_at=now, last_error=f"{what}: {e}"[:300], failures=st["failures"] + 1)
-                if st["failing_since"] is None:
-                    st["failing_since"] = now
+                if self.watch.failed(now, f"{what}: {e}"):
+                    self.verdict = ("down", now)
             raise
         self._ok()
         return out
 
     def _ok(self) -> None:
-        self.state.update(last_ok_at=self._clock.seconds(), failures=0, failing_since=None)
+        now = self._clock.seconds()
+        if self.watch.ok(now):
+            self.verdict = ("clear", now)
 
     def post_payment(self, doc: bytes):
         return self._watch("POST payment", self._client.post_payment(doc))
@@ -151,7 +159,8 @@ class IsoAdapter:
         self.bank = bank
         self.bank_id = bank.bank_id
         self.s = settings
-        self.client = _WatchedClient(client, reactor)
+        self.client = _WatchedClient(client, reactor, LinkWatch(
+            getattr(settings, "link_alarm_after_s", 300.0), self.bank_id))
         self.key_pem = key_pem
         self.cert_pem = cert_pem
         self.pinned = pinned            # callable(now: datetime) -> [(cert_pem, None)]
@@ -165,7 +174,24 @@ class IsoAdapter:
     def link_state(self) -> dict:
         """The link as last seen (in memory, for health and /metrics): last answer, last failure
         and when, consecutive failures, and since when failing."""
-        return dict(self.client.state)
+        return self.client.watch.state()
+
+    async def _linked(self, recorder, call):
+        """Await a call to the bank, then act on what it means for the link: raise (or update)
+        the one bank-link-down episode once the link has failed for link_alarm_after_s, clear
+        it at the first answer after that (adapters/link_watch.py, as cnbank does)."""
+        try:
+            return await call
+        finally:
+            verdict, self.client.verdict = self.client.verdict, None
+            if verdict is not None:
+                what, now = verdict
+                if what == "down":
+                    message = self.client.watch.down_message(now)
+                    await recorder.read(lambda conn: recorder.alarm_in(
+                        conn, "critical", LINK_DOWN, message, None, None, None))
+                else:
+                    await recorder.read(lambda conn: recorder.clear_in(conn, LINK_DOWN))
 
     # --- documents -----------------------------------------------------------------
 
@@ -321,7 +347,7 @@ class IsoAdapter:
                                      msg_id=ref["msg_id"], order_no=ref["order_no"],
                                      batch_no=ref["batch_no"])], change=before)
         try:
-            status, answer = await self.client.post_payment(doc)
+            status, answer = await self._linked(recorder, self.client.post_payment(doc))
         except TransportError as e:
             body = getattr(e, "body", b"") or b""
             if getattr(e, "status", None) in (400, 413):
@@ -555,7 +581,7 @@ class IsoAdapter:
         limit = self._page_limit.get(since, PAGE_LIMIT)
         for _ in range(PAGES_PER_SYNC):
             try:
-                reports, nxt = await self.client.reports(since, limit)
+                reports, nxt = await self._linked(recorder, self.client.reports(since, limit))
             except PageTooLarge as e:
                 if limit > 1:
                     limit = max(1, limit // 4)

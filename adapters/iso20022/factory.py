@@ -66,6 +66,7 @@ class IsoSettings:
     max_transfers_per_message: int = 0
     max_message_bytes: int = 0
     allow_unsigned_reports: bool = False
+    link_alarm_after_s: float = 300.0   # one bank-link-down episode once the link fails this long
     sftp: Any = None          # adapters.settings.SftpSettings when transport = "sftp"
 
 
@@ -83,6 +84,7 @@ def _schemas():
         "refund_account_name": Field(str),
         "status_poll_s": Field(float, 5.0, positive),
         "return_poll_s": Field(float, 3600.0, positive),
+        "link_alarm_after_s": Field(float, 300.0, positive),   # bank-link-down once failing this long
         "result_working_days": Field(int, 2, positive),
         "late_return_window_days": Field(int, 30, positive),
         # read the feed once a day for camt.053 even when no batch is open (statements are pushed)

@@ -21,7 +21,8 @@ from typing import Callable
 
 import bcrypt
 
-ROLES = ("viewer", "operator", "auditor")
+from gateway.console import ROLES  # noqa: F401  (re-exported)
+
 _NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 

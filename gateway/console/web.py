@@ -251,7 +251,8 @@ class Console(resource.Resource):
                 state = "unknown"
             else:
                 error, error_at = ls.get("last_error") or "", ls.get("last_error_at")
-                after = getattr(getattr(flow.bank, "cnbank", None), "link_alarm_after_s", 300.0)
+                dialect = getattr(flow.bank, "cnbank", None) or getattr(flow.bank, "settings", None)
+                after = getattr(dialect, "link_alarm_after_s", 300.0)   # cnbank and iso20022 alike
                 if ls.get("failures", 0) == 0:
                     state = "up" if ls.get("last_ok_at") else "unknown"
                 elif ls.get("failures", 0) >= 3 or now - (ls.get("failing_since") or now) >= after:

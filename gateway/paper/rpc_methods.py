@@ -2,7 +2,8 @@
 
 Kept apart from gateway/commands.py: `methods(commands)` gives the table entries,
 each validating its params whole and journaling the call with its caller like
-every other method. Both only read.
+every other method (their parameters are declared in gateway.rpc_api.METHODS,
+which the transport checks). Both only read.
 """
 
 from __future__ import annotations
@@ -20,14 +21,6 @@ def _int(params: dict, key: str, lo: int, hi: int) -> int:
     if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
         raise RpcError(INVALID_PARAMS, f"{key} must be an integer from {lo} to {hi}", key)
     return v
-
-
-def _known(params: dict, allowed: set[str]) -> None:
-    if not isinstance(params, dict):
-        raise RpcError(INVALID_PARAMS, "params must be an object of named parameters")
-    for k in params:
-        if k not in allowed:
-            raise RpcError(INVALID_PARAMS, f"unknown parameter {k!r}", k)
 
 
 def _opt_str(params: dict, key: str, max_len: int) -> str | None:
@@ -58,7 +51,6 @@ def _calendar(cmds):  # noqa: ANN001, ANN202
 def methods(cmds) -> dict:  # noqa: ANN001  (gateway.commands.Commands)
     async def batch_register(params: dict, caller: Caller) -> dict:
         """The handover register of a month: per batch, results, sheet, confirmation, disputes, filing."""
-        _known(params, {"year", "month", "bank_id"})
         year, month = _int(params, "year", 2000, 2100), _int(params, "month", 1, 12)
         bank_id = _bank(cmds, params)
         today = datetime.datetime.fromtimestamp(cmds.reactor.seconds(), CST).date()
@@ -75,7 +67,6 @@ def methods(cmds) -> dict:  # noqa: ANN001  (gateway.commands.Commands)
 
     async def report_yearly(params: dict, caller: Caller) -> dict:
         """The year's figures per project, bank, region and month, reconciled with the yearly statement."""
-        _known(params, {"year", "bank_id", "project_code"})
         year = _int(params, "year", 2000, 2100)
         bank_id = _bank(cmds, params)
         project_code = _opt_str(params, "project_code", 64)
