@@ -86,10 +86,16 @@ def check_migrated(engine: Engine, config_file: str) -> None:
 
 
 class Database:
-    """An engine and the thread pool its work runs on."""
+    """An engine and the thread pool its work runs on.
 
-    def __init__(self, reactor, engine: Engine, threads: int = 1):
+    With `metrics` (gateway/metrics.py), each job's wait for a pool thread, from the moment it
+    is queued on the reactor thread until a pool thread starts it, is observed as
+    gateway_db_wait_seconds: the figure that says the pool is too small or a job too long.
+    """
+
+    def __init__(self, reactor, engine: Engine, threads: int = 1, metrics=None):
         self.reactor = reactor
+        self.metrics = metrics
         from twisted.python.threadpool import ThreadPool
         self.engine = engine
         self.pool = ThreadPool(minthreads=1, maxthreads=threads, name="gateway-db")
@@ -116,11 +122,23 @@ class Database:
         def work() -> T:
             with self.engine.begin() as conn:
                 return fn(conn, *args, **kw)
-        return deferToThreadPool(self.reactor, self.pool, work)
+        return self.submit(work)
 
     def run_plain(self, fn: Callable[..., T], *args: Any, **kw: Any):
         """Run fn(*args) on the pool without a connection (file work that must stay in order)."""
-        return deferToThreadPool(self.reactor, self.pool, fn, *args, **kw)
+        return self.submit(fn, *args, **kw)
+
+    def submit(self, fn: Callable[..., T], *args: Any, **kw: Any):
+        """Queue fn(*args) on the pool, its wait for a thread observed; a Deferred of its result."""
+        metrics = self.metrics
+        if metrics is None:
+            return deferToThreadPool(self.reactor, self.pool, fn, *args, **kw)
+        queued = metrics.clock()
+
+        def timed() -> T:
+            metrics.db_waited(queued)
+            return fn(*args, **kw)
+        return deferToThreadPool(self.reactor, self.pool, timed)
 
 
 class FencedDatabase:
@@ -156,7 +174,7 @@ class FencedDatabase:
                 out = fn(conn, *args, **kw)
                 fence.check(epoch)      # the deadline passed while we worked: roll back
                 return out
-        return self._after(fence.track(deferToThreadPool(self.reactor, self.pool, work)), epoch)
+        return self._after(fence.track(self.database.submit(work)), epoch)
 
     def run_plain(self, fn: Callable[..., T], *args: Any, **kw: Any):
         from twisted.internet import defer
@@ -168,7 +186,7 @@ class FencedDatabase:
         # Not cancelled when the lease is lost: file work (a batch being built) runs to its end,
         # so the step, and with it the stand-down, waits for it; this daemon takes no new epoch
         # while a file of the old one is still being written.
-        return self._after(deferToThreadPool(self.reactor, self.pool, fn, *args, **kw), epoch)
+        return self._after(self.database.submit(fn, *args, **kw), epoch)
 
     def _after(self, d, epoch):
         from twisted.internet import defer

@@ -30,8 +30,8 @@ from zope.interface import implementer
 
 from adapters.https import HttpsBankClient, PageMalformed, PageTooLarge
 from adapters.interface import (BatchItem, BatchSpec, BatchStatus, Built, IBankAdapter, ItemResult,
-                                LateReturn, RefundStatus, Reply, ResultSet, ResultsRefused, ResultTotals,
-                                TransportError)
+                                LateReturn, RefundStatus, Reply, RequestTiming, ResultSet, ResultsRefused,
+                                ResultTotals, TransportError)
 from adapters.interface import Entry
 from adapters.statements import entry_rows
 from protocols import iso20022 as iso
@@ -100,21 +100,29 @@ class _WatchedClient:
     """The bank client (HTTPS or SFTP) with the link's state noted on every call, the same
     link_state() as cnbank's for health and /metrics: an answer (any HTTP status below 500,
     a page refused as too large or malformed included) is the link working; no answer, a
-    timeout or a 5xx is a failure."""
+    timeout or a 5xx is a failure. Each call is timed as `{channel}_{verb}` (https_post,
+    https_get, sftp_put, sftp_get, sftp_remove) through `timing`."""
 
-    def __init__(self, client, clock) -> None:
-        self._client, self._clock = client, clock
+    def __init__(self, client, clock, channel: str) -> None:
+        self._client, self._clock, self._channel = client, clock, channel
+        self.timing = RequestTiming()
         self.state = {"last_ok_at": None, "last_error_at": None, "last_error": None,
                       "failures": 0, "failing_since": None}
 
     def __getattr__(self, name):
         return getattr(self._client, name)
 
-    async def _watch(self, what: str, call):
+    async def _watch(self, what: str, verb: str, call):
+        timed = self.timing.start(f"{self._channel}_{verb}")
         try:
             out = await call
         except Exception as e:
             status = getattr(e, "status", None)
+            kind = getattr(e, "kind", None) or type(e).__name__
+            if status is not None and status >= 400 and kind == "bad_answer":
+                timed.done("refused", f"HTTP{status}")     # answered, with a refusal
+            else:
+                timed.done("error", kind)
             if status is not None and status < 500:
                 self._ok()
             else:
@@ -124,6 +132,10 @@ class _WatchedClient:
                 if st["failing_since"] is None:
                     st["failing_since"] = now
             raise
+        if isinstance(out, tuple) and isinstance(out[0], int) and out[0] >= 400:
+            timed.done("refused", f"HTTP{out[0]}")          # 409: DU01, the bank's refusal
+        else:
+            timed.ok()
         self._ok()
         return out
 
@@ -131,10 +143,21 @@ class _WatchedClient:
         self.state.update(last_ok_at=self._clock.seconds(), failures=0, failing_since=None)
 
     def post_payment(self, doc: bytes):
-        return self._watch("POST payment", self._client.post_payment(doc))
+        return self._watch("POST payment", "post" if self._channel == "https" else "put",
+                           self._client.post_payment(doc))
 
     def reports(self, since, limit: int = 100):
-        return self._watch("GET reports", self._client.reports(since, limit))
+        return self._watch("GET reports", "get", self._client.reports(since, limit))
+
+    async def remove_upload(self, msg_id: str):
+        """Housekeeping after the results: timed, but left out of the link's state."""
+        timed = self.timing.start(f"{self._channel}_remove")
+        try:
+            await self._client.remove_upload(msg_id)
+        except Exception as e:
+            timed.done("error", getattr(e, "kind", None) or type(e).__name__)
+            raise
+        timed.ok()
 
 
 @implementer(IBankAdapter)
@@ -151,7 +174,7 @@ class IsoAdapter:
         self.bank = bank
         self.bank_id = bank.bank_id
         self.s = settings
-        self.client = _WatchedClient(client, reactor)
+        self.client = _WatchedClient(client, reactor, settings.transport)
         self.key_pem = key_pem
         self.cert_pem = cert_pem
         self.pinned = pinned            # callable(now: datetime) -> [(cert_pem, None)]
@@ -161,6 +184,15 @@ class IsoAdapter:
         self._asked_again: dict[str, int] = {}
         self._faulted: set[str] = set()     # cursors whose page could not be taken (alarm open)
         os.makedirs(work_dir, exist_ok=True)
+
+    @property
+    def timing(self) -> RequestTiming:
+        """How each call to the bank is timed (the gateway gives one that feeds /metrics)."""
+        return self.client.timing
+
+    @timing.setter
+    def timing(self, timing: RequestTiming) -> None:
+        self.client.timing = timing
 
     def link_state(self) -> dict:
         """The link as last seen (in memory, for health and /metrics): last answer, last failure
