@@ -31,7 +31,9 @@ def _promtool() -> str:
 
 def test_alert_rules_load_and_fire_in_promtool():
     """`promtool check rules` accepts conf/prometheus/alerts.yml and `promtool test rules` shows
-    the bank-link, critical-alarm, no-active-daemon and core rules firing and clearing as written."""
+    the bank-link, critical-alarm, no-active-daemon and core rules firing and clearing as written,
+    and the latency and error rules (bank slow, bank requests failing, core slow, database wait)
+    firing from histograms and counters shaped as the daemon exports them."""
     tool = _promtool()
     check = subprocess.run([tool, "check", "rules", str(RULES / "alerts.yml")], capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
