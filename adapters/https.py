@@ -39,9 +39,10 @@ class HttpsError(TransportError):
     answered with a status or body the contract does not allow. `status` is the HTTP status
     (None when there was no answer); `body` the answer's bytes, capped (b"" when none); `kind`
     the class of failure for the error counters (timeout, no_answer, broken_off, too_large,
-    malformed, bad_answer, or the connect/TLS error's type)."""
+    malformed, bad_answer, or the connect/TLS error's type), None for an answer whose status
+    the contract does not allow (the status says it)."""
 
-    kind = "bad_answer"
+    kind: str | None = None
 
     def __init__(self, message: str, status: int | None = None, body: bytes = b"", kind: str | None = None):
         super().__init__(message)
@@ -291,9 +292,11 @@ class HttpsBankClient:
         answer = _json_object(raw, f"POST {url}", status)
         if status == 409:
             if not isinstance(answer.get("error"), str):
-                raise HttpsError(f"POST {url} answered 409 without an error code", status, raw)
+                raise HttpsError(f"POST {url} answered 409 without an error code", status, raw,
+                             kind="bad_answer")
         elif not isinstance(answer.get("msg_id"), str) or not isinstance(answer.get("status"), str):
-            raise HttpsError(f"POST {url} answered {status} without msg_id and status", status, raw)
+            raise HttpsError(f"POST {url} answered {status} without msg_id and status", status, raw,
+                             kind="bad_answer")
         return status, answer
 
     async def reports(self, since: str | None, limit: int = 100) -> tuple[list[FeedReport], str | None]:
@@ -327,7 +330,7 @@ def _json_object(raw: bytes, what: str, status: int) -> dict:
         answer = None
     if not isinstance(answer, dict):
         raise HttpsError(f"{what} answered {status} with a body that is not a JSON object",
-                         status, raw[:_ERROR_BODY_CAP])
+                         status, raw[:_ERROR_BODY_CAP], kind="bad_answer")
     return answer
 
 

@@ -118,11 +118,11 @@ class _WatchedClient:
             out = await call
         except Exception as e:
             status = getattr(e, "status", None)
-            kind = getattr(e, "kind", None) or type(e).__name__
-            if status is not None and status >= 400 and kind == "bad_answer":
-                timed.done("refused", f"HTTP{status}")     # answered, with a refusal
+            kind = getattr(e, "kind", None)
+            if kind is None and status is not None and status < 500:
+                timed.done("refused", f"HTTP{status}")     # answered, with a refusal (400, 413)
             else:
-                timed.done("error", kind)
+                timed.done("error", kind or (f"HTTP{status}" if status is not None else type(e).__name__))
             if status is not None and status < 500:
                 self._ok()
             else:
@@ -133,7 +133,8 @@ class _WatchedClient:
                     st["failing_since"] = now
             raise
         if isinstance(out, tuple) and isinstance(out[0], int) and out[0] >= 400:
-            timed.done("refused", f"HTTP{out[0]}")          # 409: DU01, the bank's refusal
+            said = out[1].get("error") if isinstance(out[1], dict) else None
+            timed.done("refused", str(said or f"HTTP{out[0]}")[:16])   # 409: DU01, the bank's refusal
         else:
             timed.ok()
         self._ok()
