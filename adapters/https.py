@@ -18,7 +18,7 @@ from urllib.parse import urlencode, urlsplit
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from twisted.internet import defer, protocol, ssl
+from twisted.internet import defer, error as ierror, protocol, ssl
 from twisted.logger import Logger
 from twisted.web import client, http
 from twisted.web.http_headers import Headers
@@ -272,8 +272,8 @@ class HttpsBankClient:
             raise HttpsError(f"{method.decode()} {url}: answer broken off "
                              f"({_reasons(e.reasons)})", kind="broken_off") from None
         except Exception as e:  # noqa: BLE001  (connect errors, TLS errors, DNS: all transport)
-            raise HttpsError(f"{method.decode()} {url}: {type(e).__name__}: {e}",
-                             kind=type(e).__name__) from None
+            kind = "connect_failed" if isinstance(e, ierror.ConnectError) else type(e).__name__
+            raise HttpsError(f"{method.decode()} {url}: {type(e).__name__}: {e}", kind=kind) from None
 
     async def post_payment(self, doc: bytes) -> tuple[int, dict]:
         """POST one pain.001 to `{base}/payments`.

@@ -301,7 +301,8 @@ async def test_the_iso_adapter_times_each_call_by_outcome_and_code(make_server, 
     """The iso20022 adapter's client wrapper times every call to the real HTTPS client through
     its RequestTiming (what feeds gateway_bank_request_*): a POST taken is https_post ok, a 409 is
     refused with the bank's code (DU01), a 400 refused with its status, a 503 an error with its
-    status, a closed port an error named by its class; a report page is https_get ok."""
+    status, a closed port an error named by its class (connect_failed, as for cnbank and the core); a
+    report page is https_get ok."""
     import socket
 
     from adapters.interface import RequestTiming
@@ -333,5 +334,5 @@ async def test_the_iso_adapter_times_each_call_by_outcome_and_code(make_server, 
     assert [(tx, outcome, code) for tx, _, outcome, code in seen] == [
         ("https_post", "ok", ""), ("https_post", "refused", "DU01"), ("https_post", "refused", "HTTP400"),
         ("https_post", "error", "HTTP503"), ("https_get", "ok", ""),
-        ("https_post", "error", "ConnectionRefusedError")]
+        ("https_post", "error", "connect_failed")]
     assert all(seconds >= 0 for _, seconds, _, _ in seen)
