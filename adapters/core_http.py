@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from typing import Callable
 from urllib.parse import quote, urlencode
 
@@ -34,8 +35,26 @@ from zope.interface import implementer
 
 from adapters.bodies import BytesProducer
 from adapters.core_interface import CoreContractError, CoreError, Exchange, ICoreSystem
+from adapters.interface import RequestTiming
 
 log = Logger()
+
+
+def endpoint_of(method: str, url: str) -> str:
+    """The call's endpoint as a metrics label: the path without host and query, the order number
+    replaced by {order_no}, e.g. "POST /api/orders/{order_no}/results" (a label per order would
+    grow without end)."""
+    path = re.sub(r"^[a-z]+://[^/]*", "", url).split("?", 1)[0]
+    return f"{method} {re.sub(r'^/api/orders/[^/]+', '/api/orders/{order_no}', path)}"
+
+
+def failure_code(e: BaseException) -> str:
+    """The class of a failed call for the error counters (the HTTP status is counted apart)."""
+    if isinstance(e, defer.TimeoutError):
+        return "timeout"
+    if isinstance(e, ierror.ConnectError):
+        return "connect_failed"
+    return type(e).__name__
 
 
 class _IdleTimer:
@@ -221,14 +240,17 @@ class CoreClient:
 
     `watch(fn)` registers a listener told the outcome of every call once it is over
     (retries included): fn(None) for a good answer, fn(CoreError) for a failed call,
-    so that the daemon keeps one "core unreachable" alarm episode.
+    so that the daemon keeps one "core unreachable" alarm episode. Each attempt (each HTTP
+    request, the item stream whole) is timed through `timing` under its endpoint_of(), with
+    outcome "ok" (2xx) or "error" (code: the HTTP status, or the failure's class).
     """
 
     def __init__(self, reactor, base_url: str, token: str, *, timeout_s: float = 60,
                  max_delay_s: float = 60, attempts: int = 6, rng: random.Random | None = None,
                  call_deadline_s: float | None = None, stream_window_s: float | None = None,
-                 stream_min_bytes_per_s: float = 1024):
+                 stream_min_bytes_per_s: float = 1024, timing: RequestTiming | None = None):
         self.reactor = reactor
+        self.timing = timing or RequestTiming()
         self.base = base_url.rstrip("/")
         self._auth = f"Bearer {token}".encode()
         self.timeout = timeout_s
@@ -307,15 +329,19 @@ class CoreClient:
         for attempt in range(1, self.attempts + 1):
             if self._closing:
                 raise CoreError(f"{method} {url}: not sent, the daemon is stopping")
+            timed = self.timing.start(endpoint_of(method, url))
             try:
                 code, result = await self._attempt(method, url, body, read)
-            except defer.TimeoutError:
+            except defer.TimeoutError as e:
+                timed.done("error", failure_code(e))
                 problem = f"no whole answer within the call deadline of {self.deadline:g}s"
             except (defer.CancelledError, ierror.ConnectError,
                     ierror.ConnectionLost, ierror.ConnectionDone, client.ResponseFailed,
                     client.ResponseNeverReceived, http.PotentialDataLoss, CoreError) as e:
+                timed.done("error", failure_code(e))
                 problem = f"{type(e).__name__}: {e}"
             else:
+                timed.done("ok" if code < 300 else "error", "" if code < 300 else str(code))
                 if code < 300:
                     return code, result
                 if code < 500:
@@ -385,24 +411,32 @@ class CoreClient:
         """Stream the order's NDJSON to *consume* in chunks (not split on lines); total bytes.
 
         Not retried here: a broken stream leaves the order to be loaded again from the start.
-        The answer's head is under the call deadline; the body under the minimum rate.
+        The answer's head is under the call deadline; the body under the minimum rate. Timed
+        whole, from the request to the last chunk consumed (the consumer's time included: the
+        socket is paused while it works).
         """
         url = f"{self.base}/api/orders/{quote(order_no, safe='')}/items"
         if self._closing:
             raise CoreError(f"GET {url}: not sent, the daemon is stopping")
+        timed = self.timing.start(endpoint_of("GET", url))
         try:
             result, code = await self._stream_once(url, consume, chunk)
-        except CoreContractError:
-            raise
         except CoreError as e:
-            self._tell(e)
+            timed.done("error", failure_code(e))
+            if not isinstance(e, CoreContractError):
+                self._tell(e)
             raise
         except (defer.TimeoutError, defer.CancelledError, ierror.ConnectError, ierror.ConnectionLost,
                 ierror.ConnectionDone, client.ResponseFailed, client.ResponseNeverReceived,
                 http.PotentialDataLoss) as e:
+            timed.done("error", failure_code(e))
             err = CoreError(f"GET {url}: {type(e).__name__}: {e}")
             self._tell(err)
             raise err from None
+        except BaseException as e:
+            timed.done("error", failure_code(e))    # the consumer refused the items (ItemStreamRefused)
+            raise
+        timed.done("ok" if code == 200 else "error", "" if code == 200 else str(code))
         if code != 200:
             if 400 <= code < 500:
                 raise CoreContractError("GET", url, code, result)

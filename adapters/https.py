@@ -18,7 +18,7 @@ from urllib.parse import urlencode, urlsplit
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from twisted.internet import defer, protocol, ssl
+from twisted.internet import defer, error as ierror, protocol, ssl
 from twisted.logger import Logger
 from twisted.web import client, http
 from twisted.web.http_headers import Headers
@@ -37,12 +37,19 @@ _ERROR_BODY_CAP = 64 * 1024
 class HttpsError(TransportError):
     """The bank could not be reached, the TLS handshake failed, the call timed out, or the bank
     answered with a status or body the contract does not allow. `status` is the HTTP status
-    (None when there was no answer); `body` the answer's bytes, capped (b"" when none)."""
+    (None when there was no answer); `body` the answer's bytes, capped (b"" when none); `kind`
+    the class of failure for the error counters (timeout, no_answer, broken_off, too_large,
+    malformed, bad_answer, or the connect/TLS error's type), None for an answer whose status
+    the contract does not allow (the status says it)."""
 
-    def __init__(self, message: str, status: int | None = None, body: bytes = b""):
+    kind: str | None = None
+
+    def __init__(self, message: str, status: int | None = None, body: bytes = b"", kind: str | None = None):
         super().__init__(message)
         self.status = status
         self.body = body
+        if kind is not None:
+            self.kind = kind
 
 
 @implementer(IPolicyForHTTPS)
@@ -105,7 +112,7 @@ class _Capped(protocol.Protocol):
         if self.done.called:  # cancelled by the deadline
             return
         if self.over:
-            self.done.errback(HttpsError(f"answer exceeds {self.limit} bytes"))
+            self.done.errback(HttpsError(f"answer exceeds {self.limit} bytes", kind="too_large"))
         elif reason.check(client.ResponseDone, http.PotentialDataLoss):
             self.done.callback(b"".join(self.buf))
         else:
@@ -115,9 +122,13 @@ class _Capped(protocol.Protocol):
 class PageTooLarge(HttpsError):
     """A report page longer than the page cap (`max_body`): nothing of it was taken."""
 
+    kind = "too_large"
+
 
 class PageMalformed(HttpsError):
     """A report page that is not the feed's JSON shape: nothing of it was taken."""
+
+    kind = "malformed"
 
 
 class _FeedReader(protocol.Protocol):
@@ -242,7 +253,7 @@ class HttpsBankClient:
         except Exception:
             if expired:  # whatever the cancellation surfaced as, the cause is the deadline
                 raise HttpsError(f"{method.decode()} {url}: no complete answer within "
-                                 f"{self.timeout:g}s") from None
+                                 f"{self.timeout:g}s", kind="timeout") from None
             raise
         finally:
             if deadline.active():
@@ -256,12 +267,13 @@ class HttpsBankClient:
             raise
         except client.ResponseNeverReceived as e:
             raise HttpsError(f"{method.decode()} {url}: no answer "
-                             f"({_reasons(e.reasons)})") from None
+                             f"({_reasons(e.reasons)})", kind="no_answer") from None
         except client.ResponseFailed as e:
             raise HttpsError(f"{method.decode()} {url}: answer broken off "
-                             f"({_reasons(e.reasons)})") from None
+                             f"({_reasons(e.reasons)})", kind="broken_off") from None
         except Exception as e:  # noqa: BLE001  (connect errors, TLS errors, DNS: all transport)
-            raise HttpsError(f"{method.decode()} {url}: {type(e).__name__}: {e}") from None
+            kind = "connect_failed" if isinstance(e, ierror.ConnectError) else type(e).__name__
+            raise HttpsError(f"{method.decode()} {url}: {type(e).__name__}: {e}", kind=kind) from None
 
     async def post_payment(self, doc: bytes) -> tuple[int, dict]:
         """POST one pain.001 to `{base}/payments`.
@@ -280,9 +292,11 @@ class HttpsBankClient:
         answer = _json_object(raw, f"POST {url}", status)
         if status == 409:
             if not isinstance(answer.get("error"), str):
-                raise HttpsError(f"POST {url} answered 409 without an error code", status, raw)
+                raise HttpsError(f"POST {url} answered 409 without an error code", status, raw,
+                             kind="bad_answer")
         elif not isinstance(answer.get("msg_id"), str) or not isinstance(answer.get("status"), str):
-            raise HttpsError(f"POST {url} answered {status} without msg_id and status", status, raw)
+            raise HttpsError(f"POST {url} answered {status} without msg_id and status", status, raw,
+                             kind="bad_answer")
         return status, answer
 
     async def reports(self, since: str | None, limit: int = 100) -> tuple[list[FeedReport], str | None]:
@@ -316,7 +330,7 @@ def _json_object(raw: bytes, what: str, status: int) -> dict:
         answer = None
     if not isinstance(answer, dict):
         raise HttpsError(f"{what} answered {status} with a body that is not a JSON object",
-                         status, raw[:_ERROR_BODY_CAP])
+                         status, raw[:_ERROR_BODY_CAP], kind="bad_answer")
     return answer
 
 

@@ -17,6 +17,7 @@ in its own package by registering a factory there.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Callable, Iterator
@@ -29,6 +30,58 @@ ENTRY_POINT_GROUP = "subsidy_gateway.bank_adapters"
 class TransportError(Exception):
     """A bank could not be reached or did not answer in time: the step is tried again later
     (with backoff) and logged as a warning, not as a failure of the gateway."""
+
+
+class RequestTiming:
+    """How an adapter (or the core client) tells the daemon how long each request to its peer took
+    and how it ended, without importing the daemon: the gateway hands it one whose
+    `observe(tx, seconds, outcome, code)` feeds /metrics; one made without `observe` measures and
+    tells nobody, so an adapter runs the same in a test.
+
+    `tx` names the request (BP01, BQ01, sftp_put, https_post, ...); `outcome` is "ok" (answered
+    well), "refused" (answered with a refusal: `code` is the peer's return code or HTTP status) or
+    "error" (no usable answer: `code` is the class of the failure, e.g. connect_failed, timeout,
+    unverified). Durations are read on `clock`, monotonic seconds, so they do not jump with the
+    wall clock; a request is timed from just before it leaves to the end of its answer.
+    """
+
+    def __init__(self, observe: Callable[[str, float, str, str], None] | None = None,
+                 clock: Callable[[], float] = time.monotonic):
+        self.observe = observe
+        self.clock = clock
+
+    def start(self, tx: str) -> "Timed":
+        return Timed(self, tx)
+
+
+class Timed:
+    """One request being timed: `stop()` when its answer is in (the time counted ends there; the
+    answer may be judged later), then `done(outcome, code)` once; later calls are ignored."""
+
+    def __init__(self, timing: RequestTiming, tx: str):
+        self.timing, self.tx = timing, tx
+        self.started = timing.clock()
+        self.seconds: float | None = None
+        self.outcome: str | None = None
+
+    def stop(self) -> None:
+        if self.seconds is None:
+            self.seconds = max(0.0, self.timing.clock() - self.started)
+
+    def ok(self) -> None:
+        self.done("ok")
+
+    def done(self, outcome: str, code: str = "") -> None:
+        self.stop()
+        if self.outcome is not None:
+            return
+        self.outcome = outcome
+        if self.timing.observe is not None:
+            try:
+                self.timing.observe(self.tx, self.seconds, outcome, code)
+            except Exception:  # noqa: BLE001  (a figure lost is not the request's failure)
+                from twisted.logger import Logger
+                Logger().failure("request timing of {tx} not observed", tx=self.tx)
 
 
 @dataclass
@@ -359,6 +412,9 @@ class IBankAdapter(Interface):
 
     def close():
         """Release connections. Deferred or None."""
+
+    # Optional: an adapter with a `timing` attribute (a RequestTiming) times its requests through
+    # it; the gateway replaces it with one that feeds /metrics (gateway_bank_request_*).
 
 
 class IBankAdapterFactory(Interface):

@@ -18,10 +18,13 @@ from protocols.framing import FrameDecoder, FrameError, encode_frame
 class ExchangeError(TransportError):
     """The exchange failed before a complete reply arrived."""
 
-    def __init__(self, message: str, *, sent: bool):
+    def __init__(self, message: str, *, sent: bool, kind: str = "connection_lost"):
         super().__init__(message)
         # True when the request may have reached the bank: its outcome is unknown (rule 3).
         self.sent = sent
+        # What went wrong, for the error counters: connect_failed, timeout, bad_frame,
+        # connection_lost.
+        self.kind = kind
 
 
 class _OneShot(protocol.Protocol):
@@ -41,11 +44,11 @@ class _OneShot(protocol.Protocol):
 
     def _timed_out(self) -> None:
         self._timer = None
-        self._fail(f"no complete reply within {self.read_timeout:g}s")
+        self._fail(f"no complete reply within {self.read_timeout:g}s", "timeout")
 
-    def _fail(self, why: str) -> None:
+    def _fail(self, why: str, kind: str) -> None:
         if not self.result.called:
-            self.result.errback(ExchangeError(why, sent=self.sent))
+            self.result.errback(ExchangeError(why, sent=self.sent, kind=kind))
         self.transport.abortConnection()
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802
@@ -54,7 +57,7 @@ class _OneShot(protocol.Protocol):
         try:
             bodies = self.decoder.feed(data)
         except FrameError as e:
-            self._fail(f"bad frame from the bank: {e}")
+            self._fail(f"bad frame from the bank: {e}", "bad_frame")
             return
         if bodies:
             if self._timer is not None:
@@ -82,5 +85,6 @@ async def exchange(reactor, host: str, port: int, body: bytes, *, width: int = 8
     try:
         await connectProtocol(endpoint, proto)
     except Exception as e:  # noqa: BLE001  (any connect failure: nothing was sent)
-        raise ExchangeError(f"cannot connect to {host}:{port}: {e}", sent=False) from None
+        raise ExchangeError(f"cannot connect to {host}:{port}: {e}", sent=False,
+                            kind="connect_failed") from None
     return await proto.result

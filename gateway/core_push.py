@@ -95,6 +95,7 @@ class CorePushSteps:
         again, which the core takes idempotently.
         """
         chunk_size = self.ctx.cfg.core.results_chunk
+        began = self.ctx.started()
 
         def take(conn: Connection, after: int) -> list[dict]:
             rows = [dict(r) for r in conn.execute(select(
@@ -159,6 +160,7 @@ class CorePushSteps:
                                               ~select(items.c.seq).where(_unpushed(order_no)).exists())
                          .values(results_pending=0))
         await self.ctx.db.run(done)
+        self.ctx.stage("push", began)
         log.info("{bank}: results of {order} pushed to the core", bank=self.ctx.bank_id, order=order_no)
 
     async def push_states(self) -> None:

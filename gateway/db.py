@@ -103,11 +103,16 @@ class Database:
       wait on SQLite's lock), and the bulk steps commit in chunks where the rules allow;
     - `read`: a read-only snapshot (a consistent view across its statements) on a pool of its own
       (`read_threads`): on SQLite in WAL mode and on PostgreSQL alike it runs beside a writer.
+
+    With `metrics` (gateway/metrics.py), each job's wait for a pool thread, from the moment it
+    is queued on the reactor thread until a pool thread starts it, is observed as
+    gateway_db_wait_seconds: the figure that says a pool is too small or a job too long.
     """
 
     def __init__(self, reactor, engine: Engine, threads: int = 1, *, bulk_threads: int = 2,
-                 read_threads: int = 2):
+                 read_threads: int = 2, metrics=None):
         self.reactor = reactor
+        self.metrics = metrics
         from twisted.python.threadpool import ThreadPool
         self.engine = engine
         self.sqlite = engine.url.get_backend_name() == "sqlite"
@@ -144,21 +149,33 @@ class Database:
                 return fn(conn, *args, **kw)
         return work
 
+    def submit(self, pool, fn: Callable[..., T], *args: Any, **kw: Any):
+        """Queue fn(*args) on `pool`, its wait for a thread observed; a Deferred of its result."""
+        metrics = self.metrics
+        if metrics is None:
+            return deferToThreadPool(self.reactor, pool, fn, *args, **kw)
+        queued = metrics.clock()
+
+        def timed() -> T:
+            metrics.db_waited(queued)
+            return fn(*args, **kw)
+        return deferToThreadPool(self.reactor, pool, timed)
+
     def run(self, fn: Callable[..., T], *args: Any, **kw: Any):
         """Run fn(conn, *args, **kw) in one transaction on the pool; a Deferred of its result."""
-        return deferToThreadPool(self.reactor, self.pool, self._tx(fn, *args, **kw))
+        return self.submit(self.pool, self._tx(fn, *args, **kw))
 
     def run_plain(self, fn: Callable[..., T], *args: Any, **kw: Any):
         """Run fn(*args) on the pool without a connection (file work that must stay in order)."""
-        return deferToThreadPool(self.reactor, self.pool, fn, *args, **kw)
+        return self.submit(self.pool, fn, *args, **kw)
 
     def run_bulk(self, fn: Callable[..., T], *args: Any, **kw: Any):
         """As `run`, for work that grows with an order: on the bulk pool."""
-        return deferToThreadPool(self.reactor, self.bulk_pool, self._tx(fn, *args, **kw))
+        return self.submit(self.bulk_pool, self._tx(fn, *args, **kw))
 
     def run_plain_bulk(self, fn: Callable[..., T], *args: Any, **kw: Any):
         """As `run_plain`, for work that grows with an order (a batch file built): the bulk pool."""
-        return deferToThreadPool(self.reactor, self.bulk_pool, fn, *args, **kw)
+        return self.submit(self.bulk_pool, fn, *args, **kw)
 
     def read(self, fn: Callable[..., T], *args: Any, **kw: Any):
         """Run fn(conn, *args, **kw) on a read-only snapshot, beside the writer; nothing it
@@ -176,7 +193,7 @@ class Database:
                     return fn(conn, *args, **kw)
                 finally:
                     conn.rollback()
-        return deferToThreadPool(self.reactor, self.read_pool, work)
+        return self.submit(self.read_pool, work)
 
 
 class FencedDatabase:
@@ -228,7 +245,7 @@ class FencedDatabase:
                 out = fn(conn, *args, **kw)
                 fence.check(epoch)      # the deadline passed while we worked: roll back
                 return out
-        return self._after(fence.track(deferToThreadPool(self.reactor, pool, work)), epoch)
+        return self._after(fence.track(self.database.submit(pool, work)), epoch)
 
     def _run_plain(self, pool, fn: Callable[..., T], *args: Any, **kw: Any):
         from twisted.internet import defer
@@ -240,7 +257,7 @@ class FencedDatabase:
         # Not cancelled when the lease is lost: file work (a batch being built) runs to its end,
         # so the step, and with it the stand-down, waits for it; this daemon takes no new epoch
         # while a file of the old one is still being written.
-        return self._after(deferToThreadPool(self.reactor, pool, fn, *args, **kw), epoch)
+        return self._after(self.database.submit(pool, fn, *args, **kw), epoch)
 
     def _after(self, d, epoch):
         from twisted.internet import defer

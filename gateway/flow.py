@@ -239,8 +239,8 @@ class BankFlow:
     it names; this object is also the IBankRecorder the adapter journals through."""
 
     def __init__(self, reactor, cfg: GatewayConfig, bank: BankConfig, db: Database, journal: Journal,
-                 core: ICoreSystem, adapter: IBankAdapter, faults: Faults):
-        self.ctx = FlowContext(reactor, cfg, bank, db)
+                 core: ICoreSystem, adapter: IBankAdapter, faults: Faults, metrics=None):
+        self.ctx = FlowContext(reactor, cfg, bank, db, metrics)
         self.journal = journal
         self.core = core
         self.adapter = adapter
@@ -504,6 +504,8 @@ class BankFlow:
         await self.db.run(record)
 
     async def load_order(self, order_no: str) -> None:
+        began = self.ctx.started()
+
         def start(conn: Connection) -> dict:
             o = conn.execute(select(orders).where(orders.c.order_no == order_no)).mappings().one()
             conn.execute(delete(items).where(items.c.order_no == order_no))
@@ -550,6 +552,7 @@ class BankFlow:
             await self._load_refused(order_no, loader, e)
             return
         os.unlink(loader.raw_path)   # archived in the journal
+        self.ctx.stage("load", began)
         log.info("{bank}: order {order} loaded: {n} items, {state}", bank=self.bank_id,
                  order=order_no, n=loader.v.count, state="INVALID" if reasons else "valid")
 
@@ -675,7 +678,9 @@ class BankFlow:
         return True
 
     def _build_document(self, b: dict) -> Built:
-        """Stream the batch's items from the database into the adapter's document (pool thread)."""
+        """Stream the batch's items from the database into the adapter's document (pool thread);
+        timed here, in the thread, as the build stage."""
+        began = self.ctx.started()
         with self.db.engine.connect() as conn:
             o = conn.execute(select(orders).where(orders.c.order_no == b["order_no"])).mappings().one()
             spec = BatchSpec(batch_no=b["batch_no"], order_no=b["order_no"], kind=b["kind"],
@@ -693,7 +698,9 @@ class BankFlow:
                                account_bank=r.account_bank, amount=r.amount, remark=r.remark,
                                orig_batch_no=r.orig_batch_no or "", account_bank_code=r.account_bank_code or "")
                      for r in rows)
-            return self.adapter.build_batch(spec, lines)
+            built = self.adapter.build_batch(spec, lines)
+        self.ctx.stage("build", began)
+        return built
 
     async def build(self, b: dict) -> None:
         built = await self.db.run_plain_bulk(self._build_document, b)
@@ -717,6 +724,7 @@ class BankFlow:
         if fence is not None:
             # No transaction precedes an upload: the bytes leave only while the lease is ours.
             fence.check()
+        self.ctx.stage_began("submit", b["batch_no"])
         await self.adapter.deliver_batch(b, self)
         await self.db.run(lambda conn: conn.execute(update(batches).where(
             batches.c.batch_no == b["batch_no"]).values(state=BatchState.UPLOADED, updated_at=self.at())))
@@ -807,7 +815,10 @@ class BankFlow:
             else:
                 return self._refuse(conn, b, reply.code, reply.message, reply.journal_id)
             return False
-        if await self.db.run(record):
+        released = await self.db.run(record)
+        if step.then is not Next.SEND_LATER:   # accepted, or refused for good
+            self.ctx.stage_ended("submit", b["batch_no"], well=step.then is Next.ACCEPT)
+        if released:
             await self._remove_uploads(b)
 
     def _refusal_hold(self, conn: Connection, order_no: str) -> int:
@@ -959,6 +970,8 @@ class BankFlow:
             else:
                 conn.execute(update(batches).where(batches.c.batch_no == b["batch_no"]).values(**good))
         await self.db.run(record)
+        if step.accepted_first:
+            self.ctx.stage_ended("submit", b["batch_no"])
         if step.then is Next.FINISH:
             await self.fetch_results(b["batch_no"])
         elif step.then is Next.REJECT:
@@ -983,6 +996,7 @@ class BankFlow:
                     order_no=b["order_no"], batch_no=b["batch_no"], journal_id=jid)
 
     async def fetch_results(self, batch_no: str) -> None:
+        began = self.ctx.started()
         b = await self.db.run(lambda c: dict(c.execute(select(batches).where(
             batches.c.batch_no == batch_no)).mappings().one()))
         try:
@@ -1010,6 +1024,7 @@ class BankFlow:
             return
         finally:
             await self.db.run_plain_bulk(rs.cleanup)
+        self.ctx.stage("apply", began)
         log.info("{bank}: results of {batch} applied: {summary}", bank=self.bank_id, batch=batch_no,
                  summary=summary)
         self.faults.point("results-applied")

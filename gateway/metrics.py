@@ -1,6 +1,11 @@
 """Prometheus metrics (/metrics): what the daemon is doing, for dashboards and alert rules.
 
-Two kinds of figures. What the daemon holds in memory (each bank's link state, the core
+Three kinds of figures. Durations and errors are observed where the work happens: a flow
+stage when it ends (`stage`), each request to a bank or the core when its answer is in (the
+adapters and the core client time them through the `RequestTiming` the daemon gives them:
+`bank_timing`, `core_timing`), each database job when a pool thread takes it (`db_waited`).
+All of them are read on one monotonic clock (`clock`), in whichever thread the work runs.
+What the daemon holds in memory (each bank's link state, the core
 link, the leadership epoch) is read by `observe` on the reactor thread. Figures that live in
 the database (items and amounts by state per bank, batches by state, open alarms by
 severity, journal size) come from a snapshot that a ticker refreshes off the reactor
@@ -13,12 +18,20 @@ default). The alert rules in conf/prometheus/alerts.yml are written against thes
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Gauge
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from sqlalchemy import Connection, func, select
 
+from adapters.interface import RequestTiming
 from gateway import __version__
 
+# A stage runs from well under a second (a small batch built) to minutes (a million items
+# loaded or applied); a request from milliseconds (loopback) to the call deadlines (60 s).
+_STAGE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 3600)
+_REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+_WAIT_BUCKETS = (0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
 class _Snapshot:
@@ -36,7 +49,8 @@ class _Snapshot:
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, clock=time.monotonic) -> None:
+        self.clock = clock      # monotonic seconds: every duration below is read on it
         r = self.registry = CollectorRegistry()
         self.snapshot = _Snapshot()
         r.register(self.snapshot)
@@ -51,6 +65,60 @@ class Metrics:
         self.epoch = Gauge("gateway_leader_epoch", "the leadership epoch this daemon last held", registry=r)
         self.snapshot_at = Gauge("gateway_snapshot_timestamp_seconds",
                                  "when the database figures were last read", registry=r)
+        self.stage_seconds = Histogram(
+            "gateway_stage_duration_seconds",
+            "how long a flow stage took, per bank: load (an order pulled from the core, validated "
+            "and stored), build (a batch file built, signed, encrypted), submit (from the upload's "
+            "start until the bank accepted the batch), apply (results fetched, verified, applied), "
+            "push (an order's results posted to the core), refund (from the first RF01 until the bank "
+            "accepted the refund)", ["bank", "stage"], buckets=_STAGE_BUCKETS, registry=r)
+        self.bank_seconds = Histogram(
+            "gateway_bank_request_duration_seconds",
+            "latency of one request to a bank (a message such as BP01, or an SFTP session, an HTTPS "
+            "call) by outcome: ok, refused (answered with a refusal), error (no usable answer)",
+            ["bank", "tx", "outcome"], buckets=_REQUEST_BUCKETS, registry=r)
+        self.bank_errors = Counter(
+            "gateway_bank_request_errors",
+            "requests to a bank not answered well, by code: the bank's return code (E009, HTTP409) "
+            "or the failure's class (connect_failed, timeout, unverified, ...)",
+            ["bank", "tx", "code"], registry=r)
+        self.core_seconds = Histogram(
+            "gateway_core_request_duration_seconds",
+            "latency of one request to the core by endpoint and outcome (ok: 2xx; error)",
+            ["endpoint", "outcome"], buckets=_REQUEST_BUCKETS, registry=r)
+        self.core_errors = Counter(
+            "gateway_core_request_errors",
+            "requests to the core not answered well, by code: the HTTP status or the failure's class",
+            ["endpoint", "code"], registry=r)
+        self.db_wait = Histogram(
+            "gateway_db_wait_seconds",
+            "how long a database job waited for a pool thread before it ran",
+            buckets=_WAIT_BUCKETS, registry=r)
+
+    # --- observed where the work happens ------------------------------------------------------
+    def stage(self, bank: str, stage: str, started: float) -> None:
+        """A stage of `bank` that began at `started` (on `clock`) ended well now."""
+        self.stage_seconds.labels(bank, stage).observe(max(0.0, self.clock() - started))
+
+    def bank_timing(self, bank: str) -> RequestTiming:
+        """What a bank's adapter times its requests with."""
+        def observe(tx: str, seconds: float, outcome: str, code: str) -> None:
+            self.bank_seconds.labels(bank, tx, outcome).observe(seconds)
+            if outcome != "ok":
+                self.bank_errors.labels(bank, tx, code or outcome).inc()
+        return RequestTiming(observe, self.clock)
+
+    def core_timing(self) -> RequestTiming:
+        """What the core client times its requests with (tx: the endpoint)."""
+        def observe(endpoint: str, seconds: float, outcome: str, code: str) -> None:
+            self.core_seconds.labels(endpoint, outcome).observe(seconds)
+            if outcome != "ok":
+                self.core_errors.labels(endpoint, code or outcome).inc()
+        return RequestTiming(observe, self.clock)
+
+    def db_waited(self, queued: float) -> None:
+        """A database job queued at `queued` (on `clock`) is starting now, on its pool thread."""
+        self.db_wait.observe(max(0.0, self.clock() - queued))
 
     # --- the links and leases as the daemon holds them in memory -------------------------------
     def observe(self, gw) -> None:

@@ -63,6 +63,7 @@ class RefundSteps:
         def mark(conn: Connection) -> None:
             conn.execute(update(refunds).where(refunds.c.refund_no == r["refund_no"]).values(
                 state=RefundState.SUBMITTING, attempts=refunds.c.attempts + 1, updated_at=ctx.at()))
+        ctx.stage_began("refund", r["refund_no"])
         reply = await self.adapter.send_refund(r, lines, self.recorder, mark)
         if reply is None:
             return   # outcome unknown: the refund stays SUBMITTING and RQ01 decides (rule 3)
@@ -82,6 +83,8 @@ class RefundSteps:
             else:
                 self._failed(conn, r, RefundState.REFUSED, reply.code, reply.message, reply.journal_id)
         await ctx.db.run(record)
+        if step.then is not Next.SEND_LATER:   # accepted, or refused for good
+            ctx.stage_ended("refund", r["refund_no"], well=step.then is Next.ACCEPT)
 
     def _accepted(self, conn: Connection, r: dict) -> None:
         conn.execute(update(refunds).where(refunds.c.refund_no == r["refund_no"]).values(
@@ -146,6 +149,8 @@ class RefundSteps:
                 conn.execute(update(refunds).where(refunds.c.refund_no == r["refund_no"]).values(
                     next_check_at=int(ctx.now() + ctx.bank.status_poll_s)))
         await ctx.db.run(record)
+        if step.accepted_first:
+            ctx.stage_ended("refund", r["refund_no"])
 
     def _done(self, conn: Connection, r: dict, st: RefundStatus, jid: int | None) -> None:
         ctx = self.ctx

@@ -278,7 +278,7 @@ class Gateway(service.MultiService):
             errors = []
             for b in added + changed:
                 try:
-                    adapters[b] = make_adapter(reactor, new.banks[b], running, ctx["faults"])
+                    adapters[b] = _timed(make_adapter(reactor, new.banks[b], running, ctx["faults"]))
                 except AdapterError as e:
                     errors.append(str(e))
                 except Exception as e:  # noqa: BLE001  (a plugin's surprise refuses the reload too)
@@ -396,12 +396,22 @@ class _MetricsService(service.Service):
         return d
 
 
+def _timed(adapter):
+    """An adapter that times its requests (a `timing` attribute, adapters/interface.py) gets one
+    feeding /metrics (gateway_bank_request_*); one without is left as it is, untimed."""
+    from adapters.interface import RequestTiming
+    from gateway.metrics import METRICS
+    if isinstance(getattr(adapter, "timing", None), RequestTiming):
+        adapter.timing = METRICS.bank_timing(adapter.bank_id)
+    return adapter
+
+
 def _make_adapters(reactor, cfg: GatewayConfig, faults: Faults) -> dict:
     """One verified adapter per bank, found by its dialect; every problem reported together."""
     adapters, errors = {}, []
     for bank_id, bank in cfg.banks.items():
         try:
-            adapters[bank_id] = make_adapter(reactor, bank, cfg, faults)
+            adapters[bank_id] = _timed(make_adapter(reactor, bank, cfg, faults))
         except AdapterError as e:
             errors.append(str(e))
     if errors:
@@ -438,9 +448,10 @@ def make_service(cfg: GatewayConfig, reactor=None, core=None) -> Gateway:
     if cfg.calendar is not None:
         from gateway.workdays import warn_provisional
         warn_provisional(cfg.calendar)   # configuration loading leaves it to the daemon
+    from gateway.metrics import METRICS
     gw = Gateway()
     database = dbmod.Database(reactor, engine, cfg.db_threads, bulk_threads=cfg.db_bulk_threads,
-                              read_threads=cfg.db_read_threads)
+                              read_threads=cfg.db_read_threads, metrics=METRICS)
     gw.database = database
     _DatabaseService(database).setServiceParent(gw)
     journal = Journal(cfg.journal_archive_dir, cfg.journal_inline_max_bytes, key=cfg.journal_auth.key)
@@ -458,7 +469,8 @@ def make_service(cfg: GatewayConfig, reactor=None, core=None) -> Gateway:
         core = CoreClient(reactor, cfg.core.base_url, cfg.core.token.value, timeout_s=cfg.core.timeout_s,
                           max_delay_s=cfg.core.retry_max_delay_s, call_deadline_s=cfg.core.call_deadline_s,
                           stream_window_s=cfg.core.stream_window_s,
-                          stream_min_bytes_per_s=cfg.core.stream_min_bytes_per_s)
+                          stream_min_bytes_per_s=cfg.core.stream_min_bytes_per_s,
+                          timing=METRICS.core_timing())
     gw.core = core
     core_service = _CoreService(core, database, reactor)
     core_service.setServiceParent(gw)

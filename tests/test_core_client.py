@@ -351,6 +351,39 @@ async def test_watchers_hear_each_call_outcome(reactor, core) -> None:
     assert [type(h) for h in heard] == [CoreError, type(None)]
 
 
+@pytest_twisted.ensureDeferred
+async def test_each_attempt_is_timed_by_endpoint_with_its_outcome(reactor, core) -> None:
+    """What feeds gateway_core_request_*: every attempt (each retry too) is timed under its
+    endpoint with the order number left out, a 2xx as ok, a 503 or 409 as an error coded by its
+    status, a core that cannot be reached as connect_failed; the item stream is timed whole."""
+    import socket
+
+    from adapters.interface import RequestTiming
+    seen: list = []
+    answers = iter([503, 200, 409])
+    core.handler = lambda req: _json(req, {"orders": []}, next(answers))
+    c = core.client(timing=RequestTiming(lambda *a: seen.append(a)))
+    await _bounded(reactor, c.list_funded("cnbank"))
+    with pytest.raises(CoreContractError):
+        await _bounded(reactor, c.push_state("FS0001", "DISPATCHED", {}))
+    core.handler = lambda req: b'{"seq": 1}\n'
+    await _bounded(reactor, c.stream_items("FS0001", lambda chunk: defer.succeed(None)))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed = sock.getsockname()[1]
+    gone = CoreClient(reactor, f"http://127.0.0.1:{closed}", TOKEN, attempts=1,
+                      timing=RequestTiming(lambda *a: seen.append(a)))
+    with pytest.raises(CoreError):
+        await _bounded(reactor, gone.post_json("/api/orders/FS0002/results", {"results": []}))
+    await gone.close()
+    assert [(endpoint, outcome, code) for endpoint, _, outcome, code in seen] == [
+        ("GET /api/orders", "error", "503"), ("GET /api/orders", "ok", ""),
+        ("POST /api/orders/{order_no}/state", "error", "409"),
+        ("GET /api/orders/{order_no}/items", "ok", ""),
+        ("POST /api/orders/{order_no}/results", "error", "connect_failed")]
+    assert all(seconds >= 0 for _, seconds, _, _ in seen)
+
+
 # --- paging -----------------------------------------------------------------------
 
 

@@ -197,7 +197,7 @@ async def test_iso_link_state_follows_the_bank_client():
                 raise r
             return r
     clock, bank = Clock(), Bank()
-    c = _WatchedClient(bank, clock)
+    c = _WatchedClient(bank, clock, "https")
     bank.next = [HttpsError("connection refused"), HttpsError("bad gateway", status=502),
                  HttpsError("refused", status=400), ([], None)]
     for t in (10, 20):

@@ -294,3 +294,45 @@ def test_bad_settings_are_refused(reactor, pki):
         HttpsBankClient(reactor, "https://127.0.0.1:1", **{**kw, "ca_pem": b"junk"})
     with pytest.raises(ValueError, match="client_cert_pem"):
         HttpsBankClient(reactor, "https://127.0.0.1:1", **{**kw, "client_key_pem": pki.server.key_pem})
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_iso_adapter_times_each_call_by_outcome_and_code(make_server, make_client):
+    """The iso20022 adapter's client wrapper times every call to the real HTTPS client through
+    its RequestTiming (what feeds gateway_bank_request_*): a POST taken is https_post ok, a 409 is
+    refused with the bank's code (DU01), a 400 refused with its status, a 503 an error with its
+    status, a closed port an error named by its class (connect_failed, as for cnbank and the core); a
+    report page is https_get ok."""
+    import socket
+
+    from adapters.interface import RequestTiming
+    from adapters.iso20022.adapter import _WatchedClient
+    from twisted.internet import reactor as clock
+
+    s = make_server()
+    seen = []
+    watched = _WatchedClient(make_client(f"https://127.0.0.1:{s.number}", server_name="bank.test"),
+                             clock, "https")
+    watched.timing = RequestTiming(lambda *a: seen.append(a))
+    answers = [(202, b'{"msg_id": "B1", "status": "RCVD"}'), (409, b'{"error": "DU01", "message": "x"}'),
+               (400, b'{"error": "FF01"}'), (503, b"{}")]
+    for status, body in answers:
+        s.root.answers[(b"POST", "/payments")] = (status, body)
+        try:
+            await watched.post_payment(b"<x/>")
+        except HttpsError:
+            pass
+    s.root.answers[(b"GET", "/reports")] = (200, _page())
+    assert await watched.reports(None) == ([], "0")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed = sock.getsockname()[1]
+    gone = _WatchedClient(make_client(f"https://127.0.0.1:{closed}", server_name="bank.test"), clock, "https")
+    gone.timing = RequestTiming(lambda *a: seen.append(a))
+    with pytest.raises(HttpsError):
+        await gone.post_payment(b"<x/>")
+    assert [(tx, outcome, code) for tx, _, outcome, code in seen] == [
+        ("https_post", "ok", ""), ("https_post", "refused", "DU01"), ("https_post", "refused", "HTTP400"),
+        ("https_post", "error", "HTTP503"), ("https_get", "ok", ""),
+        ("https_post", "error", "connect_failed")]
+    assert all(seconds >= 0 for _, seconds, _, _ in seen)

@@ -31,7 +31,9 @@ def _promtool() -> str:
 
 def test_alert_rules_load_and_fire_in_promtool():
     """`promtool check rules` accepts conf/prometheus/alerts.yml and `promtool test rules` shows
-    the bank-link, critical-alarm, no-active-daemon and core rules firing and clearing as written."""
+    the bank-link, critical-alarm, no-active-daemon and core rules firing and clearing as written,
+    and the latency and error rules (bank slow, bank requests failing, core slow, database wait)
+    firing from histograms and counters shaped as the daemon exports them."""
     tool = _promtool()
     check = subprocess.run([tool, "check", "rules", str(RULES / "alerts.yml")], capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
@@ -58,17 +60,39 @@ def _get(samples: dict, name: str, **labels) -> float | None:
     return samples.get((name, tuple(sorted(labels.items()))))
 
 
+def _count(samples: dict, histogram: str, **labels) -> float:
+    """How many observations a histogram holds over the series matching `labels`."""
+    return _over(samples, histogram + "_count", labels)
+
+
+def _sum(samples: dict, histogram: str, **labels) -> float:
+    return _over(samples, histogram + "_sum", labels)
+
+
+def _over(samples: dict, name: str, labels: dict) -> float:
+    return sum(v for (n, lv), v in samples.items() if n == name and set(labels.items()) <= set(lv))
+
+
 @pytest.mark.loopback
 @pytest_twisted.ensureDeferred
 async def test_real_daemon_serves_figures_from_its_database(reactor, tmp_path):
     """The real gatewayd with [metrics] serves /metrics on loopback: once an order is paid the
     scrape shows its items and amounts per state for the bank, the batch DONE, no open alarm,
-    this daemon active and the release; the scrape parses as the Prometheus text format."""
+    this daemon active and the release; the scrape parses as the Prometheus text format.
+
+    The durations are the daemon's own: each stage the order went through (load, build, submit,
+    apply, push) has a duration observed for the bank, the BP01 and BQ01 round trips and the SFTP
+    upload and download were timed as answered well, the core's order list, item stream and
+    results POST too, and database jobs had their wait for a pool thread observed. Then the
+    bank's message port closes: the HB01 heartbeats fail, and the bank error counter moves with
+    the failure's class (connect_failed)."""
     specs = [spec("MET0001", 30)]
     p, keys, sims, cfg = await install(reactor, tmp_path, specs)
     port = _free_port()
     with open(cfg, "a") as f:
         f.write(f'\n[metrics]\nlisten = "127.0.0.1:{port}"\nrefresh_s = 0.2\n')
+    with open(p.banks / f"{harness.BANK_ID}.toml", "a") as f:
+        f.write("heartbeat_s = 0.5\n")     # [cnbank] is the file's last table
     daemon = harness.Daemon(cfg, p.log)
     daemon.start()
     try:
@@ -82,6 +106,20 @@ async def test_real_daemon_serves_figures_from_its_database(reactor, tmp_path):
             d = await _thread(reactor, _scrape, port)
             return d if _get(d, "gateway_items", bank=harness.BANK_ID, state="PAID") == 30 else None
         samples = await wait_for(reactor, figures, 20, "the paid items in /metrics", daemon)
+
+        async def pushed():
+            d = await _thread(reactor, _scrape, port)
+            return d if _count(d, "gateway_stage_duration_seconds", stage="push") else None
+        durations = await wait_for(reactor, pushed, 20, "the push stage in /metrics", daemon)
+
+        bank_tcp = sims.bank._ports[0]      # the message port (listen_tcp came first)
+        await bank_tcp.stopListening()
+
+        async def heartbeat_failed():
+            d = await _thread(reactor, _scrape, port)
+            return d if _get(d, "gateway_bank_request_errors_total", bank=harness.BANK_ID, tx="HB01",
+                             code="connect_failed") else None
+        broken = await wait_for(reactor, heartbeat_failed, 20, "an HB01 error in /metrics", daemon)
     finally:
         rc = await daemon.stop_async(reactor)
         await sims.stop()
@@ -93,6 +131,21 @@ async def test_real_daemon_serves_figures_from_its_database(reactor, tmp_path):
     assert _get(samples, "gateway_leader_active") == 1
     assert any(k[0] == "gateway_build_info" for k in samples)
     assert any(k[0] == "gateway_dir_free_bytes" and ("dir", "work") in k[1] for k in samples)
+
+    bank = harness.BANK_ID
+    for stage in ("load", "build", "submit", "apply", "push"):
+        assert _count(durations, "gateway_stage_duration_seconds", bank=bank, stage=stage) >= 1, stage
+        assert _sum(durations, "gateway_stage_duration_seconds", bank=bank, stage=stage) > 0, stage
+    for tx in ("BP01", "BQ01", "sftp_put", "sftp_get"):
+        assert _count(durations, "gateway_bank_request_duration_seconds", bank=bank, tx=tx, outcome="ok") >= 1, tx
+    assert not [k for k in durations if k[0] == "gateway_bank_request_errors_total"]
+    for endpoint in ("GET /api/orders", "GET /api/orders/{order_no}/items",
+                     "POST /api/orders/{order_no}/results", "POST /api/orders/{order_no}/state"):
+        assert _count(durations, "gateway_core_request_duration_seconds", endpoint=endpoint, outcome="ok") >= 1, \
+            endpoint
+    assert _count(durations, "gateway_db_wait_seconds") > 10
+    assert _count(broken, "gateway_bank_request_duration_seconds", bank=bank, tx="HB01", outcome="error") >= 1
+    assert _count(broken, "gateway_bank_request_duration_seconds", bank=bank, tx="HB01", outcome="ok") >= 1
 
 
 def harness_items(s):

@@ -225,3 +225,27 @@ async def test_a_refused_status_question_is_one_alarm_cleared_by_the_next_answer
     await advance(env, RefundStatus("unanswered", "E009", "时间偏差", alarmed=True))
     assert open_alarms(env) == []
     assert _q(env, select(func.count()).select_from(alarms)) == [(1,)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_refund_stage_is_timed_from_the_first_rf01_until_the_bank_holds_it(env):
+    """gateway_stage_duration_seconds{stage="refund"} runs from the first RF01 until the bank is
+    known to hold the refund: across a lost reply, an E007 that lets RF01 go again and the RQ01
+    that finds it accepted, one observation of the three hours that passed (the metrics read the
+    test's clock); the stage is not observed again by later status answers."""
+    from gateway.metrics import Metrics
+    m = Metrics(clock=env.clock.seconds)
+    env.steps.ctx.metrics = m
+
+    def observed():
+        labels = {"bank": BANK, "stage": "refund"}
+        return (m.registry.get_sample_value("gateway_stage_duration_seconds_count", labels),
+                m.registry.get_sample_value("gateway_stage_duration_seconds_sum", labels))
+    await advance(env, None)                                   # RF01's reply lost
+    await advance(env, RefundStatus("unknown_to_bank", "E007"))
+    await advance(env, None)                                   # RF01 again, lost again
+    assert observed() == (None, None)
+    await advance(env, RefundStatus("pending"))                # RQ01: the bank holds it
+    assert observed() == (1.0, 3 * 3600.0)
+    await advance(env, RefundStatus("done", serial="RS-77", amount=200, returned_to="payer"))
+    assert observed() == (1.0, 3 * 3600.0)

@@ -21,8 +21,8 @@ from adapters.link_watch import ALARM_KIND as LINK_DOWN
 from adapters.link_watch import LinkWatch
 from adapters.cnbank.link import BuiltFile, CnBankLink, Incoming, LinkError, Outgoing
 from adapters.interface import (BatchItem, BatchSpec, BatchStatus, Built, IBankAdapter, ItemResult,
-                                LateReturn, RefundStatus, Reply, ResultSet, ResultsRefused,
-                                ResultTotals)
+                                LateReturn, RefundStatus, Reply, RequestTiming, ResultSet,
+                                ResultsRefused, ResultTotals)
 from adapters.cnbank.statements import statement_rows
 from adapters.interface import Entry
 from protocols import cnbank_files as files
@@ -48,6 +48,7 @@ class CnBankAdapter:
         self.link = link
         self.work_dir = link.work_dir
         self.faults = faults
+        self.timing = RequestTiming()   # the gateway gives one that feeds /metrics
         self._link = LinkWatch(bank.cnbank.link_alarm_after_s, self.bank_id)
         # After a start, an episode of a former run may still be open: the first good
         # answer clears it (once), later ones only when this run raised it.
@@ -84,9 +85,11 @@ class CnBankAdapter:
         await recorder.record([Entry("out", self.bank_id, "tcp", tx, out.decoded, payload=out.raw,
                                      msg_id=out.msg_id, order_no=ref["order_no"],
                                      batch_no=ref["batch_no"])], change=before)
+        timed = self.timing.start(tx)
         try:
             raw = await self.link.exchange(out)
         except tcp.ExchangeError as e:
+            timed.done("error", e.kind)
             now = recorder.now()
             down = self._link.failed(now, f"{tx}: {e}")
 
@@ -102,12 +105,14 @@ class CnBankAdapter:
             if not e.sent:
                 return Incoming("", out.msg_id, b"", "", str(e), {}, "")
             return None
+        timed.stop()    # the round trip; the reply is judged below
         if tx == "BP01" and self.faults is not None:
             self.faults.point("BP01-reply-received")
         now = recorder.now()
         try:
             inc = await self.link.open(out, raw, now)
         except LinkError as e:
+            timed.done("error", "unverified")
             down = self._link.failed(now, f"{tx}: {e}")
 
             def rejected(conn):
@@ -122,6 +127,10 @@ class CnBankAdapter:
                     self._link_down_alarm(conn, recorder, now, jid)
             await recorder.read(rejected)
             return None
+        if inc.ret_code == "0000":
+            timed.ok()
+        else:
+            timed.done("refused", inc.ret_code)
         clear_down = self._link.ok(now)
         skew_was_open = self._skew_maybe_open
         self._skew_maybe_open = inc.skew_s is not None
@@ -153,6 +162,18 @@ class CnBankAdapter:
             return jid
         inc.journal_id = await recorder.read(keep)
         return inc
+
+    async def _sftp(self, tx: str, work):
+        """Await one SFTP session's work (connect, the files, close), timed as `tx`; a failure is
+        counted by its class (the SFTP client's error type) and raised as it was."""
+        timed = self.timing.start(tx)
+        try:
+            out = await work
+        except Exception as e:
+            timed.done("error", type(e).__name__)
+            raise
+        timed.ok()
+        return out
 
     async def heartbeat(self, recorder) -> bool:
         """HB01: one round trip on the message link, its reply judged like any other; True when
@@ -205,9 +226,9 @@ class CnBankAdapter:
 
     async def deliver_batch(self, batch: dict, recorder) -> None:
         cipher, sig = self._paths(batch)
-        await self.link.upload(BuiltFile(batch["file_name"], cipher, sig, batch["file_sm3"],
-                                         batch["file_enc_key"], batch["total_count"],
-                                         batch["total_amount"]))
+        await self._sftp("sftp_put", self.link.upload(BuiltFile(
+            batch["file_name"], cipher, sig, batch["file_sm3"], batch["file_enc_key"],
+            batch["total_count"], batch["total_amount"])))
         in_dir = self.bank.sftp.in_dir
         await recorder.record([
             Entry("out", self.bank_id, "sftp", "PUT", f"{in_dir}/{batch['file_name']}.sig",
@@ -264,7 +285,7 @@ class CnBankAdapter:
 
     async def fetch_results(self, batch: dict, recorder) -> ResultSet:
         name = batch["result_file"]
-        cipher, sig = await self.link.download(name)
+        cipher, sig = await self._sftp("sftp_get", self.link.download(name))
         ref = {"order_no": batch["order_no"], "batch_no": batch["batch_no"]}
 
         def evidence(verified: str, summary: str = "") -> list:
@@ -309,7 +330,7 @@ class CnBankAdapter:
 
     async def after_results(self, batch: dict) -> None:
         if self.bank.sftp.remove_uploads:
-            await self.link.remove_uploads(batch["file_name"])
+            await self._sftp("sftp_remove", self.link.remove_uploads(batch["file_name"]))
 
     # --- refunds, disputes, statements ------------------------------------------------
 
@@ -364,7 +385,7 @@ class CnBankAdapter:
             return None
         f = inc.fields
         name = f["StatementFile"]
-        cipher, sig = await self.link.download(name)
+        cipher, sig = await self._sftp("sftp_get", self.link.download(name))
         fetched = None
         try:
             try:

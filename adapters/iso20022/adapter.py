@@ -30,8 +30,8 @@ from zope.interface import implementer
 
 from adapters.https import HttpsBankClient, PageMalformed, PageTooLarge
 from adapters.interface import (BatchItem, BatchSpec, BatchStatus, Built, IBankAdapter, ItemResult,
-                                LateReturn, RefundStatus, Reply, ResultSet, ResultsRefused, ResultTotals,
-                                TransportError)
+                                LateReturn, RefundStatus, Reply, RequestTiming, ResultSet, ResultsRefused,
+                                ResultTotals, TransportError)
 from adapters.interface import Entry
 from adapters.link_watch import ALARM_KIND as LINK_DOWN
 from adapters.link_watch import LinkWatch
@@ -104,10 +104,12 @@ class _WatchedClient:
     below 500, a page refused as too large or malformed included) is the link working; no
     answer, a timeout or a 5xx is a failure. What a call means for the bank-link-down episode
     ("down" or "clear", with when) waits in `verdict` until the adapter, which holds the
-    recorder, acts on it (IsoAdapter._linked)."""
+    recorder, acts on it (IsoAdapter._linked). Each call is timed as `{channel}_{verb}`
+    (https_post, https_get, sftp_put, sftp_get, sftp_remove) through `timing`."""
 
-    def __init__(self, client, clock, watch: LinkWatch | None = None) -> None:
-        self._client, self._clock = client, clock
+    def __init__(self, client, clock, channel: str, watch: LinkWatch | None = None) -> None:
+        self._client, self._clock, self._channel = client, clock, channel
+        self.timing = RequestTiming()
         self.watch = watch if watch is not None else LinkWatch(300.0)
         self.verdict: tuple[str, float] | None = None
 
@@ -118,11 +120,17 @@ class _WatchedClient:
     def __getattr__(self, name):
         return getattr(self._client, name)
 
-    async def _watch(self, what: str, call):
+    async def _watch(self, what: str, verb: str, call):
+        timed = self.timing.start(f"{self._channel}_{verb}")
         try:
             out = await call
         except Exception as e:
             status = getattr(e, "status", None)
+            kind = getattr(e, "kind", None)
+            if kind is None and status is not None and status < 500:
+                timed.done("refused", f"HTTP{status}")     # answered, with a refusal (400, 413)
+            else:
+                timed.done("error", kind or (f"HTTP{status}" if status is not None else type(e).__name__))
             if status is not None and status < 500:
                 self._ok()
             else:
@@ -130,6 +138,11 @@ class _WatchedClient:
                 if self.watch.failed(now, f"{what}: {e}"):
                     self.verdict = ("down", now)
             raise
+        if isinstance(out, tuple) and isinstance(out[0], int) and out[0] >= 400:
+            said = out[1].get("error") if isinstance(out[1], dict) else None
+            timed.done("refused", str(said or f"HTTP{out[0]}")[:16])   # 409: DU01, the bank's refusal
+        else:
+            timed.ok()
         self._ok()
         return out
 
@@ -139,10 +152,21 @@ class _WatchedClient:
             self.verdict = ("clear", now)
 
     def post_payment(self, doc: bytes):
-        return self._watch("POST payment", self._client.post_payment(doc))
+        return self._watch("POST payment", "post" if self._channel == "https" else "put",
+                           self._client.post_payment(doc))
 
     def reports(self, since, limit: int = 100):
-        return self._watch("GET reports", self._client.reports(since, limit))
+        return self._watch("GET reports", "get", self._client.reports(since, limit))
+
+    async def remove_upload(self, msg_id: str):
+        """Housekeeping after the results: timed, but left out of the link's state."""
+        timed = self.timing.start(f"{self._channel}_remove")
+        try:
+            await self._client.remove_upload(msg_id)
+        except Exception as e:
+            timed.done("error", getattr(e, "kind", None) or type(e).__name__)
+            raise
+        timed.ok()
 
 
 @implementer(IBankAdapter)
@@ -159,7 +183,7 @@ class IsoAdapter:
         self.bank = bank
         self.bank_id = bank.bank_id
         self.s = settings
-        self.client = _WatchedClient(client, reactor, LinkWatch(
+        self.client = _WatchedClient(client, reactor, settings.transport, LinkWatch(
             getattr(settings, "link_alarm_after_s", 300.0), self.bank_id))
         self.key_pem = key_pem
         self.cert_pem = cert_pem
@@ -170,6 +194,15 @@ class IsoAdapter:
         self._asked_again: dict[str, int] = {}
         self._faulted: set[str] = set()     # cursors whose page could not be taken (alarm open)
         os.makedirs(work_dir, exist_ok=True)
+
+    @property
+    def timing(self) -> RequestTiming:
+        """How each call to the bank is timed (the gateway gives one that feeds /metrics)."""
+        return self.client.timing
+
+    @timing.setter
+    def timing(self, timing: RequestTiming) -> None:
+        self.client.timing = timing
 
     def link_state(self) -> dict:
         """The link as last seen (in memory, for health and /metrics): last answer, last failure
