@@ -34,6 +34,7 @@ from adapters.secret import Secret  # noqa: F401  (re-exported; kept apart so co
 from protocols import keyfile
 from protocols.keyfile import KeyFileError
 from protocols.sm import SM2PrivateKey, SM2PublicKey
+from protocols.chinatime import CST
 
 __all__ = [
     "Secret", "KeystoreError", "Passphrase", "PrivateKey", "CertRotation", "ExpiryWarning",
@@ -44,7 +45,6 @@ __all__ = [
 PrivateKey = Union[SM2PrivateKey, rsa.RSAPrivateKey]
 
 # Beijing time: the bank file's dates (bank_previous_until) are the operators' calendar days.
-CST = dt.timezone(dt.timedelta(hours=8), "CST")
 MIN_RSA_BITS = 2048
 # NIST SP 800-57 puts 2048-bit RSA at 112-bit strength, acceptable only to 2030;
 # 3072 bits carries a key generated now through its certificate's life.

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import datetime
 from typing import TYPE_CHECKING, Any
+from protocols import chinatime
 
 if TYPE_CHECKING:   # SQLAlchemy is imported where it is used: gatewayctl health needs only the constants
     from sqlalchemy import Connection
@@ -31,10 +32,7 @@ EXIT_CODES = {OK: 0, DEGRADED: 1, DOWN: 2}
 PROBE_TIMEOUT_S = 5.0
 
 
-def iso(t: float | None) -> str | None:
-    if t is None:
-        return None
-    return datetime.datetime.fromtimestamp(t, datetime.timezone.utc).astimezone().isoformat(timespec="seconds")
+iso = chinatime.iso   # China time, as everywhere else (it was the host's zone)
 
 
 class CoreLink:

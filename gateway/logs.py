@@ -22,8 +22,8 @@ from twisted.logger import (FilteringLogObserver, ILogObserver, LogLevel, LogLev
 from zope.interface import implementer
 
 from gateway.masking import mask_text
+from protocols.chinatime import CST
 
-CST = datetime.timezone(datetime.timedelta(hours=8))
 FIELDS = ("bank", "order_no", "batch_no", "refund_no", "kind", "severity")
 
 # Conch says "Disconnecting with error, code 10" at info on every clean SFTP close, and

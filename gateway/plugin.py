@@ -28,4 +28,8 @@ def makeService(options):  # noqa: N802
             print(f"gateway: took group/other access away: {line}", file=sys.stderr)
     except OSError as e:
         raise SystemExit(f"{cfg.file}: cannot secure the data folders: {e}") from None
-    return make_service(cfg)
+    from gateway.service import StartupError
+    try:
+        return make_service(cfg)
+    except StartupError as e:
+        raise SystemExit(f"gateway: {e}") from None   # a message for the operator, not a traceback

@@ -14,9 +14,9 @@ from twisted.logger import Logger
 
 from gateway.alarms import clear_alarm, raise_alarm  # noqa: F401  (re-exported for the steps)
 from gateway.models import ItemStatus, items, orders
+from protocols.chinatime import CST, iso  # noqa: F401  (imported from here by the gateway)
 
 log = Logger()
-CST = datetime.timezone(datetime.timedelta(hours=8))
 
 
 class ConservationError(Exception):
@@ -25,10 +25,6 @@ class ConservationError(Exception):
 
 class ResultRejected(Exception):
     """A result file or reply that does not match our batch; applied not at all."""
-
-
-def iso(seconds: float) -> str:
-    return datetime.datetime.fromtimestamp(seconds, CST).isoformat(timespec="seconds")
 
 
 def check_conservation(conn: Connection, order_no: str) -> dict[str, tuple[int, int]]:

@@ -40,9 +40,9 @@ from .sm import (
     sm4_cbc_decrypt,
     sm4_cbc_encrypt,
 )
+from protocols.chinatime import CST as CN_TZ
 
 # The dialect's clock: TxDate/TxTime are local time in China.
-CN_TZ = timezone(timedelta(hours=8), "UTC+08:00")
 
 OK = "0000"
 TX_CODES = ("HB01", "BP01", "BQ01", "RF01", "RQ01", "DP01", "RC01")

@@ -13,7 +13,6 @@ Encodings are the dialect's choices, passed explicitly: SM2 ciphertext as
 
 from __future__ import annotations
 
-import hmac
 from dataclasses import dataclass, field
 
 import gmalg
@@ -338,6 +337,3 @@ def sm2_decrypt(key: SM2PrivateKey, ciphertext: bytes, order: str = C1C3C2) -> b
         raise DecryptionError("SM2 decryption failed: C3 digest does not match")
     return plain
 
-
-def constant_time_equal(a: bytes, b: bytes) -> bool:
-    return hmac.compare_digest(a, b)

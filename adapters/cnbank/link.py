@@ -24,8 +24,8 @@ from protocols.masking import mask_fields
 from protocols import cnbank_envelope as env
 from protocols import cnbank_files as files
 from protocols import sm
+from protocols.chinatime import CST
 
-CST = datetime.timezone(datetime.timedelta(hours=8))
 CHUNK = 1 << 20
 
 

@@ -39,9 +39,9 @@ from adapters.statements import entry_rows
 from protocols import iso20022 as iso
 from protocols import xmldsig
 from protocols.iso_feed import FeedReport
+from protocols.chinatime import CST
 
 log = Logger()
-CST = datetime.timezone(datetime.timedelta(hours=8))
 PAGES_PER_SYNC = 20
 PAGE_LIMIT = 100          # reports asked per page; fewer after a page too large
 MAX_ASK_AGAIN = 3         # status questions per MsgId after refused reports, per run

@@ -26,9 +26,9 @@ from gateway.console.auth import Auth, Session
 from gateway.journal import Entry
 from gateway.masking import mask_text
 from gateway.rpc_api import Caller, RpcError
+from protocols.chinatime import CST, iso as _cst_iso
 
 log = Logger()
-CST = timezone(timedelta(hours=8))
 COOKIE, PRE_COOKIE = b"gwconsole", b"gwconsole_pre"
 _TX = re.compile(r"[A-Za-z0-9._-]{1,35}")
 
@@ -42,9 +42,7 @@ STATE_ZH = {"FUNDED": "已拨款", "LOADING": "加载中", "INVALID": "无效", 
 
 
 def _iso(ts: float | None) -> str:
-    if ts is None:
-        return "-"
-    return datetime.fromtimestamp(ts, CST).isoformat(timespec="seconds")
+    return _cst_iso(ts) or "-"
 
 
 class Forbidden(Exception):

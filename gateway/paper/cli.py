@@ -12,8 +12,8 @@ import json
 import re
 import sys
 from pathlib import Path
+from protocols.chinatime import CST
 
-CST = dt.timezone(dt.timedelta(hours=8))   # gateway.rules.CST, without importing the models
 
 
 def _now() -> dt.datetime:
