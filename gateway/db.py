@@ -140,7 +140,8 @@ class Database:
             pass   # the trigger is what is calling us, during shutdown
         self._trigger = None
         for p in self._pools():
-            p.stop()
+            if not p.joined:      # a pool a caller stopped by hand is not stopped twice
+                p.stop()
         self.engine.dispose()
 
     def _tx(self, fn: Callable[..., T], *args: Any, **kw: Any) -> Callable[[], T]:

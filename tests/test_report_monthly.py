@@ -370,7 +370,7 @@ def commands(reactor, engine, tmp_path):
     database.start()
     gateway = SimpleNamespace(flows={BANK: None}, tickers={}, core=None)
     yield Commands(clock, database, Journal(str(tmp_path / "archive")), gateway)
-    database.pool.stop()
+    database.stop()
 
 
 CALLER = Caller("unix", "uid=1000,gid=1000")
