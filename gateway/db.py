@@ -217,10 +217,12 @@ class FencedDatabase:
         self.pool = database.pool
 
     def run(self, fn: Callable[..., T], *args: Any, **kw: Any):
-        return self._run(self.database.pool, fn, *args, **kw)
+        return self._run(self.database.pool, False, fn, *args, **kw)
 
     def run_bulk(self, fn: Callable[..., T], *args: Any, **kw: Any):
-        return self._run(self.database.bulk_pool, fn, *args, **kw)
+        """A transaction whose statements grow with an order: on the bulk pool, and on PostgreSQL
+        each statement bounded by leadership.BULK_STATEMENT_MS instead of a fraction of the lease."""
+        return self._run(self.database.bulk_pool, True, fn, *args, **kw)
 
     def run_plain(self, fn: Callable[..., T], *args: Any, **kw: Any):
         return self._run_plain(self.database.pool, fn, *args, **kw)
@@ -232,7 +234,7 @@ class FencedDatabase:
         """Reading needs no lease (a standby answers too)."""
         return self.database.read(fn, *args, **kw)
 
-    def _run(self, pool, fn: Callable[..., T], *args: Any, **kw: Any):
+    def _run(self, pool, bulk: bool, fn: Callable[..., T], *args: Any, **kw: Any):
         from twisted.internet import defer
         from gateway.leadership import Deposed
         fence = self.fence
@@ -242,7 +244,7 @@ class FencedDatabase:
 
         def work() -> T:
             with self.engine.begin() as conn:
-                fence.check_in(conn, epoch)
+                fence.check_in(conn, epoch, bulk)
                 out = fn(conn, *args, **kw)
                 fence.check(epoch)      # the deadline passed while we worked: roll back
                 return out

@@ -512,7 +512,7 @@ class BankFlow:
             conn.execute(update(orders).where(orders.c.order_no == order_no)
                          .values(state=OrderState.LOADING, updated_at=self.at()))
             return dict(o)
-        header = await self.db.run(start)
+        header = await self.db.run_bulk(start)
         os.makedirs(self.cfg.work_dir, mode=0o700, exist_ok=True)
         loader = _Loader(header, os.path.join(self.cfg.work_dir, f"{order_no}.items.ndjson"),
                          self.cfg.core.max_item_line_bytes)
@@ -577,7 +577,7 @@ class BankFlow:
                 detail=json.dumps({"reasons": [reason]}, ensure_ascii=False)))
             self._alarm(conn, "warning", "order-invalid", f"order {order_no} is INVALID: {reason}",
                         order_no=order_no, journal_id=jid)
-        await self.db.run(rec)
+        await self.db.run_bulk(rec)   # deletes what was stored of the order: up to every item
         log.warn("{bank}: order {order} INVALID: {reason}", bank=self.bank_id, order=order_no,
                  reason=reason)
 
@@ -612,7 +612,7 @@ class BankFlow:
     async def create_pay_batch(self, order_no: str) -> None:
         pending = and_(items.c.order_no == order_no, items.c.status == ItemStatus.PENDING,
                        items.c.batch_no.is_(None))
-        await self.db.run(self._new_batch, order_no, "PAY", pending)
+        await self.db.run_bulk(self._new_batch, order_no, "PAY", pending)
 
     async def create_retry_batch(self, order_no: str) -> None:
         """Send the order's corrected items again (rule 2: only CORRECTED items, never one
@@ -626,7 +626,7 @@ class BankFlow:
             # holds this row while it waits for the journal head.
             conn.execute(update(orders).where(orders.c.order_no == order_no).values(retry_requested=0))
             self._new_batch(conn, order_no, "RETRY", corrected)
-        await self.db.run(create)
+        await self.db.run_bulk(create)
 
     async def advance(self, b: dict) -> None:
         state = b["state"]
@@ -815,7 +815,7 @@ class BankFlow:
             else:
                 return self._refuse(conn, b, reply.code, reply.message, reply.journal_id)
             return False
-        released = await self.db.run(record)
+        released = await self.db.run_bulk(record)
         if step.then is not Next.SEND_LATER:   # accepted, or refused for good
             self.ctx.stage_ended("submit", b["batch_no"], well=step.then is Next.ACCEPT)
         if released:
@@ -969,7 +969,7 @@ class BankFlow:
                     updated_at=self.at(), failures=0))
             else:
                 conn.execute(update(batches).where(batches.c.batch_no == b["batch_no"]).values(**good))
-        await self.db.run(record)
+        await self.db.run_bulk(record)
         if step.accepted_first:
             self.ctx.stage_ended("submit", b["batch_no"])
         if step.then is Next.FINISH:

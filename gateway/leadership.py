@@ -65,6 +65,11 @@ class Deposed(Exception):
     """This daemon no longer holds the lease its work runs under: nothing of the step may happen."""
 
 
+# The bound of one statement of a bulk transaction on PostgreSQL (10 minutes): a statement over
+# every item of a million-item order takes seconds to tens of seconds, well over a lease.
+BULK_STATEMENT_MS = 600_000
+
+
 def lease_key(name: str) -> int:
     """The signed 64-bit advisory lock key of a lease: every daemon computes the same one."""
     return int.from_bytes(hashlib.sha256(b"subsidy-gateway lease " + name.encode()).digest()[:8],
@@ -105,11 +110,12 @@ class Fence:
             raise Deposed(f"lease {self.name!r}: epoch {epoch if epoch is not None else self.epoch} "
                           f"is not held (or its time is up)")
 
-    def check_in(self, conn, epoch: int) -> None:
-        """Inside a transaction: raise Deposed unless `epoch` is still the database's."""
+    def check_in(self, conn, epoch: int, bulk: bool = False) -> None:
+        """Inside a transaction: raise Deposed unless `epoch` is still the database's. `bulk`:
+        a transaction whose statements grow with an order (its statements get a longer bound)."""
         self.check(epoch)
         if self.checker is not None:
-            self.checker(conn, self, epoch)
+            self.checker(conn, self, epoch, bulk)
 
     def grant(self, epoch: int, deadline: float) -> None:
         self.epoch, self.deadline = epoch, deadline
@@ -202,12 +208,16 @@ class PgLease:
         u = make_url(self.url).render_as_string(hide_password=True)
         return f"lease {self.name!r} on {u} ({self.lease_ms / 1000:g} s, database clock)"
 
-    def checker(self, conn, fence: Fence, epoch: int) -> None:
+    def checker(self, conn, fence: Fence, epoch: int, bulk: bool = False) -> None:
         # A flow's statements, its lock waits and its idle moments inside a transaction are
-        # each bounded well inside the lease; the fence's deadline bounds the whole.
+        # each bounded well inside the lease; the fence's deadline bounds the whole. A bulk
+        # statement (a million items put in a batch, marked SENT, their results applied) takes
+        # longer than a lease: its bound is BULK_STATEMENT_MS. That is safe: a takeover ends
+        # every session holding the lease's lock before it commits the new epoch (`acquire`),
+        # so a deposed leader's long statement cannot commit after it.
         bound = int(self.lease_ms * 0.75)
-        pg_fence_check(conn, fence, epoch, statement_timeout_ms=bound, lock_timeout_ms=2000,
-                       idle_timeout_ms=bound)
+        pg_fence_check(conn, fence, epoch, statement_timeout_ms=BULK_STATEMENT_MS if bulk else bound,
+                       lock_timeout_ms=2000, idle_timeout_ms=bound)
 
     def _connect(self):
         if self._conn is not None:
@@ -399,7 +409,7 @@ class LockLease:
     def describe(self) -> str:
         return f"lease {self.name!r} under the {self.lock.describe()}"
 
-    def checker(self, conn, fence: Fence, epoch: int) -> None:
+    def checker(self, conn, fence: Fence, epoch: int, bulk: bool = False) -> None:
         if self.url is not None:
             sqlite_fence_check(conn, fence, epoch)
 

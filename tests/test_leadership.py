@@ -614,3 +614,29 @@ async def test_a_lease_call_that_raises_fails_its_deferred_with_that_error(react
     for _ in range(20):
         with pytest.raises(Terminated):
             await _in_thread(reactor, call).addTimeout(3, reactor)
+
+
+@pytest.mark.postgres
+@pytest_twisted.ensureDeferred
+async def test_postgres_a_bulk_statement_may_outlast_the_lease_bound_an_ordinary_one_may_not(reactor, pg_url):
+    """Each fenced statement is bounded inside the lease (3/4 of it: 1.5 s for a 2 s lease), so a
+    statement of an ordinary step cannot hang on; a bulk one (a million items put in a batch)
+    is bounded by BULK_STATEMENT_MS instead. At a million items on PostgreSQL the batch was
+    never created: its one UPDATE was cancelled at 6 s, again and again (bench/concurrency.py)."""
+    from sqlalchemy import exc as sa_exc
+    url = _migrated(pg_url)
+    database = dbmod.Database(reactor, dbmod.make_engine(url))
+    database.start()
+    lease = PgLease(url, SINGLE, "a", lease_s=2.0)
+    try:
+        fence = Fence(SINGLE)
+        fence.checker = lease.checker
+        fence.grant(lease.acquire(), math.inf)
+        fenced = dbmod.FencedDatabase(database, fence)
+        slow = lambda conn: conn.execute(sa.text("SELECT pg_sleep(2.0)")).scalar()  # noqa: E731
+        with pytest.raises(sa_exc.OperationalError, match="statement timeout"):
+            await fenced.run(slow)
+        await fenced.run_bulk(slow)
+    finally:
+        lease.close()
+        database.stop()
