@@ -464,6 +464,13 @@ def gatewayctl_main(argv: list[str] | None = None) -> None:
         print(str(e), file=sys.stderr)
         raise SystemExit(2) from None
     except Exception as e:  # noqa: BLE001  (a database without our tables: say so, no traceback)
+        from gateway import quickread
+        if isinstance(e, quickread.NotMigrated):
+            print(str(e), file=sys.stderr)
+            raise SystemExit(2) from None
+        if type(e).__module__.split(".")[0] in ("sqlite3", "psycopg"):   # gateway/quickread.py
+            print(f"{cfg.file}: database.url: {type(e).__name__}: {str(e)[:300]}", file=sys.stderr)
+            raise SystemExit(2) from None
         from sqlalchemy.exc import DBAPIError
         if not isinstance(e, DBAPIError):
             raise

@@ -45,6 +45,21 @@ def test_health_loads_the_configuration_without_sqlalchemy_or_twisted(tmp_path):
     assert _heavy_modules("--config", str(cfg), "health") == []
 
 
+def test_alarms_reads_through_the_driver_alone(tmp_path):
+    """`gatewayctl alarms`, the night shift's first command, reads one table through sqlite3 (or
+    psycopg) without SQLAlchemy (gateway/quickread.py), and still refuses an unmigrated database."""
+    p = harness.Paths(tmp_path / "inst")
+    cfg = harness.write_config(p, harness.make_keys(p), harness.Ports(1, 2, 3), token="t")
+    ctl = [sys.executable, "-c", "from gateway.cli import gatewayctl_main; gatewayctl_main()",
+           "--config", str(cfg), "alarms"]
+    empty = subprocess.run(ctl, capture_output=True, text=True, timeout=60)
+    assert empty.returncode == 2 and "db upgrade" in empty.stderr and "Traceback" not in empty.stderr
+    harness.migrate(cfg)
+    assert _heavy_modules("--config", str(cfg), "alarms") == []
+    ok = subprocess.run(ctl, capture_output=True, text=True, timeout=60)
+    assert (ok.returncode, ok.stdout.strip()) == (0, "no open alarms")
+
+
 @pytest.mark.parametrize("cmd", [["alarms"], ["orders"]])
 def test_database_reads_do_not_load_alembic(tmp_path, cmd):
     """Reading the database checks its schema revision without Alembic (gateway.migrations.HEAD)."""
