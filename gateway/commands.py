@@ -308,8 +308,9 @@ class Commands:
         rows = []
         for seq, new, evidence in fixes:
             it = by_seq[seq]
+            # (status + ""): by the primary key, not the counts index (flow.py _apply_results)
             changed = conn.execute(update(items).where(
-                items.c.order_no == order_no, items.c.seq == seq, items.c.status == ItemStatus.FAILED)
+                items.c.order_no == order_no, items.c.seq == seq, (items.c.status + "") == ItemStatus.FAILED)
                 .values(status=ItemStatus.CORRECTED, **new)).rowcount
             if changed != 1:   # cannot happen under the row lock; if it does, nothing is kept
                 raise RpcError(WRONG_STATE, f"item {seq} changed while it was being corrected; ask again",

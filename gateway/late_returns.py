@@ -47,7 +47,8 @@ class LateReturnSteps:
                 continue
             n = conn.execute(update(items).where(
                 items.c.order_no == b["order_no"], items.c.seq == r.seq,
-                items.c.batch_no == b["batch_no"], items.c.status == ItemStatus.PAID,
+                # by the primary key, not the counts index (see flow.py _apply_results)
+                items.c.batch_no == b["batch_no"], (items.c.status + "") == ItemStatus.PAID,
                 items.c.amount == r.amount).values(
                 status=ItemStatus.FAILED, reason_code=r.reason_code,
                 reason_text=f"late return {serial} on {r.return_date}"[:200],
