@@ -1,0 +1,60 @@
+"""PostgreSQL looks each item up by its primary key in the per-item statements, even while its
+statistics are stale (a batch's million items just turned SENT, no ANALYZE since).
+
+The counts index ix_items_order_counts (order_no, status, reason_code, seq, amount) matches
+`order_no = ? AND status = ? AND seq = ?` too; with statistics that still said no item was
+SENT, PostgreSQL chose it for each result line and scanned every SENT item of the order: a
+million results took over 8 minutes (bench/concurrency.py). The statements compare
+`status || ''`, which no index serves.
+"""
+
+from __future__ import annotations
+
+import pytest
+import sqlalchemy as sa
+
+from gateway import db as dbmod
+from gateway.flow import APPLY_SQL
+
+ORDER = "PLAN0001"
+
+
+def _plan(conn, sql: str, params: dict) -> str:
+    return "\n".join(r[0] for r in conn.execute(sa.text("EXPLAIN " + sql), params))
+
+
+@pytest.mark.postgres
+def test_the_apply_goes_by_the_primary_key_while_statistics_are_stale(pg_url):
+    dbmod.upgrade(pg_url)
+    engine = sa.create_engine(pg_url)
+    try:
+        with engine.begin() as c:
+            c.execute(sa.text(
+                "INSERT INTO orders (order_no, bank_id, budget_unit, project_code, project_name, "
+                "project_short, region, total_amount, total_count, funded_at, state, created_at, "
+                "updated_at, results_pending) VALUES (:o, 'b', 'u', 'p', 'n', 's', 'r', 2000000, 20000, "
+                "'2026-11-02T09:30:00+08:00', 'DISPATCHED', 'x', 'x', 0)"), {"o": ORDER})
+            c.execute(sa.text(
+                "INSERT INTO items (order_no, seq, name, id_number, account_no, account_bank, amount, remark, "
+                "status, batch_no) SELECT :o, g, 'n', 'i', 'a', '', 100, '', 'PENDING', :b "
+                "FROM generate_series(1, 20000) g"), {"o": ORDER, "b": ORDER + "-P01"})
+        with engine.connect() as c:
+            c.execute(sa.text("ANALYZE items"))
+            c.commit()
+        with engine.begin() as c:      # the batch accepted: every item SENT, statistics not told
+            c.execute(sa.text("UPDATE items SET status = 'SENT' WHERE order_no = :o"), {"o": ORDER})
+        with engine.connect() as c:
+            params = {"o": ORDER, "s": 5, "b": ORDER + "-P01"}
+            naive = _plan(c, "UPDATE items SET status = 'PAID' WHERE order_no = :o AND seq = :s "
+                             "AND batch_no = :b AND status = 'SENT'", params)
+            sql = APPLY_SQL
+            for name in ("st", "rc", "rt", "bs", "at", "o", "s", "b", "a1", "a2", "n1", "n2"):
+                sql = sql.replace("?", f":{name}", 1)
+            ours = _plan(c, sql, {"st": "PAID", "rc": "", "rt": "", "bs": "1", "at": "x", "o": ORDER,
+                                  "s": 5, "b": ORDER + "-P01", "a1": None, "a2": None, "n1": None,
+                                  "n2": None})
+        assert "items_pkey" in ours, ours
+        # The hazard this guards against is real on this server (else the test proves nothing).
+        assert "ix_items_order_counts" in naive, naive
+    finally:
+        engine.dispose()
