@@ -249,3 +249,18 @@ async def test_the_refund_stage_is_timed_from_the_first_rf01_until_the_bank_hold
     assert observed() == (1.0, 3 * 3600.0)
     await advance(env, RefundStatus("done", serial="RS-77", amount=200, returned_to="payer"))
     assert observed() == (1.0, 3 * 3600.0)
+
+
+def test_a_banks_flow_takes_only_its_own_live_refunds(env):
+    """Another bank's refund (same order number space, NEW) is not this bank's to send."""
+    with env.db.engine.begin() as c:
+        c.execute(insert(refunds).values(
+            refund_no="RF-OTHER", order_no=ORDER, bank_id="iso-other", state=RefundState.NEW,
+            total_count=1, total_amount=100, reason="r", approved_by="a", caller="core", attempts=0,
+            failures=0, created_at=AT, updated_at=AT))
+        c.execute(insert(refunds).values(
+            refund_no="RF-DONE", order_no=ORDER, bank_id=BANK, state=RefundState.DONE,
+            total_count=1, total_amount=100, reason="r", approved_by="a", caller="core", attempts=0,
+            failures=0, created_at=AT, updated_at=AT))
+        live = env.steps.live(c)
+    assert [r["refund_no"] for r in live] == [REFUND]
