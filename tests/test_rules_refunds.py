@@ -185,8 +185,23 @@ async def test_a_refund_refused_for_now_waits_its_backoff_and_goes_again(env):
     await env.steps.advance(r)                   # before the backoff: the bank is not called
     assert env.bank.calls == ["RF01"]
     env.clock.advance(3600)
+    with env.db.engine.begin() as c:   # another refund of this bank, its RF01 out, outcome unknown
+        c.execute(insert(refunds).values(
+            refund_no="RF-0002", order_no=ORDER, bank_id=BANK, state=RefundState.SUBMITTING,
+            total_count=1, total_amount=100, reason="r", approved_by="a", caller="core", attempts=1,
+            failures=0, created_at=AT, updated_at=AT))
+    first_wait = r["next_check_at"] - env.clock.seconds() + 3600
+    env.bank.replies.append(Reply("retry", "E009", "时间偏差"))
+    await env.steps.advance(refund(env))
+    r = refund(env)
+    assert (r["state"], r["failures"]) == (RefundState.NEW, 2)     # the backoff counts on
+    assert r["next_check_at"] - env.clock.seconds() > first_wait
+    with env.db.engine.connect() as c:   # the retry put back this refund only
+        assert c.execute(select(refunds.c.state).where(refunds.c.refund_no == "RF-0002")).scalar() \
+            == RefundState.SUBMITTING
+    env.clock.advance(3600)
     await advance(env, Reply("accepted"))
-    assert env.bank.calls == ["RF01", "RF01"]
+    assert env.bank.calls == ["RF01", "RF01", "RF01"]
 
 
 @pytest_twisted.ensureDeferred
