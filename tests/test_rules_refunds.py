@@ -279,3 +279,71 @@ def test_a_banks_flow_takes_only_its_own_live_refunds(env):
             failures=0, created_at=AT, updated_at=AT))
         live = env.steps.live(c)
     assert [r["refund_no"] for r in live] == [REFUND]
+
+
+def _other_pending(env) -> None:
+    """Seq 3 of another order, and seq 4... of this order in another refund: both REFUND_PENDING,
+    neither this refund's to settle."""
+    with env.db.engine.begin() as c:
+        c.execute(insert(orders).values(
+            order_no="FS-OTHER", bank_id=BANK, budget_unit="u", project_code="p", project_name="n",
+            project_short="s", region="340121", total_amount=300, total_count=3, funded_at=AT,
+            state=OrderState.DISPATCHED, results_pending=0, retry_requested=0, created_at=AT, updated_at=AT))
+        c.execute(insert(items), [
+            {"order_no": "FS-OTHER", "seq": s, "name": "李四", "id_number": "110101199003078515",
+             "account_no": f"62220299999999{s:05d}", "account_bank": "", "amount": 100, "remark": "",
+             "status": ItemStatus.REFUND_PENDING, "batch_no": "FS-OTHER-P01", "reason_code": "R001",
+             "reason_text": "", "bank_serial": None, "result_at": AT, "pushed": None, "orig_batch_no": None}
+            for s in (1, 2, 3)])
+        c.execute(update(items).where(items.c.order_no == ORDER, items.c.seq == 2)
+                  .values(status=ItemStatus.REFUND_PENDING))
+        c.execute(update(orders).where(orders.c.order_no == ORDER).values(total_count=N))
+
+
+def other_statuses(env) -> dict:
+    return dict(_q(env, select(items.c.seq, items.c.status).where(items.c.order_no == "FS-OTHER")))
+
+
+@pytest.mark.parametrize("end", ["done", "rejected"])
+@pytest_twisted.ensureDeferred
+async def test_a_refund_settles_exactly_its_own_items(env, end):
+    """DONE makes REFUNDED, and RJCT makes FAILED, only this refund's items of this order: seq 3 of
+    another order and seq 2 of this order (waiting for another refund) stay REFUND_PENDING."""
+    _other_pending(env)
+    await advance(env, Reply("accepted"))
+    if end == "done":
+        await advance(env, RefundStatus("done", serial="RS-80", amount=200, returned_to="payer"))
+        want = "REFUNDED"
+    else:
+        await advance(env, RefundStatus("rejected", "R021", "原账户已销户"))
+        want = "FAILED"
+        assert refund(env)["reject_msg"] == "原账户已销户"
+    assert statuses(env) == {1: "PAID", 2: "REFUND_PENDING", 3: want, 4: want}
+    assert other_statuses(env) == {1: "REFUND_PENDING", 2: "REFUND_PENDING", 3: "REFUND_PENDING"}
+
+
+@pytest_twisted.ensureDeferred
+async def test_each_answer_sets_when_the_bank_is_asked_next(env):
+    """No verified answer, or a refusal, or a forgotten refund: asked again after the doubling
+    backoff (20 s, then 40 s for a 10 s poll), the failures counted; a good answer resets the
+    count and asks again at the poll interval."""
+    await advance(env, Reply("accepted"))
+    now = env.clock.seconds()
+    await advance(env, None, wait=False)                      # RQ01 without a verified answer
+    r = refund(env)
+    assert (r["state"], r["failures"], r["next_check_at"]) == (RefundState.ACCEPTED, 1, int(now + 2 * POLL))
+    env.clock.advance(3600)
+    now = env.clock.seconds()
+    await advance(env, RefundStatus("unanswered", "E005", "系统繁忙"), wait=False)
+    r = refund(env)
+    assert (r["failures"], r["next_check_at"]) == (2, int(now + 4 * POLL))
+    env.clock.advance(3600)
+    now = env.clock.seconds()
+    await advance(env, RefundStatus("pending"), wait=False)
+    r = refund(env)
+    assert (r["failures"], r["next_check_at"]) == (0, int(now + POLL))
+    env.clock.advance(3600)
+    now = env.clock.seconds()
+    await advance(env, RefundStatus("unknown_to_bank", "E007"), wait=False)
+    r = refund(env)
+    assert (r["state"], r["failures"], r["next_check_at"]) == (RefundState.ACCEPTED, 1, int(now + 2 * POLL))
