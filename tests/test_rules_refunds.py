@@ -141,8 +141,8 @@ async def test_after_a_lost_reply_the_bank_is_asked_first_and_rf01_goes_again_on
     shows the bank took it (ACCEPTED) and RF01 does not go again."""
     await advance(env, None)
     assert refund(env)["state"] == RefundState.SUBMITTING
-    await advance(env, RefundStatus("unknown_to_bank", "E007"))
-    assert refund(env)["state"] == RefundState.NEW
+    await advance(env, RefundStatus("unknown_to_bank", "E007"), wait=False)
+    assert (refund(env)["state"], refund(env)["next_check_at"]) == (RefundState.NEW, None)   # at once
     await advance(env, None)
     await advance(env, RefundStatus("pending"))
     assert refund(env)["state"] == RefundState.ACCEPTED
