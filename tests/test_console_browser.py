@@ -250,8 +250,11 @@ async def test_console_in_chromium_against_the_real_daemon(reactor, tmp_path):
             b.shot("item")
             # the failed items, filtered by state (and reason) through the counts' links
             b.get(f"/orders/{ORDER}?status=FAILED&reason=R001")
-            rows = b.css("#items tr")[1:]
-            assert rows and all("R001" in r.text and "失败 FAILED" in r.text for r in rows)
+            # the rows' text in one call: elements looked up one by one went stale once (a run
+            # under load), the page being replaced between the lookup and the read
+            rows = b.d.execute_script(
+                "return Array.from(document.querySelectorAll('#items tr')).slice(1).map(r => r.innerText)")
+            assert rows and all("R001" in r and "失败 FAILED" in r for r in rows)
         await deferToThread(order_and_item)
 
         # -- message log: filter by type, a BP01 entry decoded and masked --------------------
