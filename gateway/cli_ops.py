@@ -19,33 +19,30 @@ def yuan(fen: int | None) -> str:
     return f"{sign}{abs(fen) // 100:,}.{abs(fen) % 100:02d}"
 
 
-def _engine(cfg):
-    from gateway import db as dbmod
-    engine = dbmod.make_engine(cfg.database_url)
-    dbmod.check_migrated(engine, cfg.file)
-    return engine
+# Both commands read through the database driver alone (gateway/quickread.py): no SQLAlchemy.
+_ORDER_COLUMNS = ("order_no", "bank_id", "state", "project_code", "project_short", "region",
+                  "total_count", "total_amount", "funded_at")
 
 
 def cmd_orders(cfg, args) -> int:
-    from sqlalchemy import func, select
-    from gateway.models import items, orders
-    engine = _engine(cfg)
+    from gateway.quickread import reader
     out = []
-    with engine.connect() as conn:
-        q = select(orders).order_by(orders.c.created_at)
-        if args.state:
-            q = q.where(orders.c.state == args.state.upper())
-        if args.bank:
-            q = q.where(orders.c.bank_id == args.bank)
-        for o in conn.execute(q).mappings():
-            per = conn.execute(select(items.c.status, func.count(), func.sum(items.c.amount))
-                               .where(items.c.order_no == o["order_no"]).group_by(items.c.status)).all()
-            out.append({k: o[k] for k in ("order_no", "bank_id", "state", "project_code", "project_short",
-                                          "region", "total_count", "total_amount", "funded_at")}
-                       | {"by_status": {s: {"count": n, "amount": int(a or 0), "yuan": yuan(a)}
-                                        for s, n, a in per},
+    where, params = [], []
+    if args.state:
+        where.append("state = ?")
+        params.append(args.state.upper())
+    if args.bank:
+        where.append("bank_id = ?")
+        params.append(args.bank)
+    with reader(cfg.database_url, cfg.file) as q:
+        for o in q(f"SELECT {', '.join(_ORDER_COLUMNS)} FROM orders"
+                   + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY created_at", params):
+            per = q("SELECT status, count(*) AS n, sum(amount) AS a FROM items WHERE order_no = ? "
+                    "GROUP BY status", (o["order_no"],))
+            out.append({k: o[k] for k in _ORDER_COLUMNS}
+                       | {"by_status": {r["status"]: {"count": r["n"], "amount": int(r["a"] or 0),
+                                                      "yuan": yuan(r["a"])} for r in per},
                           "total_yuan": yuan(o["total_amount"])})
-    engine.dispose()
     if args.json:
         print(json.dumps(out, ensure_ascii=False, indent=1))
         return 0
@@ -57,28 +54,28 @@ def cmd_orders(cfg, args) -> int:
 
 
 def cmd_items(cfg, args) -> int:
-    from sqlalchemy import select
-    from gateway.models import corrections, items
-    engine = _engine(cfg)
-    with engine.connect() as conn:
-        q = select(items).where(items.c.order_no == args.order).order_by(items.c.seq)
-        if args.status:
-            q = q.where(items.c.status == args.status.upper())
-        if args.reason:
-            q = q.where(items.c.reason_code == args.reason)
-        rows = [dict(r) for r in conn.execute(q.limit(args.limit).offset(args.offset)).mappings()]
+    from gateway.quickread import reader
+    where, params = ["order_no = ?"], [args.order]
+    if args.status:
+        where.append("status = ?")
+        params.append(args.status.upper())
+    if args.reason:
+        where.append("reason_code = ?")
+        params.append(args.reason)
+    with reader(cfg.database_url, cfg.file) as q:
+        rows = q(f"SELECT * FROM items WHERE {' AND '.join(where)} ORDER BY seq LIMIT ? OFFSET ?",
+                 params + [int(args.limit), int(args.offset)])
         seqs = [r["seq"] for r in rows]
         fixes: dict[int, list] = {}
-        if seqs:
-            for c in conn.execute(select(corrections).where(corrections.c.order_no == args.order,
-                                                            corrections.c.seq.in_(seqs))
-                                  .order_by(corrections.c.id)).mappings():
+        for i in range(0, len(seqs), 500):
+            part = seqs[i:i + 500]
+            for c in q(f"SELECT * FROM corrections WHERE order_no = ? AND seq IN ({', '.join('?' * len(part))}) "
+                       "ORDER BY id", [args.order, *part]):
                 fixes.setdefault(c["seq"], []).append({
                     "at": c["at"], "failed_batch_no": c["failed_batch_no"], "reason_code": c["reason_code"],
                     "confirmed_by": c["confirmed_by"], "approved_by": c["approved_by"],
                     "approval_ref": c["approval_ref"], "caller": c["caller"],
                     "changed": sorted(json.loads(c["new_values"] or "{}"))})
-    engine.dispose()
     out = [{"seq": r["seq"], "name": r["name"][:1] + "*" * max(0, len(r["name"]) - 1),
             "id_number": mask(r["id_number"]), "account_no": mask(r["account_no"]),
             "amount": r["amount"], "yuan": yuan(r["amount"]), "status": r["status"], "batch_no": r["batch_no"],

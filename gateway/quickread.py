@@ -60,6 +60,25 @@ def _rows(conn, sql: str, params: tuple = ()) -> list[dict]:
 
 def rows(url: str, config_file: str, sql: str, params: tuple = ()) -> list[dict]:
     """The rows of one read-only query (`?` placeholders), after the schema check."""
+    with reader(url, config_file) as q:
+        return q(sql, params)
+
+
+class reader:  # noqa: N801 - used as a function: `with reader(url, file) as q: q(sql, params)`
+    """A checked read-only connection for a few queries; `q(sql, params)` gives their rows."""
+
+    def __init__(self, url: str, config_file: str):
+        self.url, self.config_file = url, config_file
+
+    def __enter__(self):
+        self.conn = _open_checked(self.url, self.config_file)
+        return lambda sql, params=(): _rows(self.conn, sql, tuple(params))
+
+    def __exit__(self, *exc) -> None:
+        self.conn.close()
+
+
+def _open_checked(url: str, config_file: str):
     if url.startswith("sqlite:///"):
         import os
         if not os.path.exists(url[len("sqlite:///"):]):
@@ -70,6 +89,7 @@ def rows(url: str, config_file: str, sql: str, params: tuple = ()) -> list[dict]
     conn = connect(url)
     try:
         check_migrated(conn, url, config_file)
-        return _rows(conn, sql, params)
-    finally:
+    except BaseException:
         conn.close()
+        raise
+    return conn

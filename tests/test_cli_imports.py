@@ -46,8 +46,9 @@ def test_health_loads_the_configuration_without_sqlalchemy_or_twisted(tmp_path):
 
 
 def test_alarms_reads_through_the_driver_alone(tmp_path):
-    """`gatewayctl alarms`, the night shift's first command, reads one table through sqlite3 (or
-    psycopg) without SQLAlchemy (gateway/quickread.py), and still refuses an unmigrated database."""
+    """`gatewayctl alarms`, `orders` and `items`, what the night shift asks first, read through
+    sqlite3 (or psycopg) without SQLAlchemy (gateway/quickread.py), and still refuse an unmigrated
+    database."""
     p = harness.Paths(tmp_path / "inst")
     cfg = harness.write_config(p, harness.make_keys(p), harness.Ports(1, 2, 3), token="t")
     ctl = [sys.executable, "-c", "from gateway.cli import gatewayctl_main; gatewayctl_main()",
@@ -56,6 +57,8 @@ def test_alarms_reads_through_the_driver_alone(tmp_path):
     assert empty.returncode == 2 and "db upgrade" in empty.stderr and "Traceback" not in empty.stderr
     harness.migrate(cfg)
     assert _heavy_modules("--config", str(cfg), "alarms") == []
+    assert _heavy_modules("--config", str(cfg), "orders") == []
+    assert _heavy_modules("--config", str(cfg), "items", "--order", "X") == []
     ok = subprocess.run(ctl, capture_output=True, text=True, timeout=60)
     assert (ok.returncode, ok.stdout.strip()) == (0, "no open alarms")
 
