@@ -118,11 +118,17 @@ async def test_retry_and_refund_take_only_the_items_the_rules_allow(reactor, tmp
         assert await _snapshot(env) == before
         out = await env.gw.commands.call("refund.request", {**refund, "seqs": "all_failed"}, CALLER)
         assert out["items"] == len(failed) - 1
+        # a new refund waits for its RF01 (NEW: not SUBMITTING, which would ask the bank first)
+        assert [r["state"] for r in await env.query("select state from refunds")] == ["NEW"]
+        # nothing FAILED is left: a second "all_failed" is refused and creates nothing
+        await _refused(env, "refund.request", {**refund, "seqs": "all_failed"}, WRONG_STATE)
+        assert len(await env.query("select 1 from refunds")) == 1
         states = {r["seq"]: r["status"] for r in await env.query("select seq, status from items")}
         assert {q: states[q] for q in failed} == {failed[0]: "CORRECTED",
                                                   **{q: "REFUND_PENDING" for q in failed[1:]}}
         retry = await env.gw.commands.call("order.retry", {"order_no": o}, CALLER)
         assert retry["items"] == 1
+        assert len(await env.query("select 1 from journal where tx_code='order.retry'")) == 1   # journaled
         await env.until(lambda: env.query("select 1 from batches where batch_no=:b", b=f"{o}-R02"),
                         what="R02")
         # Its item is in a live batch now: nothing is left to retry.
