@@ -107,7 +107,8 @@ TARGETS: dict[str, Target] = {
         "tests/test_rules_conservation.py::test_rpc_changes_that_would_unbalance_the_order_change_nothing",
         "tests/test_rules_flow.py::test_rjct_of_a_retry_batch_sends_only_its_own_items_again",
         "tests/test_rules_flow.py::test_a_refund_returns_only_the_failed_items_and_a_rejected_one_gives_them_back",
-        "tests/test_rules_flow.py::test_a_retry_takes_only_its_own_orders_corrected_items"]),
+        "tests/test_rules_flow.py::test_a_retry_takes_only_its_own_orders_corrected_items",
+        "tests/test_rpc_races.py"]),
     "gateway/validation.py": Target(None, ["tests/test_validation.py", "tests/test_validation_fastpath.py",
                                            "tests/test_rules_validation.py"]),
 }
