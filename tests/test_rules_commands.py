@@ -98,10 +98,15 @@ async def test_retry_and_refund_take_only_the_items_the_rules_allow(reactor, tmp
     nothing. Then order.retry sends exactly the corrected item, and refund.request
     "all_failed" exactly the items still FAILED (not the corrected one, not a paid one): the
     bank's ledger shows R02 holding one item and the refund holding the rest."""
-    o = "CMDR0001"
-    env = await in_process(reactor, tmp_path, [spec(o, 12, failures={"R001": 0.4}, seed=9)])
+    o, other = "CMDR0001", "CMDR0002"     # the other order: the same seqs fail (same seed)
+    env = await in_process(reactor, tmp_path, [spec(o, 12, failures={"R001": 0.4}, seed=9),
+                                               spec(other, 12, failures={"R001": 0.4}, seed=9)])
     try:
+        await env.until(lambda: env.query("select 1 from batches where state='DONE' group by state "
+                                          "having count(*) = 2"), what="both orders DONE")
         by = await _done_with(env, o)
+        others_failed = await env.query("select seq from items where order_no=:o and status='FAILED'", o=other)
+        assert others_failed
         failed, paid = by.get("R001", []), by.get("PAID", [])
         assert len(failed) >= 3 and paid, by
         await _refused(env, "order.retry", {"order_no": o}, WRONG_STATE, "order_no")
@@ -118,12 +123,16 @@ async def test_retry_and_refund_take_only_the_items_the_rules_allow(reactor, tmp
         assert await _snapshot(env) == before
         out = await env.gw.commands.call("refund.request", {**refund, "seqs": "all_failed"}, CALLER)
         assert out["items"] == len(failed) - 1
+        # the other order's items with the same seqs are not this refund's
+        assert await env.query("select seq from items where order_no=:o and status='FAILED'",
+                               o=other) == others_failed
         # a new refund waits for its RF01 (NEW: not SUBMITTING, which would ask the bank first)
         assert [r["state"] for r in await env.query("select state from refunds")] == ["NEW"]
         # nothing FAILED is left: a second "all_failed" is refused and creates nothing
         await _refused(env, "refund.request", {**refund, "seqs": "all_failed"}, WRONG_STATE)
         assert len(await env.query("select 1 from refunds")) == 1
-        states = {r["seq"]: r["status"] for r in await env.query("select seq, status from items")}
+        states = {r["seq"]: r["status"] for r in await env.query("select seq, status from items "
+                                                                 "where order_no=:o", o=o)}
         assert {q: states[q] for q in failed} == {failed[0]: "CORRECTED",
                                                   **{q: "REFUND_PENDING" for q in failed[1:]}}
         retry = await env.gw.commands.call("order.retry", {"order_no": o}, CALLER)
@@ -133,7 +142,8 @@ async def test_retry_and_refund_take_only_the_items_the_rules_allow(reactor, tmp
                         what="R02")
         # Its item is in a live batch now: nothing is left to retry.
         await _refused(env, "order.retry", {"order_no": o}, WRONG_STATE, "order_no")
-        await env.until(lambda: env.query("select 1 from orders where state='SETTLED'"), what="SETTLED")
+        await env.until(lambda: env.query("select 1 from orders where order_no=:o and state='SETTLED'", o=o),
+                        what="SETTLED")
         assert env.sims.bank.batch_now(f"{o}-R02")["total_count"] == 1
         assert [c.seq for c in env.sims.bank.credits(o) if c.batch_no == f"{o}-R02"] == [failed[0]]
         bank = env.sims.bank.ledger
