@@ -128,6 +128,7 @@ async def test_retry_and_refund_take_only_the_items_the_rules_allow(reactor, tmp
                                o=other) == others_failed
         # a new refund waits for its RF01 (NEW: not SUBMITTING, which would ask the bank first)
         assert [r["state"] for r in await env.query("select state from refunds")] == ["NEW"]
+        assert len(await env.query("select 1 from journal where tx_code='refund.request'")) == 1   # journaled
         # nothing FAILED is left: a second "all_failed" is refused and creates nothing
         await _refused(env, "refund.request", {**refund, "seqs": "all_failed"}, WRONG_STATE)
         assert len(await env.query("select 1 from refunds")) == 1
