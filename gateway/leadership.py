@@ -261,7 +261,12 @@ class PgLease:
                 killed = conn.execute(text(
                     "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid, 1000)) FROM pg_locks "
                     "WHERE locktype = 'advisory' AND granted AND classid = :hi AND objid = :lo "
-                    "AND objsubid = 1 AND pid <> pg_backend_pid()"), {"hi": hi, "lo": lo}).scalar()
+                    "AND objsubid = 1 AND pid <> pg_backend_pid() "
+                    # this gateway's database only: an advisory lock is per database, and another
+                    # gateway on the same server holds the same key (found when the tests ran in
+                    # parallel: a takeover in one database ended another's sessions)
+                    "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"),
+                    {"hi": hi, "lo": lo}).scalar()
                 if killed:
                     log.warn("leadership: terminated {n} session(s) of the deposed holder of {lease}",
                              n=killed, lease=self.name)

@@ -312,6 +312,9 @@ async def test_console_in_chromium_against_the_real_daemon(reactor, tmp_path):
             alarm_id = row.get_attribute("id").split("-")[1]
             form[0].find_element("css selector", ".ack-comment").send_keys("已电话联系银行 called the bank")
             form[0].find_element("css selector", ".ack-button").click()
+            # the answer's page, not the one the click left (read too early once, under load)
+            from selenium.webdriver.support.ui import WebDriverWait
+            WebDriverWait(b.d, 30).until(lambda d: b.text("#flash"))
             flash = b.text("#flash")
             assert f"#{alarm_id}" in flash and "journal" in flash, b.d.page_source[-1500:]
             assert "op" in b.text(f"#alarm-{alarm_id} .ack") and "called the bank" in b.text(f"#alarm-{alarm_id}")

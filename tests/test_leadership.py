@@ -640,3 +640,38 @@ async def test_postgres_a_bulk_statement_may_outlast_the_lease_bound_an_ordinary
     finally:
         lease.close()
         database.stop()
+
+
+@pytest.mark.postgres
+def test_postgres_a_takeover_ends_only_its_own_databases_sessions(pg_url):
+    """Two gateways' databases on one server hold the same lease key. A takeover ends the
+    sessions holding the lease's lock in its own database, never another's: before the fix a
+    takeover in one database terminated the other gateway's sessions (seen when the tests ran
+    in parallel)."""
+    from tests.conftest import PG_ADMIN
+    import uuid
+    url = _migrated(pg_url)
+    other_name = "gw_test_" + uuid.uuid4().hex[:12]
+    admin = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(sa.text(f'CREATE DATABASE "{other_name}"'))
+    other = _migrated(PG_ADMIN.rsplit("/", 1)[0] + "/" + other_name)
+    theirs = sa.create_engine(other)
+    holder = theirs.connect()
+    a, b = _pg(url, "a"), _pg(url, "b")
+    try:
+        tx = holder.begin()
+        holder.execute(sa.text("SELECT pg_advisory_xact_lock_shared(:k)"), {"k": lease_key(SINGLE)})
+        first = a.acquire()
+        _expire(url)
+        assert b.acquire() == first + 1          # a takeover in our database...
+        assert holder.execute(sa.text("SELECT 1")).scalar() == 1   # ...left the other's session alone
+        tx.rollback()
+    finally:
+        holder.close()
+        theirs.dispose()
+        a.close()
+        b.close()
+        with admin.connect() as c:
+            c.execute(sa.text(f'DROP DATABASE IF EXISTS "{other_name}" WITH (FORCE)'))
+        admin.dispose()
