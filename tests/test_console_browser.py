@@ -93,6 +93,16 @@ class Browser:
         self.d.get(self.base + path)
         return self.d.page_source
 
+    def click(self, el) -> None:
+        """Click what loads a new page, and wait until that page has replaced this one (Selenium's
+        click does not wait: reading right after it raced the navigation under load)."""
+        from selenium.webdriver.common.by import By
+        from selenium.webdriver.support import expected_conditions as ec
+        from selenium.webdriver.support.ui import WebDriverWait
+        old = self.d.find_element(By.TAG_NAME, "html")
+        el.click()
+        WebDriverWait(self.d, 30).until(ec.staleness_of(old))
+
     def css(self, sel: str):
         from selenium.webdriver.common.by import By
         return self.d.find_elements(By.CSS_SELECTOR, sel)
@@ -104,11 +114,11 @@ class Browser:
         self.get("/login")
         self.css("#user")[0].send_keys(user)
         self.css("#password")[0].send_keys(password)
-        self.css("#sign-in")[0].click()
+        self.click(self.css("#sign-in")[0])
         poll(lambda: f"{user} (" in self.text("header .who"), 15, f"{user} signed in")
 
     def sign_out(self) -> None:
-        self.css("header form button")[0].click()
+        self.click(self.css("header form button")[0])
         poll(lambda: self.css("#sign-in"), 15, "the sign-in page after signing out")
 
     def cookie(self) -> str:
@@ -233,17 +243,17 @@ async def test_console_in_chromium_against_the_real_daemon(reactor, tmp_path):
         def order_and_item():
             b.get("/orders")
             b.css("#q-order")[0].send_keys(ORDER)
-            b.css("#search")[0].click()
-            b.css(f"#orders a[href='/orders/{ORDER}']")[0].click()
+            b.click(b.css("#search")[0])
+            b.click(b.css(f"#orders a[href='/orders/{ORDER}']")[0])
             assert b.d.current_url == f"{base}/orders/{ORDER}"
             line = b.text("#conservation")
             assert "funded" in line and "不平" not in line and "元" in line, line
             assert ORDER in b.text("#batches") and "已完成 DONE" in b.text("#batches")
             b.shot("order")
-            b.css("#do-query")[0].click()       # the operator's status query: order.status, the flow woken
+            b.click(b.css("#do-query")[0])       # the operator's status query: order.status, the flow woken
             assert "status queried: DISPATCHED" in b.text("#flash"), b.text("main")[:500]
             assert b.d.current_url.startswith(f"{base}/orders/{ORDER}?")
-            b.css(f"#corrections a[href='/orders/{ORDER}/items/{fixed}']")[0].click()
+            b.click(b.css(f"#corrections a[href='/orders/{ORDER}/items/{fixed}']")[0])
             hist = b.text("#item-corrections")
             assert "李科长" in hist and "NY[2026]17号" in hist and "收款人本人" in hist, hist
             assert NEW_ACCOUNT not in b.d.page_source and NEW_ACCOUNT[:4] + "*" in hist
@@ -261,14 +271,14 @@ async def test_console_in_chromium_against_the_real_daemon(reactor, tmp_path):
         def journal():
             b.get("/journal")
             b.css("#f-type")[0].send_keys("BP01")
-            b.css("#filter")[0].click()
+            b.click(b.css("#filter")[0])
             assert "type=BP01" in b.d.current_url
             rows = b.css("#entries tr.entry")
             assert rows and {r.get_attribute("data-tx") for r in rows} == {"BP01"}
             assert re.search(r"entry \d+ [0-9a-f]{64}", b.text("#chain"))
             b.shot("journal")
             out = [r for r in rows if "\nout\n" in f"\n{r.text.replace(' ', chr(10))}\n"]
-            (out or rows)[0].find_element("css selector", "a").click()
+            b.click((out or rows)[0].find_element("css selector", "a"))
             head = b.text("#envelope-head")
             assert "BP01" in head and "msg_id" in head, head
             body = b.text("#decoded")
@@ -286,20 +296,20 @@ async def test_console_in_chromium_against_the_real_daemon(reactor, tmp_path):
             assert ORDER in b.text("#file-header") and "**" in table
             b.d.execute_script("arguments[0].scrollIntoView()", b.css("#links")[0])
             b.shot("entry-file")
-            b.css("#show-result-file")[0].click()
+            b.click(b.css("#show-result-file")[0])
             assert b.css("#file-lines")[0].get_attribute("data-file") == "result"
             result = [r.text for r in b.css("#file-lines tr.file-line")]
             assert len(result) == count and sum(" F " in f" {r} " for r in result) == fails, result[:3]
             # links: the answer to this BP01, which points back; the batch whose state it moved
             b.get(bp01[len(base):])
-            b.css("#links a.answered-by")[0].click()
+            b.click(b.css("#links a.answered-by")[0])
             assert "BP01" in b.text("h1") and b.d.current_url != bp01
-            b.css("#links a.answers")[0].click()
+            b.click(b.css("#links a.answers")[0])
             assert b.d.current_url == bp01
             change = b.css("#links a.state-change")[0]
             target = change.get_attribute("href")
             assert target.startswith(f"{base}/orders/{ORDER}#batch-{ORDER}"), target
-            change.click()
+            b.click(change)
             assert b.css(f"tr[id='{target.split('#')[1]}']"), "the order page has no row for the batch"
         await deferToThread(journal)
 
@@ -311,7 +321,7 @@ async def test_console_in_chromium_against_the_real_daemon(reactor, tmp_path):
             row = form[0].find_element("xpath", "./ancestor::tr")
             alarm_id = row.get_attribute("id").split("-")[1]
             form[0].find_element("css selector", ".ack-comment").send_keys("已电话联系银行 called the bank")
-            form[0].find_element("css selector", ".ack-button").click()
+            b.click(form[0].find_element("css selector", ".ack-button"))
             # the answer's page, not the one the click left (read too early once, under load)
             from selenium.webdriver.support.ui import WebDriverWait
             WebDriverWait(b.d, 30).until(lambda d: b.text("#flash"))
@@ -362,7 +372,7 @@ async def test_console_in_chromium_against_the_real_daemon(reactor, tmp_path):
             b.get(f"/orders/{ORDER}/items/{failed[1]}")
             assert b.css("#reveal-reason"), b.d.page_source[-1500:]
             b.css("#reveal-reason")[0].send_keys("核对身份 identity check, ticket 42")
-            b.css("#reveal")[0].click()
+            b.click(b.css("#reveal")[0])
             # the click returns once the POST is sent, not always once its answer has loaded
             shown = poll(lambda: b.text("#revealed"), 15, "the revealed value")
             assert clear_ids(shown), shown
