@@ -55,7 +55,7 @@ from simulators import datagen, harness
 PHASES = ("loading", "building", "submitting", "after_bp01", "apply", "push", "refund")
 # Alarms about a condition that ends with the faults: one still open at the end is a violation.
 TRANSIENT_ALARMS = ("core-unreachable", "bank-link-down", "bank-refusing", "bank-clock-skew",
-                    "status-refused", "refund-status-refused", "gateway-db")
+                    "status-refused", "refund-status-refused", "gateway-db", "step-failed")
 CN_FAILURES = {"R001": 0.08, "R002": 0.04, "R010": 0.03}
 ISO_FAILURES = {"R001": 0.1, "R010": 0.05}
 

@@ -263,6 +263,7 @@ class BankFlow:
         # that persists (a 4xx from the core, a bank that refuses) is not retried and
         # alarmed every tick. Kept in memory: a restart tries everything at once.
         self._backoff: dict[str, tuple[float, float]] = {}
+        self._went_through: set[str] = set()   # steps that succeeded since start (see _guard)
         self._statement_day: datetime.date | None = None
         self._core_job: defer.Deferred | None = None
         self._core_idle: list[defer.Deferred] = []
@@ -438,10 +439,26 @@ class BankFlow:
             # quotes the rows it refused); the frames say where without any values.
             log.error("{bank}: {what} failed: {error}\n{where}", bank=self.bank_id, what=what,
                       error=error_text(e), where="".join(traceback.format_tb(e.__traceback__)))
+            # Not only the log: one alarm episode per failing step, cleared when it goes through
+            # (a million-item batch cancelled by a statement timeout, tick after tick, was seen
+            # only in the log). The database may be what fails: then the log is all there is.
+            try:
+                await self.db.run(lambda c: self._alarm(c, "critical", "step-failed",
+                                                        f"{what} failed: {error_text(e)[:400]}", key=what))
+            except Exception as again:  # noqa: BLE001
+                log.warn("{bank}: {what}: the step-failed alarm could not be written: {error}",
+                         bank=self.bank_id, what=what, error=error_text(again))
         else:
-            if self._backoff.pop(what, None) is not None:
-                await self.db.run(lambda c: clear_alarm(c, self.at(), "conservation",
-                                                        bank_id=self.bank_id, key=what))
+            # Cleared after a failure, and after the first success since this process started
+            # (the backoff is in memory: an episode opened before a restart must clear too).
+            first = what not in self._went_through
+            if self._backoff.pop(what, None) is not None or first:
+                self._went_through.add(what)
+
+                def cleared(c: Connection) -> None:
+                    for kind in ("conservation", "step-failed"):
+                        clear_alarm(c, self.at(), kind, bank_id=self.bank_id, key=what)
+                await self.db.run(cleared)
             return
         delay = min(max(2 * delay, 1.0), 300.0)
         self._backoff[what] = (self.now() + delay, delay)
