@@ -146,6 +146,7 @@ class Commands:
         self.db = db
         self.journal = journal
         self.gateway = gateway   # flows and tickers, to wake a bank's flow
+        self.read_journal = None # gateway.read_journal.ReadCallJournal, set by make_service
         bound, declared = set(self._table()), set(METHODS)
         if bound != declared:   # a method without its declared params (or the reverse) is a build error
             raise RuntimeError(f"gateway.rpc_api.METHODS and Commands._table differ: declared only "
@@ -186,17 +187,25 @@ class Commands:
     def _journal_read(self, caller: Caller, method: str, params: dict, decoded: str,
                       order_no: str | None = None):
         """The journal entry of a read-only call, once its answer is read from a snapshot (on the
-        read pool, beside the writer): the call is answered after it is journaled. On PostgreSQL
-        the entry is a short transaction that a bulk step does not hold up; on SQLite (one
-        writer) it waits for the writer's current transaction."""
-        return self.db.run(self._rpc_entry, caller, method, params, decoded, order_no)
+        read pool, beside the writer). With the daemon's `ReadCallJournal` (gateway/read_journal.py)
+        the entry is queued with the call's time and committed behind the answer, so a question
+        that changes nothing does not wait for a bulk transaction on the writer; without one (a
+        bare `Commands`) the call is answered after its entry is committed."""
+        if self.read_journal is None:
+            return self.db.run(self._rpc_entry, caller, method, params, decoded, order_no)
+        return self.read_journal.add((caller, method, params, decoded, order_no, self._at()))
+
+    def write_read_entry(self, conn: Connection, item: tuple) -> int:
+        """`ReadCallJournal`'s writer: one queued read-only call's entry, at the call's time."""
+        caller, method, params, decoded, order_no, at = item
+        return self._rpc_entry(conn, caller, method, params, decoded, order_no, at=at)
 
     def _rpc_entry(self, conn: Connection, caller: Caller, method: str, params: dict, decoded: str,
-                   order_no: str | None = None) -> int:
+                   order_no: str | None = None, *, at: str | None = None) -> int:
         payload = json.dumps({"method": method, "params": params}, ensure_ascii=False).encode()
         return self.journal.append(conn, Entry(
             "in", caller.who[:64], "rpc", method, decoded,
-            payload=payload, order_no=order_no), self._at())
+            payload=payload, order_no=order_no), at or self._at())
 
     @staticmethod
     def _order(conn: Connection, order_no: str) -> dict:

@@ -476,6 +476,11 @@ def make_service(cfg: GatewayConfig, reactor=None, core=None) -> Gateway:
     core_service.setServiceParent(gw)
     gw.core_link = core_service.link
     gw.commands = Commands(reactor, database, journal, gw)
+    # Before the RPC: stopped after it, so the last answers' entries are committed before the
+    # database stops.
+    from gateway.read_journal import ReadCallJournal
+    gw.commands.read_journal = ReadCallJournal(database.run, gw.commands.write_read_entry)
+    gw.commands.read_journal.setServiceParent(gw)
     if cfg.rpc is not None:
         _RpcService(reactor, cfg, gw.commands, _refusal_journal(reactor, database, journal)
                     ).setServiceParent(gw)
