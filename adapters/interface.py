@@ -135,8 +135,10 @@ class BatchItem:
 class Built:
     """A batch document written, signed (and encrypted) in the adapter's work dir.
 
-    `name`, `digest` and `key` are kept in the batch row (file_name, file_sm3,
-    file_enc_key) so the batch can be delivered and submitted again after a restart.
+    `name`, `digest`, `digest_alg` and `key` are kept in the batch row (file_name,
+    file_digest, file_digest_alg, file_enc_key) so the batch can be delivered and submitted
+    again after a restart. `digest` is hex, by the dialect's algorithm, named in `digest_alg`
+    ("SM3", "SHA-256"; "" when the dialect keeps none).
     """
 
     name: str
@@ -144,6 +146,7 @@ class Built:
     key: str
     count: int
     amount: int
+    digest_alg: str = ""
 
 
 class Outcome(StrEnum):
@@ -201,7 +204,8 @@ class BatchStatus:
     `state` is a BankAnswer (a plain string is taken and checked). "unanswered" is
     alarmed by the flow unless `alarmed`: the adapter holds an episode of its own for that
     refusal (cnbank's bank-refusing for E008/E009). `results` is what fetch_results needs
-    later (kept in the batch row).
+    later, kept in the batch row: "ref" (result_ref: where the results are, e.g. the bank's
+    result file name or a journal id), "digest" (result_sm3) and "key" (result_enc_key).
     """
 
     state: BankAnswer

@@ -735,8 +735,8 @@ class BankFlow:
         def record(conn: Connection) -> None:
             conn.execute(update(batches).where(batches.c.batch_no == b["batch_no"],
                                                batches.c.state == BatchState.BUILDING).values(
-                state=BatchState.BUILT, file_name=built.name, file_sm3=built.digest,
-                file_enc_key=built.key, updated_at=self.at()))
+                state=BatchState.BUILT, file_name=built.name, file_digest=built.digest,
+                file_digest_alg=built.digest_alg or None, file_enc_key=built.key, updated_at=self.at()))
         await self.db.run(record)
         log.info("{bank}: built {file} ({n} items, digest {digest})", bank=self.bank_id, file=built.name,
                  n=built.count, digest=built.digest[:16])
@@ -992,7 +992,7 @@ class BankFlow:
             elif step.then is Next.FINISH:
                 r = st.results or {}
                 conn.execute(update(batches).where(batches.c.batch_no == b["batch_no"]).values(
-                    result_file=r.get("file"), result_sm3=r.get("digest"), result_enc_key=r.get("key"),
+                    result_ref=r.get("ref"), result_sm3=r.get("digest"), result_enc_key=r.get("key"),
                     updated_at=self.at(), failures=0))
             else:
                 conn.execute(update(batches).where(batches.c.batch_no == b["batch_no"]).values(**good))
@@ -1063,7 +1063,7 @@ class BankFlow:
             for e in entries:
                 jid = self._journal(conn, e)
             self._alarm(conn, "critical", "result-file-rejected",
-                        f"results {b['result_file']} of {b['batch_no']} rejected, nothing applied: {why}",
+                        f"results {b['result_ref']} of {b['batch_no']} rejected, nothing applied: {why}",
                         order_no=b["order_no"], batch_no=b["batch_no"], journal_id=jid)
             # Ask again later, not every tick: bad results are a bank-side fault for operators.
             conn.execute(update(batches).where(batches.c.batch_no == b["batch_no"]).values(

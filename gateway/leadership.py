@@ -533,13 +533,17 @@ def _in_thread(reactor, fn, *args) -> defer.Deferred:
     return d
 
 
-class Leadership(service.Service):
+class Leadership(service.MultiService):
     """Holds one lease while it can; `role` is "active" (主) or "standby" (备).
 
-    `on_active()` is called on taking the lease and `on_standby()` on losing, letting go of
-    or outliving it (each may return a Deferred, waited for before the lease is touched
-    again: a step still in flight here must end before this daemon takes a new epoch). On
-    stop, an active daemon calls `on_standby()` first and releases the lease after.
+    Its children are what runs under the lease (a bank's flow, the scheduler): they run
+    only while it is active, not while it merely runs. On taking the lease they are started,
+    then `on_active()` is called; on losing, letting go of or outliving it they are stopped
+    (together) and their stops waited for, then `on_standby()` is called (it may return a
+    Deferred, waited for too), all before the lease is touched again: a step still in flight
+    here must end before this daemon takes a new epoch. On stop, an active daemon stands
+    down that way first and releases the lease after. A child added while active starts at
+    once; a child removed is stopped (removeService's Deferred fires when it has).
     """
 
     def __init__(self, reactor, lease, *, retry_s: float = 2.0, lease_s: float = 8.0,
@@ -550,6 +554,7 @@ class Leadership(service.Service):
                  patience: float = 1.0):
         if margin_s >= lease_s:
             raise ValueError("margin_s must be shorter than lease_s")
+        service.MultiService.__init__(self)
         self.reactor = reactor
         self.clock = clock or reactor
         self.lease = lease
@@ -585,8 +590,37 @@ class Leadership(service.Service):
                 "epoch": self.epoch, "lock": self.lease.describe(),
                 "acts_for_s": round(self.fence.remaining(), 3) if self.active else 0.0}
 
+    # --- the children: started with the lease, not with the service ---------------------
+    def privilegedStartService(self) -> None:  # noqa: N802
+        service.Service.privilegedStartService(self)
+
+    def addService(self, child) -> None:  # noqa: N802
+        if child.name is not None:
+            if child.name in self.namedServices:
+                raise RuntimeError(f"cannot have two services named {child.name!r} under {self.name}")
+            self.namedServices[child.name] = child
+        self.services.append(child)
+        if self.running and self.active:
+            child.privilegedStartService()
+            child.startService()
+
+    def removeService(self, child):  # noqa: N802
+        if child.name is not None:
+            del self.namedServices[child.name]
+        self.services.remove(child)
+        return child.stopService() if child.running else None
+
+    def _start_children(self) -> None:
+        for child in self:
+            if not child.running:
+                child.startService()
+
+    def _stop_children(self) -> defer.Deferred:
+        return defer.DeferredList([defer.maybeDeferred(c.stopService) for c in reversed(list(self))
+                                   if c.running])
+
     def startService(self) -> None:  # noqa: N802
-        super().startService()
+        service.Service.startService(self)
         self.since = self.clock.seconds()
         log.info("leadership: standby, trying for the {lease}", lease=self.lease.describe())
         first = 0 if self.patience <= 1 else self.retry_s
@@ -718,6 +752,9 @@ class Leadership(service.Service):
                  lease=self.lease_name, epoch=self.epoch, at=time.time())
         if role == STANDBY:
             self.epoch = None
+            await self._stop_children()
+        elif self.running:
+            self._start_children()
         cb = self.on_active if role == ACTIVE else self.on_standby
         if cb is not None:
             try:
@@ -739,7 +776,7 @@ class Leadership(service.Service):
         self._call = self.clock.callLater(delay, self._step)
 
     def stopService(self):  # noqa: N802
-        super().stopService()
+        service.Service.stopService(self)
         if self._call is not None and self._call.active():
             self._call.cancel()
         self._call = None
@@ -749,7 +786,9 @@ class Leadership(service.Service):
         await self.settled()
         epoch = self.epoch if self.role == ACTIVE else None
         if self.role == ACTIVE:
-            await self._become(STANDBY)       # the flows finish their step first
+            await self._become(STANDBY)       # the children (flows) finish their step first
+        else:
+            await self._stop_children()       # none should run; none is left running
         if self._expiry is not None and self._expiry.active():
             self._expiry.cancel()
         self.fence.revoke()

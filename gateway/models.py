@@ -123,11 +123,16 @@ batches = Table(
     Column("total_count", Integer, nullable=False),
     Column("total_amount", BigInteger, nullable=False),
     Column("file_name", String(100)),
-    Column("file_sm3", String(64)),
+    # the batch document's digest, hex: SM3 (cnbank), SHA-256 (iso20022); file_digest_alg names
+    # it (NULL for batches built before migration 0019)
+    Column("file_digest", String(64)),
+    Column("file_digest_alg", String(16)),
     Column("file_enc_key", Text),    # SM2-enveloped key||iv, base64
     Column("bank_batch_no", String(64)),
-    Column("result_file", String(100)),
-    Column("result_sm3", String(64)),
+    # where the dialect's fetch_results reads the bank's results from: the bank's result file
+    # name (cnbank), the journal id of the pain.002 ("parts:<id>" for a split batch; iso20022)
+    Column("result_ref", String(100)),
+    Column("result_sm3", String(64)),   # the bank's result file's SM3 (cnbank), else empty
     Column("result_enc_key", Text),
     Column("reject_code", String(8)),
     Column("reject_msg", String(500)),

@@ -85,6 +85,77 @@ class Ticker(service.Service):
         return None
 
 
+class InOrder(service.MultiService):
+    """A MultiService whose children stop one after another, the last added first, each stop
+    waited for before the next begins (twisted's MultiService stops them all at once). A child
+    whose stop fails is logged and the next one still stops."""
+
+    @defer.inlineCallbacks
+    def stopService(self):  # noqa: N802
+        service.Service.stopService(self)
+        for child in reversed(list(self)):
+            if child.running:
+                try:
+                    yield defer.maybeDeferred(child.stopService)
+                except Exception:  # noqa: BLE001
+                    log.failure("stopping {name} failed", name=child.name)
+
+
+class BankService(service.MultiService):
+    """One bank's flow in the service tree: its ticker (a child) runs `flow.tick` while this
+    service runs. It is a child of the lease the bank acts under, so it runs only while that
+    lease is held. Stopping it lets the step in progress and the bank's core work (poll, load,
+    push) finish: the Deferred fires then, and no new step starts meanwhile."""
+
+    def __init__(self, reactor, flow: BankFlow, interval: float):
+        super().__init__()
+        self.flow = flow
+        self.setName(f"bank-{flow.bank_id}")
+        self.ticker = Ticker(reactor, f"flow-{flow.bank_id}", flow.tick, interval)
+        self.ticker.setServiceParent(self)
+
+    def startService(self) -> None:  # noqa: N802
+        self.flow.stopping = False
+        super().startService()
+
+    def stopService(self):  # noqa: N802
+        self.flow.stopping = True
+        d = defer.DeferredList([defer.maybeDeferred(super().stopService), self.flow.core_idle()])
+        d.addCallback(lambda _: None)
+        return d
+
+
+class SchedulerService(service.Service):
+    """The scheduled retries (gateway/scheduler.py) as a service: a child of the single (or
+    "core") lease, so they run on the active daemon only. A job already running finishes on
+    its own thread."""
+
+    def __init__(self, scheduler: RetryScheduler):
+        self.scheduler = scheduler
+        self.setName("scheduler")
+
+    def startService(self) -> None:  # noqa: N802
+        super().startService()
+        self.scheduler.start()
+
+    def stopService(self):  # noqa: N802
+        super().stopService()
+        self.scheduler.shutdown()
+
+
+class _AdaptersService(service.Service):
+    """The banks' adapters: stopped after the leases (so after every flow), it closes their
+    connections (an HTTPS pool) once no step can use them."""
+
+    def __init__(self, gw: "Gateway"):
+        self.gw = gw
+        self.setName("bank-adapters")
+
+    def stopService(self):  # noqa: N802
+        super().stopService()
+        return defer.DeferredList([defer.maybeDeferred(f.adapter.close) for f in self.gw.flows.values()])
+
+
 class _DatabaseService(service.Service):
     def __init__(self, database: dbmod.Database):
         self.database = database
@@ -183,22 +254,27 @@ class _RpcService(service.Service):
         return None
 
 
-class Gateway(service.MultiService):
-    """The whole daemon: database pool, core client, and one flow ticker per bank.
+class Gateway(InOrder):
+    """The whole daemon, a tree of services stopped in the reverse of the order they were added,
+    each waited for (InOrder): the leases (under each, what runs while it is held: the banks'
+    flows, each a BankService with its ticker, and the scheduler), then the banks' adapters,
+    the console, /metrics, the RPC, the core client, the watches, the database.
 
-    The tickers and the scheduler run only while `leadership` says this daemon is the
-    active one; a standby daemon serves the RPC and nothing else.
+    The flows and the scheduler run only while `leadership` says this daemon is active for
+    their lease; a standby daemon serves the RPC and nothing else.
     """
 
     def __init__(self) -> None:
         super().__init__()
         self.flows: dict[str, BankFlow] = {}
-        self.tickers: dict[str, Ticker] = {}
+        self.banks: dict[str, BankService] = {}
+        self.tickers: dict[str, Ticker] = {}      # each bank's BankService.ticker
         self.database: dbmod.Database | None = None
         self.core: ICoreSystem | None = None
         self.core_link = None           # gateway.health.CoreLink: the core as last seen
         self.commands = None
-        self.leadership: Leadership | None = None
+        self.leadership: LeaseSet | None = None
+        self.leases: service.MultiService | None = None    # the Leadership services' parent
         self.scheduler: RetryScheduler | None = None
         self.disk_watch = None          # gateway.disk_watch.DiskWatch: free space, disk-space-low
         self.stopping = False
@@ -211,35 +287,10 @@ class Gateway(service.MultiService):
         if ticker is not None and ticker.running:
             ticker.kick()
 
-    def on_active(self, banks=None, scheduler: bool = True) -> None:
-        """This daemon holds a lease: run its flows (*banks*, default all) and, with the
-        single or the "core" lease, the scheduled retries."""
-        if self.stopping:
-            return
+    def lease_changed(self) -> None:
+        """A lease was taken or let go (its children are started or stopped by Leadership)."""
         from gateway.metrics import METRICS
-        METRICS.active.set(1)
-        ids = list(self.flows) if banks is None else banks
-        for b in ids:
-            self.flows[b].stopping = False
-        for b in ids:
-            if not self.tickers[b].running:
-                self.tickers[b].startService()
-        if scheduler and self.scheduler is not None:
-            self.scheduler.start()
-
-    def on_standby(self, banks=None, scheduler: bool = True):
-        """A lease is lost or released: the scheduler stops (with its lease), each of the lease's
-        flows finishes its step and stops."""
-        from gateway.metrics import METRICS
-        METRICS.active.set(0)
-        if scheduler and self.scheduler is not None:
-            self.scheduler.shutdown()
-        ids = list(self.flows) if banks is None else banks
-        for b in ids:
-            self.flows[b].stopping = True
-        return defer.DeferredList([defer.maybeDeferred(self.tickers[b].stopService) for b in ids
-                                   if self.tickers[b].running]
-                                  + [self.flows[b].core_idle() for b in ids])
+        METRICS.active.set(1 if self.leadership is not None and self.leadership.active else 0)
 
     # --- SIGHUP: conf/banks/ read again -----------------------------------------------------
     def reload(self) -> defer.Deferred:
@@ -310,51 +361,44 @@ class Gateway(service.MultiService):
         return {"ok": True, "added": added, "changed": changed, "removed": removed}
 
     async def _remove_bank(self, bank_id: str) -> None:
-        flow, ticker = self.flows[bank_id], self.tickers[bank_id]
-        flow.stopping = True
-        lead = self.leadership.leaders.get(bank_id) if self.leadership is not None else None
-        if lead is not None:        # per bank: its lease stands down (the flow stops) and is released
-            await lead.disownServiceParent()
-            del self.leadership.leaders[bank_id]
-        await defer.DeferredList(([defer.maybeDeferred(ticker.stopService)] if ticker.running else [])
-                                 + [flow.core_idle()])
+        """The bank's flow finishes its step and stops (its BankService leaves the tree; per
+        bank, with its lease, released after), then its adapter is closed."""
+        flow, bank = self.flows[bank_id], self.banks[bank_id]
+        lead = self.leadership.leaders.pop(bank_id, None) if self.leadership is not None else None
+        await defer.maybeDeferred((lead or bank).disownServiceParent)
         await defer.maybeDeferred(flow.adapter.close)
-        del self.flows[bank_id], self.tickers[bank_id]
+        del self.flows[bank_id], self.banks[bank_id], self.tickers[bank_id]
 
     def _add_bank(self, cfg, bank, adapter) -> None:
         ctx = self.build
-        lead = ctx["make_leader"](bank.bank_id, [bank.bank_id], False) if ctx["per_bank"] else None
+        lead = ctx["make_leader"](bank.bank_id) if ctx["per_bank"] else None
         fence = lead.fence if lead is not None else self.leadership.leaders[SINGLE].fence
         flow = BankFlow(ctx["reactor"], cfg, bank, dbmod.FencedDatabase(self.database, fence), ctx["journal"],
                         self.core, adapter, ctx["faults"])
-        self.flows[bank.bank_id] = flow
-        self.tickers[bank.bank_id] = Ticker(ctx["reactor"], f"flow-{bank.bank_id}", flow.tick,
-                                            min(bank.status_poll_s, cfg.core.poll_interval_s))
+        bank_service = self._bank_service(flow, min(bank.status_poll_s, cfg.core.poll_interval_s))
         if lead is not None:
             self.leadership.leaders[bank.bank_id] = lead
-            lead.setServiceParent(self)     # started: it takes the lease, then starts the flow
-        elif self.leadership.leaders[SINGLE].active:
-            self.on_active([bank.bank_id], scheduler=False)
+            bank_service.setServiceParent(lead)
+            lead.setServiceParent(self.leases)   # started: it takes the lease, then starts the flow
+        else:
+            bank_service.setServiceParent(self.leadership.leaders[SINGLE])   # starts if active
 
-    @defer.inlineCallbacks
+    def _bank_service(self, flow: BankFlow, interval: float) -> BankService:
+        bank_service = BankService(self.build["reactor"], flow, interval)
+        self.flows[flow.bank_id] = flow
+        self.banks[flow.bank_id] = bank_service
+        self.tickers[flow.bank_id] = bank_service.ticker
+        return bank_service
+
     def stopService(self):  # noqa: N802
-        """Stop in order: flows finish their current step, then the bank adapters, the core client,
-        the database."""
+        """Stop the tree (InOrder): the leases first, each letting its flows finish their step."""
         log.info("stopping: letting each bank's current step finish")
         self.stopping = True
-        for flow in self.flows.values():
-            flow.stopping = True
         if self.core is not None:
             self.core.close()   # a call waiting to retry or in flight (a stream too) ends now
-        yield defer.DeferredList([defer.maybeDeferred(t.stopService) for t in self.tickers.values()
-                                  if t.running] + [f.core_idle() for f in self.flows.values()])
-        # The banks' connections (an HTTPS pool) are closed once no step can use them.
-        yield defer.DeferredList([defer.maybeDeferred(f.adapter.close) for f in self.flows.values()])
-        for s in reversed(list(self)):
-            if s.running and s not in self.tickers.values():
-                yield defer.maybeDeferred(s.stopService)
-        service.Service.stopService(self)
-        log.info("stopped")
+        d = super().stopService()
+        d.addCallback(lambda _: log.info("stopped"))
+        return d
 
 
 class _MetricsService(service.Service):
@@ -493,44 +537,26 @@ def make_service(cfg: GatewayConfig, reactor=None, core=None) -> Gateway:
         raise StartupError(f"{cfg.file}: work.dir: {e}") from None
     holder = default_holder()
     if cfg.ha_mode == "per-bank":
-        groups = [(CORE, [], True)] + [(b, [b], False) for b in cfg.banks]
+        groups = [(CORE, [])] + [(b, [b]) for b in cfg.banks]
     else:
-        groups = [(SINGLE, list(cfg.banks), True)]
+        groups = [(SINGLE, list(cfg.banks))]
     leaders, fence_of = {}, {}
 
-    def make_leader(name, bank_ids, sched) -> Leadership:
+    def make_leader(name) -> Leadership:
         lease = lease_for_url(cfg.database_url, name, holder, lease_s=cfg.ha_lease_s)
         eager = cfg.ha_mode == "single" or not cfg.ha_prefer or name in cfg.ha_prefer
         return Leadership(
             reactor, lease, name=name, retry_s=cfg.ha_retry_s, lease_s=cfg.ha_lease_s,
             margin_s=cfg.ha_margin_s, patience=1.0 if eager else 2.0,
-            on_active=lambda bank_ids=bank_ids, sched=sched: gw.on_active(bank_ids, sched),
-            on_standby=lambda bank_ids=bank_ids, sched=sched: gw.on_standby(bank_ids, sched))
-    for name, bank_ids, sched in groups:
+            on_active=gw.lease_changed, on_standby=gw.lease_changed)
+    for name, bank_ids in groups:
         try:
-            leaders[name] = make_leader(name, bank_ids, sched)
+            leaders[name] = make_leader(name)
         except ValueError as e:
             engine.dispose()
             raise StartupError(f"{cfg.file}: database.url: {e}") from None
         for b in bank_ids:
             fence_of[b] = leaders[name].fence
-    for bank_id, bank in cfg.banks.items():
-        flow = BankFlow(reactor, cfg, bank, dbmod.FencedDatabase(database, fence_of[bank_id]), journal,
-                        core, adapters[bank_id], faults)
-        interval = min(bank.status_poll_s, cfg.core.poll_interval_s)
-        # Not a child service: leadership starts and stops it (Gateway.on_active/on_standby).
-        ticker = Ticker(reactor, f"flow-{bank_id}", flow.tick, interval)
-        gw.flows[bank_id] = flow
-        gw.tickers[bank_id] = ticker
-    gw.scheduler = RetryScheduler(reactor, database.engine, journal, cfg.calendar, cfg.retry_times,
-                                  cfg.banks, gw.kick)
-    gw.scheduler.fence = leaders[CORE if cfg.ha_mode == "per-bank" else SINGLE].fence
-    gw.build = {"reactor": reactor, "cfg": cfg, "faults": faults, "journal": journal,
-                "make_leader": make_leader, "per_bank": cfg.ha_mode == "per-bank"}
-    # The last children: on stop each releases its lease only after its flows have stopped.
-    gw.leadership = LeaseSet(leaders)
-    for lead in leaders.values():
-        lead.setServiceParent(gw)
     if cfg.metrics is not None:
         _MetricsService(reactor, cfg.metrics, database, disk_dirs, gw).setServiceParent(gw)
     if cfg.console is not None:
@@ -542,4 +568,28 @@ def make_service(cfg: GatewayConfig, reactor=None, core=None) -> Gateway:
         except UsersFileError as e:
             engine.dispose()
             raise StartupError(f"{cfg.file}: console.users_file: {e}") from None
+    _AdaptersService(gw).setServiceParent(gw)
+    gw.build = {"reactor": reactor, "cfg": cfg, "faults": faults, "journal": journal,
+                "make_leader": make_leader, "per_bank": cfg.ha_mode == "per-bank"}
+    # What runs under each lease is its child: the scheduler under the single or "core" lease,
+    # each bank's flow under the single lease or its own.
+    gw.scheduler = RetryScheduler(reactor, database.engine, journal, cfg.calendar, cfg.retry_times,
+                                  cfg.banks, gw.kick)
+    main = leaders[CORE if cfg.ha_mode == "per-bank" else SINGLE]
+    gw.scheduler.fence = main.fence
+    SchedulerService(gw.scheduler).setServiceParent(main)
+    for bank_id, bank in cfg.banks.items():
+        flow = BankFlow(reactor, cfg, bank, dbmod.FencedDatabase(database, fence_of[bank_id]), journal,
+                        core, adapters[bank_id], faults)
+        interval = min(bank.status_poll_s, cfg.core.poll_interval_s)
+        gw._bank_service(flow, interval).setServiceParent(leaders[bank_id if cfg.ha_mode == "per-bank"
+                                                                  else SINGLE])
+    # The last child, so the first stopped: each lease stops its flows (their steps finished)
+    # and the scheduler, then is released; the leases stop together.
+    gw.leadership = LeaseSet(leaders)
+    gw.leases = service.MultiService()
+    gw.leases.setName("leases")
+    for lead in leaders.values():
+        lead.setServiceParent(gw.leases)
+    gw.leases.setServiceParent(gw)
     return gw

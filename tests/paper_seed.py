@@ -44,7 +44,7 @@ def _batch(conn, no, order_no, kind, seq, total, paid, failed, done_at, **kw):
     values = dict(batch_no=no, order_no=order_no, bank_id=BANK, kind=kind, seq=seq, state="DONE",
                   total_count=total[0], total_amount=total[1], succ_cnt=paid[0], succ_amt=paid[1],
                   fail_cnt=failed[0], fail_amt=failed[1], attempts=1, bank_batch_no="BK" + no[-7:],
-                  file_name=f"{no}.req", result_file=f"{no}.rsp", result_sm3="ab" * 32,
+                  file_name=f"{no}.req", result_ref=f"{no}.rsp", result_sm3="ab" * 32,
                   created_at="2026-11-19T09:00:00+08:00", updated_at="2026-11-19T09:00:00+08:00",
                   done_at=done_at, overdue_alarmed=0, bank_overdue_alarmed=0)
     values.update(kw)

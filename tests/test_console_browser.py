@@ -294,6 +294,7 @@ async def test_console_in_chromium_against_the_real_daemon(reactor, tmp_path):
             table = b.text("#file-lines")
             assert not clear_ids(table) and not [v for v in clear if v and v in b.d.page_source]
             assert ORDER in b.text("#file-header") and "**" in table
+            assert "(SM3)" in b.text("#batch-file") and len(b.text("#batch-file-digest")) == 64   # cnbank's digest
             b.d.execute_script("arguments[0].scrollIntoView()", b.css("#links")[0])
             b.shot("entry-file")
             b.click(b.css("#show-result-file")[0])

@@ -101,7 +101,8 @@ async def test_fifty_items_seven_a_message_end_to_end_over_loopback_https(reacto
     to 7 transfers a message: the 50-item PAY batch goes out as 8 signed parts, each taken once
     by the bank (which refuses a larger message), the batch DONE once every part's pain.002 is in,
     every item's result (paid and failed, from all parts) applied and pushed to the core, nothing
-    credited twice; the journal keeps each part's document under its own MsgId. When the bank
+    credited twice; the journal keeps each part's document under its own MsgId; the batch row
+    names its digest's algorithm (SHA-256) and its results as the parts' pain.002. When the bank
     rejects the first part whole (AM04) and pays the others, the batch is still DONE (not
     rejected: that would free paid items for another batch): part 1's 7 items are FAILED with
     AM04 and the rest carry the bank's own results."""
@@ -129,7 +130,8 @@ async def test_fifty_items_seven_a_message_end_to_end_over_loopback_https(reacto
         async def reported():
             return len(await sims.core.results("ISOS0001")) == 50
         await ip.until(reported, 60, "all 50 results at the core")
-        batches = await ip.query("SELECT batch_no, state FROM batches WHERE order_no = 'ISOS0001'")
+        batches = await ip.query("SELECT batch_no, state, file_digest_alg, result_ref FROM batches "
+                                 "WHERE order_no = 'ISOS0001'")
         items = await ip.query("SELECT status, count(*) AS n FROM items WHERE order_no = 'ISOS0001' "
                                "GROUP BY status ORDER BY status")
         sent = await ip.query("SELECT msg_id FROM journal WHERE direction = 'out' AND tx_code = 'pain.001.001.10' "
@@ -142,7 +144,9 @@ async def test_fifty_items_seven_a_message_end_to_end_over_loopback_https(reacto
         finally:
             await ip.close()
     parts = [f"ISOS0001-P01-{k:03d}" for k in range(1, 9)]
-    assert batches == [{"batch_no": "ISOS0001-P01", "state": "DONE"}]
+    # the parts' manifest digested by SHA-256; its results referenced by the last part's pain.002
+    assert [(b["batch_no"], b["state"], b["file_digest_alg"]) for b in batches] == [("ISOS0001-P01", "DONE", "SHA-256")]
+    assert batches[0]["result_ref"].startswith("parts:")
     assert [r["msg_id"] for r in sent][:8] == parts
     assert all(r[2] in (200, 202) for r in posts), posts
     assert [bank.payments_received(m) for m in parts] == [1] * 8

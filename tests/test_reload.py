@@ -107,8 +107,8 @@ async def test_sighup_adds_refuses_and_removes_banks(reactor, tmp_path):
 async def test_per_bank_leases_follow_banks_added_and_removed(reactor, tmp_path):
     """[ha] mode = "per-bank", the service in this process: a bank file added and reload() gives
     the bank its own lease (taken, then its flow runs, fenced by that lease); the scheduler
-    covers it; its file removed and reload() stops the lease's service (released on stop) and
-    forgets the flow; a refused reload leaves leases and flows as they were."""
+    covers it; its file removed and reload() stops the lease's service (its flow's ticker
+    stopped first, the lease released after) and forgets the flow; a refused reload leaves leases and flows as they were."""
     from gateway import config as configmod
     from gateway.leadership import CORE
     from gateway.service import make_service
@@ -134,7 +134,7 @@ async def test_per_bank_leases_follow_banks_added_and_removed(reactor, tmp_path)
         assert set(gw.leadership.leaders) == {CORE, harness.BANK_ID, TWO}
         assert gw.flows[TWO].db.fence is gw.leadership.leaders[TWO].fence
         assert set(gw.scheduler.bank_ids) == {harness.BANK_ID, TWO}
-        lead_two = gw.leadership.leaders[TWO]
+        lead_two, ticker_two = gw.leadership.leaders[TWO], gw.tickers[TWO]
 
         (p.banks / "broken.toml").write_text(first.replace(f'bank_id = "{harness.BANK_ID}"', 'bank_id = "b3"')
                                              .replace('dialect = "cnbank"', 'dialect = "nope"'))
@@ -147,7 +147,7 @@ async def test_per_bank_leases_follow_banks_added_and_removed(reactor, tmp_path)
         summary = await gw.reload()
         assert summary == {"ok": True, "added": [], "changed": [], "removed": [TWO]}
         assert set(gw.leadership.leaders) == {CORE, harness.BANK_ID} and TWO not in gw.flows
-        assert not lead_two.running and not lead_two.active
+        assert not lead_two.running and not lead_two.active and not ticker_two.running
         assert gw.tickers[harness.BANK_ID].running and set(gw.scheduler.bank_ids) == {harness.BANK_ID}
         status = gw.leadership.status()["leases"]
         assert TWO not in status

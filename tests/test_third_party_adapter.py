@@ -69,10 +69,10 @@ class AcmeAdapter:
         return Reply("accepted", bank_ref="ACME-" + batch["batch_no"], journal_id=ids[-1])
 
     async def batch_status(self, batch, recorder):
-        return BatchStatus("done", results={"file": batch["file_name"], "digest": "", "key": ""})
+        return BatchStatus("done", results={"ref": batch["file_name"], "digest": "", "key": ""})
 
     async def fetch_results(self, batch, recorder):
-        with open(os.path.join(self.work_dir, batch["result_file"])) as f:
+        with open(os.path.join(self.work_dir, batch["result_ref"])) as f:
             rows = json.load(f)
         lines = [ItemResult(seq, True, "0000", "", f"ACME{seq}", "20261128", amount, acct)
                  for seq, amount, acct in rows]

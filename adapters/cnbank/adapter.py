@@ -210,7 +210,7 @@ class CnBankAdapter:
                                  orig_batch_no=i.orig_batch_no if spec.kind == "RETRY" else "")
                  for i in items)
         b = self.link.write_batch_file(header, lines, kind=spec.kind)
-        return Built(b.name, b.sm3, b.enc_key, b.count, b.amount)
+        return Built(b.name, b.sm3, b.enc_key, b.count, b.amount, digest_alg="SM3")
 
     def audit_read(self, kind: str, ciphertext: bytes, key_b64: bytes | str):
         """A journaled batch or result file's (header, lines), for the console's masked view
@@ -227,7 +227,7 @@ class CnBankAdapter:
     async def deliver_batch(self, batch: dict, recorder) -> None:
         cipher, sig = self._paths(batch)
         await self._sftp("sftp_put", self.link.upload(BuiltFile(
-            batch["file_name"], cipher, sig, batch["file_sm3"], batch["file_enc_key"],
+            batch["file_name"], cipher, sig, batch["file_digest"], batch["file_enc_key"],
             batch["total_count"], batch["total_amount"])))
         in_dir = self.bank.sftp.in_dir
         await recorder.record([
@@ -235,7 +235,7 @@ class CnBankAdapter:
                   payload_file=sig, order_no=batch["order_no"], batch_no=batch["batch_no"]),
             Entry("out", self.bank_id, "sftp", "PUT",
                   f"{in_dir}/{batch['file_name']}: batch file of {batch['total_count']} items, "
-                  f"{batch['total_amount']} fen, FileSM3 {batch['file_sm3']}",
+                  f"{batch['total_amount']} fen, FileSM3 {batch['file_digest']}",
                   payload_file=cipher, order_no=batch["order_no"], batch_no=batch["batch_no"])]
             + self._audit_key_entry(batch, cipher))
 
@@ -255,7 +255,7 @@ class CnBankAdapter:
 
     async def submit_batch(self, batch: dict, recorder, before) -> Reply | None:
         fields = {"BatchNo": batch["batch_no"], "Kind": batch["kind"], "OrderNo": batch["order_no"],
-                  "FileName": batch["file_name"], "FileSM3": batch["file_sm3"],
+                  "FileName": batch["file_name"], "FileSM3": batch["file_digest"],
                   "FileEncKey": batch["file_enc_key"], "TotalCount": str(batch["total_count"]),
                   "TotalAmount": format_yuan(batch["total_amount"])}
         return self._reply(await self._send(batch, "BP01", fields, recorder, before), "BankBatchNo")
@@ -278,13 +278,13 @@ class CnBankAdapter:
             return BatchStatus("rejected", f.get("RejectCode") or "", f.get("RejectMsg") or "",
                                returns=returns, journal_id=inc.journal_id)
         if status == "DONE":
-            return BatchStatus("done", results={"file": f.get("ResultFile"), "digest": f.get("FileSM3"),
+            return BatchStatus("done", results={"ref": f.get("ResultFile"), "digest": f.get("FileSM3"),
                                                 "key": f.get("FileEncKey")},
                                returns=returns, journal_id=inc.journal_id)
         return BatchStatus("pending", returns=returns, journal_id=inc.journal_id)
 
     async def fetch_results(self, batch: dict, recorder) -> ResultSet:
-        name = batch["result_file"]
+        name = batch["result_ref"]
         cipher, sig = await self._sftp("sftp_get", self.link.download(name))
         ref = {"order_no": batch["order_no"], "batch_no": batch["batch_no"]}
 

@@ -290,7 +290,7 @@ class IsoAdapter:
         if self.s.max_transfers_per_message or self.s.max_message_bytes:
             return self._build_parts(spec, header, transfers)
         digest = self._write_sealed(final, header, transfers)
-        return Built(name, digest, "", spec.total_count, spec.total_amount)
+        return Built(name, digest, "", spec.total_count, spec.total_amount, digest_alg="SHA-256")
 
     def _build_parts(self, spec: BatchSpec, header, transfers) -> Built:
         """A bank with per-message limits: the batch as one or several pain.001 messages
@@ -324,7 +324,7 @@ class IsoAdapter:
                     max_bytes=self.s.max_message_bytes or None)
             if len(parts) == 1:
                 return Built(f"{spec.batch_no}.pain001.xml", digests[parts[0].msg_id], "",
-                             spec.total_count, spec.total_amount)
+                             spec.total_count, spec.total_amount, digest_alg="SHA-256")
             manifest = json.dumps({"batch_no": spec.batch_no, "parts": [
                 {"msg_id": p.msg_id, "file": f"{p.msg_id}.pain001.xml", "count": p.count,
                  "amount": p.amount_fen, "sha256": digests[p.msg_id]} for p in parts]}, indent=1).encode()
@@ -340,7 +340,8 @@ class IsoAdapter:
                     if os.path.exists(q):
                         os.unlink(q)
             raise
-        return Built(name, hashlib.sha256(manifest).hexdigest(), "", spec.total_count, spec.total_amount)
+        return Built(name, hashlib.sha256(manifest).hexdigest(), "", spec.total_count, spec.total_amount,
+                     digest_alg="SHA-256")
 
     def _parts(self, batch: dict) -> list[dict]:
         """The messages of a batch: [{msg_id, file, count, amount}]; one (MsgId = BatchNo) unless split."""
@@ -428,7 +429,7 @@ class IsoAdapter:
             path = os.path.join(self.work_dir, p["file"])
             of = f" part {n} of {len(parts)}" if len(parts) > 1 else ""
             decoded = (f"POST /payments pain.001 {p['msg_id']} ({batch['kind']}{of}): {p['count']} "
-                       f"transfers, {p['amount']} fen, SHA-256 {p.get('sha256') or batch['file_sm3']}")
+                       f"transfers, {p['amount']} fen, SHA-256 {p.get('sha256') or batch['file_digest']}")
             replies.append(await self._post({"msg_id": p["msg_id"], "order_no": batch["order_no"],
                                              "batch_no": batch["batch_no"]}, path, decoded, recorder,
                                             before if n == 1 else None))
@@ -747,7 +748,7 @@ class IsoAdapter:
                                f"{iso.REASONS.get(report.group_reason, ('', report.group_info or ''))[1]} "
                                f"({outcome})", journal_id=jid)
         if all(s.status in FINAL for s in statuses) and report.group_status in ("ACSC", "PART", "RJCT"):
-            return BatchStatus("done", results={"file": str(jid), "digest": "", "key": ""}, journal_id=jid)
+            return BatchStatus("done", results={"ref": str(jid), "digest": "", "key": ""}, journal_id=jid)
         return BatchStatus("pending", journal_id=jid)
 
     @staticmethod
@@ -799,12 +800,12 @@ class IsoAdapter:
                 all(s in FINAL for s in sts) and r.group_status in ("ACSC", "PART", "RJCT"))
                for _jid, r, sts in judged):
             last = judged[-1][0]
-            return BatchStatus("done", results={"file": f"parts:{last}", "digest": "", "key": ""}, journal_id=last)
+            return BatchStatus("done", results={"ref": f"parts:{last}", "digest": "", "key": ""}, journal_id=last)
         return BatchStatus("pending", journal_id=judged[-1][0])
 
     async def fetch_results(self, batch: dict, recorder) -> ResultSet:
         prefix = batch["batch_no"] + "-"
-        if str(batch["result_file"]).startswith("parts:"):
+        if str(batch["result_ref"]).startswith("parts:"):
             parts = self._parts(batch)
             latest = await self._latest_reports(parts, recorder)
             if any(x is None for x in latest):
@@ -812,7 +813,7 @@ class IsoAdapter:
             docs = [(p, jid, doc) for p, (jid, doc) in zip(parts, latest)]
             jid = latest[-1][0]
         else:
-            jid = int(batch["result_file"])
+            jid = int(batch["result_ref"])
             kept = await recorder.read(recorder.payloads_in, [jid])
             docs = [(None, jid, kept[jid])]
 

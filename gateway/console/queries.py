@@ -221,7 +221,7 @@ def related_files(conn: Connection, e: dict, batch: dict | None) -> dict:
     if batch is None:
         return {}
     out = {"batch": _file_entry(conn, batch["batch_no"], e["peer"], "PUT", "out", batch["file_name"]),
-           "result": _file_entry(conn, batch["batch_no"], e["peer"], "GET", "in", batch["result_file"])}
+           "result": _file_entry(conn, batch["batch_no"], e["peer"], "GET", "in", batch["result_ref"])}
     out["key_id"] = conn.execute(select(journal.c.id).where(
         journal.c.batch_no == batch["batch_no"], journal.c.peer == e["peer"], journal.c.tx_code == "FILEKEY")
         .order_by(journal.c.id.desc()).limit(1)).scalar()

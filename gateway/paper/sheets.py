@@ -144,7 +144,7 @@ def render_sheet(d: dict, *, fingerprint: str, signer_id: str, produced_at: str,
     story.append(pdf.table(fig, [60 * pdf.mm, 40 * pdf.mm, 50 * pdf.mm], fn, numeric_from=1))
     ev = d["evidence"]
     story.append(pdf.Paragraph("银行结果文件 The bank's results", st.h2))
-    res = [["结果文件 Result file", b["result_file"] or (ev["tx_code"] if ev else "-")],
+    res = [["结果文件 Result file", b["result_ref"] or (ev["tx_code"] if ev else "-")],
            ["SM3", d["result_sm3"] or "-"],
            ["验签 Bank signature", (ev["verified"] if ev else "not journaled")
             + (f"  (报文日志 journal #{ev['id']}, {ev['at']})" if ev else "")],
