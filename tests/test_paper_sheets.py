@@ -25,9 +25,9 @@ from twisted.internet import task
 
 from gateway import db as dbmod
 from gateway.commands import Commands
-from gateway.journal import Journal
+from gateway.journal import Entry, Journal
 from gateway.masking import mask
-from gateway.models import journal, result_sheets
+from gateway.models import batches, journal, result_sheets
 from gateway.paper import register, sheets
 from gateway.paper.seal import Seal, fingerprint_of, load_public, openssl_command, verify
 from gateway.rpc_api import INVALID_PARAMS, Caller, RpcError
@@ -235,3 +235,25 @@ async def test_rpc_batch_register_answers_and_is_journaled(commands, seeded):
         assert (e.value.code, e.value.field) == (INVALID_PARAMS, field)
     with engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(journal)).scalar_one() == n
+
+
+def test_an_iso20022_batch_sheet_names_the_pain002_it_was_settled_by_and_its_sm3(seeded, seal, tmp_path):
+    """An iso20022 batch has no result file: its `result_ref` is the journal id of the pain.002 that
+    settled it ("parts:<id>" when sent as several messages). The sheet names that message and its
+    journal entry, and prints the SM3 of the pain.002 as received, not of another entry's payload."""
+    engine, jr = seeded
+    pain002 = b"<?xml version='1.0'?><Document>a pain.002 as the bank sent it</Document>"
+    with engine.begin() as conn:
+        decoy = jr.append(conn, Entry("event", "gateway", "daemon", "results", "results applied",
+                                      payload=b"not the report", batch_no="FS02-P01"), AT)
+        jid = jr.append(conn, Entry("in", "ISOB", "https", "pain.002.001.03", "payment status report",
+                                    payload=pain002, batch_no="FS02-P01", verified="ok xmldsig"), AT)
+        assert decoy != jid
+        conn.execute(update(batches).where(batches.c.batch_no == "FS02-P01").values(
+            result_ref=f"parts:{jid}", result_sm3=None))
+        d = sheets.sheet_data(conn, "FS02-P01")
+        data = sheets.render_sheet(d, fingerprint=seal.fingerprint, signer_id="GW", produced_at=AT)
+    assert d["result_sm3"] == sm.sm3_hex(pain002)
+    text = pdf_text(data, tmp_path)
+    for want in ("pain.002.001.03", f"journal #{jid}", sm.sm3_hex(pain002), "ok xmldsig"):
+        assert want in " ".join(text.split()), want

@@ -20,6 +20,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import re
 from typing import Any
 
 from sqlalchemy import Connection, insert, select
@@ -87,15 +88,30 @@ def failed_items(conn: Connection, b: dict) -> list[dict]:
     return [rows[s] for s in sorted(rows)]
 
 
-def _evidence(conn: Connection, batch_no: str) -> dict | None:
-    """The journal entry of the batch's result file (cnbank) or of its applied results (iso20022)."""
-    r = conn.execute(select(journal.c.id, journal.c.at, journal.c.verified, journal.c.payload_sm3,
-                            journal.c.tx_code, journal.c.decoded)
-                     .where(journal.c.batch_no == batch_no,
+def _evidence(conn: Connection, b: dict) -> dict | None:
+    """The journal entry of the bank's results: the result file's (cnbank), or the pain.002
+    the batch was settled by (iso20022, whose `result_ref` is that entry's id, "parts:<id>"
+    for a batch sent as several messages: the last part's report)."""
+    cols = (journal.c.id, journal.c.at, journal.c.verified, journal.c.payload_sm3, journal.c.tx_code,
+            journal.c.decoded)
+    ref = re.fullmatch(r"(parts:)?([0-9]{1,18})", b["result_ref"] or "")
+    if ref:
+        r = conn.execute(select(*cols).where(journal.c.id == int(ref[2]))).mappings().one_or_none()
+        return {**r, "parts": bool(ref[1])} if r else None
+    r = conn.execute(select(*cols)
+                     .where(journal.c.batch_no == b["batch_no"],
                             ((journal.c.direction == "in") & journal.c.decoded.like("result file %"))
                             | (journal.c.tx_code == "results"))
                      .order_by(journal.c.id.desc()).limit(1)).mappings().one_or_none()
-    return dict(r) if r else None
+    return {**r, "parts": False} if r else None
+
+
+def _result_name(b: dict, ev: dict | None) -> str:
+    """What the sheet calls the bank's results: the file's name, or the message and its entry."""
+    if ev is not None and b["result_ref"] and b["result_ref"].removeprefix("parts:") == str(ev["id"]):
+        return (f"{ev['tx_code']} (报文日志 journal #{ev['id']}"
+                + ("; 分多个报文 last of several messages" if ev["parts"] else "") + ")")
+    return b["result_ref"] or (ev["tx_code"] if ev else "-")
 
 
 def sheet_data(conn: Connection, batch_no: str) -> dict[str, Any]:
@@ -108,10 +124,11 @@ def sheet_data(conn: Connection, batch_no: str) -> dict[str, Any]:
         raise SheetError(f"batch {batch_no} is {b['state']}: a result sheet needs its results (DONE)")
     o = dict(conn.execute(select(orders).where(orders.c.order_no == b["order_no"])).mappings().one())
     failed = failed_items(conn, b)
-    ev = _evidence(conn, batch_no)
+    ev = _evidence(conn, b)
     f_cnt, f_amt = len(failed), sum(x["amount"] for x in failed)
     return {"batch": b, "order": o, "received_at": _when(b), "failed": failed, "evidence": ev,
             "result_sm3": b["result_sm3"] or (ev and ev["payload_sm3"]) or "",
+            "result_name": _result_name(b, ev),
             "failed_list_matches": (f_cnt, f_amt) == (b["fail_cnt"] or 0, b["fail_amt"] or 0),
             "failed_list": {"count": f_cnt, "amount": f_amt}}
 
@@ -144,7 +161,7 @@ def render_sheet(d: dict, *, fingerprint: str, signer_id: str, produced_at: str,
     story.append(pdf.table(fig, [60 * pdf.mm, 40 * pdf.mm, 50 * pdf.mm], fn, numeric_from=1))
     ev = d["evidence"]
     story.append(pdf.Paragraph("银行结果文件 The bank's results", st.h2))
-    res = [["结果文件 Result file", b["result_ref"] or (ev["tx_code"] if ev else "-")],
+    res = [["结果文件 Result file", d["result_name"]],
            ["SM3", d["result_sm3"] or "-"],
            ["验签 Bank signature", (ev["verified"] if ev else "not journaled")
             + (f"  (报文日志 journal #{ev['id']}, {ev['at']})" if ev else "")],
