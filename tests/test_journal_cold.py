@@ -239,8 +239,9 @@ def test_the_first_live_entry_deleted_after_the_cut_is_named(inst) -> None:
 def test_entries_still_needed_stop_the_cut(inst) -> None:
     """The cut is a prefix and stops before the first entry still needed: an entry of a DISPATCHED
     order (entry 4), then, once the order is SETTLED, an entry a result sheet reads its PDF from
-    (entry 7); with that row gone everything before March moves. Checked to fail with each condition
-    of `_needed` removed in turn."""
+    (entry 7), then the entry its seal is read from (entry 8); with that row gone everything before
+    March moves. Checked to fail with each condition of `_needed` removed in turn (the order's, the
+    sheet's PDF)."""
     config, cfg, engine, jr = inst
     _write(engine, jr, 3, JAN)
     _write(engine, jr, 1, JAN, order_no="FS01")                       # entry 4
@@ -253,7 +254,7 @@ def test_entries_still_needed_stop_the_cut(inst) -> None:
                           "DISPATCHED", (1, 100))
         conn.execute(insert(result_sheets).values(
             batch_no="FS01-P01", order_no="FS01", bank_id="CNB01", produced_at=JAN, pdf_sm3="0" * 64,
-            pdf_sha256="0" * 64, pdf_size=1, signer="x", journal_id=7, sig_journal_id=7))
+            pdf_sha256="0" * 64, pdf_size=1, signer="x", journal_id=7, sig_journal_id=8))
     r = ctl(config, "journal", "archive", "--before", "2026-03-01")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "moved entries 1..3 (3)" in r.stdout and "the cut stops at entry 3: entry 4 (BP01, order FS01" in r.stdout
@@ -261,9 +262,13 @@ def test_entries_still_needed_stop_the_cut(inst) -> None:
     r = ctl(config, "journal", "archive", "--before", "2026-03-01")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "moved entries 4..6 (3)" in r.stdout and "the cut stops at entry 6: entry 7 " in r.stdout, r.stdout
+    _sql(engine, "UPDATE result_sheets SET journal_id = 1")
+    r = ctl(config, "journal", "archive", "--before", "2026-03-01")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "moved entries 7..7 (1)" in r.stdout and "the cut stops at entry 7: entry 8 " in r.stdout, r.stdout
     _sql(engine, "DELETE FROM result_sheets")
     r = ctl(config, "journal", "archive", "--before", "2026-03-01", "--dry-run")
-    assert "would move entries 7..7 (2026-01)" in r.stdout and "would move entries 8..10 (2026-02)" in r.stdout
+    assert "would move entries 8..10 (2026-02)" in r.stdout, r.stdout
     r = ctl(config, "journal", "archive", "--before", "2026-03-01")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "moved entries 8..10 (3)" in r.stdout
@@ -296,12 +301,14 @@ def test_the_cut_off_respects_retention(inst) -> None:
 def test_the_daemon_self_check_and_head_export_go_on_across_a_cut(inst) -> None:
     """The daemon's journal watch: a walker that had verified up to entry 25 before the cut, and a
     fresh one, both check the live chain from the anchor without a false alarm; the head export
-    still appends (its last exported head, entry 20, now lies in a cold file). Checked to fail with
-    the anchor handling in _verify_chunk removed ("entry 25, verified before, was deleted" is not the
-    case, but a fresh walker reports entry 1 missing)."""
+    still appends (its last exported head, entry 20, was moved: the cut's hash stands for it).
+    Checked to fail with the anchor handling in _verify_chunk removed (a fresh walker reports entry
+    1 missing) and in _check_head removed (entry 20 "no longer has the hash exported")."""
     config, cfg, engine, jr = inst
-    _standard(engine, jr)
-    _export_head(cfg, engine)
+    _write(engine, jr, 10, JAN)
+    _write(engine, jr, 10, FEB)
+    _export_head(cfg, engine)          # entry 20: the cut, once it is made
+    _write(engine, jr, 5, DEC)
     watch = JournalWatch(None, engine, jr, cfg.journal_auth, ticker_factory=lambda *a: None,
                          run=lambda fn, *a: fn(*a))
     before = ChainWalker(cfg.journal_archive_dir, cfg.journal_auth.key)
