@@ -156,7 +156,8 @@ def cmd_journal_verify(cfg, args) -> int:
                 from gateway.journal_cold import verify_cold
                 check_files = not args.no_cold and bool(cfg.journal_cold_dir)
                 cold = verify_cold(conn, cfg.journal_cold_dir, key, check_files=check_files,
-                                   public_key=_seal_public(cfg), marks=r.cold_marks)
+                                   public_key=_seal_public(cfg), marks=r.cold_marks,
+                                   keyed_from=keyed_from if keyed_from is not None else r.keyed_from)
     except HeadFileError as e:
         print(f"JOURNAL BROKEN: {e}")
         return 1

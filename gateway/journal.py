@@ -336,9 +336,13 @@ class ChainWalker:
         in `cold_marks` for the cold files' check (gateway.journal_cold); the one at the cut itself is
         checked here. The failed report, or None."""
         r = self.report
-        if self.key is not None and not self.key.entry_mac_ok(cut_digest(anchor), anchor.mac):
+        keyed = [k for k in (self.outside_keyed_from, head.keyed_from if head is not None else None) if k is not None]
+        # A cut that moved keyed entries was made with the key: it must carry a MAC (one made
+        # before the journal was keyed carries none, like the entries of that time).
+        if self.key is not None and (anchor.mac is not None or any(anchor.last_id >= k for k in keyed)) \
+                and not self.key.entry_mac_ok(cut_digest(anchor), anchor.mac):
             return self.fail(anchor.last_id, f"the cut to cold file {anchor.file} (journal_cuts) was altered: "
-                                             "its MAC does not match")
+                                             f"its MAC {'is missing' if anchor.mac is None else 'does not match'}")
         r.anchor_id, r.last_id, r.last_hash = anchor.last_id, anchor.last_id, anchor.last_hash
         for keyed in (self.outside_keyed_from, head.keyed_from if head is not None else None):
             if keyed is not None and keyed <= anchor.last_id and r.keyed_from is None:

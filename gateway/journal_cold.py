@@ -220,25 +220,31 @@ class ColdReport:
     marks_checked: int = 0
 
 
-def verify_cold(conn: Connection, cold_dir: str, key: JournalKey | None, *, check_files: bool = True,
-                public_key=None, marks: list[HeadMark] = ()) -> ColdReport:  # noqa: ANN001
+def verify_cold(conn: Connection, cold_dir: str, key: JournalKey | None, *,  # noqa: ANN001
+                check_files: bool = True, public_key=None, marks: list[HeadMark] = (),
+                keyed_from: int | None = None) -> ColdReport:
     """The cuts among themselves (contiguous from entry 1, each MAC under the key), and with
     `check_files` each cold file against its cut: present, its digest the recorded one, its seal,
     hashes and chain (gateway.paper.archive.verify_archive), every entry of the span present, its
     chain starting at the previous file's last hash and ending at the cut's; the exported heads
-    (`marks`) inside the cold range must be on those chains. Names the first thing wrong."""
+    (`marks`) inside the cold range must be on those chains. A cut must carry a MAC once one before
+    it does, or when it moved entries from `keyed_from` on (it was made with the key). Names the
+    first thing wrong."""
     from gateway.paper.archive import verify_archive
     cuts = conn.execute(select(journal_cuts).order_by(journal_cuts.c.last_id)).all()
     rep = ColdReport(True, anchor_id=cuts[-1].last_id if cuts else 0, checked_files=check_files)
     pending = sorted(marks, key=lambda m: m.last_id)
-    prev_last, prev_hash = 0, GENESIS
+    prev_last, prev_hash, macs = 0, GENESIS, False
     for c in cuts:
         if c.first_id != prev_last + 1 or c.prev_hash != prev_hash or c.last_id < c.first_id \
                 or c.entries != c.last_id - c.first_id + 1:
             return _bad(rep, f"the cut to {c.file} (journal_cuts, entries {c.first_id}..{c.last_id}) does not "
                              f"follow the one before it (entry {prev_last}): a cut was deleted or edited")
-        if key is not None and not key.entry_mac_ok(cut_digest(c), c.mac):
-            return _bad(rep, f"the cut to {c.file} (journal_cuts) was altered: its MAC does not match")
+        needs_mac = macs or c.mac is not None or (keyed_from is not None and c.last_id >= keyed_from)
+        if key is not None and needs_mac and not key.entry_mac_ok(cut_digest(c), c.mac):
+            return _bad(rep, f"the cut to {c.file} (journal_cuts) was altered: its MAC "
+                             f"{'is missing' if c.mac is None else 'does not match'}")
+        macs = macs or needs_mac
         if check_files:
             problem = _check_file(Path(cold_dir) / c.file, c, key, public_key, pending, verify_archive)
             if problem:

@@ -198,15 +198,32 @@ def test_a_missing_cold_file_is_named_and_no_cold_skips_the_files(inst) -> None:
 def test_an_edited_or_deleted_anchor_is_found(inst) -> None:
     """The anchor's last_hash edited: verify exits 1, the cut's MAC does not match (a matching MAC
     needs the journal key). The last cut deleted: the live chain no longer starts where the cuts end
-    (entry 11 is missing). Checked to fail with start_at's MAC check removed (the edit is then found
-    by the first live entry's prev_hash, another message)."""
+    (entry 11 is missing). A MAC removed (the anchor's, with its hash put back, or an earlier cut's)
+    is found too: a cut that moved keyed entries was made with the key. Checked to fail with
+    start_at's MAC check removed (the edit is then found by the first live entry's prev_hash,
+    another message) and with MAC-less cuts accepted (needs_mac / the anchor's condition False)."""
     config, cfg, engine, jr = inst
     _archived(config, cfg, engine, jr)
+    with engine.connect() as conn:
+        anchor = conn.execute(select(journal_cuts).where(journal_cuts.c.last_id == 20)).one()
+        jan_mac = conn.execute(select(journal_cuts.c.mac).where(journal_cuts.c.last_id == 10)).scalar_one()
     _sql(engine, "UPDATE journal_cuts SET last_hash = '" + "1" * 64 + "' WHERE last_id = 20")
     r = ctl(config, "journal", "verify")
     assert r.returncode == 1, r.stdout + r.stderr
     assert "JOURNAL BROKEN at entry 20: the cut to cold file journal-2026-02-" in r.stdout
     assert "its MAC does not match" in r.stdout
+    _sql(engine, f"UPDATE journal_cuts SET last_hash = '{anchor.last_hash}', mac = NULL WHERE last_id = 20")
+    r = ctl(config, "journal", "verify")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "JOURNAL BROKEN at entry 20: the cut to cold file journal-2026-02-" in r.stdout
+    assert "its MAC is missing" in r.stdout
+    with engine.begin() as conn:    # the anchor put back as it was; an earlier cut's MAC removed
+        conn.execute(sa.update(journal_cuts).where(journal_cuts.c.last_id == 20).values(mac=anchor.mac))
+        conn.execute(sa.update(journal_cuts).where(journal_cuts.c.last_id == 10).values(mac=None))
+    r = ctl(config, "journal", "verify", "--no-cold")
+    assert r.returncode == 1 and "the cut to journal-2026-01-0000000001-0000000010.tar.gz (journal_cuts) was " \
+                                 "altered: its MAC is missing" in r.stdout, r.stdout + r.stderr
+    _sql(engine, f"UPDATE journal_cuts SET mac = '{jan_mac}' WHERE last_id = 10")
     _sql(engine, "DELETE FROM journal_cuts WHERE last_id = 20")
     r = ctl(config, "journal", "verify")
     assert r.returncode == 1, r.stdout + r.stderr
