@@ -150,11 +150,25 @@ def archive_old(engine: Engine, jr: Journal, seal, key: JournalKey | None, cold_
     """Move what `plan` says, one month's file at a time (each file is its own transaction: an
     interruption leaves whole months moved and the rest live). Raises ColdError before deleting
     anything of a month whose file does not verify."""
-    from gateway.journal import Entry
-    from gateway.paper.archive import export_archive, verify_archive
+    import fcntl
     folder = Path(cold_dir)
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(folder, 0o700)
+    lock = os.open(folder / ".journal-archive.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ColdError(f"another `journal archive` is writing to {folder}: try again when it ends") from None
+        return _archive_locked(engine, jr, seal, key, folder, cutoff, at, who)
+    finally:
+        os.close(lock)
+
+
+def _archive_locked(engine: Engine, jr: Journal, seal, key: JournalKey | None, folder: Path,  # noqa: ANN001
+                    cutoff: str, at: str, who: str) -> tuple[Plan, list[Moved]]:
+    from gateway.journal import Entry
+    from gateway.paper.archive import export_archive, verify_archive
     with engine.connect() as conn:
         p = plan(conn, cutoff)
     moved: list[Moved] = []
@@ -163,6 +177,10 @@ def archive_old(engine: Engine, jr: Journal, seal, key: JournalKey | None, cold_
         name = file_name(month, first, last)
         path = folder / name
         with engine.connect() as conn:
+            if conn.execute(select(journal_cuts.c.id).where(journal_cuts.c.file == name)).first() is not None:
+                raise ColdError(f"{path} is already recorded as a cut: nothing was moved")
+            # (A file of that name that no cut records was left by a run that stopped before its
+            # cut committed: it is written again.)
             r = export_archive(conn, jr, seal, str(path), at=at, span=(first, last),
                                scope_extra={"month": month, "cutoff": cutoff})
         v = verify_archive(str(path), public_key=seal.public_key, journal_key=key)
@@ -171,7 +189,9 @@ def archive_old(engine: Engine, jr: Journal, seal, key: JournalKey | None, cold_
                    f"it holds {v.entries} entries, not {last - first + 1}" if v.entries != last - first + 1 else
                    "its chain does not start where the live chain ends" if seg["prev_hash"] != prev else "")
         if problem:
-            raise ColdError(f"cold file {path} did not verify after writing ({problem}): nothing was moved")
+            path.unlink()
+            raise ColdError(f"cold file {path} did not verify after writing ({problem}): it was removed and "
+                            "nothing was moved")
         size, sha, sm3 = _digests(path)
         cut = {"first_id": first, "last_id": last, "prev_hash": prev, "last_hash": r.head["last_hash"],
                "entries": last - first + 1, "file": name, "file_size": size, "file_sha256": sha,
@@ -181,12 +201,14 @@ def archive_old(engine: Engine, jr: Journal, seal, key: JournalKey | None, cold_
             conn.execute(_TAKE_HEAD)   # appends wait; a second `journal archive` waits here too
             anchor = read_anchor(conn)
             if (anchor.last_id if anchor else 0) != first - 1:
+                path.unlink()
                 raise ColdError(f"another cut was made meanwhile (the anchor is at entry "
-                                f"{anchor.last_id if anchor else 0}): {path} is not used; run it again")
+                                f"{anchor.last_id if anchor else 0}): {path} was removed; run it again")
             live = conn.execute(select(func.count(), func.max(journal.c.id)).where(
                 journal.c.id >= first, journal.c.id <= last)).one()
             last_hash = conn.execute(select(journal.c.hash).where(journal.c.id == last)).scalar()
             if live[0] != last - first + 1 or last_hash != r.head["last_hash"]:
+                path.unlink()
                 raise ColdError(f"entries {first}..{last} changed while {path} was written: nothing was moved")
             conn.execute(insert(journal_cuts).values(**cut))
             conn.execute(delete(journal).where(journal.c.id >= first, journal.c.id <= last))

@@ -346,3 +346,30 @@ def test_the_daemon_self_check_and_head_export_go_on_across_a_cut(inst) -> None:
     assert watch.last_mark.last_id == head.last_id
     r = ctl(config, "journal", "verify")
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_one_archive_at_a_time_and_a_file_left_by_a_crash_is_written_again(inst) -> None:
+    """While another `journal archive` holds the cold folder's lock, a second one exits 1 and moves
+    nothing. A file of January's name left by a run that stopped before its cut committed (here:
+    garbage) is not trusted: it is written again, the move completes and verify passes. Checked to
+    fail with the flock not taken (the second run moves the entries)."""
+    import fcntl
+    config, cfg, engine, jr = inst
+    _standard(engine, jr)
+    folder = Path(cfg.journal_cold_dir)
+    folder.mkdir(mode=0o700)
+    fd = os.open(folder / ".journal-archive.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        r = ctl(config, "journal", "archive", "--before", "2026-03-01")
+        assert r.returncode == 1 and "another `journal archive` is writing to" in r.stderr, r.stdout + r.stderr
+    finally:
+        os.close(fd)
+    with engine.connect() as conn:
+        assert conn.execute(select(sa.func.min(journal.c.id))).scalar() == 1
+    (folder / "journal-2026-01-0000000001-0000000010.tar.gz").write_bytes(b"left by a crash")
+    r = ctl(config, "journal", "archive", "--before", "2026-03-01")
+    assert r.returncode == 0 and "moved entries 1..10 (10)" in r.stdout, r.stdout + r.stderr
+    r = ctl(config, "journal", "verify")
+    assert r.returncode == 0 and "entries 1..20 in 2 cold file(s)" in r.stdout, r.stdout + r.stderr
