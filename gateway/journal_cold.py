@@ -2,7 +2,8 @@
 
 `gatewayctl journal archive [--before DATE]` moves the oldest journal entries, those written
 before the cut-off (`[journal] retain_days` before today, or --before), into cold archive files
-in `[journal] cold_dir`, one file per calendar month (China time) of the entries' `at`. A cold
+in `[journal] cold_dir`, one file per calendar month (China time) of the entries' `at` (a month
+of more than MAX_FILE_ENTRIES entries in several). A cold
 file has the format of `gatewayctl archive export` (gateway/paper/archive.py): every entry with
 its payload as on the wire, the chain segment from the file's first entry to its last (its
 "head"), the manifest with SHA-256 and SM3 of every member, sealed with the gateway's SM2 key
@@ -48,6 +49,9 @@ from gateway.models import (OrderState, bank_reports, batches, journal, journal_
 from protocols.sm import SM3Hasher
 
 TZ = "+08:00"     # the journal's `at` convention (gateway.rules.iso)
+# A month with more entries is split over several files: `archive verify` holds every member's
+# header in memory (two members per entry), so a file's size bounds what checking it needs.
+MAX_FILE_ENTRIES = 50_000
 
 
 class ColdError(Exception):
@@ -90,8 +94,9 @@ class Plan:
     months: list[tuple[str, int, int]] = field(default_factory=list)   # (YYYY-MM, first id, last id)
 
 
-def plan(conn: Connection, cutoff: str) -> Plan:
-    """Which entries would move, split by month; reads only."""
+def plan(conn: Connection, cutoff: str, max_file_entries: int = MAX_FILE_ENTRIES) -> Plan:
+    """Which entries would move, split by month (and within a month into files of at most
+    `max_file_entries`); reads only."""
     anchor = read_anchor(conn)
     head = read_head_row(conn)
     first = (anchor.last_id if anchor else 0) + 1
@@ -117,7 +122,7 @@ def plan(conn: Connection, cutoff: str) -> Plan:
         y, m = int(month[:4]), int(month[5:7])
         nxt = conn.execute(select(func.min(journal.c.id)).where(journal.c.id > at, journal.c.id <= last,
                                                                 journal.c.at >= _next_month(y, m))).scalar()
-        end = last if nxt is None else nxt - 1
+        end = min(last if nxt is None else nxt - 1, at + max_file_entries - 1)
         p.months.append((month, at, end))
         at = end + 1
     return p
@@ -146,7 +151,8 @@ class Moved:
 
 
 def archive_old(engine: Engine, jr: Journal, seal, key: JournalKey | None, cold_dir: str,  # noqa: ANN001
-                cutoff: str, at: str, *, who: str = "operator") -> tuple[Plan, list[Moved]]:
+                cutoff: str, at: str, *, who: str = "operator",
+                max_file_entries: int = MAX_FILE_ENTRIES) -> tuple[Plan, list[Moved]]:
     """Move what `plan` says, one month's file at a time (each file is its own transaction: an
     interruption leaves whole months moved and the rest live). Raises ColdError before deleting
     anything of a month whose file does not verify."""
@@ -160,17 +166,17 @@ def archive_old(engine: Engine, jr: Journal, seal, key: JournalKey | None, cold_
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise ColdError(f"another `journal archive` is writing to {folder}: try again when it ends") from None
-        return _archive_locked(engine, jr, seal, key, folder, cutoff, at, who)
+        return _archive_locked(engine, jr, seal, key, folder, cutoff, at, who, max_file_entries)
     finally:
         os.close(lock)
 
 
 def _archive_locked(engine: Engine, jr: Journal, seal, key: JournalKey | None, folder: Path,  # noqa: ANN001
-                    cutoff: str, at: str, who: str) -> tuple[Plan, list[Moved]]:
+                    cutoff: str, at: str, who: str, max_file_entries: int) -> tuple[Plan, list[Moved]]:
     from gateway.journal import Entry
     from gateway.paper.archive import export_archive, verify_archive
     with engine.connect() as conn:
-        p = plan(conn, cutoff)
+        p = plan(conn, cutoff, max_file_entries)
     moved: list[Moved] = []
     prev = p.prev_hash
     for month, first, last in p.months:
@@ -184,10 +190,9 @@ def _archive_locked(engine: Engine, jr: Journal, seal, key: JournalKey | None, f
             r = export_archive(conn, jr, seal, str(path), at=at, span=(first, last),
                                scope_extra={"month": month, "cutoff": cutoff})
         v = verify_archive(str(path), public_key=seal.public_key, journal_key=key)
-        seg = _manifest(path)["segment"]
         problem = (v.problem if not v.ok else
                    f"it holds {v.entries} entries, not {last - first + 1}" if v.entries != last - first + 1 else
-                   "its chain does not start where the live chain ends" if seg["prev_hash"] != prev else "")
+                   "its chain does not start where the live chain ends" if v.segment["prev_hash"] != prev else "")
         if problem:
             path.unlink()
             raise ColdError(f"cold file {path} did not verify after writing ({problem}): it was removed and "
@@ -218,11 +223,6 @@ def _archive_locked(engine: Engine, jr: Journal, seal, key: JournalKey | None, f
         moved.append(Moved(name, first, last, last - first + 1))
         prev = cut["last_hash"]
     return p, moved
-
-
-def _manifest(path: Path) -> dict:
-    with tarfile.open(path, "r:*") as tar:
-        return json.loads(tar.extractfile("archive/MANIFEST.json").read())
 
 
 def _segment(path: Path) -> list[list]:
@@ -295,7 +295,7 @@ def _check_file(path: Path, c, key, public_key, pending: list[HeadMark], verify_
     v = verify_archive(str(path), public_key=public_key, journal_key=key)
     if not v.ok:
         return f"cold file {path}: {v.problem}"
-    seg = _manifest(path)["segment"]
+    seg = v.segment
     if seg["first_id"] != c.first_id or seg["prev_hash"] != c.prev_hash or v.head.get("last_id") != c.last_id \
             or v.head.get("last_hash") != c.last_hash or v.entries != c.entries:
         return (f"cold file {path} does not hold entries {c.first_id}..{c.last_id} linked as its cut records "

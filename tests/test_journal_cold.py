@@ -373,3 +373,18 @@ def test_one_archive_at_a_time_and_a_file_left_by_a_crash_is_written_again(inst)
     assert r.returncode == 0 and "moved entries 1..10 (10)" in r.stdout, r.stdout + r.stderr
     r = ctl(config, "journal", "verify")
     assert r.returncode == 0 and "entries 1..20 in 2 cold file(s)" in r.stdout, r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_a_big_month_is_split_over_files_of_bounded_size(inst) -> None:
+    """With at most 4 entries a file, January's ten entries go to three files (1..4, 5..8, 9..10),
+    each linked to the one before, and `journal verify` follows them. Checked to fail with the
+    max_file_entries bound dropped from plan (one January file)."""
+    from gateway import journal_cold
+    config, cfg, engine, jr = inst
+    _standard(engine, jr)
+    _, moved = journal_cold.archive_old(engine, jr, SEAL, cfg.journal_auth.key, cfg.journal_cold_dir,
+                                        "2026-03-01T00:00:00+08:00", "2026-12-08T09:00:00+08:00", max_file_entries=4)
+    assert [(m.first_id, m.last_id) for m in moved] == [(1, 4), (5, 8), (9, 10), (11, 14), (15, 18), (19, 20)]
+    r = ctl(config, "journal", "verify")
+    assert r.returncode == 0 and "entries 1..20 in 6 cold file(s)" in r.stdout, r.stdout + r.stderr

@@ -258,6 +258,7 @@ class Verdict:
     members: int = 0
     scope: dict = field(default_factory=dict)
     head: dict = field(default_factory=dict)
+    segment: dict = field(default_factory=dict)     # the manifest's chain segment (first_id, prev_hash ...)
 
 
 def _read(tar: tarfile.TarFile, members: dict, name: str) -> bytes:
@@ -336,7 +337,8 @@ def _verify(path, public_key, fingerprint, expect_head, journal_key) -> Verdict:
                 if not sealmod.verify(_read(tar, members, m["name"]), _read(tar, members, m["name"] + ".sig"),
                                       key, manifest.get("signer_id", sealmod.DEFAULT_SIGNER_ID)):
                     raise _Bad(f"{m['name']}: its seal {m['name']}.sig does not verify under {signer}")
-    return Verdict(True, "", signer, n_entries, len(manifest["members"]), manifest["scope"], manifest["head"])
+    return Verdict(True, "", signer, n_entries, len(manifest["members"]), manifest["scope"], manifest["head"],
+                   manifest["segment"])
 
 
 def _verify_chain(tar, members, manifest, expect_head, journal_key) -> int:  # noqa: ANN001
