@@ -388,3 +388,19 @@ def test_a_big_month_is_split_over_files_of_bounded_size(inst) -> None:
     assert [(m.first_id, m.last_id) for m in moved] == [(1, 4), (5, 8), (9, 10), (11, 14), (15, 18), (19, 20)]
     r = ctl(config, "journal", "verify")
     assert r.returncode == 0 and "entries 1..20 in 6 cold file(s)" in r.stdout, r.stdout + r.stderr
+
+
+def test_an_archive_export_after_the_cut_links_to_the_cuts_hash(inst, tmp_path) -> None:
+    """December's `archive export` after the cut: its first entry is the first live one (21), whose
+    predecessor is in a cold file; the segment starts from the cut's hash and the export verifies
+    offline. Checked to fail with export_archive reading entry 20's hash from the journal table
+    (NoResultFound)."""
+    config, cfg, engine, jr = inst
+    _archived(config, cfg, engine, jr)
+    out = tmp_path / "2026-12.tar.gz"
+    with engine.connect() as conn:
+        r = archive.export_archive(conn, jr, SEAL, str(out), at="2026-12-08T09:00:00+08:00", month=(2026, 12))
+        cut = conn.execute(select(journal_cuts.c.last_hash).where(journal_cuts.c.last_id == 20)).scalar_one()
+    assert r.segment[0] == 21
+    v = archive.verify_archive(str(out), public_key=SEAL.public_key, journal_key=cfg.journal_auth.key)
+    assert v.ok and v.segment["prev_hash"] == cut, v.problem
