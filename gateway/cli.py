@@ -143,8 +143,21 @@ def cmd_journal_verify(cfg, args) -> int:
         engine = _engine(cfg)
         dbmod.check_migrated(engine, cfg.file)
         with engine.connect() as conn:
+            # One snapshot for the cuts and the live rows: a `journal archive` committing meanwhile
+            # must not look like entries deleted between the anchor and the first live entry.
+            if engine.url.get_backend_name() == "sqlite":
+                conn.exec_driver_sql("BEGIN")
+            else:
+                conn = conn.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
             r = verify_chain(conn, cfg.journal_archive_dir, key=key, marks=marks, keyed_from=keyed_from,
                              check_payloads=not args.no_payloads)
+            cold = None
+            if r.ok:
+                from gateway.journal_cold import verify_cold
+                check_files = not args.no_cold and bool(cfg.journal_cold_dir)
+                cold = verify_cold(conn, cfg.journal_cold_dir, key, check_files=check_files,
+                                   public_key=_seal_public(cfg), marks=r.cold_marks,
+                                   keyed_from=keyed_from if keyed_from is not None else r.keyed_from)
     except HeadFileError as e:
         print(f"JOURNAL BROKEN: {e}")
         return 1
@@ -152,12 +165,22 @@ def cmd_journal_verify(cfg, args) -> int:
         where = f"at entry {r.first_bad_id}" if r.first_bad_id is not None else "(no entry to name)"
         print(f"JOURNAL BROKEN {where}: {r.reason} ({r.checked} entries verified before it)")
         return 1
+    if not cold.ok:
+        print(f"JOURNAL BROKEN in the cold archive: {cold.problem}")
+        return 1
     if r.macs_unchecked:
         print(f"cannot authenticate the journal: entries from {r.keyed_from} carry MACs but no [journal] "
               f"key_file is configured in {cfg.file}", file=sys.stderr)
         return 2
     what = "chain, MACs" + ("" if args.no_payloads else " and payloads")
     print(f"journal intact: {r.checked} entries, {what} verified; head entry {r.last_id} {r.last_hash}")
+    if cold.anchor_id:
+        if cold.checked_files:
+            print(f"  entries 1..{cold.anchor_id} in {cold.files} cold file(s) in {cfg.journal_cold_dir}: seals, "
+                  f"hashes and chains verified, linked to the live chain at entry {cold.anchor_id}")
+        else:
+            print(f"  entries 1..{cold.anchor_id} were moved to cold files: NOT checked ("
+                  f"{'--no-cold' if args.no_cold else 'no [journal] cold_dir'}); the cuts link to the live chain")
     if r.unkeyed_upto:
         print(f"  unkeyed up to entry {r.unkeyed_upto} (written before the journal key; covered by the "
               f"chain{' up to entry ' + str(r.keyed_from) + ', the first with a MAC' if r.keyed_from else ''})")
@@ -165,11 +188,66 @@ def cmd_journal_verify(cfg, args) -> int:
         print("  WARNING: no [journal] key_file: anyone who can write to the database can rewrite this "
               "journal undetected")
     if expect or head_file:
-        print(f"  reaches {len(r.marks_checked)} exported head(s)" + (f" ({lines} line(s) in {head_file})"
+        print(f"  reaches {len(r.marks_checked) + cold.marks_checked} exported head(s)"
+          + (f" ({lines} line(s) in {head_file})"
                                                                       if head_file else ""))
     else:
         print("  no exported head checked: entries cut off the end cannot be seen (--expect-head ID:HASH, "
               "[journal] head_file)")
+    return 0
+
+
+def _seal_public(cfg):  # noqa: ANN001, ANN202
+    """The seal's public key from [paper] (the cold files must be sealed by it), or None: the key
+    each file carries is used, and the digests its cut recorded pin the file."""
+    if cfg.paper is None:
+        return None
+    from gateway.paper.seal import Seal
+    try:
+        return Seal.from_settings(cfg.paper).public_key
+    except Exception:  # noqa: BLE001  (a passphrase not at hand: the digests still pin the files)
+        return None
+
+
+def cmd_journal_archive(cfg, args) -> int:
+    """Move entries older than the cut-off to cold files; exit 0 done (or nothing to move), 1 refused."""
+    import datetime as dt
+    import getpass
+
+    from gateway.journal_cold import ColdError, archive_old, cutoff_for, plan
+    from gateway.paper.cli import _at, _now, _seal, open_journal
+    if not cfg.journal_cold_dir:
+        print(f"{cfg.file}: [journal] cold_dir is not set: the folder the cold archive files go to", file=sys.stderr)
+        return 2
+    try:
+        before = dt.date.fromisoformat(args.before) if args.before else None
+        cutoff = cutoff_for(_now().date(), cfg.journal_retain_days, before)
+    except ValueError as e:
+        print(f"ERROR --before: {e}", file=sys.stderr)
+        return 2
+    except ColdError as e:
+        print(f"ERROR {e}", file=sys.stderr)
+        return 2
+    engine = _engine(cfg)
+    dbmod.check_migrated(engine, cfg.file)
+    if args.dry_run:
+        with engine.connect() as conn:
+            p = plan(conn, cutoff)
+        for month, first, last in p.months:
+            print(f"would move entries {first}..{last} ({month}) to {cfg.journal_cold_dir}")
+        print(f"the cut stops at entry {p.last_id}: {p.stopped_by}" if p.last_id >= p.first_id
+              else f"nothing to move: {p.stopped_by}")
+        return 0
+    seal = _seal(cfg)
+    try:
+        p, moved = archive_old(engine, open_journal(cfg), seal, cfg.journal_auth.key, cfg.journal_cold_dir,
+                               cutoff, _at(), who=getpass.getuser())
+    except ColdError as e:
+        print(f"ERROR {e}", file=sys.stderr)
+        return 1
+    for m in moved:
+        print(f"moved entries {m.first_id}..{m.last_id} ({m.entries}) to {cfg.journal_cold_dir}/{m.file}")
+    print(f"the cut stops at entry {p.last_id}: {p.stopped_by}" if moved else f"nothing to move: {p.stopped_by}")
     return 0
 
 
@@ -414,7 +492,14 @@ def gatewayctl_main(argv: list[str] | None = None) -> None:
     v.add_argument("--head-file", metavar="F", help="check this exported-head file (default: [journal] head_file)")
     v.add_argument("--no-head-file", action="store_true", help="do not check [journal] head_file")
     v.add_argument("--no-payloads", action="store_true", help="skip the archived payloads (faster)")
+    v.add_argument("--no-cold", action="store_true", help="do not read the cold archive files (the cuts are "
+                                                          "still checked against each other and the live chain)")
     v.set_defaults(fn=cmd_journal_verify)
+    ja = j.add_parser("archive", help="move entries older than [journal] retain_days (or --before) to cold "
+                                      "archive files in [journal] cold_dir, one per month; the chain stays continuous")
+    ja.add_argument("--before", metavar="YYYY-MM-DD", help="entries written before this day (China time)")
+    ja.add_argument("--dry-run", action="store_true", help="say what would move and where the cut stops")
+    ja.set_defaults(fn=cmd_journal_archive)
     jh = j.add_parser("head", help="the current head (id, hash, MAC), checked, for copying elsewhere")
     jh.add_argument("--json", action="store_true", help="one JSON object")
     jh.set_defaults(fn=cmd_journal_head)

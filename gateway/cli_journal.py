@@ -78,7 +78,14 @@ def cmd_journal_show(cfg, args) -> int:
         rows = list(reversed(conn.execute(query(args)).mappings().all()))
         tied = _tie(conn, [r["id"] for r in rows if r["order_no"] is None])
     if args.id is not None and not rows:
-        print(f"no journal entry {args.id}", file=sys.stderr)
+        from sqlalchemy import select
+        from gateway.models import journal_cuts
+        with engine.connect() as conn:
+            cut = conn.execute(select(journal_cuts.c.file).where(journal_cuts.c.first_id <= args.id,
+                                                                 journal_cuts.c.last_id >= args.id)).scalar()
+        print(f"no journal entry {args.id}" + (f": it was moved to the cold archive file {cut} in [journal] "
+                                               f"cold_dir (gatewayctl archive verify FILE)" if cut else ""),
+              file=sys.stderr)
         return 1
     for r in rows:
         e = dict(r)

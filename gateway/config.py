@@ -195,6 +195,8 @@ class GatewayConfig:
     ha_margin_s: float = 2.0           # [ha]: the holder stops acting this long before its lease can end
     ha_prefer: tuple[str, ...] = ()    # [ha] per-bank: leases this daemon takes first; others after a grace
     journal_auth: JournalAuth = field(default_factory=lambda: JournalAuth())   # [journal] key, head export
+    journal_retain_days: int = 0       # [journal] retain_days: older entries may move to cold files; 0 = off
+    journal_cold_dir: str = ""         # [journal] cold_dir: the cold archive files (journal archive)
     paper: PaperSettings | None = None  # [paper]: None = sheets cannot be sealed
     metrics: MetricsSettings | None = None  # [metrics]: None = no /metrics endpoint
     console: ConsoleSettings | None = None  # [console]: None = no console
@@ -249,6 +251,9 @@ _JOURNAL = {
     "head_file": _Field(str, "", path=True),           # append-only export of the chain head
     "head_export_s": _Field(float, 60.0, _positive),
     "self_verify_s": _Field(float, 3600.0, lambda v: None if v >= 0 else "must be 0 (off) or more"),
+    # retention: `gatewayctl journal archive` moves entries older than this to cold files (0: off)
+    "retain_days": _Field(int, 0, lambda v: None if v >= 0 else "must be 0 (off) or more days"),
+    "cold_dir": _Field(str, "", path=True),            # where the cold archive files go (0700)
 }
 
 
@@ -459,6 +464,11 @@ def load(path: str | os.PathLike, *, banks_optional: bool = False) -> GatewayCon
     core = r.table(top["core"] or {}, "core", _CORE)
     journal = r.table(top["journal"] or {}, "journal", _JOURNAL)
     journal_auth = _journal_auth(r, journal)
+    if journal.get("retain_days") and not journal.get("cold_dir"):
+        r.err("journal.retain_days", "needs journal.cold_dir: the folder the cold archive files go to")
+    if journal.get("cold_dir") and journal.get("archive_dir") \
+            and os.path.abspath(journal["cold_dir"]) == os.path.abspath(journal["archive_dir"]):
+        r.err("journal.cold_dir", "must not be journal.archive_dir (the live payloads)")
     work = r.table(top["work"] or {}, "work", _WORK)
     if work.get("min_free_mb") and work.get("critical_free_mb") and work["critical_free_mb"] >= work["min_free_mb"]:
         r.err("work.critical_free_mb", f"must be below work.min_free_mb ({work['min_free_mb']}): the warning "
@@ -595,6 +605,7 @@ def load(path: str | os.PathLike, *, banks_optional: bool = False) -> GatewayCon
         work_dir=work["dir"], journal_archive_dir=journal["archive_dir"],
         disk=DiskSettings(work["min_free_mb"], work["critical_free_mb"], float(work["disk_check_s"])),
         journal_inline_max_bytes=journal["inline_max_bytes"], journal_auth=journal_auth,
+        journal_retain_days=journal["retain_days"], journal_cold_dir=journal["cold_dir"],
         core=CoreSettings(base_url=core["base_url"].rstrip("/"), token=token,
                           poll_interval_s=core["poll_interval_s"], timeout_s=core["timeout_s"],
                           results_chunk=core["results_chunk"],

@@ -36,7 +36,7 @@ from typing import Iterable, Iterator
 from sqlalchemy import Connection, Integer, bindparam, func, insert, select, update
 
 from adapters.interface import Entry  # noqa: F401  (re-exported: adapters describe what they exchanged)
-from gateway.models import journal, journal_head
+from gateway.models import journal, journal_cuts, journal_head
 from protocols.sm import SM3Hasher, sm3_hex
 from gateway.journal_key import (KEY_BYTES, JournalKey, JournalKeyError,  # noqa: F401  (re-exported)
                                  generate_key_file, read_key_file)
@@ -180,6 +180,8 @@ class ChainReport:
     last_id: int = 0
     last_hash: str = GENESIS
     marks_checked: list[str] = field(default_factory=list)   # exported heads the chain reaches
+    anchor_id: int = 0                  # entries 1..anchor_id were moved to cold files (journal_cuts)
+    cold_marks: list["HeadMark"] = field(default_factory=list)   # exported heads inside the cold files
 
 
 @dataclass(frozen=True)
@@ -328,6 +330,34 @@ class ChainWalker:
     def next_id(self) -> int:
         return self.report.last_id + 1
 
+    def start_at(self, anchor, head) -> ChainReport | None:  # noqa: ANN001
+        """Continue from a cut (the journal_cuts row with the highest last_id): the first live entry
+        must link to the last entry moved to a cold file. Exported heads at or before the cut are kept
+        in `cold_marks` for the cold files' check (gateway.journal_cold); the one at the cut itself is
+        checked here. The failed report, or None."""
+        r = self.report
+        keyed = [k for k in (self.outside_keyed_from, head.keyed_from if head is not None else None) if k is not None]
+        # A cut that moved keyed entries was made with the key: it must carry a MAC (one made
+        # before the journal was keyed carries none, like the entries of that time).
+        if self.key is not None and (anchor.mac is not None or any(anchor.last_id >= k for k in keyed)) \
+                and not self.key.entry_mac_ok(cut_digest(anchor), anchor.mac):
+            return self.fail(anchor.last_id, f"the cut to cold file {anchor.file} (journal_cuts) was altered: "
+                                             f"its MAC {'is missing' if anchor.mac is None else 'does not match'}")
+        r.anchor_id, r.last_id, r.last_hash = anchor.last_id, anchor.last_id, anchor.last_hash
+        for keyed in (self.outside_keyed_from, head.keyed_from if head is not None else None):
+            if keyed is not None and keyed <= anchor.last_id and r.keyed_from is None:
+                r.keyed_from = keyed    # the first keyed entry was moved: live entries all carry MACs
+        while self.mark is not None and self.mark.last_id <= anchor.last_id:
+            if self.mark.last_id == anchor.last_id:
+                if self.mark.head_hash != anchor.last_hash:
+                    return self.fail(anchor.last_id, f"the cut (journal_cuts) records another hash for entry "
+                                                     f"{anchor.last_id} than {self.mark.source}")
+                r.marks_checked.append(self.mark.source)
+            else:
+                r.cold_marks.append(self.mark)
+            self.mark = next(self.marks, None)
+        return None
+
     def fail(self, rid: int | None, reason: str) -> ChainReport:
         self.report.ok, self.report.first_bad_id, self.report.reason = False, rid, reason
         return self.report
@@ -427,6 +457,33 @@ def read_head_row(conn: Connection):
     return conn.execute(select(journal_head).where(journal_head.c.id == 1)).one_or_none()
 
 
+CUT_FIELDS = ("first_id", "last_id", "prev_hash", "last_hash", "entries", "file", "file_size", "file_sha256",
+              "file_sm3", "at")
+
+
+def cut_digest(cut) -> str:  # noqa: ANN001
+    """SM3 of a journal_cuts row's fields (a mapping or a row); its MAC is the journal key's over this."""
+    get = cut.__getitem__ if isinstance(cut, dict) else (lambda k: getattr(cut, k))
+    return sm3_hex(json.dumps([get(k) for k in CUT_FIELDS], separators=(",", ":")).encode("utf-8"))
+
+
+def read_anchor(conn: Connection):
+    """The last cut (entries up to its last_id are in cold files), or None: the chain starts at entry 1."""
+    return conn.execute(select(journal_cuts).order_by(journal_cuts.c.last_id.desc()).limit(1)).one_or_none()
+
+
+def hash_before(conn: Connection, entry_id: int) -> str:
+    """The hash of the entry before `entry_id`: live, or the cut's when that entry was moved; GENESIS for 1."""
+    if entry_id <= 1:
+        return GENESIS
+    h = conn.execute(select(journal.c.hash).where(journal.c.id == entry_id - 1)).scalar()
+    if h is None:
+        h = conn.execute(select(journal_cuts.c.last_hash).where(journal_cuts.c.last_id == entry_id - 1)).scalar()
+    if h is None:
+        raise LookupError(f"journal entry {entry_id - 1} is neither live nor the last entry of a cut")
+    return h
+
+
 def verify_chain(conn: Connection, archive_dir: str, *, check_payloads: bool = True,
                  key: JournalKey | None = None, marks: Iterable[HeadMark] = (),
                  keyed_from: int | None = None) -> ChainReport:
@@ -439,6 +496,11 @@ def verify_chain(conn: Connection, archive_dir: str, *, check_payloads: bool = T
         return ChainReport(False, 0, None, "the journal_head row is missing: the journal's end "
                                             "cannot be checked")
     walker = ChainWalker(archive_dir, key, check_payloads=check_payloads, keyed_from=keyed_from, marks=marks)
+    anchor = read_anchor(conn)
+    if anchor is not None:
+        failed = walker.start_at(anchor, head)
+        if failed is not None:
+            return failed
     rows = conn.execution_options(yield_per=1000).execute(
         select(journal).order_by(journal.c.id)).mappings()   # streamed: a journal has millions of rows
     for row in rows:

@@ -31,7 +31,8 @@ from twisted.python.threadpool import ThreadPool
 
 from gateway.config import JournalAuth
 from gateway.journal import (ChainReport, ChainWalker, Entry, HeadFile, HeadFileError, HeadMark, Journal,
-                             JournalKeyError, current_head, head_file_summary, head_line, read_head_row)
+                             JournalKeyError, current_head, head_file_summary, head_line, read_anchor,
+                             read_head_row)
 from gateway.models import journal as journal_t
 from gateway.rules import clear_alarm, iso, raise_alarm
 
@@ -220,6 +221,11 @@ class JournalWatch(service.Service):
                 return None, (head.last_id + 1, f"the head went back from entry {last.last_id} ({last.source}) "
                                                 f"to entry {head.last_id}: entries were deleted from the end")
             h = conn.execute(select(journal_t.c.hash).where(journal_t.c.id == last.last_id)).scalar()
+            anchor = read_anchor(conn) if h is None else None
+            if anchor is not None and last.last_id <= anchor.last_id:
+                # The exported entry was moved to a cold file since: the cut's hash stands for it
+                # (at the cut itself), else `gatewayctl journal verify` checks it in the cold file.
+                h = anchor.last_hash if last.last_id == anchor.last_id else last.head_hash
             if h != last.head_hash:
                 return None, (last.last_id, f"entry {last.last_id} no longer has the hash exported in "
                                             f"{last.source}: it or an entry before it was rewritten")
@@ -233,7 +239,20 @@ class JournalWatch(service.Service):
             if head is None:
                 return True, walker.fail(None, "the journal_head row is missing")
             last_id = walker.report.last_id
-            if last_id:
+            anchor = read_anchor(conn)
+            if anchor is not None and last_id <= anchor.last_id:
+                # A fresh walk, or entries moved to a cold file since the last check
+                # (`gatewayctl journal archive`): go on from the cut; the cold files are
+                # checked by `gatewayctl journal verify`.
+                if last_id == anchor.last_id and walker.report.last_hash != anchor.last_hash:
+                    return True, walker.fail(last_id, f"entry {last_id}, verified before, is not the "
+                                                      "entry the cut (journal_cuts) records")
+                if last_id < anchor.last_id:
+                    failed = walker.start_at(anchor, head)
+                    if failed is not None:
+                        return True, failed
+                last_id = anchor.last_id
+            elif last_id:
                 h = conn.execute(select(journal_t.c.hash).where(journal_t.c.id == last_id)).scalar()
                 if h != walker.report.last_hash:
                     return True, walker.fail(last_id, f"entry {last_id}, verified before, was "

@@ -194,6 +194,26 @@ journal_head = Table(
     Column("keyed_from", Integer),   # first entry with a MAC; NULL: none yet
 )
 
+# One row per cold archive file that journal entries were moved to (`gatewayctl journal archive`,
+# gateway/journal_cold.py): entries first_id..last_id, the hash before them and of the last, the
+# file and its digests, and a MAC under the journal key. The row with the highest last_id is the
+# anchor the live chain continues from.
+journal_cuts = Table(
+    "journal_cuts", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("first_id", Integer, nullable=False),
+    Column("last_id", Integer, nullable=False, unique=True),
+    Column("prev_hash", String(64), nullable=False),
+    Column("last_hash", String(64), nullable=False),
+    Column("entries", Integer, nullable=False),
+    Column("file", String(200), nullable=False),
+    Column("file_size", BigInteger, nullable=False),
+    Column("file_sha256", String(64), nullable=False),
+    Column("file_sm3", String(64), nullable=False),
+    Column("at", String(40), nullable=False),
+    Column("mac", String(64)),
+)
+
 
 class RefundState:
     NEW = "NEW"                # created by refund.request, RF01 not sent yet

@@ -683,6 +683,23 @@ def load_sm2_public_key(pem: bytes | str, *, source: str = "public key") -> SM2P
     return _parse_spki(blocks[0][1], source)
 
 
+def load_sm2_certificate_public_key(pem: bytes | str, *, source: str = "certificate") -> SM2PublicKey:
+    """The SM2 public key of an X.509 certificate (one "CERTIFICATE" PEM block): the
+    SubjectPublicKeyInfo of its tbsCertificate. Nothing else of the certificate is checked here
+    (issuer, validity, its own signature: that is `openssl verify`'s job)."""
+    blocks = _pem_blocks(pem, source)
+    if [label for label, _ in blocks] != ["CERTIFICATE"]:
+        raise KeyFileError(f"{source}: expected one CERTIFICATE block, found {[lb for lb, _ in blocks] or 'none'}")
+    cert = _DerReader(_single(blocks[0][1], TAG_SEQUENCE, source), source)
+    tbs = _DerReader(cert.read(TAG_SEQUENCE, "tbsCertificate"), f"{source}: tbsCertificate")
+    tbs.read_optional(TAG_CTX0, "version")
+    tbs.read(TAG_INTEGER, "serial number")
+    for what in ("signature algorithm", "issuer", "validity", "subject"):
+        tbs.read(TAG_SEQUENCE, what)
+    spki = tbs.read(TAG_SEQUENCE, "subjectPublicKeyInfo")
+    return _parse_spki(_tlv(TAG_SEQUENCE, spki), f"{source}: subjectPublicKeyInfo")
+
+
 def dump_sm2_public_key(pub: SM2PublicKey) -> bytes:
     """SubjectPublicKeyInfo "PUBLIC KEY" PEM, as `openssl pkey -pubout` writes it."""
     der = _tlv(TAG_SEQUENCE, _ALGORITHM_ID + _tlv(TAG_BIT_STRING, b"\x00" + pub.point))

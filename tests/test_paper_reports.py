@@ -264,3 +264,53 @@ async def test_rpc_report_yearly(reactor, seeded):
         assert (e.value.code, e.value.field) == (INVALID_PARAMS, "bank_id")
     finally:
         database.stop()
+
+
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+@pytest_twisted.ensureDeferred
+async def test_long_reports_are_read_beside_the_writer(reactor, seeded):
+    """report.yearly and batch.register read on the read pool, so that a long report does not hold
+    up the writer. Each report is made long for real: a test connection holds ACCESS EXCLUSIVE on
+    orders and batches (which both read), so the report's SELECT waits on PostgreSQL. Meanwhile a
+    journal append on the writer pool (one thread) commits, and the report has not answered yet;
+    once the lock is released it answers with its figures and is journaled. Checked to fail (the
+    writer's append never commits; the 120 s guard fails it) with either method back on
+    `cmds.db.run`. PostgreSQL only: on SQLite in WAL a reader cannot be made to wait."""
+    import sqlalchemy as sa
+    from twisted.internet import defer
+
+    from gateway.journal import Entry
+    from tests.test_paper_sheets import ROOT
+    from gateway.workdays import load_calendar
+    engine, jr = seeded
+    clock = task.Clock()
+    clock.advance(paper_seed.secs(2027, 1, 5, 9))
+    database = dbmod.Database(reactor, engine)    # one writer thread, the default
+    database.start()
+    gateway = SimpleNamespace(flows={paper_seed.BANK: None}, tickers={}, core=None,
+                              cfg=SimpleNamespace(calendar=load_calendar(ROOT / "conf" / "calendar")))
+    cmds = Commands(clock, database, jr, gateway)
+    caller = Caller("unix", "uid=0")
+    try:
+        for method, params in (("report.yearly", {"year": 2026}), ("batch.register", {"year": 2026, "month": 11})):
+            locker = engine.connect()
+            locker.execute(sa.text("LOCK TABLE orders, batches IN ACCESS EXCLUSIVE MODE"))
+            try:
+                answer = defer.ensureDeferred(cmds.call(method, params, caller))
+                wrote = database.run(lambda c: jr.append(c, Entry("event", "test", "daemon", "writer.step",
+                                                                  "the writer goes on"), "2027-01-05T09:00:00+08:00"))
+                jid = await wrote.addTimeout(120, reactor)
+                assert jid > 0 and not answer.called, f"{method} answered while its tables were locked"
+            finally:
+                locker.commit()
+                locker.close()
+            r = await answer
+            with engine.connect() as conn:
+                last = conn.execute(select(journal).order_by(journal.c.id.desc()).limit(1)).mappings().one()
+            assert last["tx_code"] == method and last["id"] > jid
+            if method == "report.yearly":
+                assert r["total"]["paid"]["amount"] > 0
+            else:
+                assert [b["batch_no"] for b in r["batches"]] == ["FS01-P01", "FS02-P01", "FS01-R02"]
+    finally:
+        database.stop()

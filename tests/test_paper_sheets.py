@@ -166,6 +166,46 @@ def test_seal_verifies_in_openssl_and_in_gatewayctl_without_a_config(sqlite_seed
     assert bad.returncode == 1 and "BAD" in bad.stdout
 
 
+def test_seal_verifies_with_the_gateways_certificate_in_gatewayctl_and_openssl(sqlite_seeded, seal, tmp_path):
+    """With the gateway's X.509 certificate (SM2-with-SM3, made by openssl from the seal key) in place
+    of the bare public key: `gatewayctl sheet verify PDF SIG CERT` says OK with the same fingerprint
+    and the certificate's subject and validity, and the documented `openssl pkeyutl -certin` line
+    accepts the seal; a certificate of another key makes both refuse it (gatewayctl exits 1).
+    Checked to fail with load_public not reading certificates (exit 2: "expected one PUBLIC KEY")."""
+    openssl = need_tool("openssl")
+    from protocols import keyfile
+    engine, jr = sqlite_seeded
+    with engine.begin() as conn:
+        sheets.ensure_sheet(conn, jr, seal, "FS01-P01", AT)
+        data, sig = sheets.sheet_files(conn, jr, "FS01-P01")
+    pdf, sigf = tmp_path / "FS01-P01.pdf", tmp_path / "FS01-P01.pdf.sig"
+    pdf.write_bytes(data)
+    sigf.write_bytes(sig)
+
+    def certificate(key, name: str) -> Path:
+        pem, crt = tmp_path / f"{name}.pem", tmp_path / f"{name}.crt"
+        keyfile.write_private_key_file(pem, key)
+        subprocess.run([openssl, "req", "-x509", "-new", "-key", str(pem), "-sm3", "-sigopt",
+                        "distid:1234567812345678", "-subj", f"/CN={name}/O=Subsidy Gateway", "-days", "365",
+                        "-out", str(crt)], check=True, capture_output=True)
+        return crt
+
+    crt, other = certificate(seal.key, "gateway-seal"), certificate(sm.generate_keypair(), "someone-else")
+    assert fingerprint_of(load_public(crt.read_bytes())) == seal.fingerprint
+    ctl = [sys.executable, "-c", "from gateway.cli import gatewayctl_main; gatewayctl_main()", "sheet", "verify"]
+    out = subprocess.run([*ctl, str(pdf), str(sigf), str(crt)], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0 and seal.fingerprint in out.stdout, out.stdout + out.stderr
+    assert "certificate O=Subsidy Gateway,CN=gateway-seal" in out.stdout
+    cmd = openssl_command(str(pdf), str(sigf), str(crt), certificate=True).split()
+    assert "-certin" in cmd
+    ok = subprocess.run([openssl, *cmd[1:]], capture_output=True)
+    assert ok.returncode == 0, ok.stderr
+    bad = subprocess.run([*ctl, str(pdf), str(sigf), str(other)], capture_output=True, text=True, cwd=ROOT)
+    assert bad.returncode == 1 and "BAD" in bad.stdout, bad.stdout + bad.stderr
+    cmd = openssl_command(str(pdf), str(sigf), str(other), certificate=True).split()
+    assert subprocess.run([openssl, *cmd[1:]], capture_output=True).returncode != 0
+
+
 def test_register_per_batch_received_sheet_confirmed_deadline_disputes_filed(seeded, seal):
     """The November register lists the three batches by the time their results arrived: FS01-P01
     confirmed by 王科员 within its due date (3 working days taken), its dispute and the bank's answer;

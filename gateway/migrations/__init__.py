@@ -4,4 +4,4 @@ HEAD is the newest revision, the one the daemon and gatewayctl require; kept her
 checking a database needs no Alembic (tests/test_migrations.py checks it is Alembic's head).
 """
 
-HEAD = "0019"
+HEAD = "0020"

@@ -34,6 +34,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import tarfile
 import tempfile
 from dataclasses import dataclass, field
@@ -42,6 +43,7 @@ from typing import Any, Iterator
 
 from sqlalchemy import Connection, or_, select
 
+from gateway.journal import _fsync_dir
 from gateway.masking import mask
 from gateway.models import batches, corrections, journal, journal_head, late_returns, orders, refunds
 from gateway.paper import seal as sealmod
@@ -116,9 +118,11 @@ class ExportResult:
 
 
 def _own_entries(conn: Connection, *, order_no: str | None, month: tuple[int, int] | None,
-                 upto: int) -> Iterator[dict]:
+                 upto: int, span: tuple[int, int] | None = None) -> Iterator[dict]:
     q = select(journal).where(journal.c.id <= upto).order_by(journal.c.id)
-    if order_no is not None:
+    if span is not None:
+        q = q.where(journal.c.id >= span[0])
+    elif order_no is not None:
         bs = select(batches.c.batch_no).where(batches.c.order_no == order_no)
         q = q.where(or_(journal.c.order_no == order_no, journal.c.batch_no.in_(bs)))
     else:
@@ -132,12 +136,21 @@ def _own_entries(conn: Connection, *, order_no: str | None, month: tuple[int, in
 
 def export_archive(conn: Connection, jr, seal: sealmod.Seal, out: str, *, at: str,  # noqa: ANN001
                    order_no: str | None = None, month: tuple[int, int] | None = None,
-                   reports: dict[str, bytes] | None = None, sheets_for: list[str] | None = None) -> ExportResult:
-    """Write the archive of one order (or one month) to `out`; reads only (sheets are made by the caller)."""
-    if (order_no is None) == (month is None):
-        raise ValueError("give an order_no or a month")
+                   reports: dict[str, bytes] | None = None, sheets_for: list[str] | None = None,
+                   span: tuple[int, int] | None = None, scope_extra: dict | None = None) -> ExportResult:
+    """Write the archive of one order (or one month) to `out`; reads only (sheets are made by the caller).
+
+    With `span` (first id, last id): a cold file of journal retention (gateway.journal_cold): every
+    entry of the span, and the chain segment ending at the span's last entry, which is its head.
+    The file is written to a temporary name, made 0600, fsynced, then renamed."""
+    if (order_no is not None) + (month is not None) + (span is not None) != 1:
+        raise ValueError("give an order_no, a month or a span")
+    from gateway.journal import hash_before
     from gateway.paper import sheets as sheetsmod
     head_row = conn.execute(select(journal_head).where(journal_head.c.id == 1)).mappings().one()
+    if span is not None:
+        head_row = {"last_id": span[1], "keyed_from": head_row.get("keyed_from"),
+                    "last_hash": conn.execute(select(journal.c.hash).where(journal.c.id == span[1])).scalar_one()}
     head_entry = conn.execute(select(journal.c.hash, journal.c.mac).where(journal.c.id == head_row["last_id"])
                               ).one_or_none()
     head = {"last_id": head_row["last_id"], "last_hash": head_row["last_hash"],
@@ -146,9 +159,12 @@ def export_archive(conn: Connection, jr, seal: sealmod.Seal, out: str, *, at: st
     tmp = f"{out}.part"
     mtime = 0
     n_own, first = 0, None
-    with tarfile.open(tmp, "w:gz", format=tarfile.PAX_FORMAT) as tar:
+    if os.path.exists(tmp):
+        os.unlink(tmp)    # left by an export that died: never written through (it may be another's)
+    raw = os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb")
+    with raw, tarfile.open(fileobj=raw, mode="w:gz", format=tarfile.PAX_FORMAT) as tar:
         w = _Writer(tar, mtime)
-        for e in _own_entries(conn, order_no=order_no, month=month, upto=head["last_id"]):
+        for e in _own_entries(conn, order_no=order_no, month=month, upto=head["last_id"], span=span):
             first = e["id"] if first is None else first
             n_own += 1
             payload_ref, payload = e.pop("payload_ref"), e.pop("payload")
@@ -164,8 +180,7 @@ def export_archive(conn: Connection, jr, seal: sealmod.Seal, out: str, *, at: st
         # The segment can run to millions of lines: spooled to disk past a few MB.
         lines = tempfile.SpooledTemporaryFile(max_size=8 << 20)
         if first is not None:
-            if first > 1:
-                prev_hash = conn.execute(select(journal.c.hash).where(journal.c.id == first - 1)).scalar_one()
+            prev_hash = hash_before(conn, first)   # the cut's hash when entry first-1 went to a cold file
             cols = [journal.c.id, journal.c.hash] + ([journal.c.mac] if "mac" in journal.c else [])
             for r in conn.execution_options(yield_per=5000).execute(
                     select(*cols).where(journal.c.id >= first, journal.c.id <= head["last_id"])
@@ -189,8 +204,9 @@ def export_archive(conn: Connection, jr, seal: sealmod.Seal, out: str, *, at: st
         for name, data in sorted((reports or {}).items()):
             w.add(f"reports/{name}", data)
         w.add("README.txt", README.encode("utf-8"))
-        manifest = {"format": FORMAT, "scope": {"order_no": order_no} if order_no else
-                    {"month": f"{month[0]:04d}-{month[1]:02d}"}, "created_at": at,
+        scope = ({"order_no": order_no} if order_no else {"month": f"{month[0]:04d}-{month[1]:02d}"} if month
+                 else {"journal_span": {"first_id": span[0], "last_id": span[1], **(scope_extra or {})}})
+        manifest = {"format": FORMAT, "scope": scope, "created_at": at,
                     "signer": seal.fingerprint, "signer_id": seal.signer_id, "head": head,
                     "segment": {"first_id": first, "last_id": head["last_id"] if first else None,
                                 "prev_hash": prev_hash, "own_entries": n_own},
@@ -201,7 +217,11 @@ def export_archive(conn: Connection, jr, seal: sealmod.Seal, out: str, *, at: st
             info = tarfile.TarInfo(f"{ROOT}/{name}")
             info.mtime, info.mode, info.size = mtime, 0o444, len(data)
             tar.addfile(info, io.BytesIO(data))
+        tar.close()       # writes the gzip trailer into raw, which stays open
+        raw.flush()
+        os.fsync(raw.fileno())
     Path(tmp).replace(out)
+    _fsync_dir(Path(out).resolve().parent)
     return ExportResult(out, n_own, (first or 0, head["last_id"]), len(w.members), head)
 
 
@@ -238,6 +258,7 @@ class Verdict:
     members: int = 0
     scope: dict = field(default_factory=dict)
     head: dict = field(default_factory=dict)
+    segment: dict = field(default_factory=dict)     # the manifest's chain segment (first_id, prev_hash ...)
 
 
 def _read(tar: tarfile.TarFile, members: dict, name: str) -> bytes:
@@ -316,7 +337,8 @@ def _verify(path, public_key, fingerprint, expect_head, journal_key) -> Verdict:
                 if not sealmod.verify(_read(tar, members, m["name"]), _read(tar, members, m["name"] + ".sig"),
                                       key, manifest.get("signer_id", sealmod.DEFAULT_SIGNER_ID)):
                     raise _Bad(f"{m['name']}: its seal {m['name']}.sig does not verify under {signer}")
-    return Verdict(True, "", signer, n_entries, len(manifest["members"]), manifest["scope"], manifest["head"])
+    return Verdict(True, "", signer, n_entries, len(manifest["members"]), manifest["scope"], manifest["head"],
+                   manifest["segment"])
 
 
 def _verify_chain(tar, members, manifest, expect_head, journal_key) -> int:  # noqa: ANN001

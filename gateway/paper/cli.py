@@ -132,15 +132,19 @@ def cmd_sheet_verify(cfg, args) -> int:  # noqa: ANN001
     data = Path(args.pdf).read_bytes()
     sig = Path(args.sig).read_bytes()
     try:
-        pub = seal.load_public(Path(args.key).read_bytes(), args.key)
+        pem = Path(args.key).read_bytes()
+        pub = seal.load_public(pem, args.key)
     except Exception as e:  # noqa: BLE001  (KeyFileError and friends: named, exit 2)
         print(f"ERROR {args.key}: {e}", file=sys.stderr)
         return 2
     fp = seal.fingerprint_of(pub)
+    about = seal.certificate_lines(pem, _now())
     if seal.verify(data, sig, pub, args.signer_id):
         print(f"OK {args.pdf}: sealed by {fp} (SM2-with-SM3, signer ID {args.signer_id})")
+        print("\n".join(about) if about else "", end="\n" if about else "")
         return 0
     print(f"BAD {args.pdf}: the signature {args.sig} does not match it under {fp}")
+    print("\n".join(about) if about else "", end="\n" if about else "")
     return 1
 
 
@@ -335,10 +339,12 @@ def add_parsers(sub) -> None:  # noqa: ANN001
     g.add_argument("--order", help="every DONE batch of this order")
     m.add_argument("--out-dir", help="where to write BATCH.pdf and BATCH.pdf.sig (default [paper] out_dir)")
     m.set_defaults(fn=cmd_sheet_make)
-    v = s.add_parser("verify", help="check a sheet's detached seal offline (no --config): PDF SIG PUBKEY")
+    v = s.add_parser("verify", help="check a sheet's detached seal offline (no --config): PDF SIG KEY "
+                                    "(the seal's public key or the gateway's certificate)")
     v.add_argument("pdf")
     v.add_argument("sig")
-    v.add_argument("key", help="the seal's public key, SubjectPublicKeyInfo PEM (seal.pub.pem)")
+    v.add_argument("key", help="the seal's public key, SubjectPublicKeyInfo PEM (seal.pub.pem), or the "
+                               "gateway's X.509 certificate (PEM) carrying it")
     v.add_argument("--signer-id", default="1234567812345678")
     v.set_defaults(fn=cmd_sheet_verify, no_config=True)
     f = s.add_parser("file", help="record that a batch's sheet was filed with finance")
@@ -388,7 +394,8 @@ def add_parsers(sub) -> None:  # noqa: ANN001
     ae.set_defaults(fn=cmd_archive_export)
     av = ar.add_parser("verify", help="check an archive offline (no --config); exit 1 naming the first thing wrong")
     av.add_argument("file")
-    av.add_argument("--key", help="the seal's public key (PEM) the archive must be sealed with")
+    av.add_argument("--key", help="the seal's public key (PEM), or the gateway's X.509 certificate, "
+                                  "the archive must be sealed with")
     av.add_argument("--fingerprint", help="or the SHA-256 fingerprint of that key")
     av.add_argument("--expect-head", metavar="ID:HASH", help="a journal head the chain must pass through")
     av.add_argument("--journal-key", metavar="FILE", help="the journal key, to check the entries' MACs too")

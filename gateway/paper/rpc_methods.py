@@ -3,7 +3,9 @@
 Kept apart from gateway/commands.py: `methods(commands)` gives the table entries,
 each validating its params whole and journaling the call with its caller like
 every other method (their parameters are declared in gateway.rpc_api.METHODS,
-which the transport checks). Both only read.
+which the transport checks). Both only read, from a snapshot on the read pool
+(`Database.read`), so that a year's report does not hold up the writer; the call is
+journaled after it is read, as report.monthly is.
 """
 
 from __future__ import annotations
@@ -59,11 +61,11 @@ def methods(cmds) -> dict:  # noqa: ANN001  (gateway.commands.Commands)
         from gateway.paper import register
 
         def read(conn: Connection) -> dict:
-            reg = register.register(conn, year, month, bank_id, today=today, calendar=cal)
-            cmds._rpc_entry(conn, caller, "batch.register", params,  # noqa: SLF001
-                            f"batch.register {year}-{month:02d}" + (f" bank {bank_id}" if bank_id else ""))
-            return reg
-        return await cmds.db.run(read)
+            return register.register(conn, year, month, bank_id, today=today, calendar=cal)
+        reg = await cmds.db.read(read)   # a snapshot on the read pool: the writer goes on meanwhile
+        await cmds._journal_read(caller, "batch.register", params,  # noqa: SLF001
+                                 f"batch.register {year}-{month:02d}" + (f" bank {bank_id}" if bank_id else ""))
+        return reg
 
     async def report_yearly(params: dict, caller: Caller) -> dict:
         """The year's figures per project, bank, region and month, reconciled with the yearly statement."""
@@ -73,12 +75,10 @@ def methods(cmds) -> dict:  # noqa: ANN001  (gateway.commands.Commands)
 
         from gateway import reports
 
-        def read(conn: Connection) -> dict:
-            rep = reports.yearly(conn, year, bank_id, project_code)
-            cmds._rpc_entry(conn, caller, "report.yearly", params,  # noqa: SLF001
-                            f"report.yearly {year}" + (f" bank {bank_id}" if bank_id else "")
-                            + (f" project {project_code}" if project_code else ""))
-            return rep
-        return await cmds.db.run(read)
+        rep = await cmds.db.read(reports.yearly, year, bank_id, project_code)   # the read pool, beside the writer
+        await cmds._journal_read(caller, "report.yearly", params,  # noqa: SLF001
+                                 f"report.yearly {year}" + (f" bank {bank_id}" if bank_id else "")
+                                 + (f" project {project_code}" if project_code else ""))
+        return rep
 
     return {"batch.register": batch_register, "report.yearly": report_yearly}

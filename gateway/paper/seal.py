@@ -10,6 +10,11 @@ check a sheet without the gateway:
     openssl pkeyutl -verify -pubin -inkey seal.pub.pem -rawin -digest sm3 \\
         -pkeyopt distid:1234567812345678 -in SHEET.pdf -sigfile SHEET.pdf.sig
 
+or with the gateway's X.509 certificate (PEM) instead of the bare key:
+
+    openssl pkeyutl -verify -certin -inkey seal.crt -rawin -digest sm3 \\
+        -pkeyopt distid:1234567812345678 -in SHEET.pdf -sigfile SHEET.pdf.sig
+
 (openssl 3.0's own default signer ID is empty, hence the -pkeyopt.)
 """
 
@@ -23,9 +28,11 @@ from protocols import keyfile, sm
 DEFAULT_SIGNER_ID = "1234567812345678"
 
 
-def openssl_command(pdf: str, sig: str, pub: str, signer_id: str = DEFAULT_SIGNER_ID) -> str:
-    """The openssl command line that verifies a detached seal, for the docs and the CLI."""
-    return (f"openssl pkeyutl -verify -pubin -inkey {pub} -rawin -digest sm3 "
+def openssl_command(pdf: str, sig: str, pub: str, signer_id: str = DEFAULT_SIGNER_ID, *,
+                    certificate: bool = False) -> str:
+    """The openssl command line that verifies a detached seal, for the docs and the CLI (-certin
+    when `pub` is the gateway's X.509 certificate)."""
+    return (f"openssl pkeyutl -verify {'-certin' if certificate else '-pubin'} -inkey {pub} -rawin -digest sm3 "
             f"-pkeyopt distid:{signer_id} -in {pdf} -sigfile {sig}")
 
 
@@ -73,8 +80,30 @@ def verify(data: bytes, signature: bytes, public_key: sm.SM2PublicKey,
 
 
 def load_public(pem: bytes, source: str = "public key") -> sm.SM2PublicKey:
-    """An SM2 public key from a SubjectPublicKeyInfo PEM (what `keys generate` writes, seal.pub.pem)."""
+    """An SM2 public key from a SubjectPublicKeyInfo PEM (what `keys generate` writes, seal.pub.pem)
+    or from the gateway's X.509 certificate (PEM) that carries it."""
+    if b"-----BEGIN CERTIFICATE-----" in pem:
+        return keyfile.load_sm2_certificate_public_key(pem, source=source)
     return keyfile.load_sm2_public_key(pem, source=source)
+
+
+def certificate_lines(pem: bytes, now) -> list[str]:  # noqa: ANN001  (an aware datetime)
+    """Subject, issuer and validity of a certificate PEM, for the operator; [] for a bare key."""
+    if b"-----BEGIN CERTIFICATE-----" not in pem:
+        return []
+    from cryptography import x509
+    try:
+        c = x509.load_pem_x509_certificate(pem)
+        subject, issuer = c.subject.rfc4514_string(), c.issuer.rfc4514_string()
+        start, end = c.not_valid_before_utc, c.not_valid_after_utc
+    except ValueError as e:
+        return [f"  (the certificate's names and dates cannot be read: {e})"]
+    lines = [f"  certificate {subject}, issued by {issuer}, valid {start:%Y-%m-%d} to {end:%Y-%m-%d} (UTC)",
+             "  (its issuer chain is not checked here: openssl verify -CAfile CA.pem CERT)"]
+    if not start <= now <= end:
+        lines.append(f"  NOTE: the certificate is not valid today ({now:%Y-%m-%d}); the seal verifies "
+                     "against its key, check that the sheet was sealed while it was valid")
+    return lines
 
 
 def fingerprint_of(public_key: sm.SM2PublicKey) -> str:
