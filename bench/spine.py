@@ -154,9 +154,12 @@ def table(result: dict) -> list[dict]:
 def markdown(result: dict) -> str:
     def f(v, fmt="{:.2f}"):
         return "-" if v is None else fmt.format(v)
+    busy_all = result["sim_total_busy_s"]
     lines = [f"{result['items']:,} items, {result['db']}: daemon {result['total_s']} s end to end "
              f"({result.get('baseline_s', 0)} s of baselines apart), peak RSS {result['peak_rss_mb']} MB; "
-             f"simulators' CPU {result['sim_total_cpu_s']} s in the stages",
+             f"within the stages the simulators were busy {busy_all:.1f} s "
+             f"({100 * busy_all / result['total_s']:.0f}% of the time) and used "
+             f"{result['sim_total_cpu_s']} s of CPU",
              "",
              "| stage | s | baseline s | ratio | daemon CPU s | peak RSS MB | sims' CPU s | sims busy s | baseline parts (s) |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
@@ -218,13 +221,14 @@ async def run(reactor, n: int, root: Path, *, baselines: bool = True) -> dict:
         labels = sorted(meter.busy)
         busy = {label: round(sum(meter.busy_in(label, a, b) for a, b in child["windows"].values()), 2)
                 for label in labels}
-        result = {"items": n, "db": "sqlite", "total_s": child["daemon_total_s"],
+        result = {"items": n, "db": child.get("db", "sqlite"), "total_s": child["daemon_total_s"],
                   "wall_with_baselines_s": round(wall, 2), "baseline_s": child["baseline_s"],
                   "peak_rss_mb": child["peak_rss_mb"],
                   **{k: child[k] for k in ("peak_rss_per_stage_mb", "peak_rss_after_stage_mb") if k in child},
                   "stages_s": child["stages_s"], "stage_cpu_s": child["stage_cpu_s"],
                   "baselines": child["baselines"], "sim": sim,
-                  "sim_total_cpu_s": round(sum(v["cpu_s"] for v in sim.values()), 2), "sim_busy_s": busy,
+                  "sim_total_cpu_s": round(sum(v["cpu_s"] for v in sim.values()), 2),
+                  "sim_total_busy_s": round(sum(v["busy_s"] for v in sim.values()), 2), "sim_busy_s": busy,
                   "core_sim_prepare_s": round(prep, 2), "state": summary["state"],
                   "paid": paid, "failed": failed, "bank_credits": ledger["count"],
                   "double_credits": ledger["double"], "all_reported": paid + failed == n}

@@ -15,7 +15,6 @@ same database and files), timed apart: not in the stage's figures, nor in the to
 from __future__ import annotations
 
 import json
-import os
 import resource
 import sys
 import time
@@ -199,7 +198,7 @@ async def run(reactor, config_path: str, *, baselines: bool = False, sink_url: s
             "peak_rss_mb": max(m.peaks.values()) if m.resettable else round(peak_rss_mb(), 1),
             "peak_rss_per_stage_mb" if m.resettable else "peak_rss_after_stage_mb": m.peaks,
             "windows": m.windows, "baselines": m.baselines, "baseline_windows": m.baseline_windows,
-            "baseline_s": round(m.outside, 2), "pid": os.getpid()}
+            "baseline_s": round(m.outside, 2), "db": db.engine.dialect.name}
 
 
 def main() -> None:
