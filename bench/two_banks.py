@@ -176,7 +176,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description="a cnbank order and an iso20022 order, alone and together")
     ap.add_argument("--cn", type=int, default=1_000_000, help="items of the cnbank order")
     ap.add_argument("--iso", type=int, default=100_000, help="transfers of the iso20022 order")
-    ap.add_argument("--db", default=None, help="a PostgreSQL URL (its public schema is emptied); SQLite if not given")
+    ap.add_argument("--db", default=None,
+                    help="a PostgreSQL URL (its public schema is emptied); SQLite if not given or 'sqlite'")
     ap.add_argument("--only", choices=("alone", "together"), default=None)
     ap.add_argument("--dir", default="var/bench-two-banks")
     ap.add_argument("--timeout", type=float, default=3600, help="seconds per run before giving up")
@@ -184,7 +185,8 @@ def main() -> None:
     result: dict = {}
 
     async def go(reactor):
-        result.update(await run(reactor, a.cn, a.iso, a.db, Path(a.dir).resolve(), only=a.only,
+        db = None if a.db in (None, "", "sqlite") else a.db
+        result.update(await run(reactor, a.cn, a.iso, db, Path(a.dir).resolve(), only=a.only,
                                 timeout_s=a.timeout))
     try:
         task.react(lambda reactor: defer.ensureDeferred(go(reactor)))
