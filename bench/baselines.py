@@ -28,8 +28,11 @@ Each is a dict of timed parts (seconds); the baseline is their sum. The parts:
                                 primary key (SQLite), COPY to a temp table + UPDATE ... FROM (PG)
   push_results_to_core read     SELECT the order's results
                        json     json.dumps of the same records, in the same chunk size
-                       post     POST each chunk to the core simulator (one keep-alive connection),
-                                which stores them again (as repeats)
+                       post     POST each chunk to the core simulator (one keep-alive connection);
+                                each result's version is one more than the one the stage pushed,
+                                so the simulator stores them as new results, the work it did for
+                                the stage (the same version again is a cheaper repeat); the item
+                                keeps its status, so the order's summary does not change
                        (+ post_sink: the same bodies to a bare twisted.web sink, reported beside:
                         the difference is the core simulator's own storing)
 """
@@ -424,7 +427,7 @@ def push(ctx: Context, order_no: str) -> dict:
             n += len(rows)
             with p("json"):
                 body = json.dumps({"results": [
-                    {"seq": r[0], "version": r[1], "status": r[2], "reason_code": r[3] or "",
+                    {"seq": r[0], "version": r[1] + 1, "status": r[2], "reason_code": r[3] or "",
                      "reason_text": r[4] or "", "bank_serial": r[5] or "", "at": r[6]} for r in rows]},
                     ensure_ascii=False, separators=(",", ":")).encode()
             with p("post"):
