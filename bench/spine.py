@@ -13,7 +13,8 @@ results and the bank simulator processing a batch or answering a request.
 Prints a markdown table (stage, seconds, baseline, ratio, peak RSS, simulators'
 CPU) and, last, one JSON object:
 {"items", "total_s", "peak_rss_mb", "stages_s": {...}, "baselines": {...}, "table": [...], ...}.
---no-baselines runs the stages alone (the figures to quote for the end-to-end time).
+--no-baselines runs the stages alone (the figures to quote for the end-to-end time);
+--table OUT... prints one compact table (run, stage, s, baseline, ratio, RSS) of runs saved before.
 """
 
 from __future__ import annotations
@@ -241,12 +242,35 @@ async def run(reactor, n: int, root: Path, *, baselines: bool = True) -> dict:
         await sims.stop()
 
 
+def closing_table(results: list[dict]) -> str:
+    """Several runs' results (their JSON lines) as one compact table: run, stage, seconds,
+    baseline, ratio, peak RSS; for a closing note (issue 13: 100k and 1M, SQLite and PostgreSQL)."""
+    lines = ["| run | stage | s | baseline s | ratio | peak RSS MB |", "|---|---|---:|---:|---:|---:|"]
+    for r in results:
+        run = f"{r['items']:,} {r['db']}"
+        lines.append(f"| {run} | **end to end** | {r['total_s']} | | | {r['peak_rss_mb']:.0f} |")
+        for row in r["table"]:
+            rss = row.get("rss_mb")
+            lines.append(f"| {run} | {row['stage']} | {row['s']} | {row.get('baseline_s', '')} | "
+                         f"{row.get('ratio', '')} | {'' if rss is None else f'{rss:.0f}'} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--items", type=int, default=100_000)
     ap.add_argument("--dir", default="var/bench")
     ap.add_argument("--no-baselines", action="store_true", help="the stages alone, no raw baselines")
+    ap.add_argument("--table", nargs="+", metavar="OUTPUT",
+                    help="print one compact table of earlier runs (files holding their output) and exit")
     args = ap.parse_args()
+    if args.table:
+        results = []
+        for name in args.table:
+            last = [ln for ln in Path(name).read_text().splitlines() if ln.startswith("{")][-1]
+            results.append(json.loads(last))
+        print(closing_table(results))
+        return
 
     async def go(reactor):
         result = await run(reactor, args.items, Path(args.dir).resolve(), baselines=not args.no_baselines)
