@@ -12,7 +12,8 @@ simulator has stored a result for every one of its items (counted by wrapping th
 simulator's results handler on the instance, so nothing polls the daemon). Reported per
 order: `results_s` (all results at the core), `state`/`state_s` (the last order state the
 core had received by then: DISPATCHED while some items failed, SETTLED if none did) and the
-daemon's peak RSS (VmHWM, read just before it is stopped).
+daemon's peak RSS (VmHWM, read just before it is stopped); per run, the daemon's CPU seconds and
+this process's (the simulators'), which on two cores say how much the two orders compete.
 
 Target: together, each order done within 1.3x of the slower order alone
 (`together_vs_slower_alone` <= 1.3). The last line printed is one JSON object; a markdown
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import time
@@ -61,6 +63,16 @@ def peak_rss_mb(pid: int) -> float | None:
     except OSError:
         return None
     return None
+
+
+def cpu_s(pid: int) -> float | None:
+    """A process's user + system CPU seconds so far (/proc/PID/stat)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return round((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), 1)
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def reset_db(db: str) -> None:
@@ -113,8 +125,9 @@ async def scenario(reactor, specs: list[datagen.OrderSpec], db: str | None, root
     sims.core._post_results, sims.core._post_state = counted, stated
 
     daemon = harness.Daemon(cfg, p.log)
-    rss = None
+    rss = daemon_cpu = None
     t0[0] = time.perf_counter()
+    sims_cpu = time.process_time()
     daemon.start()
     try:
         while len(done) < len(want):
@@ -124,7 +137,8 @@ async def scenario(reactor, specs: list[datagen.OrderSpec], db: str | None, root
                 raise SystemExit(f"not done within {timeout_s} s: results so far {got}\n"
                                  f"{p.log.read_text()[-2000:]}")
             await task.deferLater(reactor, 0.05, lambda: None)
-        rss = peak_rss_mb(daemon.proc.pid)
+        rss, daemon_cpu = peak_rss_mb(daemon.proc.pid), cpu_s(daemon.proc.pid)
+        sims_cpu = round(time.process_time() - sims_cpu, 1)
     finally:
         await daemon.stop_async(reactor)
         await iso_bank.stop()
@@ -133,20 +147,23 @@ async def scenario(reactor, specs: list[datagen.OrderSpec], db: str | None, root
                             "state": states.get(no, (None, None))[0],
                             "state_s": round(states[no][1], 1) if no in states else None}
                        for no in want},
-            "daemon_peak_rss_mb": rss}
+            "daemon_peak_rss_mb": rss, "daemon_cpu_s": daemon_cpu, "simulators_cpu_s": sims_cpu,
+            "wall_s": round(max(done.values()), 1)}
 
 
 def markdown(r: dict) -> str:
     cn, iso = r["cn_order"], r["iso_order"]
     lines = [f"Two banks ({r['db']}): cnbank {r['cn']:,} items, iso20022 {r['iso']:,} transfers; seconds from "
              f"the daemon's start to every result at the core",
-             "", "| run | cnbank order s | iso20022 order s | daemon peak RSS MB |", "|---|---:|---:|---:|"]
+             "", "| run | cnbank order s | iso20022 order s | daemon peak RSS MB | daemon CPU s | simulators' CPU s |",
+             "|---|---:|---:|---:|---:|---:|"]
     for name in ("cn_alone", "iso_alone", "together"):
         if name not in r:
             continue
         o = r[name]["orders"]
         lines.append(f"| {name.replace('_', ' ')} | {o[cn]['results_s'] if cn in o else '-'} | "
-                     f"{o[iso]['results_s'] if iso in o else '-'} | {r[name]['daemon_peak_rss_mb']} |")
+                     f"{o[iso]['results_s'] if iso in o else '-'} | {r[name]['daemon_peak_rss_mb']} | "
+                     f"{r[name]['daemon_cpu_s']} | {r[name]['simulators_cpu_s']} |")
     if "together_vs_slower_alone" in r:
         lines += ["", f"Together / slower alone: {r['together_vs_slower_alone']} (target <= 1.3); per order: "
                   + ", ".join(f"{k} {v}" for k, v in r["together_vs_alone"].items())]
