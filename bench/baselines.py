@@ -316,7 +316,7 @@ def fetch_apply(ctx: Context, batch: dict) -> dict:
     from gateway.models import ItemStatus
     from protocols import sm
     c = ctx.bank.cnbank
-    name = batch["result_file"]
+    name = batch.get("result_ref") or batch["result_file"]    # renamed result_ref by migration 0019
     tmp = tempfile.mkdtemp(prefix="bench-fetch-", dir=ctx.work)
     raw = ctx.raw()
     try:

@@ -1,6 +1,6 @@
 """Two banks at once (issue 13): a big `cnbank` order and an `iso20022` order through the real daemon.
 
-    python bench/two_banks.py [--cn 1000000] [--iso 100000] [--db postgresql://...] [--only alone|together]
+    python bench/two_banks.py [--cn 1000000] [--iso 100000] [--db postgresql://...] [--only alone|cn|iso|together]
 
 Three runs, each a fresh loopback installation with both banks configured (so the daemon
 does the same polling in each): the cnbank order alone, the iso20022 order alone, then both
@@ -240,12 +240,13 @@ async def run(reactor, cn: int, iso: int, db: str | None, root: Path, *, only: s
     a, b = cn_spec(cn), iso_spec(iso)
     out: dict = {"cn": cn, "iso": iso, "db": "postgresql" if db else "sqlite",
                  "cn_order": a.order_no, "iso_order": b.order_no}
-    if only in (None, "alone"):
+    if only in (None, "alone", "cn"):
         out["cn_alone"] = await scenario(reactor, [a], db, root / "cn", timeout_s, iso_apart)
+    if only in (None, "alone", "iso"):
         out["iso_alone"] = await scenario(reactor, [b], db, root / "iso", timeout_s, iso_apart)
     if only in (None, "together"):
         out["together"] = await scenario(reactor, [a, b], db, root / "both", timeout_s, iso_apart)
-    if "cn_alone" in out and "together" in out:
+    if "cn_alone" in out and "iso_alone" in out and "together" in out:
         alone = {a.order_no: out["cn_alone"]["orders"][a.order_no]["results_s"],
                  b.order_no: out["iso_alone"]["orders"][b.order_no]["results_s"]}
         together = {no: o["results_s"] for no, o in out["together"]["orders"].items()}
@@ -260,7 +261,8 @@ def main() -> None:
     ap.add_argument("--iso", type=int, default=100_000, help="transfers of the iso20022 order")
     ap.add_argument("--db", default=None,
                     help="a PostgreSQL URL (its public schema is emptied); SQLite if not given or 'sqlite'")
-    ap.add_argument("--only", choices=("alone", "together"), default=None)
+    ap.add_argument("--only", choices=("alone", "cn", "iso", "together"), default=None,
+                    help="one part: both alone, the cnbank order alone, the iso20022 one alone, or together")
     ap.add_argument("--dir", default="var/bench-two-banks")
     ap.add_argument("--timeout", type=float, default=3600, help="seconds per run before giving up")
     ap.add_argument("--iso-in-process", action="store_true",
