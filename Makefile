@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 ITEMS  ?= 100000
 
-.PHONY: demo test bench services clean pins mutate chaos
+.PHONY: demo test bench bench-two-banks services clean pins mutate chaos
 
 # Every dependency and the build tools (pip, setuptools, wheel) come from constraints.txt by hash
 # (--require-hashes); the project itself is then installed editable with --no-deps and without build
@@ -47,6 +47,13 @@ services:
 ## One order of ITEMS items end to end; the last line printed is a JSON object of timings.
 bench: $(STAMP)
 	$(BIN)/python bench/spine.py --items $(ITEMS)
+
+## Two banks at once (issue 13): a CN-item cnbank order and an ISO-transfer iso20022 order through
+## the real daemon, each alone and then together (target: together <= 1.3x the slower alone).
+CN  ?= 1000000
+ISO ?= 100000
+bench-two-banks: $(STAMP)
+	$(BIN)/python bench/two_banks.py --cn $(CN) --iso $(ISO) --db '$(DB)'
 
 ## Mutation check of the rule-enforcing modules (not part of `make test`; about an hour on 2 cores).
 ## MODULES="--module gateway/rules.py" narrows it; the table of killed/survived is printed last.
