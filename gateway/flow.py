@@ -171,6 +171,17 @@ class _Loader:
             self._rows(conn, lines)
 
     def _rows(self, conn: Connection, lines: list[bytes]) -> None:
+        rows = self.v.check_lines(lines, ItemStatus.PENDING)
+        if rows is not None:
+            self.line_no += len(lines)
+        else:
+            rows = self._rows_one_by_one(lines)
+        executemany(conn, "INSERT INTO items (order_no, seq, name, id_number, account_no, account_bank, "
+                          "account_bank_code, amount, remark, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    rows)
+
+    def _rows_one_by_one(self, lines: list[bytes]) -> list[tuple]:
+        """The chunk decoded and checked item by item (a line the chunk path did not take)."""
         rows = []
         for obj in self._decode(lines):
             self.line_no += 1
@@ -184,9 +195,7 @@ class _Loader:
                 rows.append((row["order_no"], row["seq"], row["name"], row["id_number"],
                              row["account_no"], row["account_bank"], row["account_bank_code"], row["amount"],
                              row["remark"], ItemStatus.PENDING))
-        executemany(conn, "INSERT INTO items (order_no, seq, name, id_number, account_no, account_bank, "
-                          "account_bank_code, amount, remark, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    rows)
+        return rows
 
     @staticmethod
     def _decode(lines: list[bytes]) -> list:
