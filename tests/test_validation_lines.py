@@ -31,12 +31,13 @@ BASE = {"seq": 5, "name": "张三", "id_number": GOOD_ID, "account_no": "6228480
         "account_bank": "中国农业银行", "amount": 1234, "remark": "耕地补贴"}
 _core = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode   # the core's own form
 
-special_values = st.sampled_from([
+SPECIAL = [
     "", "a|b", "x\r\ny", "\ud800", "\ufdd0", "\U0001fffe", "𠮷䶮", "\x7f", "\x85", "·", "1" * 33,
     "1" * 32, "0" * 8, "0" * 7, "a" * 50, "a" * 51, "b" * 100, "b" * 101, valid_id("34012119900101123"),
     WRONG_CHECK, valid_id("34012118790101123"), valid_id("34012119900230123"), GOOD_ID.lower(),
     GOOD_ID[:17] + "x", "11010519491231002Y", "123456789012", "12345678901", "１２３４５６７８", 0, -1,
-    10 ** 18, 10 ** 19, 1.0, True, None])
+    10 ** 18, 10 ** 19, 1.0, True, None, "a\"b", "a\\b", "\t", "\x00", "ǅ"]
+special_values = st.sampled_from(SPECIAL)
 odd_values = st.one_of(
     special_values, special_values, special_values, st.none(), st.booleans(),
     st.integers(min_value=-3, max_value=10 ** 20), st.floats(allow_nan=False), st.text(max_size=60),
@@ -126,6 +127,26 @@ def test_chunk_path_never_accepts_what_the_thorough_check_refuses(lines):
     assert want is not None and not slow.reasons, (lines, slow.reasons)
     assert rows == want
     assert (v.count, v.amount, v.last_seq) == (slow.count, slow.amount, slow.last_seq)
+
+
+def test_every_special_value_in_every_field_in_the_core_form():
+    """Each edge value (separators, control and non-characters, lengths at and past the limits,
+    wrong ID forms, numbers at the edges) in each field of a core-form line, next to a valid
+    line: the chunk path's verdict is None or the thorough path's rows."""
+    checked = taken = 0
+    for key in sorted(BASE) + ["account_bank_code"]:
+        for value in SPECIAL:
+            edited = dict(BASE, seq=6)
+            edited[key] = value
+            lines = [_core(dict(BASE, seq=5)).encode(), _core(edited).encode("utf-8", "surrogatepass")]
+            v = fresh()
+            rows = v.check_lines(lines, STATUS)
+            want, slow = thorough(lines)
+            checked += 1
+            if rows is not None:
+                taken += 1
+                assert rows == want and not slow.reasons, (key, value, slow.reasons)
+    assert checked > 300 and taken > 20
 
 
 def test_chunk_path_takes_the_core_form_of_valid_items():
