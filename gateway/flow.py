@@ -39,8 +39,8 @@ from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from adapters.interface import (BatchItem, BatchSpec, Built, IBankAdapter, IBankRecorder, ResultSet,
-                                ResultsRefused, TransportError)
+from adapters.interface import (BATCH_ROW_FIELDS, BatchItem, BatchSpec, Built, IBankAdapter,
+                                IBankRecorder, ResultSet, ResultsRefused, TransportError)
 from adapters.core_interface import CoreContractError, CoreError, Exchange, ICoreSystem
 from gateway.config import BankConfig, GatewayConfig
 from gateway.db import Database, executemany
@@ -724,17 +724,30 @@ class BankFlow:
                              submit_date=datetime.datetime.fromtimestamp(self.now(), CST).strftime("%Y%m%d"),
                              created_at=self.at(),
                              project_code=o["project_code"], project_short=o["project_short"])
-            rows = conn.execution_options(stream_results=True, yield_per=5000).execute(
-                select(items.c.seq, items.c.name, items.c.id_number, items.c.account_no,
-                       items.c.account_bank, items.c.account_bank_code, items.c.amount, items.c.remark,
-                       items.c.orig_batch_no)
-                .where(items.c.order_no == b["order_no"], items.c.batch_no == b["batch_no"])
-                .order_by(items.c.seq))
-            lines = (BatchItem(seq=r.seq, name=r.name, id_number=r.id_number, account_no=r.account_no,
-                               account_bank=r.account_bank, amount=r.amount, remark=r.remark,
-                               orig_batch_no=r.orig_batch_no or "", account_bank_code=r.account_bank_code or "")
-                     for r in rows)
-            built = self.adapter.build_batch(spec, lines)
+            by_rows = getattr(self.adapter, "build_batch_rows", None)
+            if by_rows is not None and conn.dialect.name == "sqlite":
+                # SQLite's own cursor streams, and gives plain tuples: SQLAlchemy's rows on top
+                # cost half as much again as the query (~0.15 s a 100,000 items).
+                cur = conn.connection.driver_connection.cursor()
+                try:
+                    cur.execute(f"SELECT {', '.join(BATCH_ROW_FIELDS)} FROM items WHERE order_no = ? "
+                                f"AND batch_no = ? ORDER BY seq", (b["order_no"], b["batch_no"]))
+                    built = by_rows(spec, iter(lambda: cur.fetchmany(5000), []))
+                finally:
+                    cur.close()
+            else:
+                rows = conn.execution_options(stream_results=True, yield_per=5000).execute(
+                    select(*(items.c[f] for f in BATCH_ROW_FIELDS))
+                    .where(items.c.order_no == b["order_no"], items.c.batch_no == b["batch_no"])
+                    .order_by(items.c.seq))
+                if by_rows is not None:
+                    built = by_rows(spec, rows.partitions())
+                else:
+                    built = self.adapter.build_batch(spec, (BatchItem(
+                        seq=r.seq, name=r.name, id_number=r.id_number, account_no=r.account_no,
+                        account_bank=r.account_bank, amount=r.amount, remark=r.remark,
+                        orig_batch_no=r.orig_batch_no or "", account_bank_code=r.account_bank_code or "")
+                        for r in rows))
         self.ctx.stage("build", began)
         return built
 
