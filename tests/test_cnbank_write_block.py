@@ -108,3 +108,65 @@ def test_a_good_block_takes_the_block_path():
     assert w._block([astuple(line(i)) for i in range(1, 50)]) is not None
     w = BatchFileWriter(io.BytesIO(), header([[astuple(line(1))]], "yuan"), kind="RETRY")
     assert w._block([astuple(line(i, "ORD1-P00")) for i in range(1, 50)]) is not None
+
+
+def test_golden_batch_lines_as_one_block_are_the_golden_bytes():
+    """The hand-written golden .req plaintext (tests/golden/cnbank), written as one block."""
+    from tests.test_golden_wire import BATCH, BATCH_HEADER, BATCH_LINES, G
+    out = io.BytesIO()
+    w = BatchFileWriter(out, BATCH_HEADER, kind="PAY")
+    w.write_block([astuple(x) for x in BATCH_LINES])
+    w.close()
+    assert out.getvalue() == (G / f"{BATCH}.req.plain").read_bytes()
+
+
+def _link(tmp_path, ours, theirs):
+    from types import SimpleNamespace
+
+    from adapters.cnbank.link import CnBankLink
+    lk = CnBankLink.__new__(CnBankLink)   # only what write_batch_file needs: no sockets, no SFTP
+    lk.bank = SimpleNamespace(cnbank=SimpleNamespace(amount_unit="yuan", encoding="gb18030",
+                                                     signature_encoding="raw", sm2_cipher_order="C1C3C2"))
+    lk.our_key, lk.bank_key, lk.uid, lk.work_dir = ours, theirs.public_key, b"1234567812345678", str(tmp_path)
+    return lk
+
+
+def test_batch_file_is_encrypted_as_written_and_opens_to_the_plaintext(tmp_path):
+    """write_batch_file encrypts while writing: the .req decrypts, under the key||iv the bank
+    unwraps from FileEncKey, to the plaintext write_line gives; FileSM3 and the .sig are of
+    that plaintext; no plaintext or partial file is left in the work dir."""
+    import base64
+
+    from protocols import sm
+    ours, theirs = sm.generate_keypair(), sm.generate_keypair()
+    lk = _link(tmp_path, ours, theirs)
+    lines = [line(i) for i in range(1, 3000)]
+    head = header([[astuple(x) for x in lines]], "yuan")
+    built = lk.write_batch_file(head, lines[:10], blocks=[[astuple(x) for x in lines[10:1000]],
+                                                          [astuple(x) for x in lines[1000:]]])
+    plain = io.BytesIO()
+    w = BatchFileWriter(plain, head)
+    for x in lines:
+        w.write_line(x)
+    w.close()
+    plain = plain.getvalue()
+    kiv = sm.sm2_decrypt(theirs, base64.b64decode(built.enc_key))
+    cipher = (tmp_path / built.name).read_bytes()
+    assert sm.sm4_cbc_decrypt(kiv[:16], kiv[16:], cipher) == plain
+    assert built.sm3 == sm.sm3_hex(plain)
+    assert sm.sm2_verify(ours.public_key, plain, (tmp_path / f"{built.name}.sig").read_bytes(),
+                         b"1234567812345678")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [built.name, f"{built.name}.gwkey",
+                                                          f"{built.name}.sig"]
+
+
+def test_a_refused_batch_file_leaves_nothing_in_the_work_dir(tmp_path):
+    """The writer refuses the file (its lines do not add up to the H line): no .req, no part."""
+    import pytest
+
+    from protocols import sm
+    lk = _link(tmp_path, sm.generate_keypair(), sm.generate_keypair())
+    lines = [astuple(line(i)) for i in range(1, 20)]
+    with pytest.raises(FileFormatError):
+        lk.write_batch_file(header([lines + [astuple(line(30))]], "yuan"), [], blocks=[lines])
+    assert list(tmp_path.iterdir()) == []
