@@ -49,8 +49,8 @@ _LINE = re.compile(
     r'"account_bank":(?:"(' + _LINE_CHAR + r'{0,100})"|null),"amount":([1-9][0-9]{0,17}),'
     r'"remark":(?:"(' + _LINE_CHAR + r'{0,100})"|null)'
     r'(?:,"account_bank_code":(?:"([0-9]{12})"|null))?\}$', re.MULTILINE)
-# GB 11643's check character by int(first 17 digits, base 13) mod 11, as stdnum computes it
-# ((1 - 2 * that) mod 11, 10 written X): base 13 weighs digit i by 13^(17-i) = 2^(17-i) (mod 11).
+# GB 11643's check character indexed by int(first 17 digits, 13) % 11: stdnum's own formula,
+# (1 - 2 * int(first 17 digits, 13)) % 11 with 10 written X (13 = 2 mod 11 gives the weights).
 _CHECK_CHAR = "".join("X" if (1 - 2 * r) % 11 == 10 else str((1 - 2 * r) % 11) for r in range(11))
 
 
