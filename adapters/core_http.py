@@ -113,7 +113,9 @@ class _Collect(protocol.Protocol):
 
 
 class _Stream(protocol.Protocol):
-    """Hands the body on in chunks of about `chunk` bytes; pauses while the consumer is busy."""
+    """Hands the body on in chunks of about `chunk` bytes. While the consumer is busy with one
+    chunk the next is read (the core's side and ours overlap), and reading pauses once it is
+    whole: at most two chunks held, whatever the consumer's pace."""
 
     def __init__(self, done: defer.Deferred, consume: Callable[[bytes], defer.Deferred], chunk: int,
                  clock=None, idle: float | None = None, window: float | None = None,
@@ -126,6 +128,7 @@ class _Stream(protocol.Protocol):
         self.buf: list[bytes] = []
         self.size = 0
         self.busy: defer.Deferred | None = None
+        self.paused = False   # by us: the next chunk is whole and the consumer is still busy
         self.failed = None
         self.total = 0
         self.ended = False
@@ -165,22 +168,27 @@ class _Stream(protocol.Protocol):
         self.buf.append(data)
         self.size += len(data)
         self.total += len(data)
-        if self.size >= self.chunk and self.busy is None:
-            self._flush()
+        if self.size >= self.chunk:
+            if self.busy is None:
+                self._flush()
+            elif not self.paused:
+                self.paused = True
+                self.transport.pauseProducing()
 
     def _flush(self) -> defer.Deferred:
         data, self.buf, self.size = b"".join(self.buf), [], 0
         self.timer.stop()
         self._window_stop()
-        self.transport.pauseProducing()
         d = self.busy = defer.maybeDeferred(self.consume, data)
 
         def resume(r):
             self.busy = None
-            try:
-                self.transport.resumeProducing()
-            except Exception:  # the connection may be finished already
-                pass
+            if self.paused:
+                self.paused = False
+                try:
+                    self.transport.resumeProducing()
+                except Exception:  # the connection may be finished already
+                    pass
             if not self.ended:
                 self.timer.start()
                 self._window_start()

@@ -116,6 +116,12 @@ class BatchSpec:
     created_at: str = ""      # ISO 8601 with +08:00, when the batch is built
 
 
+# The columns of the row tuples given to an adapter's build_batch_rows, in this order
+# (orig_batch_no and account_bank_code may be None there).
+BATCH_ROW_FIELDS = ("seq", "name", "id_number", "account_no", "account_bank", "account_bank_code",
+                    "amount", "remark", "orig_batch_no")
+
+
 @dataclass
 class BatchItem:
     """One line of a batch: an item to credit."""
@@ -377,7 +383,9 @@ class IBankAdapter(Interface):
     def build_batch(spec, items):
         """Write, sign (and encrypt) a batch document from streamed BatchItems; returns Built.
 
-        Blocking: the flow calls it on a pool thread.
+        Blocking: the flow calls it on a pool thread. An adapter may also offer
+        `build_batch_rows(spec, blocks)`, the same from lists of row tuples in
+        BATCH_ROW_FIELDS order (no object per item); the flow then uses that.
         """
 
     def built_exists(batch):

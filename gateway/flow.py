@@ -39,8 +39,8 @@ from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from adapters.interface import (BatchItem, BatchSpec, Built, IBankAdapter, IBankRecorder, ResultSet,
-                                ResultsRefused, TransportError)
+from adapters.interface import (BATCH_ROW_FIELDS, BatchItem, BatchSpec, Built, IBankAdapter,
+                                IBankRecorder, ResultSet, ResultsRefused, TransportError)
 from adapters.core_interface import CoreContractError, CoreError, Exchange, ICoreSystem
 from gateway.config import BankConfig, GatewayConfig
 from gateway.db import Database, executemany
@@ -171,6 +171,17 @@ class _Loader:
             self._rows(conn, lines)
 
     def _rows(self, conn: Connection, lines: list[bytes]) -> None:
+        rows = self.v.check_lines(lines, ItemStatus.PENDING)
+        if rows is not None:
+            self.line_no += len(lines)
+        else:
+            rows = self._rows_one_by_one(lines)
+        executemany(conn, "INSERT INTO items (order_no, seq, name, id_number, account_no, account_bank, "
+                          "account_bank_code, amount, remark, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    rows)
+
+    def _rows_one_by_one(self, lines: list[bytes]) -> list[tuple]:
+        """The chunk decoded and checked item by item (a line the chunk path did not take)."""
         rows = []
         for obj in self._decode(lines):
             self.line_no += 1
@@ -184,9 +195,7 @@ class _Loader:
                 rows.append((row["order_no"], row["seq"], row["name"], row["id_number"],
                              row["account_no"], row["account_bank"], row["account_bank_code"], row["amount"],
                              row["remark"], ItemStatus.PENDING))
-        executemany(conn, "INSERT INTO items (order_no, seq, name, id_number, account_no, account_bank, "
-                          "account_bank_code, amount, remark, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    rows)
+        return rows
 
     @staticmethod
     def _decode(lines: list[bytes]) -> list:
@@ -715,17 +724,30 @@ class BankFlow:
                              submit_date=datetime.datetime.fromtimestamp(self.now(), CST).strftime("%Y%m%d"),
                              created_at=self.at(),
                              project_code=o["project_code"], project_short=o["project_short"])
-            rows = conn.execution_options(stream_results=True, yield_per=5000).execute(
-                select(items.c.seq, items.c.name, items.c.id_number, items.c.account_no,
-                       items.c.account_bank, items.c.account_bank_code, items.c.amount, items.c.remark,
-                       items.c.orig_batch_no)
-                .where(items.c.order_no == b["order_no"], items.c.batch_no == b["batch_no"])
-                .order_by(items.c.seq))
-            lines = (BatchItem(seq=r.seq, name=r.name, id_number=r.id_number, account_no=r.account_no,
-                               account_bank=r.account_bank, amount=r.amount, remark=r.remark,
-                               orig_batch_no=r.orig_batch_no or "", account_bank_code=r.account_bank_code or "")
-                     for r in rows)
-            built = self.adapter.build_batch(spec, lines)
+            by_rows = getattr(self.adapter, "build_batch_rows", None)
+            if by_rows is not None and conn.dialect.name == "sqlite":
+                # SQLite's own cursor streams, and gives plain tuples: SQLAlchemy's rows on top
+                # cost half as much again as the query (~0.15 s a 100,000 items).
+                cur = conn.connection.driver_connection.cursor()
+                try:
+                    cur.execute(f"SELECT {', '.join(BATCH_ROW_FIELDS)} FROM items WHERE order_no = ? "
+                                f"AND batch_no = ? ORDER BY seq", (b["order_no"], b["batch_no"]))
+                    built = by_rows(spec, iter(lambda: cur.fetchmany(5000), []))
+                finally:
+                    cur.close()
+            else:
+                rows = conn.execution_options(stream_results=True, yield_per=5000).execute(
+                    select(*(items.c[f] for f in BATCH_ROW_FIELDS))
+                    .where(items.c.order_no == b["order_no"], items.c.batch_no == b["batch_no"])
+                    .order_by(items.c.seq))
+                if by_rows is not None:
+                    built = by_rows(spec, rows.partitions())
+                else:
+                    built = self.adapter.build_batch(spec, (BatchItem(
+                        seq=r.seq, name=r.name, id_number=r.id_number, account_no=r.account_no,
+                        account_bank=r.account_bank, amount=r.amount, remark=r.remark,
+                        orig_batch_no=r.orig_batch_no or "", account_bank_code=r.account_bank_code or "")
+                        for r in rows))
         self.ctx.stage("build", began)
         return built
 

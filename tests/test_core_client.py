@@ -639,10 +639,11 @@ class FakeTransport:
         self.calls.append("stop")
 
 
-def test_stream_protocol_pauses_while_the_consumer_is_busy() -> None:
-    """Fed directly: the first full chunk pauses the transport and goes to the consumer; data arriving
-    meanwhile is held, not delivered; when the consumer's Deferred fires the transport resumes and the
-    held data goes out as the next chunk."""
+def test_stream_protocol_reads_one_chunk_ahead_then_pauses_while_the_consumer_is_busy() -> None:
+    """Fed directly: the first full chunk goes to the consumer and reading goes on; data arriving
+    meanwhile is held, not delivered, and once a whole next chunk is held the transport is paused
+    (at most two chunks in memory); when the consumer's Deferred fires the transport resumes and
+    the held data goes out as the next chunk."""
     from twisted.python.failure import Failure
     from twisted.web.client import ResponseDone
     done = defer.Deferred()
@@ -658,9 +659,13 @@ def test_stream_protocol_pauses_while_the_consumer_is_busy() -> None:
     tr = FakeTransport()
     s.makeConnection(tr)
     s.dataReceived(b"0123456789ab")
-    assert got == [b"0123456789ab"] and tr.calls == ["pause"]
-    s.dataReceived(b"cdefghijklmn")          # a transport may still deliver what it had read
-    assert len(got) == 1
+    assert got == [b"0123456789ab"] and tr.calls == []
+    s.dataReceived(b"cdefg")                 # not a whole chunk yet: read on
+    assert len(got) == 1 and tr.calls == []
+    s.dataReceived(b"hijklmn")               # the next chunk is whole: pause
+    assert len(got) == 1 and tr.calls == ["pause"]
+    s.dataReceived(b"")                      # a transport may still deliver what it had read
+    assert tr.calls == ["pause"]
     pending[0].callback(None)
     assert tr.calls[:2] == ["pause", "resume"]
     assert got == [b"0123456789ab", b"cdefghijklmn"]

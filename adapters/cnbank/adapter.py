@@ -212,6 +212,20 @@ class CnBankAdapter:
         b = self.link.write_batch_file(header, lines, kind=spec.kind)
         return Built(b.name, b.sm3, b.enc_key, b.count, b.amount, digest_alg="SM3")
 
+    def build_batch_rows(self, spec: BatchSpec, blocks: Iterable[list]) -> Built:
+        """build_batch from blocks of rows in BATCH_ROW_FIELDS order (adapters/interface.py):
+        the same file, without an object per item."""
+        header = files.BatchHeader(
+            batch_no=spec.batch_no, order_no=spec.order_no, payer_acct=self.bank.payer_acct,
+            payer_name=self.bank.payer_name, total_count=spec.total_count,
+            total_amount=spec.total_amount, submit_date=spec.submit_date, proj_short=spec.project_short)
+        proj, retry = spec.project_code, spec.kind == "RETRY"
+        lines = ([(seq, name, idn, acct, bank, amount, proj, remark, (orig or "") if retry else "")
+                  for seq, name, idn, acct, bank, _code, amount, remark, orig in block]
+                 for block in blocks)
+        b = self.link.write_batch_file(header, (), kind=spec.kind, blocks=lines)
+        return Built(b.name, b.sm3, b.enc_key, b.count, b.amount)
+
     def audit_read(self, kind: str, ciphertext: bytes, key_b64: bytes | str):
         """A journaled batch or result file's (header, lines), for the console's masked view
         (blocking; see CnBankLink.audit_read)."""
