@@ -64,17 +64,30 @@ CREATE TABLE IF NOT EXISTS state_events (
 CREATE INDEX IF NOT EXISTS state_events_order ON state_events (order_no, id);
 """
 
+# One request's results, staged for the two set-based statements below (per connection).
+_INCOMING = """
+CREATE TEMP TABLE IF NOT EXISTS incoming (
+    seq INTEGER NOT NULL, version INTEGER NOT NULL, status TEXT NOT NULL, reason_code TEXT,
+    reason_text TEXT, bank_serial TEXT, at TEXT NOT NULL, amount INTEGER NOT NULL)
+"""
+_STAGE = "INSERT INTO temp.incoming VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+# The (seq, version) already held with other content, in the request's order (IS NOT: null-safe).
+_CONFLICTS = """
+SELECT i.seq, i.version FROM temp.incoming i JOIN result_events e
+    ON e.order_no = ? AND e.seq = i.seq AND e.version = i.version
+WHERE e.status IS NOT i.status OR e.reason_code IS NOT i.reason_code
+   OR e.reason_text IS NOT i.reason_text OR e.bank_serial IS NOT i.bank_serial OR e.at IS NOT i.at
+ORDER BY i.rowid
+"""
 # A repeat of (order_no, seq, version) changes nothing but its counter (the
 # content was checked equal before: a different one is a conflict, refused).
-_INSERT_RESULT = """
+# "WHERE true": SQLite's upsert after a SELECT needs a WHERE to parse.
+_INSERT_RESULTS = """
 INSERT INTO result_events
     (order_no, seq, version, status, reason_code, reason_text, bank_serial, at, amount, received_at)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+SELECT ?1, seq, version, status, reason_code, reason_text, bank_serial, at, amount, ?2
+FROM temp.incoming WHERE true ORDER BY rowid
 ON CONFLICT (order_no, seq, version) DO UPDATE SET duplicates = duplicates + 1
-"""
-_HELD = """
-SELECT status, reason_code, reason_text, bank_serial, at FROM result_events
-WHERE order_no = ? AND seq = ? AND version = ?
 """
 
 
@@ -101,7 +114,9 @@ class Store:
             db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA temp_store=MEMORY")
             db.executescript(SCHEMA)
+            db.execute(_INCOMING)
             self._db = db
         return self._db
 
@@ -118,27 +133,29 @@ class Store:
         """
         db = self._conn()
         rows = [
-            (order_no, r.seq, r.version, r.status, r.reason_code, r.reason_text, r.bank_serial, r.at,
-             amount, received_at)
+            (r.seq, r.version, r.status, r.reason_code, r.reason_text, r.bank_serial, r.at, amount)
             for r, amount in results
         ]
         db.execute("BEGIN IMMEDIATE")
         try:
-            conflicts = []
-            for row in rows:
-                held = db.execute(_HELD, (order_no, row[1], row[2])).fetchone()
-                if held is not None and tuple(held) != row[3:8]:
-                    conflicts.append((row[1], row[2]))
+            # The request goes into a temporary table first, so that the check for held
+            # (seq, version) with other content and the insert are one statement each,
+            # not one per result.
+            db.execute("DELETE FROM temp.incoming")
+            db.executemany(_STAGE, rows)
+            conflicts = db.execute(_CONFLICTS, (order_no,)).fetchall()
             if conflicts:
                 db.executemany("UPDATE result_events SET conflicts = conflicts + 1 "
                                "WHERE order_no = ? AND seq = ? AND version = ?",
                                [(order_no, s, v) for s, v in conflicts])
+                db.execute("DELETE FROM temp.incoming")
                 db.execute("COMMIT")
                 raise ResultConflict(order_no, conflicts)
             # Ids only grow, so the rows above the old maximum are the new ones.
             top = db.execute("SELECT coalesce(max(id), 0) FROM result_events").fetchone()[0]
-            db.executemany(_INSERT_RESULT, rows)
+            db.execute(_INSERT_RESULTS, (order_no, received_at))
             new = db.execute("SELECT count(*) FROM result_events WHERE id > ?", (top,)).fetchone()[0]
+            db.execute("DELETE FROM temp.incoming")
             db.execute("COMMIT")
         except ResultConflict:
             raise     # committed: only the conflict counters
