@@ -5,7 +5,7 @@ through a single-thread pool, which also serialises writers). Results are
 kept as events, one row per (order_no, seq, version) — the key the core API is
 idempotent on — with a counter for repeats; a repeat whose content differs is
 refused whole (ResultConflict, answered 409) and counted on the event it
-contradicts. A trigger keeps, per (order_no, seq), the result with the highest
+contradicts. `results` keeps, per (order_no, seq), the result with the highest
 version: a lower version arriving late is kept as an event and changes nothing. Order
 states are kept as a history. Each call is one transaction, committed with
 the WAL fsync'd, so whatever the simulator has acknowledged survives a crash.
@@ -46,13 +46,8 @@ CREATE TABLE IF NOT EXISTS results (
     amount INTEGER NOT NULL,
     PRIMARY KEY (order_no, seq)
 ) WITHOUT ROWID;
-CREATE TRIGGER IF NOT EXISTS results_highest AFTER INSERT ON result_events
-WHEN NEW.version > coalesce((SELECT version FROM results
-                             WHERE order_no = NEW.order_no AND seq = NEW.seq), 0)
-BEGIN
-    INSERT OR REPLACE INTO results (order_no, seq, event_id, version, status, amount)
-    VALUES (NEW.order_no, NEW.seq, NEW.id, NEW.version, NEW.status, NEW.amount);
-END;
+-- Kept by record_results (once a trigger, one statement per row: dropped from older files).
+DROP TRIGGER IF EXISTS results_highest;
 CREATE TABLE IF NOT EXISTS state_events (
     id INTEGER PRIMARY KEY,
     order_no TEXT NOT NULL,
@@ -88,6 +83,16 @@ INSERT INTO result_events
 SELECT ?1, seq, version, status, reason_code, reason_text, bank_serial, at, amount, ?2
 FROM temp.incoming WHERE true ORDER BY rowid
 ON CONFLICT (order_no, seq, version) DO UPDATE SET duplicates = duplicates + 1
+"""
+# The new events (id above ?2) that are their item's highest version become its result.
+_KEEP_HIGHEST = """
+INSERT OR REPLACE INTO results (order_no, seq, event_id, version, status, amount)
+SELECT e.order_no, e.seq, e.id, e.version, e.status, e.amount FROM result_events e
+WHERE e.id > ?2
+  AND NOT EXISTS (SELECT 1 FROM result_events h WHERE h.order_no = e.order_no AND h.seq = e.seq
+                  AND h.version > e.version AND h.id > ?2)
+  AND e.version > coalesce((SELECT version FROM results r
+                            WHERE r.order_no = ?1 AND r.seq = e.seq), 0)
 """
 
 
@@ -155,6 +160,8 @@ class Store:
             top = db.execute("SELECT coalesce(max(id), 0) FROM result_events").fetchone()[0]
             db.execute(_INSERT_RESULTS, (order_no, received_at))
             new = db.execute("SELECT count(*) FROM result_events WHERE id > ?", (top,)).fetchone()[0]
+            if new:
+                db.execute(_KEEP_HIGHEST, (order_no, top))
             db.execute("DELETE FROM temp.incoming")
             db.execute("COMMIT")
         except ResultConflict:
