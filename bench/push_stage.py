@@ -72,6 +72,32 @@ def fill(db_path: Path, spec: datagen.OrderSpec) -> None:
     db.close()
 
 
+def malloc_mb() -> dict:
+    """glibc's view (mallinfo2): heap arenas' size, what is in use there, and mmapped blocks."""
+    import ctypes
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd",
+                                                   "usmblks", "fsmblks", "uordblks", "fordblks",
+                                                   "keepcost")]
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallinfo2.restype = MallInfo2
+        m = libc.mallinfo2()
+    except (OSError, AttributeError):
+        return {}
+    return {"arena_mb": round(m.arena / 2**20, 1), "in_use_mb": round(m.uordblks / 2**20, 1),
+            "mmapped_mb": round(m.hblkhd / 2**20, 1)}
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def peak_rss_mb() -> float:
     with open("/proc/self/status") as f:
         for line in f:
@@ -97,15 +123,29 @@ async def child_push(reactor, config_path: str, profile: str | None) -> dict:
         import cProfile
         prof = cProfile.Profile()
         prof.enable()
+    samples = []
+    sampler = task.LoopingCall(lambda: samples.append((round(rss_mb(), 1), malloc_mb())))
+    sampler.start(max(0.5, float(os.environ.get("PUSH_SAMPLE_S", "2"))))
     t = time.perf_counter()
     await flow.push_results()
     took = time.perf_counter() - t
+    sampler.stop()
     if prof is not None:
         prof.disable()
         prof.dump_stats(profile)
+    big = []
+    if os.environ.get("PUSH_BIG_OBJECTS"):
+        import gc
+        gc.collect()
+        for o in gc.get_objects():
+            if isinstance(o, (list, dict)):
+                for v in (o if isinstance(o, list) else o.values()):
+                    if isinstance(v, (bytes, str)) and len(v) > 100_000:
+                        big.append((type(o).__name__, len(v), repr(v[:60])))
     gw.database.stop()
     await flow.core.close()
-    return {"push_s": round(took, 2), "rss_before_mb": round(before, 1), "rss_after_mb": round(peak_rss_mb(), 1)}
+    return {"big": big, "push_s": round(took, 2), "rss_before_mb": round(before, 1), "rss_after_mb": round(peak_rss_mb(), 1),
+            "rss_now_mb": round(rss_mb(), 1), "malloc": malloc_mb(), "samples": samples}
 
 
 async def child_baseline(reactor, db_path: str, url: str, token: str, chunk: int) -> dict:
@@ -150,7 +190,8 @@ async def child_baseline(reactor, db_path: str, url: str, token: str, chunk: int
             "rss_after_mb": round(peak_rss_mb(), 1)}
 
 
-async def run(reactor, n: int, root: Path, profile: str | None, chunk: int, env_extra: dict) -> dict:
+async def run(reactor, n: int, root: Path, profile: str | None, chunk: int, env_extra: dict,
+              no_baseline: bool = False) -> dict:
     from simulators.core.server import CoreSimulator
     spec = order_spec(n)
     p = harness.Paths(root)
@@ -164,7 +205,7 @@ async def run(reactor, n: int, root: Path, profile: str | None, chunk: int, env_
         await deferToThread(fill, p.gateway_db, spec)
         shutil.copy(p.gateway_db, prepared)
     out: dict = {"items": n, "chunk": chunk}
-    for what in ("baseline", "push"):
+    for what in ("push",) if no_baseline else ("baseline", "push"):
         for f in list(root.glob("gateway.db*")) + list(root.glob("core-sim.db*")):
             f.unlink()
         shutil.copy(prepared, p.gateway_db)
@@ -188,7 +229,8 @@ async def run(reactor, n: int, root: Path, profile: str | None, chunk: int, env_
         if got != n:
             raise SystemExit(f"{what}: the core holds {got} results, not {n}")
         out[what] = child
-    out["ratio"] = round(out["push"]["push_s"] / max(out["baseline"]["baseline_s"], 1e-9), 2)
+    if not no_baseline:
+        out["ratio"] = round(out["push"]["push_s"] / max(out["baseline"]["baseline_s"], 1e-9), 2)
     return out
 
 
@@ -210,11 +252,13 @@ def main() -> None:
     ap.add_argument("--chunk", type=int, default=10_000)
     ap.add_argument("--profile", help="cProfile the push child into this file")
     ap.add_argument("--env", action="append", default=[], help="KEY=VALUE for the children")
+    ap.add_argument("--no-baseline", action="store_true", help="the push alone")
     args = ap.parse_args()
     env_extra = dict(e.split("=", 1) for e in args.env)
 
     async def go(reactor):
-        res = await run(reactor, args.items, Path(args.dir).resolve(), args.profile, args.chunk, env_extra)
+        res = await run(reactor, args.items, Path(args.dir).resolve(), args.profile, args.chunk, env_extra,
+                        args.no_baseline)
         print(json.dumps(res, ensure_ascii=False), flush=True)
     task.react(lambda r: defer.ensureDeferred(go(r)))
 
