@@ -59,7 +59,13 @@ CREATE TABLE IF NOT EXISTS state_events (
 CREATE INDEX IF NOT EXISTS state_events_order ON state_events (order_no, id);
 """
 
-# One request's results, staged for the two set-based statements below (per connection).
+_INSERT_NEW = """
+INSERT INTO result_events
+    (order_no, seq, version, status, reason_code, reason_text, bank_serial, at, amount, received_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (order_no, seq, version) DO NOTHING
+"""
+# A request that repeats results, staged for the two set-based statements below (per connection).
 _INCOMING = """
 CREATE TEMP TABLE IF NOT EXISTS incoming (
     seq INTEGER NOT NULL, version INTEGER NOT NULL, status TEXT NOT NULL, reason_code TEXT,
@@ -138,31 +144,38 @@ class Store:
         """
         db = self._conn()
         rows = [
-            (r.seq, r.version, r.status, r.reason_code, r.reason_text, r.bank_serial, r.at, amount)
+            (order_no, r.seq, r.version, r.status, r.reason_code, r.reason_text, r.bank_serial, r.at,
+             amount, received_at)
             for r, amount in results
         ]
         db.execute("BEGIN IMMEDIATE")
         try:
-            # The request goes into a temporary table first, so that the check for held
-            # (seq, version) with other content and the insert are one statement each,
-            # not one per result.
-            db.execute("DELETE FROM temp.incoming")
-            db.executemany(_STAGE, rows)
-            conflicts = db.execute(_CONFLICTS, (order_no,)).fetchall()
-            if conflicts:
-                db.executemany("UPDATE result_events SET conflicts = conflicts + 1 "
-                               "WHERE order_no = ? AND seq = ? AND version = ?",
-                               [(order_no, s, v) for s, v in conflicts])
-                db.execute("DELETE FROM temp.incoming")
-                db.execute("COMMIT")
-                raise ResultConflict(order_no, conflicts)
             # Ids only grow, so the rows above the old maximum are the new ones.
             top = db.execute("SELECT coalesce(max(id), 0) FROM result_events").fetchone()[0]
-            db.execute(_INSERT_RESULTS, (order_no, received_at))
-            new = db.execute("SELECT count(*) FROM result_events WHERE id > ?", (top,)).fetchone()[0]
+            # The usual request holds only results not seen before: inserted as they are.
+            changes = db.total_changes
+            db.executemany(_INSERT_NEW, rows)
+            new = db.total_changes - changes
+            if new < len(rows):
+                # Some (seq, version) are held already: start again, comparing each with what is
+                # held, through a temporary table (one statement each, not one per result).
+                db.execute("ROLLBACK")
+                db.execute("BEGIN IMMEDIATE")
+                db.execute("DELETE FROM temp.incoming")
+                db.executemany(_STAGE, (row[1:9] for row in rows))
+                conflicts = db.execute(_CONFLICTS, (order_no,)).fetchall()
+                if conflicts:
+                    db.executemany("UPDATE result_events SET conflicts = conflicts + 1 "
+                                   "WHERE order_no = ? AND seq = ? AND version = ?",
+                                   [(order_no, s, v) for s, v in conflicts])
+                    db.execute("DELETE FROM temp.incoming")
+                    db.execute("COMMIT")
+                    raise ResultConflict(order_no, conflicts)
+                db.execute(_INSERT_RESULTS, (order_no, received_at))
+                new = db.execute("SELECT count(*) FROM result_events WHERE id > ?", (top,)).fetchone()[0]
+                db.execute("DELETE FROM temp.incoming")
             if new:
                 db.execute(_KEEP_HIGHEST, (order_no, top))
-            db.execute("DELETE FROM temp.incoming")
             db.execute("COMMIT")
         except ResultConflict:
             raise     # committed: only the conflict counters
