@@ -75,11 +75,20 @@ _RESULT_FIELDS = ("seq", "version", "status", "reason_code", "reason_text", "ban
 def _take_chunk(conn: Connection, order_no: str, after: int, size: int, now: str) -> _Chunk | None:
     """The next `size` unpushed results after seq `after`, each with its version (given now and
     committed with the caller's transaction, before the POST, if its result has none yet)."""
+    while True:
+        last, chunk = _take_range(conn, order_no, after, size, now)
+        if chunk is not None or last is None:
+            return chunk
+        after = last    # every result in the range changed under us: the next push takes them
+
+
+def _take_range(conn: Connection, order_no: str, after: int, size: int, now: str):
+    """(last seq of the range, its chunk or None); (None, None) when nothing is left."""
     c = items.c
     first = select(c.seq).where(_unpushed(order_no), c.seq > after).order_by(c.seq).limit(size).subquery()
     last = conn.execute(select(func.max(first.c.seq))).scalar()
     if last is None:
-        return None
+        return None, None
     at = func.coalesce(func.nullif(c.result_at, ""), bindparam("now", now))   # kept between resends
     in_range = (_unpushed(order_no), c.seq > after, c.seq <= last)
     # A result not yet versioned (or changed since) gets the next version: a resend carries the
@@ -109,10 +118,7 @@ def _take_chunk(conn: Connection, order_no: str, after: int, size: int, now: str
         agg = select(func.count(), func.json_group_array(func.json_object(*pairs)),
                      func.json_group_array(func.json_array(rows.c.seq, rows.c.result_version)))
         n, results_json, sent = conn.execute(agg).one()
-    if not n:
-        # Every result in the range changed under us: go on after it (the next push takes them).
-        return _take_chunk(conn, order_no, last, size, now)
-    return _Chunk(after, last, n, results_json.encode("utf-8"), sent)
+    return last, (_Chunk(after, last, n, results_json.encode("utf-8"), sent) if n else None)
 
 
 def _mark_chunk(conn: Connection, order_no: str, chunk: _Chunk) -> None:
