@@ -137,11 +137,15 @@ async def child_push(reactor, config_path: str, profile: str | None) -> dict:
     if os.environ.get("PUSH_BIG_OBJECTS"):
         import gc
         gc.collect()
+        kinds: dict = {}
         for o in gc.get_objects():
-            if isinstance(o, (list, dict)):
-                for v in (o if isinstance(o, list) else o.values()):
-                    if isinstance(v, (bytes, str)) and len(v) > 100_000:
-                        big.append((type(o).__name__, len(v), repr(v[:60])))
+            kinds[type(o).__name__] = kinds.get(type(o).__name__, 0) + 1
+            vals = (o if isinstance(o, (list, tuple)) else o.values() if isinstance(o, dict)
+                    else vars(o).values() if hasattr(o, "__dict__") and isinstance(vars(o), dict) else ())
+            for v in vals:
+                if isinstance(v, (bytes, str, bytearray, memoryview)) and len(v) > 100_000:
+                    big.append((type(o).__name__, type(v).__name__, len(v), repr(bytes(v[:60]) if not isinstance(v, str) else v[:60])))
+        big.append(sorted(kinds.items(), key=lambda kv: -kv[1])[:15])
     gw.database.stop()
     await flow.core.close()
     return {"big": big, "push_s": round(took, 2), "rss_before_mb": round(before, 1), "rss_after_mb": round(peak_rss_mb(), 1),

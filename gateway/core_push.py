@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from sqlalchemy import (Connection, Text, and_, bindparam, cast, func, literal, literal_column, or_, select,
+from sqlalchemy import (Connection, LargeBinary, Text, and_, bindparam, cast, func, literal, literal_column, or_, select,
                         update)
 from sqlalchemy.dialects.postgresql import aggregate_order_by
 from twisted.internet import defer
@@ -108,17 +108,19 @@ def _take_range(conn: Connection, order_no: str, after: int, size: int, now: str
     if conn.dialect.name == "postgresql":
         record = cast(func.json_build_object(*pairs), Text)
         agg = select(func.count(),
-                     func.string_agg(record, aggregate_order_by(literal_column("','"), rows.c.seq)),
+                     func.convert_to(func.string_agg(record, aggregate_order_by(literal_column("','"), rows.c.seq)),
+                                     literal_column("'UTF8'")),     # bytea: the bytes, never a str
                      func.array_agg(aggregate_order_by(rows.c.seq, rows.c.seq)),
                      func.array_agg(aggregate_order_by(rows.c.result_version, rows.c.seq)))
         n, records, seqs, versions = conn.execute(agg).one()
-        results_json, sent = "[" + (records or "") + "]", (seqs, versions)
+        results_json, sent = b"[" + bytes(records or b"") + b"]", (seqs, versions)
     else:
         # SQLite aggregates an ordered subquery in its order (it is not flattened into the aggregate).
-        agg = select(func.count(), func.json_group_array(func.json_object(*pairs)),
+        # As a BLOB: the UTF-8 bytes as they go out, never a Python str (2-4 bytes a character).
+        agg = select(func.count(), cast(func.json_group_array(func.json_object(*pairs)), LargeBinary),
                      func.json_group_array(func.json_array(rows.c.seq, rows.c.result_version)))
         n, results_json, sent = conn.execute(agg).one()
-    return last, (_Chunk(after, last, n, results_json.encode("utf-8"), sent) if n else None)
+    return last, (_Chunk(after, last, n, bytes(results_json), sent) if n else None)
 
 
 def _mark_chunk(conn: Connection, order_no: str, chunk: _Chunk) -> None:
@@ -192,6 +194,7 @@ class CorePushSteps:
                     ex = await self.core.push_results_json(order_no, chunk.results_json)
                 else:
                     ex = await self.core.push_results(order_no, json.loads(chunk.results_json))
+                chunk.results_json = b""    # the request (ex) is what the journal keeps
             except CoreContractError as e:
                 if e.status != 409:
                     raise
