@@ -13,7 +13,12 @@ class BytesProducer:
         self.data, self.length = data, len(data)
 
     def startProducing(self, consumer):  # noqa: N802
-        consumer.write(self.data)
+        # Written once (twisted.web never re-sends a request that has a body), then let go: the
+        # request object can outlive the exchange in a reference cycle of the connection's
+        # objects, and a megabyte body held there until the cyclic collector runs is memory
+        # the daemon does not need.
+        data, self.data = self.data, b""
+        consumer.write(data)
         return defer.succeed(None)
 
     def pauseProducing(self):  # noqa: N802

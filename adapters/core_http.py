@@ -34,7 +34,7 @@ from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
 from adapters.bodies import BytesProducer
-from adapters.core_interface import CoreContractError, CoreError, Exchange, ICoreSystem
+from adapters.core_interface import CoreContractError, CoreError, Exchange, ICoreRawResults, ICoreSystem
 from adapters.interface import RequestTiming
 
 log = Logger()
@@ -242,7 +242,7 @@ class _QuietFactory(client._HTTP11ClientFactory):  # noqa: SLF001
     noisy = False
 
 
-@implementer(ICoreSystem)
+@implementer(ICoreSystem, ICoreRawResults)
 class CoreClient:
     """Calls the core's HTTP API with retries; one instance per daemon.
 
@@ -483,13 +483,22 @@ class CoreClient:
             self._streams.discard(st)
 
     async def post_json(self, path: str, payload: dict) -> Exchange:
+        return await self._post(path, json.dumps(payload, ensure_ascii=False,
+                                                 separators=(",", ":")).encode("utf-8"))
+
+    async def _post(self, path: str, body: bytes) -> Exchange:
         url = self.base + path
-        body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
         code, raw = await self._call("POST", url, body, self._read_all(1 << 20))
         return Exchange("POST", url, body, code, raw)
 
     def push_results(self, order_no: str, results: list[dict]):
         return self.post_json(f"/api/orders/{quote(order_no, safe='')}/results", {"results": results})
+
+    def push_results_json(self, order_no: str, results_json: bytes):
+        """As push_results, the results already a JSON array (ICoreRawResults): the body is
+        written around it, not parsed and serialised again."""
+        return self._post(f"/api/orders/{quote(order_no, safe='')}/results",
+                          b'{"results":' + results_json + b"}")
 
     def push_state(self, order_no: str, state: str, detail):
         return self.post_json(f"/api/orders/{quote(order_no, safe='')}/state",

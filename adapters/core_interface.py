@@ -64,3 +64,14 @@ class ICoreSystem(Interface):
 
     def close():
         """Stop: calls waiting or in flight fail with CoreError; a Deferred."""
+
+
+class ICoreRawResults(Interface):
+    """Optional, beside ICoreSystem: results handed over already serialised.
+
+    The push builds a chunk's results as one JSON array in the database (a million results
+    become no Python objects); a core that provides this takes that array as it is."""
+
+    def push_results_json(order_no: str, results_json: bytes):
+        """POST the results of `results_json`, a UTF-8 JSON array of the records push_results
+        takes; the Exchange."""

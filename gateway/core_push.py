@@ -17,13 +17,15 @@ item always gets a higher one, even after a restart. A 409 (the core holds that
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
-from sqlalchemy import Connection, and_, func, literal, or_, select, update
+from sqlalchemy import (Connection, LargeBinary, Text, and_, bindparam, cast, func, literal, literal_column, or_, select,
+                        update)
+from sqlalchemy.dialects.postgresql import aggregate_order_by
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from adapters.core_interface import CoreContractError, CoreError, Exchange
-from gateway.db import executemany
+from adapters.core_interface import CoreContractError, CoreError, Exchange, ICoreRawResults
 from gateway.flowctx import FlowContext
 from gateway.journal import Entry, Journal
 from gateway.models import ItemStatus, OrderState, items, orders
@@ -31,20 +33,16 @@ from gateway.models import ItemStatus, OrderState, items, orders
 log = Logger()
 
 
-def _sig_sql():
-    """The item's current result as one string, in SQL (the same as _sig in Python)."""
+def _sig_sql(result_at=None):
+    """The item's current result as one string, in SQL (what version_sig holds); with
+    `result_at`, that expression stands for the column."""
     c = items.c
     parts = [func.coalesce(col, "") for col in (c.status, c.reason_code, c.reason_text, c.bank_serial,
-                                                 c.result_at)]
+                                                 c.result_at if result_at is None else result_at)]
     out = parts[0]
     for p in parts[1:]:
         out = out + literal("|") + p
     return out
-
-
-def _sig(r: dict) -> str:
-    return "|".join(r[k] or "" for k in ("status", "reason_code", "reason_text", "bank_serial",
-                                          "result_at"))
 
 
 def _unpushed(order_no: str):
@@ -56,6 +54,91 @@ def _unpushed(order_no: str):
                     # `pushed` cleared (by an operator, or a tool) asks for the push again,
                     # with the same version if the result is the same
                     c.pushed.is_(None), c.pushed != c.status))
+
+
+@dataclass
+class _Chunk:
+    """A chunk of results taken for pushing: seq in (after, last], `count` of them."""
+
+    after: int
+    last: int
+    count: int
+    results_json: bytes    # the JSON array of result records, as the core takes them
+    sent: object           # the (seq, version) pairs sent: JSON text on SQLite, two lists on PostgreSQL
+
+
+# The chunk is built by the database, not row by row in Python: the versions are given by one
+# UPDATE, the records serialised by one aggregate, and the chunk marked pushed by one UPDATE.
+_RESULT_FIELDS = ("seq", "version", "status", "reason_code", "reason_text", "bank_serial", "at")
+
+
+def _take_chunk(conn: Connection, order_no: str, after: int, size: int, now: str) -> _Chunk | None:
+    """The next `size` unpushed results after seq `after`, each with its version (given now and
+    committed with the caller's transaction, before the POST, if its result has none yet)."""
+    while True:
+        last, chunk = _take_range(conn, order_no, after, size, now)
+        if chunk is not None or last is None:
+            return chunk
+        after = last    # every result in the range changed under us: the next push takes them
+
+
+def _take_range(conn: Connection, order_no: str, after: int, size: int, now: str):
+    """(last seq of the range, its chunk or None); (None, None) when nothing is left."""
+    c = items.c
+    first = select(c.seq).where(_unpushed(order_no), c.seq > after).order_by(c.seq).limit(size).subquery()
+    last = conn.execute(select(func.max(first.c.seq))).scalar()
+    if last is None:
+        return None, None
+    at = func.coalesce(func.nullif(c.result_at, ""), bindparam("now", now))   # kept between resends
+    in_range = (_unpushed(order_no), c.seq > after, c.seq <= last)
+    # A result not yet versioned (or changed since) gets the next version: a resend carries the
+    # same version, a later result a higher one.
+    conn.execute(update(items).where(*in_range, or_(c.version_sig.is_(None), c.version_sig != _sig_sql(at)))
+                 .values(result_version=func.coalesce(c.result_version, 0) + 1,
+                         version_sig=_sig_sql(at), result_at=at))
+    # Only results whose version is given to exactly this content (on PostgreSQL the apply may
+    # change one meanwhile: it waits for the next chunk, with a new version).
+    rows = select(c.seq, c.result_version, c.status, func.coalesce(c.reason_code, ""),
+                  func.coalesce(c.reason_text, ""), func.coalesce(c.bank_serial, ""), at.label("at")
+                  ).where(*in_range, c.version_sig == _sig_sql(at)).order_by(c.seq).subquery()
+    cols = list(rows.c)
+    pairs = []
+    for name, col in zip(_RESULT_FIELDS, cols):
+        pairs += [literal_column(f"'{name}'"), col]     # constants: PostgreSQL needs their type
+    if conn.dialect.name == "postgresql":
+        record = cast(func.json_build_object(*pairs), Text)
+        agg = select(func.count(),
+                     func.convert_to(func.string_agg(record, aggregate_order_by(literal_column("','"), rows.c.seq)),
+                                     literal_column("'UTF8'")),     # bytea: the bytes, never a str
+                     func.array_agg(aggregate_order_by(rows.c.seq, rows.c.seq)),
+                     func.array_agg(aggregate_order_by(rows.c.result_version, rows.c.seq)))
+        n, records, seqs, versions = conn.execute(agg).one()
+        results_json, sent = b"[" + bytes(records or b"") + b"]", (seqs, versions)
+    else:
+        # SQLite aggregates an ordered subquery in its order (it is not flattened into the aggregate).
+        # As a BLOB: the UTF-8 bytes as they go out, never a Python str (2-4 bytes a character).
+        agg = select(func.count(), cast(func.json_group_array(func.json_object(*pairs)), LargeBinary),
+                     func.json_group_array(func.json_array(rows.c.seq, rows.c.result_version)))
+        n, results_json, sent = conn.execute(agg).one()
+    return last, (_Chunk(after, last, n, bytes(results_json), sent) if n else None)
+
+
+def _mark_chunk(conn: Connection, order_no: str, chunk: _Chunk) -> None:
+    """The chunk's results pushed: each item whose version is still the one sent (a result
+    that arrived meanwhile keeps its own, unpushed)."""
+    if conn.dialect.name == "postgresql":
+        seqs, versions = chunk.sent
+        conn.exec_driver_sql(
+            "UPDATE items SET pushed = status, pushed_version = result_version "
+            "WHERE order_no = %s AND seq > %s AND seq <= %s AND (seq, result_version) IN "
+            "(SELECT * FROM unnest(%s::integer[], %s::integer[]))",
+            (order_no, chunk.after, chunk.last, seqs, versions))
+    else:
+        conn.exec_driver_sql(
+            "UPDATE items SET pushed = status, pushed_version = result_version "
+            "WHERE order_no = ? AND seq > ? AND seq <= ? AND (seq, result_version) IN "
+            "(SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?))",
+            (order_no, chunk.after, chunk.last, chunk.sent))
 
 
 def journal_exchange(journal: Journal, conn: Connection, at: str, ex: Exchange, tx: str,
@@ -96,40 +179,22 @@ class CorePushSteps:
         """
         chunk_size = self.ctx.cfg.core.results_chunk
         began = self.ctx.started()
+        raw = ICoreRawResults.providedBy(self.core)
 
-        def take(conn: Connection, after: int) -> list[dict]:
-            rows = [dict(r) for r in conn.execute(select(
-                items.c.seq, items.c.status, items.c.reason_code, items.c.reason_text,
-                items.c.bank_serial, items.c.result_at, items.c.result_version, items.c.version_sig)
-                .where(_unpushed(order_no), items.c.seq > after)
-                .order_by(items.c.seq).limit(chunk_size)).mappings()]
-            # A result not yet versioned gets the next version now, committed before it is
-            # sent: a resend carries the same version, a later result a higher one.
-            fresh = []
-            for r in rows:
-                if not r["result_at"]:
-                    r["result_at"] = self.ctx.at()    # `at` must not change between resends
-                sig = _sig(r)
-                if r["version_sig"] != sig:
-                    r["result_version"] = (r["result_version"] or 0) + 1
-                    r["version_sig"] = sig
-                    fresh.append((r["result_version"], sig, r["result_at"], order_no, r["seq"]))
-            executemany(conn, "UPDATE items SET result_version = ?, version_sig = ?, result_at = ? "
-                              "WHERE order_no = ? AND seq = ?", fresh)
-            return rows
+        def take(conn: Connection, after: int) -> _Chunk | None:
+            return _take_chunk(conn, order_no, after, chunk_size, self.ctx.at())
 
-        def mark(conn: Connection, rows: list[dict], ex: Exchange) -> None:
-            executemany(conn, "UPDATE items SET pushed = status, pushed_version = ? WHERE order_no = ? "
-                              "AND seq = ? AND result_version = ?",
-                        [(r["result_version"], order_no, r["seq"], r["result_version"]) for r in rows])
+        def mark(conn: Connection, chunk: _Chunk, ex: Exchange) -> None:
+            _mark_chunk(conn, order_no, chunk)
             self._core_entries(conn, ex, "POST results", order_no)
 
-        async def push(rows: list[dict]) -> None:
-            results = [{"seq": r["seq"], "version": r["result_version"], "status": r["status"],
-                        "reason_code": r["reason_code"] or "", "reason_text": r["reason_text"] or "",
-                        "bank_serial": r["bank_serial"] or "", "at": r["result_at"]} for r in rows]
+        async def push(chunk: _Chunk) -> None:
             try:
-                ex = await self.core.push_results(order_no, results)
+                if raw:
+                    ex = await self.core.push_results_json(order_no, chunk.results_json)
+                else:
+                    ex = await self.core.push_results(order_no, json.loads(chunk.results_json))
+                chunk.results_json = b""    # the request (ex) is what the journal keeps
             except CoreContractError as e:
                 if e.status != 409:
                     raise
@@ -137,19 +202,19 @@ class CorePushSteps:
                 # alarmed (one episode per order); the chunk stays unpushed for an operator.
                 await self.contract_fault(e, order_no)
                 raise CoreError(f"results of {order_no}: the core answered 409 (journaled)") from None
-            await self.ctx.db.run_bulk(mark, rows, ex)
+            await self.ctx.db.run_bulk(mark, chunk, ex)
 
         # Two chunks in flight: the core parses one while it stores the other.
         slots = defer.DeferredSemaphore(2)
         pushes: list[defer.Deferred] = []
-        rows = await self.ctx.db.run_bulk(take, 0)
-        while rows:
-            nxt = self.ctx.db.run_bulk(take, rows[-1]["seq"])
+        chunk = await self.ctx.db.run_bulk(take, 0)
+        while chunk is not None:
+            nxt = self.ctx.db.run_bulk(take, chunk.last)
             await slots.acquire()
-            d = defer.ensureDeferred(push(rows))
+            d = defer.ensureDeferred(push(chunk))
             d.addBoth(lambda r: (slots.release(), r)[1])
             pushes.append(d)
-            rows = await nxt
+            chunk = await nxt
         failures = [r for ok, r in await defer.DeferredList(pushes, consumeErrors=True) if not ok]
         if failures:
             failures[0].raiseException()   # the unmarked chunks are pushed again next time

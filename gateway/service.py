@@ -469,6 +469,8 @@ def make_service(cfg: GatewayConfig, reactor=None, core=None) -> Gateway:
     if reactor is None:
         from twisted.internet import reactor as _reactor
         reactor = _reactor
+    from gateway.allocator import fix_thresholds
+    fix_thresholds()    # big buffers go back to the system when freed (gateway/allocator.py)
     try:
         faults = Faults(cfg.crash_after)
     except ValueError as e:

@@ -16,6 +16,7 @@ gateway's validation. Pure code: no clock, no I/O except :func:`load_seed`.
 from __future__ import annotations
 
 import bisect
+from array import array
 import calendar
 import datetime
 import hashlib
@@ -366,22 +367,30 @@ def order_totals(spec: OrderSpec) -> tuple[int, int]:
     return spec.count, sum(item_amount(spec, p) for p in range(1, spec.count + 1))
 
 
-def order_profile(spec: OrderSpec) -> dict[str, Any]:
+def order_profile(spec: OrderSpec, amounts: bool = False) -> dict[str, Any]:
     """One pass over the order: {"count", "amount", "outcomes": {code: {"count", "amount"}}}.
 
     ``count``/``amount`` are :func:`order_totals`; ``outcomes`` splits them by
     the reason code each item's account is aimed at ('0000' for success), so a
-    caller can check the bank failed exactly the items it should have.
+    caller can check the bank failed exactly the items it should have. With
+    *amounts*, also "amounts": every item's :func:`item_amount`, by position - 1
+    (an ``array`` of 8 bytes an item).
     """
     outcomes: dict[str, dict[str, int]] = {}
     total = 0
+    kept = array("q")
     for position in range(1, spec.count + 1):
         amount = item_amount(spec, position)
+        if amounts:
+            kept.append(amount)
         total += amount
         o = outcomes.setdefault(intended_outcome(spec, position), {"count": 0, "amount": 0})
         o["count"] += 1
         o["amount"] += amount
-    return {"count": spec.count, "amount": total, "outcomes": dict(sorted(outcomes.items()))}
+    profile = {"count": spec.count, "amount": total, "outcomes": dict(sorted(outcomes.items()))}
+    if amounts:
+        profile["amounts"] = kept
+    return profile
 
 
 def order_header(spec: OrderSpec, totals: tuple[int, int] | None = None) -> dict[str, Any]:

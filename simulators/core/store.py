@@ -5,7 +5,7 @@ through a single-thread pool, which also serialises writers). Results are
 kept as events, one row per (order_no, seq, version) — the key the core API is
 idempotent on — with a counter for repeats; a repeat whose content differs is
 refused whole (ResultConflict, answered 409) and counted on the event it
-contradicts. A trigger keeps, per (order_no, seq), the result with the highest
+contradicts. `results` keeps, per (order_no, seq), the result with the highest
 version: a lower version arriving late is kept as an event and changes nothing. Order
 states are kept as a history. Each call is one transaction, committed with
 the WAL fsync'd, so whatever the simulator has acknowledged survives a crash.
@@ -46,13 +46,8 @@ CREATE TABLE IF NOT EXISTS results (
     amount INTEGER NOT NULL,
     PRIMARY KEY (order_no, seq)
 ) WITHOUT ROWID;
-CREATE TRIGGER IF NOT EXISTS results_highest AFTER INSERT ON result_events
-WHEN NEW.version > coalesce((SELECT version FROM results
-                             WHERE order_no = NEW.order_no AND seq = NEW.seq), 0)
-BEGIN
-    INSERT OR REPLACE INTO results (order_no, seq, event_id, version, status, amount)
-    VALUES (NEW.order_no, NEW.seq, NEW.id, NEW.version, NEW.status, NEW.amount);
-END;
+-- Kept by record_results (once a trigger, one statement per row: dropped from older files).
+DROP TRIGGER IF EXISTS results_highest;
 CREATE TABLE IF NOT EXISTS state_events (
     id INTEGER PRIMARY KEY,
     order_no TEXT NOT NULL,
@@ -64,17 +59,46 @@ CREATE TABLE IF NOT EXISTS state_events (
 CREATE INDEX IF NOT EXISTS state_events_order ON state_events (order_no, id);
 """
 
-# A repeat of (order_no, seq, version) changes nothing but its counter (the
-# content was checked equal before: a different one is a conflict, refused).
-_INSERT_RESULT = """
+_INSERT_NEW = """
 INSERT INTO result_events
     (order_no, seq, version, status, reason_code, reason_text, bank_serial, at, amount, received_at)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (order_no, seq, version) DO NOTHING
+"""
+# A request that repeats results, staged for the two set-based statements below (per connection).
+_INCOMING = """
+CREATE TEMP TABLE IF NOT EXISTS incoming (
+    seq INTEGER NOT NULL, version INTEGER NOT NULL, status TEXT NOT NULL, reason_code TEXT,
+    reason_text TEXT, bank_serial TEXT, at TEXT NOT NULL, amount INTEGER NOT NULL)
+"""
+_STAGE = "INSERT INTO temp.incoming VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+# The (seq, version) already held with other content, in the request's order (IS NOT: null-safe).
+_CONFLICTS = """
+SELECT i.seq, i.version FROM temp.incoming i JOIN result_events e
+    ON e.order_no = ? AND e.seq = i.seq AND e.version = i.version
+WHERE e.status IS NOT i.status OR e.reason_code IS NOT i.reason_code
+   OR e.reason_text IS NOT i.reason_text OR e.bank_serial IS NOT i.bank_serial OR e.at IS NOT i.at
+ORDER BY i.rowid
+"""
+# A repeat of (order_no, seq, version) changes nothing but its counter (the
+# content was checked equal before: a different one is a conflict, refused).
+# "WHERE true": SQLite's upsert after a SELECT needs a WHERE to parse.
+_INSERT_RESULTS = """
+INSERT INTO result_events
+    (order_no, seq, version, status, reason_code, reason_text, bank_serial, at, amount, received_at)
+SELECT ?1, seq, version, status, reason_code, reason_text, bank_serial, at, amount, ?2
+FROM temp.incoming WHERE true ORDER BY rowid
 ON CONFLICT (order_no, seq, version) DO UPDATE SET duplicates = duplicates + 1
 """
-_HELD = """
-SELECT status, reason_code, reason_text, bank_serial, at FROM result_events
-WHERE order_no = ? AND seq = ? AND version = ?
+# The new events (id above ?2) that are their item's highest version become its result.
+_KEEP_HIGHEST = """
+INSERT OR REPLACE INTO results (order_no, seq, event_id, version, status, amount)
+SELECT e.order_no, e.seq, e.id, e.version, e.status, e.amount FROM result_events e
+WHERE e.id > ?2
+  AND NOT EXISTS (SELECT 1 FROM result_events h WHERE h.order_no = e.order_no AND h.seq = e.seq
+                  AND h.version > e.version AND h.id > ?2)
+  AND e.version > coalesce((SELECT version FROM results r
+                            WHERE r.order_no = ?1 AND r.seq = e.seq), 0)
 """
 
 
@@ -101,7 +125,9 @@ class Store:
             db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA temp_store=MEMORY")
             db.executescript(SCHEMA)
+            db.execute(_INCOMING)
             self._db = db
         return self._db
 
@@ -124,21 +150,32 @@ class Store:
         ]
         db.execute("BEGIN IMMEDIATE")
         try:
-            conflicts = []
-            for row in rows:
-                held = db.execute(_HELD, (order_no, row[1], row[2])).fetchone()
-                if held is not None and tuple(held) != row[3:8]:
-                    conflicts.append((row[1], row[2]))
-            if conflicts:
-                db.executemany("UPDATE result_events SET conflicts = conflicts + 1 "
-                               "WHERE order_no = ? AND seq = ? AND version = ?",
-                               [(order_no, s, v) for s, v in conflicts])
-                db.execute("COMMIT")
-                raise ResultConflict(order_no, conflicts)
             # Ids only grow, so the rows above the old maximum are the new ones.
             top = db.execute("SELECT coalesce(max(id), 0) FROM result_events").fetchone()[0]
-            db.executemany(_INSERT_RESULT, rows)
-            new = db.execute("SELECT count(*) FROM result_events WHERE id > ?", (top,)).fetchone()[0]
+            # The usual request holds only results not seen before: inserted as they are.
+            changes = db.total_changes
+            db.executemany(_INSERT_NEW, rows)
+            new = db.total_changes - changes
+            if new < len(rows):
+                # Some (seq, version) are held already: start again, comparing each with what is
+                # held, through a temporary table (one statement each, not one per result).
+                db.execute("ROLLBACK")
+                db.execute("BEGIN IMMEDIATE")
+                db.execute("DELETE FROM temp.incoming")
+                db.executemany(_STAGE, (row[1:9] for row in rows))
+                conflicts = db.execute(_CONFLICTS, (order_no,)).fetchall()
+                if conflicts:
+                    db.executemany("UPDATE result_events SET conflicts = conflicts + 1 "
+                                   "WHERE order_no = ? AND seq = ? AND version = ?",
+                                   [(order_no, s, v) for s, v in conflicts])
+                    db.execute("DELETE FROM temp.incoming")
+                    db.execute("COMMIT")
+                    raise ResultConflict(order_no, conflicts)
+                db.execute(_INSERT_RESULTS, (order_no, received_at))
+                new = db.execute("SELECT count(*) FROM result_events WHERE id > ?", (top,)).fetchone()[0]
+                db.execute("DELETE FROM temp.incoming")
+            if new:
+                db.execute(_KEEP_HIGHEST, (order_no, top))
             db.execute("COMMIT")
         except ResultConflict:
             raise     # committed: only the conflict counters
