@@ -1,0 +1,62 @@
+"""The `batches` table: one row per batch (PAY `-Pnn`, RETRY `-Rnn`) sent to a bank."""
+
+from __future__ import annotations
+
+from sqlalchemy import Connection, Row, select, update
+
+from gateway.models import BatchState, batches
+
+
+def get_for_update(conn: Connection, batch_no: str) -> dict | None:
+    """The batch, locked FOR UPDATE (the group a batch-level change decides on)."""
+    b = conn.execute(select(batches).where(batches.c.batch_no == batch_no).with_for_update()
+                     ).mappings().one_or_none()
+    return dict(b) if b is not None else None
+
+
+def of_order(conn: Connection, order_no: str) -> list[Row]:
+    """The order's batches, in their order."""
+    return list(conn.execute(select(batches).where(batches.c.order_no == order_no)
+                             .order_by(batches.c.seq)))
+
+
+def confirm(conn: Connection, batch_no: str, who: str, at: str) -> int:
+    """batch.confirm (article 26): who checked the results, once; returns the row count."""
+    return conn.execute(update(batches).where(
+        batches.c.batch_no == batch_no, batches.c.confirmed_by.is_(None)).values(
+        confirmed_by=who, confirmed_at=at)).rowcount
+
+
+def late_return_watch(conn: Connection, bank_id: str, since: int, now: int) -> list[dict]:
+    """The bank's DONE batches done since *since* whose next status question is due at *now*."""
+    return [dict(r) for r in conn.execute(select(batches).where(
+        batches.c.bank_id == bank_id, batches.c.state == BatchState.DONE,
+        batches.c.done_at >= since, batches.c.next_check_at <= now)
+        .order_by(batches.c.batch_no)).mappings()]
+
+
+def confirm_overdue(conn: Connection, bank_id: str, today: str) -> list[Row]:
+    """(batch_no, order_no, confirm_due) of DONE batches not checked by their due date, not yet alarmed."""
+    return list(conn.execute(select(batches.c.batch_no, batches.c.order_no, batches.c.confirm_due)
+                             .where(batches.c.bank_id == bank_id,
+                                    batches.c.state == BatchState.DONE,
+                                    batches.c.confirmed_by.is_(None),
+                                    batches.c.overdue_alarmed == 0,
+                                    batches.c.confirm_due < today)))
+
+
+def bank_overdue(conn: Connection, bank_id: str, today: str) -> list[Row]:
+    """(batch_no, order_no, bank_due) of ACCEPTED batches whose results the bank owes, not yet alarmed."""
+    return list(conn.execute(select(batches.c.batch_no, batches.c.order_no, batches.c.bank_due)
+                             .where(batches.c.bank_id == bank_id,
+                                    batches.c.state == BatchState.ACCEPTED,
+                                    batches.c.bank_overdue_alarmed == 0,
+                                    batches.c.bank_due < today)))
+
+
+def confirm_overdue_alarmed(conn: Connection, batch_no: str) -> None:
+    conn.execute(update(batches).where(batches.c.batch_no == batch_no).values(overdue_alarmed=1))
+
+
+def bank_overdue_alarmed(conn: Connection, batch_no: str) -> None:
+    conn.execute(update(batches).where(batches.c.batch_no == batch_no).values(bank_overdue_alarmed=1))
