@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Connection, Row, select, update
+from sqlalchemy import Connection, Row, func, insert, select, update
 
 from gateway.models import BatchState, batches
 
@@ -60,3 +60,60 @@ def confirm_overdue_alarmed(conn: Connection, batch_no: str) -> None:
 
 def bank_overdue_alarmed(conn: Connection, batch_no: str) -> None:
     conn.execute(update(batches).where(batches.c.batch_no == batch_no).values(bank_overdue_alarmed=1))
+
+
+def get(conn: Connection, batch_no: str) -> dict:
+    return dict(conn.execute(select(batches).where(batches.c.batch_no == batch_no)).mappings().one())
+
+
+def live(conn: Connection, bank_id: str) -> list[dict]:
+    """The bank's batches not finished yet (BatchState.LIVE), oldest first."""
+    return [dict(r) for r in conn.execute(select(batches).where(
+        batches.c.bank_id == bank_id, batches.c.state.in_(BatchState.LIVE))
+        .order_by(batches.c.created_at, batches.c.batch_no)).mappings()]
+
+
+def count_of_order(conn: Connection, order_no: str) -> int:
+    """How many batches the order has had (a batch number is never reused)."""
+    return conn.execute(select(func.count()).where(batches.c.order_no == order_no)).scalar_one()
+
+
+def add(conn: Connection, **values) -> None:
+    """A new batch."""
+    conn.execute(insert(batches).values(**values))
+
+
+def set_(conn: Connection, batch_no: str, **values) -> None:
+    """Set columns of the batch (its state, backoff, the bank's answer)."""
+    conn.execute(update(batches).where(batches.c.batch_no == batch_no).values(**values))
+
+
+def change_from(conn: Connection, batch_no: str, state: str, **values) -> int:
+    """Set columns of the batch if it is still in *state*; returns the row count (0 or 1)."""
+    return conn.execute(update(batches).where(batches.c.batch_no == batch_no,
+                                              batches.c.state == state).values(**values)).rowcount
+
+
+def mark_submitting(conn: Connection, batch_no: str, at: str) -> None:
+    """Before the submission leaves (rule 3): SUBMITTING, one attempt more."""
+    conn.execute(update(batches).where(batches.c.batch_no == batch_no).values(
+        state=BatchState.SUBMITTING, attempts=batches.c.attempts + 1, updated_at=at))
+
+
+def refusal_hold(conn: Connection, order_no: str) -> int:
+    """Until when the order's next batch waits after its batches were refused (0: no wait)."""
+    return conn.execute(select(func.max(batches.c.next_check_at)).where(
+        batches.c.order_no == order_no, batches.c.state == BatchState.REFUSED)).scalar_one() or 0
+
+
+def refused_count(conn: Connection, order_no: str) -> int:
+    """How many batches of the order the bank refused."""
+    return conn.execute(select(func.count()).where(
+        batches.c.order_no == order_no, batches.c.state == BatchState.REFUSED)).scalar_one()
+
+
+def others_held(conn: Connection, order_no: str, batch_no: str) -> int:
+    """How many other batches of the order the bank holds (ACCEPTED or DONE)."""
+    return conn.execute(select(func.count()).where(
+        batches.c.order_no == order_no, batches.c.batch_no != batch_no,
+        batches.c.state.in_((BatchState.ACCEPTED, BatchState.DONE)))).scalar_one()

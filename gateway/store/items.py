@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Connection, Row, func, select, update
+from sqlalchemy import Connection, Row, and_, delete, func, select, update
 
 from gateway.models import BatchState, ItemStatus, batches, items, refund_items
 
@@ -99,3 +99,56 @@ def returned_late(conn: Connection, order_no: str, seq: int, batch_no: str, amou
         items.c.amount == amount).values(
         status=ItemStatus.FAILED, reason_code=reason_code, reason_text=reason_text,
         bank_serial=serial, result_at=result_at)).rowcount
+
+
+# --- batches: which items go into one, and what becomes of them -------------------------------
+
+def pending_for_pay(order_no: str):
+    """The condition of the order's items a PAY batch takes: PENDING, in no batch (rule 2)."""
+    return and_(items.c.order_no == order_no, items.c.status == ItemStatus.PENDING,
+                items.c.batch_no.is_(None))
+
+
+def corrected_for_retry(order_no: str):
+    """The condition of the order's items a RETRY batch takes: CORRECTED, in no live batch (rule 2)."""
+    live = select(batches.c.batch_no).where(batches.c.batch_no == items.c.batch_no,
+                                            batches.c.state.in_(BatchState.LIVE))
+    return and_(items.c.order_no == order_no, items.c.status == ItemStatus.CORRECTED,
+                ~live.exists())
+
+
+def totals(conn: Connection, where) -> Row:
+    """(count, amount) of the items matching *where* (pending_for_pay, corrected_for_retry)."""
+    return conn.execute(select(func.count(), func.sum(items.c.amount)).where(where)).one()
+
+
+def put_in_batch(conn: Connection, where, batch_no: str, *, retry: bool) -> None:
+    """The items matching *where* go into the batch; a RETRY batch's keep the batch they failed in
+    (OrigBatchNo, cnbank.md)."""
+    if retry:
+        conn.execute(update(items).where(where).values(orig_batch_no=items.c.batch_no))
+    conn.execute(update(items).where(where).values(batch_no=batch_no))
+
+
+def delete_of_order(conn: Connection, order_no: str) -> None:
+    """Every item of the order (a load that starts again, or one refused)."""
+    conn.execute(delete(items).where(items.c.order_no == order_no))
+
+
+def sent(conn: Connection, order_no: str, batch_no: str) -> int:
+    """The batch's PENDING or CORRECTED items are SENT (the bank holds it); returns how many."""
+    return conn.execute(update(items).where(
+        items.c.order_no == order_no, items.c.batch_no == batch_no,
+        items.c.status.in_((ItemStatus.PENDING, ItemStatus.CORRECTED)))
+        .values(status=ItemStatus.SENT)).rowcount
+
+
+def release(conn: Connection, order_no: str, batch_no: str, status: str, *, retry: bool) -> None:
+    """The batch's items in *status* are free to go out again: PAY items PENDING and in no batch;
+    RETRY items CORRECTED, pointing again at the batch they failed in."""
+    of_batch = and_(items.c.order_no == order_no, items.c.batch_no == batch_no, items.c.status == status)
+    if retry:
+        conn.execute(update(items).where(of_batch).values(
+            status=ItemStatus.CORRECTED, batch_no=items.c.orig_batch_no, orig_batch_no=None))
+    else:
+        conn.execute(update(items).where(of_batch).values(status=ItemStatus.PENDING, batch_no=None))

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Connection, Row, select, update
+from sqlalchemy import Connection, Row, insert, select, update
 
-from gateway.models import OrderState, orders
+from gateway.models import BatchState, OrderState, batches, orders
 
 
 def begin_write(conn: Connection) -> None:
@@ -64,3 +64,53 @@ def reopen_settled(conn: Connection, order_no: str) -> None:
     conn.execute(update(orders).where(orders.c.order_no == order_no,
                                       orders.c.state == OrderState.SETTLED)
                  .values(state=OrderState.DISPATCHED))
+
+
+def in_states(conn: Connection, bank_id: str, states) -> list[str]:
+    """The bank's orders in *states*, oldest first."""
+    return list(conn.execute(select(orders.c.order_no).where(
+        orders.c.bank_id == bank_id, orders.c.state.in_(states))
+        .order_by(orders.c.created_at, orders.c.order_no)).scalars())
+
+
+def needing_batch(conn: Connection, bank_id: str) -> list[str]:
+    """The bank's LOADED orders that no live batch holds yet (their PAY batch is to be made)."""
+    live = select(batches.c.batch_no).where(batches.c.order_no == orders.c.order_no,
+                                            batches.c.state.in_(BatchState.LIVE))
+    return list(conn.execute(select(orders.c.order_no).where(
+        orders.c.bank_id == bank_id, orders.c.state == OrderState.LOADED,
+        ~live.exists()).order_by(orders.c.created_at, orders.c.order_no)).scalars())
+
+
+def to_retry(conn: Connection, bank_id: str) -> list[str]:
+    """The bank's DISPATCHED orders whose corrected items are to go out in a RETRY batch."""
+    return list(conn.execute(select(orders.c.order_no).where(
+        orders.c.bank_id == bank_id, orders.c.retry_requested == 1,
+        orders.c.state == OrderState.DISPATCHED).order_by(orders.c.order_no)).scalars())
+
+
+def known(conn: Connection, order_nos: list[str]) -> set[str]:
+    """Those of *order_nos* the gateway holds."""
+    return set(conn.execute(select(orders.c.order_no).where(orders.c.order_no.in_(order_nos))).scalars())
+
+
+def add(conn: Connection, **values) -> None:
+    """A new order (seen funded at the core)."""
+    conn.execute(insert(orders).values(**values))
+
+
+def set_(conn: Connection, order_no: str, **values) -> None:
+    """Set columns of the order (its state, detail, ...)."""
+    conn.execute(update(orders).where(orders.c.order_no == order_no).values(**values))
+
+
+def retry_taken(conn: Connection, order_no: str) -> None:
+    """The flow is making the RETRY batch order.retry asked for."""
+    conn.execute(update(orders).where(orders.c.order_no == order_no).values(retry_requested=0))
+
+
+def dispatched(conn: Connection, order_no: str, at: str) -> None:
+    """A batch of a LOADED order was accepted: the order is DISPATCHED."""
+    conn.execute(update(orders).where(orders.c.order_no == order_no,
+                                      orders.c.state == OrderState.LOADED)
+                 .values(state=OrderState.DISPATCHED, updated_at=at))
