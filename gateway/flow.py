@@ -406,9 +406,7 @@ class BankFlow:
         if today.month == 1 and today.day == 1:
             periods.append("Y" + yesterday.strftime("%Y"))   # the January check (report.yearly)
         for period in periods:
-            have = await self.db.run(lambda c, period=period: c.execute(
-                select(func.count()).select_from(statements).where(
-                    statements.c.bank_id == self.bank_id, statements.c.period == period)).scalar_one())
+            have = await self.db.run(store.statements.count_of_period, self.bank_id, period)
             if not have:
                 got = await self.adapter.fetch_statement(period, self)
                 log.info("{bank}: statement {period}: {got}", bank=self.bank_id, period=period,
