@@ -83,3 +83,10 @@ raise_ = raise_alarm
 clear = clear_alarm
 acknowledge = acknowledge_alarm
 open_ = open_alarms
+
+
+def is_open(conn: Connection, kind: str, bank_id: str, key: str) -> bool:
+    """Whether the bank has an open (not cleared) alarm of this kind and key."""
+    return conn.execute(select(alarms.c.id).where(
+        alarms.c.kind == kind, alarms.c.bank_id == bank_id, alarms.c.key == key,
+        alarms.c.cleared_at.is_(None))).first() is not None

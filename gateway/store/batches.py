@@ -117,3 +117,15 @@ def others_held(conn: Connection, order_no: str, batch_no: str) -> int:
     return conn.execute(select(func.count()).where(
         batches.c.order_no == order_no, batches.c.batch_no != batch_no,
         batches.c.state.in_((BatchState.ACCEPTED, BatchState.DONE)))).scalar_one()
+
+
+def any_sent_by(conn: Connection, bank_id: str, batch_nos: list[str]) -> bool:
+    """Whether any of *batch_nos* is a batch of this bank."""
+    return conn.execute(select(batches.c.batch_no).where(
+        batches.c.batch_no.in_(batch_nos), batches.c.bank_id == bank_id)).first() is not None
+
+
+def accepted(conn: Connection, bank_id: str) -> list[dict]:
+    """The bank's ACCEPTED batches (waiting for their results)."""
+    return [dict(r) for r in conn.execute(select(batches).where(
+        batches.c.bank_id == bank_id, batches.c.state == "ACCEPTED")).mappings()]

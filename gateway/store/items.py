@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Row, and_, delete, func, select, update
 
-from gateway.models import BatchState, ItemStatus, batches, items, refund_items
+from gateway.models import BatchState, ItemStatus, batches, items, orders, refund_items
 
 LOCK_CHUNK = 500   # seqs per IN (...) list: well under SQLite's bound-variable limit
 
@@ -152,3 +152,11 @@ def release(conn: Connection, order_no: str, batch_no: str, status: str, *, retr
             status=ItemStatus.CORRECTED, batch_no=items.c.orig_batch_no, orig_batch_no=None))
     else:
         conn.execute(update(items).where(of_batch).values(status=ItemStatus.PENDING, batch_no=None))
+
+
+def sent_by(conn: Connection, bank_id: str, order_no: str, seq: int) -> bool:
+    """Whether the item is one of an order of this bank."""
+    return conn.execute(
+        select(items.c.seq).select_from(items.join(orders, items.c.order_no == orders.c.order_no))
+        .where(items.c.order_no == order_no, items.c.seq == seq,
+               orders.c.bank_id == bank_id)).first() is not None

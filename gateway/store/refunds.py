@@ -59,3 +59,15 @@ def send_later(conn: Connection, refund_no: str, at: str, failures: int, next_ch
                                        refunds.c.state == RefundState.SUBMITTING)
                  .values(state=RefundState.NEW, updated_at=at, failures=failures,
                          next_check_at=next_check_at))
+
+
+def sent_by(conn: Connection, bank_id: str, refund_no: str) -> bool:
+    """Whether the refund is one of this bank's."""
+    return conn.execute(select(refunds.c.refund_no).where(
+        refunds.c.refund_no == refund_no, refunds.c.bank_id == bank_id)).first() is not None
+
+
+def accepted(conn: Connection, bank_id: str) -> list[dict]:
+    """The bank's ACCEPTED refunds (waiting for the bank's answer)."""
+    return [dict(r) for r in conn.execute(select(refunds).where(
+        refunds.c.bank_id == bank_id, refunds.c.state == "ACCEPTED")).mappings()]
