@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Connection, Row, insert, select, update
+from sqlalchemy import Connection, Row, func, insert, select, update
 
-from gateway.models import BatchState, OrderState, batches, orders
+from gateway.models import BatchState, ItemStatus, OrderState, batches, items, orders
 
 
 def begin_write(conn: Connection) -> None:
@@ -114,3 +114,17 @@ def dispatched(conn: Connection, order_no: str, at: str) -> None:
     conn.execute(update(orders).where(orders.c.order_no == order_no,
                                       orders.c.state == OrderState.LOADED)
                  .values(state=OrderState.DISPATCHED, updated_at=at))
+
+
+def with_corrected_waiting(conn: Connection, bank_ids) -> list[Row]:
+    """(order_no, bank_id, n, amount) of the banks' DISPATCHED orders with CORRECTED items that
+    no live batch holds, by order number (the scheduled retry)."""
+    live = select(batches.c.batch_no).where(batches.c.batch_no == items.c.batch_no,
+                                            batches.c.state.in_(BatchState.LIVE))
+    return conn.execute(
+        select(orders.c.order_no, orders.c.bank_id, func.count().label("n"),
+               func.sum(items.c.amount).label("amount"))
+        .join(items, items.c.order_no == orders.c.order_no)
+        .where(orders.c.state == OrderState.DISPATCHED, orders.c.bank_id.in_(bank_ids),
+               items.c.status == ItemStatus.CORRECTED, ~live.exists())
+        .group_by(orders.c.order_no, orders.c.bank_id).order_by(orders.c.order_no)).all()
