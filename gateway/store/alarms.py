@@ -90,3 +90,15 @@ def is_open(conn: Connection, kind: str, bank_id: str, key: str) -> bool:
     return conn.execute(select(alarms.c.id).where(
         alarms.c.kind == kind, alarms.c.bank_id == bank_id, alarms.c.key == key,
         alarms.c.cleared_at.is_(None))).first() is not None
+
+
+def open_brief(conn: Connection) -> list[dict]:
+    """Every open episode, its identity and latest message (the health report), by id."""
+    return [dict(r) for r in conn.execute(
+        select(alarms.c.id, alarms.c.bank_id, alarms.c.severity, alarms.c.kind, alarms.c.at,
+               alarms.c.last_at, alarms.c.count, alarms.c.message, alarms.c.order_no, alarms.c.batch_no)
+        .where(alarms.c.cleared_at.is_(None)).order_by(alarms.c.id)).mappings()]
+
+
+def get(conn: Connection, alarm_id: int) -> dict:
+    return dict(conn.execute(select(alarms).where(alarms.c.id == alarm_id)).mappings().one())

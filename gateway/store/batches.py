@@ -129,3 +129,17 @@ def accepted(conn: Connection, bank_id: str) -> list[dict]:
     """The bank's ACCEPTED batches (waiting for their results)."""
     return [dict(r) for r in conn.execute(select(batches).where(
         batches.c.bank_id == bank_id, batches.c.state == "ACCEPTED")).mappings()]
+
+
+def waiting_per_bank(conn: Connection) -> list[Row]:
+    """(bank_id, count, oldest created_at) of the live batches, per bank."""
+    return conn.execute(select(batches.c.bank_id, func.count(), func.min(batches.c.created_at))
+                        .where(batches.c.state.in_(BatchState.LIVE)).group_by(batches.c.bank_id)).all()
+
+
+def oldest_live(conn: Connection, bank_id: str) -> dict | None:
+    """(batch_no, state, created_at) of the bank's oldest live batch."""
+    first = conn.execute(select(batches.c.batch_no, batches.c.state, batches.c.created_at)
+                         .where(batches.c.bank_id == bank_id, batches.c.state.in_(BatchState.LIVE))
+                         .order_by(batches.c.created_at, batches.c.batch_no).limit(1)).mappings().first()
+    return dict(first) if first else None
