@@ -15,6 +15,9 @@ raises nothing of the RPC's: it returns rows, counts and row counts, and the cal
 - `disputes`    disputes
 - `late_returns` late_returns
 - `alarms`      alarms (episodes)
+- `statements`  statements and statement_lines
+- `feeds`       bank_feeds and bank_reports (a dialect's report feed, behind gateway/dialect_store.py)
+- `result_sheets` result_sheets (gateway/paper/)
 - `numbered`    the "next number of its parent" primary keys of refunds and disputes
 
 Nothing below gateway/ imports this package (an import-linter contract in .importlinter).
