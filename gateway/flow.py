@@ -710,7 +710,7 @@ class BankFlow:
     async def upload(self, b: dict) -> None:
         if not self.adapter.built_exists(b):
             # The work dir lost the file (restored host, say): build it again from the database.
-            await self.db.run(store.batches.set_, b["batch_no"], state=BatchState.BUILDING)
+            await self.db.run(lambda c: store.batches.set_(c, b["batch_no"], state=BatchState.BUILDING))
             return
         fence = getattr(self.db, "fence", None)
         if fence is not None:

@@ -78,20 +78,21 @@ def count_of_order(conn: Connection, order_no: str) -> int:
     return conn.execute(select(func.count()).where(batches.c.order_no == order_no)).scalar_one()
 
 
-def add(conn: Connection, **values) -> None:
+def add(conn: Connection, /, **values) -> None:
     """A new batch."""
     conn.execute(insert(batches).values(**values))
 
 
-def set_(conn: Connection, batch_no: str, **values) -> None:
+def set_(conn: Connection, batch_no: str, /, **values) -> None:
     """Set columns of the batch (its state, backoff, the bank's answer)."""
     conn.execute(update(batches).where(batches.c.batch_no == batch_no).values(**values))
 
 
-def change_from(conn: Connection, batch_no: str, state: str, **values) -> int:
-    """Set columns of the batch if it is still in *state*; returns the row count (0 or 1)."""
+def change_from(conn: Connection, batch_no: str, from_state: str, /, **values) -> int:
+    """Set columns of the batch (its new `state` among them) if it is still in *from_state*;
+    returns the row count (0 or 1)."""
     return conn.execute(update(batches).where(batches.c.batch_no == batch_no,
-                                              batches.c.state == state).values(**values)).rowcount
+                                              batches.c.state == from_state).values(**values)).rowcount
 
 
 def mark_submitting(conn: Connection, batch_no: str, at: str) -> None:

@@ -30,6 +30,6 @@ def mark_submitting(conn: Connection, dispute_no: str, at: str) -> None:
         state=DisputeState.SUBMITTING, attempts=disputes.c.attempts + 1, updated_at=at))
 
 
-def set_(conn: Connection, dispute_no: str, **values) -> None:
+def set_(conn: Connection, dispute_no: str, /, **values) -> None:
     """Set columns of the dispute (its state, backoff)."""
     conn.execute(update(disputes).where(disputes.c.dispute_no == dispute_no).values(**values))

@@ -13,6 +13,6 @@ def seen(conn: Connection, bank_id: str, serial: str) -> bool:
         late_returns.c.bank_id == bank_id, late_returns.c.return_serial == serial)).first() is not None
 
 
-def record(conn: Connection, **values) -> None:
+def record(conn: Connection, /, **values) -> None:
     """The return, applied (return_serial, bank_id, batch_no, order_no, seq, amount, ...)."""
     conn.execute(insert(late_returns).values(**values))

@@ -94,12 +94,12 @@ def known(conn: Connection, order_nos: list[str]) -> set[str]:
     return set(conn.execute(select(orders.c.order_no).where(orders.c.order_no.in_(order_nos))).scalars())
 
 
-def add(conn: Connection, **values) -> None:
+def add(conn: Connection, /, **values) -> None:
     """A new order (seen funded at the core)."""
     conn.execute(insert(orders).values(**values))
 
 
-def set_(conn: Connection, order_no: str, **values) -> None:
+def set_(conn: Connection, order_no: str, /, **values) -> None:
     """Set columns of the order (its state, detail, ...)."""
     conn.execute(update(orders).where(orders.c.order_no == order_no).values(**values))
 

@@ -42,7 +42,7 @@ def lines(conn: Connection, refund_no: str) -> list[dict]:
         refund_items.c.refund_no == refund_no).order_by(refund_items.c.seq)).mappings()]
 
 
-def set_(conn: Connection, refund_no: str, **values) -> None:
+def set_(conn: Connection, refund_no: str, /, **values) -> None:
     """Set columns of the refund (its state, backoff, the bank's answer)."""
     conn.execute(update(refunds).where(refunds.c.refund_no == refund_no).values(**values))
 
