@@ -341,11 +341,11 @@ class BankFlow:
         over: a slow core never holds a bank's own steps (submit, status, results).
         """
         self._start_core_work()
-        for order_no in await self.db.run(store.orders.needing_batch, self.bank_id):
+        for order_no in await self.db.run(self._orders_needing_batch):
             await self._guard(f"batch order {order_no}", self.create_pay_batch(order_no))
-        for order_no in await self.db.run(store.orders.to_retry, self.bank_id):
+        for order_no in await self.db.run(self._orders_to_retry):
             await self._guard(f"retry order {order_no}", self.create_retry_batch(order_no))
-        for b in await self.db.run(store.batches.live, self.bank_id):
+        for b in await self.db.run(self._live_batches):
             await self._guard(f"advance batch {b['batch_no']}", self.advance(b))
         for b in await self.db.run(self.returns.watched):
             await self._guard(f"late returns of {b['batch_no']}", self.query(b))
@@ -384,8 +384,7 @@ class BankFlow:
             self.wake_poll = False
             await self._guard("poll the core", self.poll_core())
             self.last_poll = self.now()
-        for order_no in await self.db.run(store.orders.in_states, self.bank_id,
-                                          (OrderState.FUNDED, OrderState.LOADING)):
+        for order_no in await self.db.run(self._orders_in, (OrderState.FUNDED, OrderState.LOADING)):
             await self._guard(f"load order {order_no}", self.load_order(order_no))
         await self._guard("push results", self.push.push_results())
         await self._guard("push order states", self.push.push_states())
@@ -462,6 +461,19 @@ class BankFlow:
             return
         delay = min(max(2 * delay, 1.0), 300.0)
         self._backoff[what] = (self.now() + delay, delay)
+
+    # What the tick works on (bench/stage_runner.py and tools/mutate.py name these too).
+    def _orders_in(self, conn: Connection, states) -> list[str]:
+        return store.orders.in_states(conn, self.bank_id, states)
+
+    def _orders_needing_batch(self, conn: Connection) -> list[str]:
+        return store.orders.needing_batch(conn, self.bank_id)
+
+    def _orders_to_retry(self, conn: Connection) -> list[str]:
+        return store.orders.to_retry(conn, self.bank_id)
+
+    def _live_batches(self, conn: Connection) -> list[dict]:
+        return store.batches.live(conn, self.bank_id)
 
     # --- core: poll and load --------------------------------------------------
 
