@@ -11,12 +11,13 @@ from __future__ import annotations
 import datetime
 import json
 
-from sqlalchemy import Connection, or_, select, update
+from sqlalchemy import Connection
 
 from adapters.interface import IBankAdapter, IBankRecorder
 from gateway import backoff
 from gateway.flowctx import FlowContext
-from gateway.models import BatchState, DisputeState, batches, disputes
+from gateway.models import DisputeState
+from gateway.store import batches, disputes
 from gateway.transitions import Next, after_submit
 
 
@@ -62,28 +63,17 @@ class Article26Steps:
         or not delivered by the bank by its due date."""
         def check(conn: Connection) -> None:
             today = self.today().isoformat()
-            for b in conn.execute(select(batches.c.batch_no, batches.c.order_no, batches.c.confirm_due)
-                                  .where(batches.c.bank_id == self.ctx.bank_id,
-                                         batches.c.state == BatchState.DONE,
-                                         batches.c.confirmed_by.is_(None),
-                                         batches.c.overdue_alarmed == 0,
-                                         batches.c.confirm_due < today)):
+            for b in batches.confirm_overdue(conn, self.ctx.bank_id, today):
                 self.ctx.alarm(conn, "warning", "confirm-overdue",
                                f"the results of batch {b.batch_no} were due to be checked (batch.confirm) "
                                f"by {b.confirm_due} (article 26) and are not", order_no=b.order_no,
                                batch_no=b.batch_no)
-                conn.execute(update(batches).where(batches.c.batch_no == b.batch_no)
-                             .values(overdue_alarmed=1))
-            for b in conn.execute(select(batches.c.batch_no, batches.c.order_no, batches.c.bank_due)
-                                  .where(batches.c.bank_id == self.ctx.bank_id,
-                                         batches.c.state == BatchState.ACCEPTED,
-                                         batches.c.bank_overdue_alarmed == 0,
-                                         batches.c.bank_due < today)):
+                batches.confirm_overdue_alarmed(conn, b.batch_no)
+            for b in batches.bank_overdue(conn, self.ctx.bank_id, today):
                 self.ctx.alarm(conn, "critical", "bank-overdue",
                                f"the bank owed the results of batch {b.batch_no} by {b.bank_due} and they "
                                f"are not in", order_no=b.order_no, batch_no=b.batch_no)
-                conn.execute(update(batches).where(batches.c.batch_no == b.batch_no)
-                             .values(bank_overdue_alarmed=1))
+                batches.bank_overdue_alarmed(conn, b.batch_no)
         await self.ctx.db.run(check)
 
     async def send_disputes(self) -> None:
@@ -92,20 +82,15 @@ class Article26Steps:
         One without a usable answer (none, or refused for now) is sent again after a backoff
         (gateway/backoff.py: `failures`, `next_check_at`), not on every tick."""
         now = self.ctx.now()
-        for d in await self.ctx.db.run(lambda c: [dict(r) for r in c.execute(select(disputes).where(
-                disputes.c.bank_id == self.ctx.bank_id,
-                disputes.c.state.in_(DisputeState.LIVE),
-                or_(disputes.c.next_check_at.is_(None), disputes.c.next_check_at <= int(now)))).mappings()]):
+        for d in await self.ctx.db.run(disputes.due, self.ctx.bank_id, int(now)):
             def mark(conn: Connection, no=d["dispute_no"]) -> None:
-                conn.execute(update(disputes).where(disputes.c.dispute_no == no).values(
-                    state=DisputeState.SUBMITTING, attempts=disputes.c.attempts + 1, updated_at=self.ctx.at()))
+                disputes.mark_submitting(conn, no, self.ctx.at())
             reply = await self.adapter.dispute({**d, "seqs": json.loads(d["seqs"])}, self.recorder, mark)
 
             def later(conn: Connection, d=d) -> None:
                 failures = (d.get("failures") or 0) + 1
-                conn.execute(update(disputes).where(disputes.c.dispute_no == d["dispute_no"]).values(
-                    failures=failures,
-                    next_check_at=backoff.next_at(self.ctx.now(), self.ctx.bank.status_poll_s, failures)))
+                disputes.set_(conn, d["dispute_no"], failures=failures,
+                              next_check_at=backoff.next_at(self.ctx.now(), self.ctx.bank.status_poll_s, failures))
             if reply is None:
                 await self.ctx.db.run(later)
                 continue
@@ -114,13 +99,12 @@ class Article26Steps:
 
             def record(conn: Connection, d=d, reply=reply, later=later, step=step) -> None:
                 if step.then is Next.ACCEPT:
-                    conn.execute(update(disputes).where(disputes.c.dispute_no == d["dispute_no"])
-                                 .values(state=DisputeState.ACCEPTED, updated_at=self.ctx.at(), failures=0))
+                    disputes.set_(conn, d["dispute_no"], state=DisputeState.ACCEPTED, updated_at=self.ctx.at(),
+                                  failures=0)
                 elif step.then is Next.SEND_LATER:
                     later(conn)
                 else:
-                    conn.execute(update(disputes).where(disputes.c.dispute_no == d["dispute_no"])
-                                 .values(state=DisputeState.REFUSED, updated_at=self.ctx.at()))
+                    disputes.set_(conn, d["dispute_no"], state=DisputeState.REFUSED, updated_at=self.ctx.at())
                     self.ctx.alarm(conn, "critical", "dispute-refused",
                                    f"bank refused dispute {d['dispute_no']}: {reply.code} {reply.message}",
                                    order_no=d["order_no"], batch_no=d["batch_no"],

@@ -44,7 +44,6 @@ def cmd_alarms(cfg, args) -> int:
 
 
 def cmd_alarms_ack(cfg, args) -> int:
-    from sqlalchemy import select
     from gateway import db as dbmod
     from gateway.alarms import acknowledge_alarm
     from gateway.journal import Entry, Journal
@@ -63,8 +62,8 @@ def cmd_alarms_ack(cfg, args) -> int:
         if not acknowledge_alarm(conn, at, args.id, who, args.comment):
             print(f"alarms ack: no alarm #{args.id}")
             return 1
-        from gateway.models import alarms
-        a = conn.execute(select(alarms).where(alarms.c.id == args.id)).mappings().one()
+        from gateway.store import alarms
+        a = alarms.get(conn, args.id)
         journal.append(conn, Entry(direction="event", peer=f"operator:{who}", channel="cli", tx_code="alarm.ack",
                                    decoded=json.dumps({"alarm": args.id, "kind": a["kind"], "by": who,
                                                        "comment": args.comment}, ensure_ascii=False),

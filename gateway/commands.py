@@ -28,16 +28,16 @@ import json
 import re
 from typing import Any
 
-from sqlalchemy import Connection, func, insert, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Connection
 from twisted.internet import defer
 from zope.interface import implementer
 
 from gateway.rules import check_conservation, iso, raise_alarm
 from gateway.journal import Entry, Journal
 from gateway.masking import mask
-from gateway.models import (BatchState, DisputeState, ItemStatus, OrderState, RefundState, batches,
-                            corrections, disputes, items, orders, refund_items, refunds)
+from gateway.models import BatchState, DisputeState, ItemStatus, OrderState, RefundState
+from gateway.store import batches, corrections, disputes, items, orders, refunds
+from gateway.store.numbered import ATTEMPTS as _NUMBER_ATTEMPTS
 from gateway.rpc_api import (INVALID_PARAMS, METHOD_NOT_FOUND, METHODS, MISSING_EVIDENCE, NOT_ALLOWED,
                              UNKNOWN_BATCH, UNKNOWN_ITEM, UNKNOWN_ORDER, UNKNOWN_REFUND, WRONG_STATE,
                              Caller, ICommands, RpcError, check_known_params)
@@ -50,37 +50,12 @@ NOT_FIXABLE = {"R009": "duplicate item (重复明细)", "R010": "account holder 
 EVIDENCE = ("confirmed_by", "approved_by", "approval_ref")
 CORRECTABLE = ("account_no", "account_bank", "name", "id_number")
 MAX_CORRECTIONS = 5000    # item.correct_many: one sheet, one transaction; fits the RPC's 1 MiB body
-_LOCK_CHUNK = 500         # seqs per IN (...) list: well under SQLite's bound-variable limit
-_NUMBER_ATTEMPTS = 5
 
 
 def _write_transaction(conn: Connection) -> None:
-    """Make this transaction a write transaction now, before it reads what it decides on.
-
-    SQLite (pysqlite) runs SELECTs outside any transaction until the first write, so a
-    read-then-write method could decide on a row another writer changes before our write;
-    a first statement that writes (and matches nothing) takes SQLite's write lock at once,
-    as BEGIN IMMEDIATE would. PostgreSQL needs nothing here: the rows are locked with
-    SELECT ... FOR UPDATE.
-    """
-    if conn.dialect.name == "sqlite":
-        conn.execute(update(orders).where(orders.c.order_no.is_(None)).values(state=orders.c.state))
-
-
-def _lock_items(conn: Connection, order_no: str, seqs: list[int] | None = None,
-                status: str | None = None) -> list[dict]:
-    """The order's items (those in *seqs*, or all with *status*), locked FOR UPDATE in seq order."""
-    q = select(items).where(items.c.order_no == order_no)
-    if status is not None:
-        q = q.where(items.c.status == status)
-    if seqs is None:
-        return [dict(r) for r in conn.execute(q.order_by(items.c.seq).with_for_update()).mappings()]
-    ordered, rows = sorted(seqs), []
-    for i in range(0, len(ordered), _LOCK_CHUNK):
-        part = ordered[i:i + _LOCK_CHUNK]
-        rows += [dict(r) for r in conn.execute(
-            q.where(items.c.seq.in_(part)).order_by(items.c.seq).with_for_update()).mappings()]
-    return rows
+    """Make this transaction a write transaction now, before it reads what it decides on
+    (gateway/store/orders.py:begin_write; SQLite only)."""
+    orders.begin_write(conn)
 
 
 def _seq_ranges(seqs: list[int]) -> str:
@@ -94,28 +69,12 @@ def _seq_ranges(seqs: list[int]) -> str:
     return ", ".join(f"{a}-{b}" if a != b else f"{a}" for a, b in out)
 
 
-def _insert_numbered(conn: Connection, table, key: str, make_no, count_of, values: dict) -> str:
-    """INSERT a row whose primary key is the next number of its parent; returns the number.
-
-    The number is count + 1 of the rows already there. Under the caller's locks two calls
-    on the same parent cannot interleave on SQLite; on PostgreSQL two calls locking
-    different items of one order can, and the second INSERT then fails on the key (after
-    waiting for the first to commit): it is retried with the next number in a savepoint.
-    """
-    for _ in range(_NUMBER_ATTEMPTS):
-        n = conn.execute(count_of).scalar_one()
-        no = make_no(n + 1)
-        if conn.dialect.name == "sqlite":
-            conn.execute(insert(table).values(**{key: no}, **values))
-            return no
-        try:
-            with conn.begin_nested():
-                conn.execute(insert(table).values(**{key: no}, **values))
-            return no
-        except IntegrityError:
-            continue
-    raise RpcError(WRONG_STATE, f"could not allocate a {key} after {_NUMBER_ATTEMPTS} attempts: "
-                                f"too many concurrent calls; ask again")
+def _numbered(no: str | None, key: str) -> str:
+    """The number a store's `create` took, or the refusal when concurrent calls took them all."""
+    if no is None:
+        raise RpcError(WRONG_STATE, f"could not allocate a {key} after {_NUMBER_ATTEMPTS} attempts: "
+                                    f"too many concurrent calls; ask again")
+    return no
 
 
 def _str(params: dict, key: str, *, required: bool = True, max_len: int = 100) -> str | None:
@@ -209,18 +168,17 @@ class Commands:
 
     @staticmethod
     def _order(conn: Connection, order_no: str) -> dict:
-        o = conn.execute(select(orders).where(orders.c.order_no == order_no)).mappings().one_or_none()
+        o = orders.get(conn, order_no)
         if o is None:
             raise RpcError(UNKNOWN_ORDER, f"no order {order_no!r} is known to the gateway", "order_no")
-        return dict(o)
+        return o
 
     # --- methods --------------------------------------------------------------
 
     async def order_submit(self, params: dict, caller: Caller) -> dict:
         """Pull this order now: wake the flow of its bank (or of every bank) to poll the core."""
         order_no = _str(params, "order_no", max_len=64)
-        known = await self.db.run(lambda c: c.execute(select(orders.c.state, orders.c.bank_id).where(
-            orders.c.order_no == order_no)).one_or_none())
+        known = await self.db.run(orders.state_and_bank, order_no)
         if known is None:
             for flow in self.gateway.flows.values():
                 flow.wake_poll = True
@@ -236,17 +194,15 @@ class Commands:
 
         def read(conn: Connection) -> dict:
             o = self._order(conn, order_no)
-            per = {r.status: {"count": r.n, "amount": int(r.amt or 0)} for r in conn.execute(
-                select(items.c.status, func.count().label("n"), func.sum(items.c.amount).label("amt"))
-                .where(items.c.order_no == order_no).group_by(items.c.status))}
+            per = {r.status: {"count": r.n, "amount": int(r.amt or 0)}
+                   for r in items.per_status(conn, order_no)}
             bs = [{"batch_no": b.batch_no, "kind": b.kind, "state": b.state, "count": b.total_count,
                    "amount": b.total_amount, "created_at": b.created_at, "updated_at": b.updated_at,
                    # deadlines (working days, conf/calendar): the bank's results, the department's
                    # check and its dispute (article 26); and who checked the results
                    "bank_due": b.bank_due, "confirm_due": b.confirm_due, "dispute_due": b.dispute_due,
                    "confirmed_by": b.confirmed_by}
-                  for b in conn.execute(select(batches).where(batches.c.order_no == order_no)
-                                        .order_by(batches.c.seq))]
+                  for b in batches.of_order(conn, order_no)]
             return {"order_no": order_no, "state": o["state"], "bank_id": o["bank_id"],
                     "total_count": o["total_count"], "total_amount": o["total_amount"],
                     "items": per, "batches": bs,
@@ -309,7 +265,7 @@ class Commands:
         """
         _write_transaction(conn)
         self._order(conn, order_no)
-        by_seq = {r["seq"]: r for r in _lock_items(conn, order_no, [seq for seq, _, _ in fixes])}
+        by_seq = {r["seq"]: r for r in items.lock(conn, order_no, [seq for seq, _, _ in fixes])}
         for i, (seq, _, _) in enumerate(fixes):
             self._correctable(by_seq.get(seq), order_no, seq,
                               "seq" if method == "item.correct" else f"corrections[{i}].seq")
@@ -318,9 +274,7 @@ class Commands:
         for seq, new, evidence in fixes:
             it = by_seq[seq]
             # (status + ""): by the primary key, not the counts index (flow.py _apply_results)
-            changed = conn.execute(update(items).where(
-                items.c.order_no == order_no, items.c.seq == seq, (items.c.status + "") == ItemStatus.FAILED)
-                .values(status=ItemStatus.CORRECTED, **new)).rowcount
+            changed = items.correct(conn, order_no, seq, new)
             if changed != 1:   # cannot happen under the row lock; if it does, nothing is kept
                 raise RpcError(WRONG_STATE, f"item {seq} changed while it was being corrected; ask again",
                                "seq")
@@ -332,7 +286,7 @@ class Commands:
                          "approval_ref": approval_ref, "caller": who})
         check_conservation(conn, order_no)
         jid = self._rpc_entry(conn, caller, method, journal_params, decoded(by_seq), order_no)
-        conn.execute(insert(corrections), [{**r, "journal_id": jid} for r in rows])
+        corrections.add(conn, [{**r, "journal_id": jid} for r in rows])
         return jid
 
     @staticmethod
@@ -356,9 +310,8 @@ class Commands:
                                f"{mask(before[seq]['account_no'])} -> {mask(new['account_no'])}, "
                                f"confirmed by {params['confirmed_by']}, approved by {params['approved_by']} "
                                f"({params['approval_ref']})")
-            n = conn.execute(select(func.count()).where(corrections.c.order_no == order_no,
-                                                        corrections.c.seq == seq)).scalar_one()
-            bank_id = conn.execute(select(orders.c.bank_id).where(orders.c.order_no == order_no)).scalar_one()
+            n = corrections.count(conn, order_no, seq)
+            bank_id = orders.bank_of(conn, order_no)
             return {"order_no": order_no, "seq": seq, "status": ItemStatus.CORRECTED,
                     "corrections": n, "bank_id": bank_id}
         return await self.db.run(correct)
@@ -411,7 +364,7 @@ class Commands:
             except RpcError as e:
                 seq = next((s for i, (s, _, _) in enumerate(fixes) if e.field == f"corrections[{i}].seq"), None)
                 raise RpcError(e.code, e.message, e.field, {"seq": seq} if seq else e.data) from None
-            bank_id = conn.execute(select(orders.c.bank_id).where(orders.c.order_no == order_no)).scalar_one()
+            bank_id = orders.bank_of(conn, order_no)
             return {"order_no": order_no, "corrected": len(fixes), "status": ItemStatus.CORRECTED,
                     "bank_id": bank_id}
         return await self.db.run(correct)
@@ -422,22 +375,17 @@ class Commands:
 
         def request(conn: Connection) -> dict:
             _write_transaction(conn)
-            o = dict(conn.execute(select(orders).where(orders.c.order_no == order_no).with_for_update())
-                     .mappings().one_or_none() or {})
+            o = orders.get_for_update(conn, order_no) or {}
             if not o:
                 raise RpcError(UNKNOWN_ORDER, f"no order {order_no!r} is known to the gateway", "order_no")
             if o["state"] != OrderState.DISPATCHED:
                 raise RpcError(WRONG_STATE, f"order {order_no} is {o['state']}; only a DISPATCHED order "
                                             f"has failed items to send again", "order_no")
-            live = select(batches.c.batch_no).where(batches.c.batch_no == items.c.batch_no,
-                                                    batches.c.state.in_(BatchState.LIVE))
-            n, amt = conn.execute(select(func.count(), func.sum(items.c.amount)).where(
-                items.c.order_no == order_no, items.c.status == ItemStatus.CORRECTED,
-                ~live.exists())).one()
+            n, amt = items.corrected_waiting(conn, order_no)
             if not n:
                 raise RpcError(WRONG_STATE, f"order {order_no} has no corrected item waiting to be sent",
                                "order_no")
-            conn.execute(update(orders).where(orders.c.order_no == order_no).values(retry_requested=1))
+            orders.request_retry(conn, order_no)
             self._rpc_entry(conn, caller, "order.retry", params,
                             f"order.retry {order_no}: {n} corrected items, {amt} fen", order_no)
             return {"order_no": order_no, "items": n, "amount": int(amt), "bank_id": o["bank_id"]}
@@ -466,11 +414,11 @@ class Commands:
             _write_transaction(conn)
             o = self._order(conn, order_no)
             if seqs == "all_failed":
-                rows = _lock_items(conn, order_no, status=ItemStatus.FAILED)
+                rows = items.lock(conn, order_no, status=ItemStatus.FAILED)
                 if not rows:
                     raise RpcError(WRONG_STATE, f"order {order_no} has no FAILED item", "seqs")
             else:
-                rows = _lock_items(conn, order_no, seqs)
+                rows = items.lock(conn, order_no, seqs)
                 missing = sorted(set(seqs) - {r["seq"] for r in rows})
                 if missing:
                     raise RpcError(UNKNOWN_ITEM, f"order {order_no} has no item seq {missing[0]}", "seqs")
@@ -481,22 +429,12 @@ class Commands:
             total = sum(r["amount"] for r in rows)
             at = self._at()
             who = f"{caller.transport}:{caller.identity}"[:200]
-            refund_no = _insert_numbered(
-                conn, refunds, "refund_no", lambda n: f"{order_no}-F{n:02d}",
-                select(func.count()).where(refunds.c.order_no == order_no),
-                dict(order_no=order_no, bank_id=o["bank_id"], state=RefundState.NEW,
-                     total_count=len(rows), total_amount=total, reason=reason, approved_by=approved_by,
-                     caller=who, attempts=0, created_at=at, updated_at=at))
-            conn.execute(insert(refund_items), [
-                {"refund_no": refund_no, "seq": r["seq"], "order_no": order_no, "batch_no": r["batch_no"],
-                 "amount": r["amount"]} for r in rows])
-            changed = 0
-            seq_list = [r["seq"] for r in rows]
-            for i in range(0, len(seq_list), _LOCK_CHUNK):
-                changed += conn.execute(update(items).where(
-                    items.c.order_no == order_no, items.c.status == ItemStatus.FAILED,
-                    items.c.seq.in_(seq_list[i:i + _LOCK_CHUNK])).values(
-                    status=ItemStatus.REFUND_PENDING)).rowcount
+            refund_no = _numbered(refunds.create(conn, order_no, dict(
+                bank_id=o["bank_id"], state=RefundState.NEW, total_count=len(rows), total_amount=total,
+                reason=reason, approved_by=approved_by, caller=who, attempts=0, created_at=at,
+                updated_at=at)), "refund_no")
+            refunds.add_items(conn, refund_no, order_no, rows)
+            changed = items.mark_refund_pending(conn, order_no, [r["seq"] for r in rows])
             if changed != len(rows):
                 raise RpcError(WRONG_STATE, "items changed while the refund was being recorded; ask again")
             check_conservation(conn, order_no)
@@ -512,7 +450,7 @@ class Commands:
         refund_no = _str(params, "refund_no", max_len=64)
 
         def read(conn: Connection) -> dict:
-            r = conn.execute(select(refunds).where(refunds.c.refund_no == refund_no)).mappings().one_or_none()
+            r = refunds.get(conn, refund_no)
             if r is None:
                 raise RpcError(UNKNOWN_REFUND, f"no refund {refund_no!r}", "refund_no")
             return {"refund_no": refund_no, "order_no": r["order_no"], "state": r["state"],
@@ -528,14 +466,13 @@ class Commands:
     def _done_batch(conn: Connection, batch_no: str) -> dict:
         """The batch, locked FOR UPDATE (after `_write_transaction`), refused unless DONE."""
         _write_transaction(conn)
-        b = conn.execute(select(batches).where(batches.c.batch_no == batch_no).with_for_update()
-                         ).mappings().one_or_none()
+        b = batches.get_for_update(conn, batch_no)
         if b is None:
             raise RpcError(UNKNOWN_BATCH, f"no batch {batch_no!r}", "batch_no")
         if b["state"] != BatchState.DONE:
             raise RpcError(WRONG_STATE, f"batch {batch_no} is {b['state']}; only a batch whose results "
                                         f"are in (DONE) can be checked or disputed", "batch_no")
-        return dict(b)
+        return b
 
     def _today(self) -> str:
         return self._at()[:10]
@@ -553,9 +490,7 @@ class Commands:
                 raise RpcError(WRONG_STATE, f"batch {batch_no} was confirmed by {b['confirmed_by']} at "
                                             f"{b['confirmed_at']}", "batch_no")
             on_time = b["confirm_due"] is None or self._today() <= b["confirm_due"]
-            changed = conn.execute(update(batches).where(
-                batches.c.batch_no == batch_no, batches.c.confirmed_by.is_(None)).values(
-                confirmed_by=who, confirmed_at=self._at())).rowcount
+            changed = batches.confirm(conn, batch_no, who, self._at())
             if changed != 1:   # cannot happen under the row lock; if it does, nothing is kept
                 raise RpcError(WRONG_STATE, f"batch {batch_no} was confirmed meanwhile; ask order.status",
                                "batch_no")
@@ -578,20 +513,16 @@ class Commands:
 
         def dispute(conn: Connection) -> dict:
             b = self._done_batch(conn, batch_no)
-            have = set(conn.execute(select(items.c.seq).where(
-                items.c.order_no == b["order_no"], items.c.seq.in_(seqs),
-                (items.c.batch_no == batch_no) | (items.c.orig_batch_no == batch_no))).scalars())
+            have = items.seqs_of_batch(conn, b["order_no"], batch_no, seqs)
             missing = sorted(set(seqs) - have)
             if missing:
                 raise RpcError(UNKNOWN_ITEM, f"seq {missing[0]} is not an item of batch {batch_no}", "seqs")
             on_time = b["dispute_due"] is None or self._today() <= b["dispute_due"]
             at = self._at()
-            dispute_no = _insert_numbered(
-                conn, disputes, "dispute_no", lambda n: f"{batch_no}-D{n:02d}",
-                select(func.count()).where(disputes.c.batch_no == batch_no),
-                dict(batch_no=batch_no, order_no=b["order_no"], bank_id=b["bank_id"],
-                     seqs=json.dumps(sorted(seqs)), reason=reason, raised_by=raised_by, state=DisputeState.NEW,
-                     due=b["dispute_due"], on_time=int(on_time), attempts=0, created_at=at, updated_at=at))
+            dispute_no = _numbered(disputes.create(conn, batch_no, dict(
+                order_no=b["order_no"], bank_id=b["bank_id"], seqs=json.dumps(sorted(seqs)), reason=reason,
+                raised_by=raised_by, state=DisputeState.NEW, due=b["dispute_due"], on_time=int(on_time),
+                attempts=0, created_at=at, updated_at=at)), "dispute_no")
             jid = self._rpc_entry(conn, caller, "batch.dispute", params,
                                   f"batch.dispute {batch_no}: {dispute_no}, {len(seqs)} items, raised by "
                                   f"{raised_by}: {reason}", b["order_no"])

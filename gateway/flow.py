@@ -57,6 +57,7 @@ from gateway.refund_flow import RefundSteps
 from gateway.rules import (CST, ConservationError, ResultRejected,  # noqa: F401
                            check_conservation, clear_alarm, iso, post_date, raise_alarm)
 from gateway.transitions import Next, Phase, after_status, after_submit
+from gateway import store   # table access, grouped by table (gateway/store/)
 from gateway.masking import mask, mask_text
 from gateway.validation import OrderValidator, header_problems, storable, uncarriable
 
@@ -413,9 +414,7 @@ class BankFlow:
         if today.month == 1 and today.day == 1:
             periods.append("Y" + yesterday.strftime("%Y"))   # the January check (report.yearly)
         for period in periods:
-            have = await self.db.run(lambda c, period=period: c.execute(
-                select(func.count()).select_from(statements).where(
-                    statements.c.bank_id == self.bank_id, statements.c.period == period)).scalar_one())
+            have = await self.db.run(store.statements.count_of_period, self.bank_id, period)
             if not have:
                 got = await self.adapter.fetch_statement(period, self)
                 log.info("{bank}: statement {period}: {got}", bank=self.bank_id, period=period,
@@ -472,28 +471,18 @@ class BankFlow:
         delay = min(max(2 * delay, 1.0), 300.0)
         self._backoff[what] = (self.now() + delay, delay)
 
+    # What the tick works on (bench/stage_runner.py and tools/mutate.py name these too).
     def _orders_in(self, conn: Connection, states) -> list[str]:
-        return list(conn.execute(select(orders.c.order_no).where(
-            orders.c.bank_id == self.bank_id, orders.c.state.in_(states))
-            .order_by(orders.c.created_at, orders.c.order_no)).scalars())
+        return store.orders.in_states(conn, self.bank_id, states)
 
     def _orders_needing_batch(self, conn: Connection) -> list[str]:
-        live = select(batches.c.batch_no).where(batches.c.order_no == orders.c.order_no,
-                                                batches.c.state.in_(BatchState.LIVE))
-        return list(conn.execute(select(orders.c.order_no).where(
-            orders.c.bank_id == self.bank_id, orders.c.state == OrderState.LOADED,
-            ~live.exists()).order_by(orders.c.created_at, orders.c.order_no)).scalars())
+        return store.orders.needing_batch(conn, self.bank_id)
 
     def _orders_to_retry(self, conn: Connection) -> list[str]:
-        return list(conn.execute(select(orders.c.order_no).where(
-            orders.c.bank_id == self.bank_id, orders.c.retry_requested == 1,
-            orders.c.state == OrderState.DISPATCHED).order_by(orders.c.order_no)).scalars())
-
+        return store.orders.to_retry(conn, self.bank_id)
 
     def _live_batches(self, conn: Connection) -> list[dict]:
-        return [dict(r) for r in conn.execute(select(batches).where(
-            batches.c.bank_id == self.bank_id, batches.c.state.in_(BatchState.LIVE))
-            .order_by(batches.c.created_at, batches.c.batch_no)).mappings()]
+        return store.batches.live(conn, self.bank_id)
 
     # --- core: poll and load --------------------------------------------------
 
@@ -502,8 +491,7 @@ class BankFlow:
 
         def record(conn: Connection) -> None:
             nos = [o.get("order_no") for o in found if isinstance(o, dict)]
-            known = set(conn.execute(select(orders.c.order_no).where(
-                orders.c.order_no.in_([n for n in nos if isinstance(n, str)]))).scalars())
+            known = store.orders.known(conn, [n for n in nos if isinstance(n, str)])
             new = [o for o in found if isinstance(o, dict) and o.get("order_no") not in known]
             if not new and len(nos) == len(found):
                 return   # an empty or known poll is not worth a journal entry every few seconds
@@ -520,8 +508,8 @@ class BankFlow:
                     continue
                 known.add(no)
                 problems = header_problems(h, self.bank_id)
-                conn.execute(insert(orders).values(
-                    order_no=no, bank_id=self.bank_id, budget_unit=_s(h.get("budget_unit")),
+                store.orders.add(
+                    conn, order_no=no, bank_id=self.bank_id, budget_unit=_s(h.get("budget_unit")),
                     project_code=_s(h.get("project_code"), 64),
                     project_name=_s(h.get("project_name")),
                     project_short=_s(h.get("project_short"), 16), region=_s(h.get("region"), 16),
@@ -529,7 +517,7 @@ class BankFlow:
                     funded_at=_s(h.get("funded_at"), 40),
                     state=OrderState.INVALID if problems else OrderState.FUNDED,
                     detail=json.dumps({"reasons": problems}, ensure_ascii=False) if problems else None,
-                    created_at=at, updated_at=at, results_pending=0))
+                    created_at=at, updated_at=at, results_pending=0)
                 self._journal(conn, Entry("event", "core", "daemon", "order-seen",
                                           f"order {no} funded for {h.get('total_count')} items, "
                                           f"{h.get('total_amount')} fen"
@@ -603,14 +591,13 @@ class BankFlow:
                       f"({error_text(e)})")
 
         def rec(conn: Connection) -> None:
-            conn.execute(delete(items).where(items.c.order_no == order_no))
+            store.items.delete_of_order(conn, order_no)
             jid = self._journal(conn, Entry(
                 "in", "core", "http", "GET items",
                 f"order {order_no}: item stream refused after {loader.bytes} bytes: {reason}",
                 order_no=order_no, verified=f"failed: {reason[:180]}"))
-            conn.execute(update(orders).where(orders.c.order_no == order_no).values(
-                state=OrderState.INVALID, updated_at=self.at(),
-                detail=json.dumps({"reasons": [reason]}, ensure_ascii=False)))
+            store.orders.set_(conn, order_no, state=OrderState.INVALID, updated_at=self.at(),
+                              detail=json.dumps({"reasons": [reason]}, ensure_ascii=False))
             self._alarm(conn, "warning", "order-invalid", f"order {order_no} is INVALID: {reason}",
                         order_no=order_no, journal_id=jid)
         await self.db.run_bulk(rec)   # deletes what was stored of the order: up to every item
@@ -625,20 +612,18 @@ class BankFlow:
         Numbers follow the dialect: {OrderNo}-P01 for PAY, then -R02, -R03... counting every
         batch of the order, so a resend is recognisable and a number is never reused.
         """
-        n = conn.execute(select(func.count()).where(batches.c.order_no == order_no)).scalar_one()
+        n = store.batches.count_of_order(conn, order_no)
         batch_no = f"{order_no}-{'P' if kind == 'PAY' else 'R'}{n + 1:02d}"
-        cnt, amt = conn.execute(select(func.count(), func.sum(items.c.amount)).where(eligible)).one()
+        cnt, amt = store.items.totals(conn, eligible)
         if not cnt:
             return None
         at = self.at()
-        conn.execute(insert(batches).values(
-            batch_no=batch_no, order_no=order_no, bank_id=self.bank_id, kind=kind, seq=n + 1,
+        store.batches.add(
+            conn, batch_no=batch_no, order_no=order_no, bank_id=self.bank_id, kind=kind, seq=n + 1,
             state=BatchState.BUILDING, total_count=cnt, total_amount=int(amt), attempts=0,
-            created_at=at, updated_at=at))
-        if kind == "RETRY":
-            # OrigBatchNo: the batch in which each item last failed (cnbank.md, RETRY).
-            conn.execute(update(items).where(eligible).values(orig_batch_no=items.c.batch_no))
-        conn.execute(update(items).where(eligible).values(batch_no=batch_no))
+            created_at=at, updated_at=at)
+        # RETRY: OrigBatchNo, the batch in which each item last failed (cnbank.md, RETRY).
+        store.items.put_in_batch(conn, eligible, batch_no, retry=kind == "RETRY")
         self._journal(conn, Entry("event", self.bank_id, "daemon", "batch-created",
                                   f"{kind} batch {batch_no}: {cnt} items, {amt} fen",
                                   order_no=order_no, batch_no=batch_no))
@@ -646,22 +631,16 @@ class BankFlow:
         return batch_no
 
     async def create_pay_batch(self, order_no: str) -> None:
-        pending = and_(items.c.order_no == order_no, items.c.status == ItemStatus.PENDING,
-                       items.c.batch_no.is_(None))
-        await self.db.run_bulk(self._new_batch, order_no, "PAY", pending)
+        await self.db.run_bulk(self._new_batch, order_no, "PAY", store.items.pending_for_pay(order_no))
 
     async def create_retry_batch(self, order_no: str) -> None:
         """Send the order's corrected items again (rule 2: only CORRECTED items, never one
         already in a live batch)."""
         def create(conn: Connection) -> None:
-            live = select(batches.c.batch_no).where(batches.c.batch_no == items.c.batch_no,
-                                                    batches.c.state.in_(BatchState.LIVE))
-            corrected = and_(items.c.order_no == order_no, items.c.status == ItemStatus.CORRECTED,
-                             ~live.exists())
             # The order row before the items and the journal head (docs/lock-order.md): order.retry
             # holds this row while it waits for the journal head.
-            conn.execute(update(orders).where(orders.c.order_no == order_no).values(retry_requested=0))
-            self._new_batch(conn, order_no, "RETRY", corrected)
+            store.orders.retry_taken(conn, order_no)
+            self._new_batch(conn, order_no, "RETRY", store.items.corrected_for_retry(order_no))
         await self.db.run_bulk(create)
 
     async def advance(self, b: dict) -> None:
@@ -692,9 +671,8 @@ class BankFlow:
         """
         from gateway.models import journal as journal_t
         if b["state"] == BatchState.UPLOADED:
-            await self.db.run(lambda c: c.execute(update(batches).where(
-                batches.c.batch_no == b["batch_no"], batches.c.state == BatchState.UPLOADED)
-                .values(state=BatchState.BUILDING, updated_at=self.at())))
+            await self.db.run(lambda c: store.batches.change_from(c, b["batch_no"], BatchState.UPLOADED,
+                                                                  state=BatchState.BUILDING, updated_at=self.at()))
             log.info("{bank}: {batch} was built elsewhere and not submitted: building it here",
                      bank=self.bank_id, batch=b["batch_no"])
             return False
@@ -766,8 +744,7 @@ class BankFlow:
     async def upload(self, b: dict) -> None:
         if not self.adapter.built_exists(b):
             # The work dir lost the file (restored host, say): build it again from the database.
-            await self.db.run(lambda c: c.execute(update(batches).where(
-                batches.c.batch_no == b["batch_no"]).values(state=BatchState.BUILDING)))
+            await self.db.run(lambda c: store.batches.set_(c, b["batch_no"], state=BatchState.BUILDING))
             return
         fence = getattr(self.db, "fence", None)
         if fence is not None:
@@ -775,8 +752,8 @@ class BankFlow:
             fence.check()
         self.ctx.stage_began("submit", b["batch_no"])
         await self.adapter.deliver_batch(b, self)
-        await self.db.run(lambda conn: conn.execute(update(batches).where(
-            batches.c.batch_no == b["batch_no"]).values(state=BatchState.UPLOADED, updated_at=self.at())))
+        await self.db.run(lambda conn: store.batches.set_(conn, b["batch_no"], state=BatchState.UPLOADED,
+                                                          updated_at=self.at()))
 
     # --- IBankRecorder: what the adapter journals through ------------------------
 
@@ -836,12 +813,11 @@ class BankFlow:
         now = self.now()
         if (b.get("next_check_at") or 0) > now:
             return
-        if await self.db.run(self._refusal_hold, b["order_no"]) > now:
+        if await self.db.run(store.batches.refusal_hold, b["order_no"]) > now:
             return
 
         def mark(conn: Connection) -> None:
-            conn.execute(update(batches).where(batches.c.batch_no == b["batch_no"]).values(
-                state=BatchState.SUBMITTING, attempts=batches.c.attempts + 1, updated_at=self.at()))
+            store.batches.mark_submitting(conn, b["batch_no"], self.at())
         reply = await self.adapter.submit_batch(b, self, mark)
         if reply is None:
             return   # outcome unknown: the batch stays SUBMITTING and BQ01 decides (rule 3)
@@ -854,10 +830,10 @@ class BankFlow:
                 # Nothing was taken: the batch may be submitted again (a new MsgId, not blind),
                 # after a backoff; a refusal for now is alarmed by the adapter (bank-refusing).
                 failures = (b.get("failures") or 0) + 1
-                conn.execute(update(batches).where(batches.c.batch_no == b["batch_no"],
-                                                   batches.c.state == BatchState.SUBMITTING).values(
-                    state=BatchState.UPLOADED, updated_at=self.at(), failures=failures,
-                    next_check_at=backoff.next_at(self.now(), self.bank.status_poll_s, failures)))
+                store.batches.change_from(
+                    conn, b["batch_no"], BatchState.SUBMITTING, state=BatchState.UPLOADED,
+                    updated_at=self.at(), failures=failures,
+                    next_check_at=backoff.next_at(self.now(), self.bank.status_poll_s, failures))
                 if reply.outcome == "retry":   # "unsent" never left: nothing to say
                     log.warn("{bank}: submission of {batch} refused {code} {msg}; sending again later",
                              bank=self.bank_id, batch=b["batch_no"], code=reply.code, msg=reply.message)
@@ -870,11 +846,6 @@ class BankFlow:
         if released:
             await self._remove_uploads(b)
 
-    def _refusal_hold(self, conn: Connection, order_no: str) -> int:
-        """Until when the order's next batch waits after its batches were refused (0: no wait)."""
-        return conn.execute(select(func.max(batches.c.next_check_at)).where(
-            batches.c.order_no == order_no, batches.c.state == BatchState.REFUSED)).scalar_one() or 0
-
     def _refuse(self, conn: Connection, b: dict, code: str, message: str, jid: int | None) -> bool:
         """BP01 refused for good (an E code other than E008/E009): the bank took nothing and does
         not remember the number. The batch is REFUSED (its number spent) and its items released
@@ -882,10 +853,8 @@ class BankFlow:
         that doubles with each refused batch of the order; one alarm episode per order, cleared
         when a batch of it is accepted. E004 (the bank holds another batch under this number) is
         the exception: the items stay with the batch for an operator. True when released."""
-        n = conn.execute(update(batches).where(batches.c.batch_no == b["batch_no"],
-                                               batches.c.state == BatchState.SUBMITTING).values(
-            state=BatchState.REFUSED, reject_code=code, reject_msg=(message or "")[:500],
-            updated_at=self.at())).rowcount
+        n = store.batches.change_from(conn, b["batch_no"], BatchState.SUBMITTING, state=BatchState.REFUSED,
+                                      reject_code=code, reject_msg=(message or "")[:500], updated_at=self.at())
         if n != 1:
             return False   # no longer ours to judge (answered meanwhile): nothing to release
         if code == "E004":
@@ -895,11 +864,9 @@ class BankFlow:
                         f"operator has settled with the bank what it holds", order_no=b["order_no"],
                         journal_id=jid)
             return False
-        refused = conn.execute(select(func.count()).where(
-            batches.c.order_no == b["order_no"], batches.c.state == BatchState.REFUSED)).scalar_one()
+        refused = store.batches.refused_count(conn, b["order_no"])
         wait_until = backoff.next_at(self.now(), self.bank.status_poll_s, refused)
-        conn.execute(update(batches).where(batches.c.batch_no == b["batch_no"]).values(
-            next_check_at=wait_until))
+        store.batches.set_(conn, b["batch_no"], next_check_at=wait_until)
         pending = ItemStatus.CORRECTED if b["kind"] == "RETRY" else ItemStatus.PENDING
         self._release(conn, b, pending)
         check_conservation(conn, b["order_no"])
@@ -914,15 +881,9 @@ class BankFlow:
         """The items of a batch the bank did not pay (RJCT, refused) are free to go out again:
         PAY items to PENDING; RETRY items back to CORRECTED, pointing again at the batch they
         failed in, and the order asks for another retry."""
-        of_batch = and_(items.c.order_no == b["order_no"], items.c.batch_no == b["batch_no"],
-                        items.c.status == status)
+        store.items.release(conn, b["order_no"], b["batch_no"], status, retry=b["kind"] == "RETRY")
         if b["kind"] == "RETRY":
-            conn.execute(update(items).where(of_batch).values(
-                status=ItemStatus.CORRECTED, batch_no=items.c.orig_batch_no, orig_batch_no=None))
-            conn.execute(update(orders).where(orders.c.order_no == b["order_no"])
-                         .values(retry_requested=1))
-        else:
-            conn.execute(update(items).where(of_batch).values(status=ItemStatus.PENDING, batch_no=None))
+            store.orders.request_retry(conn, b["order_no"])
 
     async def _remove_uploads(self, b: dict) -> None:
         try:
@@ -933,20 +894,15 @@ class BankFlow:
 
     def _accept(self, conn: Connection, b: dict, bank_batch_no: str | None) -> None:
         """The bank holds the batch: its items are SENT, the order DISPATCHED (one transaction)."""
-        n = conn.execute(update(items).where(
-            items.c.order_no == b["order_no"], items.c.batch_no == b["batch_no"],
-            items.c.status.in_((ItemStatus.PENDING, ItemStatus.CORRECTED)))
-            .values(status=ItemStatus.SENT)).rowcount
+        n = store.items.sent(conn, b["order_no"], b["batch_no"])
         if n != b["total_count"]:
             raise ConservationError(f"batch {b['batch_no']} holds {b['total_count']} items but {n} "
                                     f"were waiting to be sent")
-        conn.execute(update(batches).where(batches.c.batch_no == b["batch_no"]).values(
-            state=BatchState.ACCEPTED, bank_batch_no=bank_batch_no, updated_at=self.at(),
+        store.batches.set_(
+            conn, b["batch_no"], state=BatchState.ACCEPTED, bank_batch_no=bank_batch_no, updated_at=self.at(),
             next_check_at=int(self.now() + self.bank.status_poll_s), failures=0,
-            bank_due=self.article26.working_days_from_today(conn, b, self.bank.result_working_days)))
-        conn.execute(update(orders).where(orders.c.order_no == b["order_no"],
-                                          orders.c.state == OrderState.LOADED)
-                     .values(state=OrderState.DISPATCHED, updated_at=self.at()))
+            bank_due=self.article26.working_days_from_today(conn, b, self.bank.result_working_days))
+        store.orders.dispatched(conn, b["order_no"], self.at())
         check_conservation(conn, b["order_no"])
         clear_alarm(conn, self.at(), "batch-refused", bank_id=self.bank_id, order_no=b["order_no"])
         b["state"] = BatchState.ACCEPTED
@@ -969,8 +925,8 @@ class BankFlow:
         st = await self.adapter.batch_status(b, self)
 
         def again_later(conn: Connection) -> None:
-            conn.execute(update(batches).where(batches.c.batch_no == b["batch_no"]).values(
-                failures=failures, next_check_at=backoff.next_at(self.now(), interval, failures)))
+            store.batches.set_(conn, b["batch_no"], failures=failures,
+                               next_check_at=backoff.next_at(self.now(), interval, failures))
         if st is None:
             await self.db.run(again_later)
             return
@@ -992,9 +948,8 @@ class BankFlow:
             good = {"failures": 0, "next_check_at": int(self.now() + interval)}
             if step.then is Next.SEND_AGAIN:
                 # The bank never accepted it: the lost submission may now be sent again.
-                conn.execute(update(batches).where(batches.c.batch_no == b["batch_no"]).values(
-                    state=BatchState.UPLOADED, updated_at=self.at(), failures=0,
-                    next_check_at=None))
+                store.batches.set_(conn, b["batch_no"], state=BatchState.UPLOADED, updated_at=self.at(),
+                                   failures=0, next_check_at=None)
                 log.info("{bank}: bank does not know {batch}: it will be submitted again",
                          bank=self.bank_id, batch=b["batch_no"])
                 return
@@ -1008,16 +963,15 @@ class BankFlow:
                 self._accept(conn, b, None)
             if step.then is Next.RETURNS:
                 self.returns.apply(conn, b, st.returns, jid)
-                conn.execute(update(batches).where(batches.c.batch_no == b["batch_no"]).values(**good))
+                store.batches.set_(conn, b["batch_no"], **good)
             elif step.then is Next.REJECT:
                 self._reject(conn, b, st.code, st.message, jid)
             elif step.then is Next.FINISH:
                 r = st.results or {}
-                conn.execute(update(batches).where(batches.c.batch_no == b["batch_no"]).values(
-                    result_ref=r.get("ref"), result_sm3=r.get("digest"), result_enc_key=r.get("key"),
-                    updated_at=self.at(), failures=0))
+                store.batches.set_(conn, b["batch_no"], result_ref=r.get("ref"), result_sm3=r.get("digest"),
+                                   result_enc_key=r.get("key"), updated_at=self.at(), failures=0)
             else:
-                conn.execute(update(batches).where(batches.c.batch_no == b["batch_no"]).values(**good))
+                store.batches.set_(conn, b["batch_no"], **good)
         await self.db.run_bulk(record)
         if step.accepted_first:
             self.ctx.stage_ended("submit", b["batch_no"])
@@ -1029,15 +983,11 @@ class BankFlow:
     def _reject(self, conn: Connection, b: dict, code: str, message: str, jid: int | None) -> None:
         """RJCT: nothing of the batch was paid; its items go out again in a new batch (_release)."""
         self._release(conn, b, ItemStatus.SENT)
-        conn.execute(update(batches).where(batches.c.batch_no == b["batch_no"]).values(
-            state=BatchState.RJCT, reject_code=code, reject_msg=(message or "")[:500],
-            updated_at=self.at(), failures=0))
-        others = conn.execute(select(func.count()).where(
-            batches.c.order_no == b["order_no"], batches.c.batch_no != b["batch_no"],
-            batches.c.state.in_((BatchState.ACCEPTED, BatchState.DONE)))).scalar_one()
+        store.batches.set_(conn, b["batch_no"], state=BatchState.RJCT, reject_code=code,
+                           reject_msg=(message or "")[:500], updated_at=self.at(), failures=0)
+        others = store.batches.others_held(conn, b["order_no"], b["batch_no"])
         if not others:
-            conn.execute(update(orders).where(orders.c.order_no == b["order_no"])
-                         .values(state=OrderState.LOADED, updated_at=self.at()))
+            store.orders.set_(conn, b["order_no"], state=OrderState.LOADED, updated_at=self.at())
         check_conservation(conn, b["order_no"])
         self._alarm(conn, "critical", "batch-rjct",
                     f"bank rejected batch {b['batch_no']} whole: {code} {message}; "
@@ -1046,8 +996,7 @@ class BankFlow:
 
     async def fetch_results(self, batch_no: str) -> None:
         began = self.ctx.started()
-        b = await self.db.run(lambda c: dict(c.execute(select(batches).where(
-            batches.c.batch_no == batch_no)).mappings().one()))
+        b = await self.db.run(store.batches.get, batch_no)
         try:
             rs = await self.adapter.fetch_results(b, self)
         except ResultsRefused as e:
@@ -1059,9 +1008,8 @@ class BankFlow:
         except TransportError as e:
             # The file could not be fetched: ask (BQ01) and fetch again after a backoff.
             failures = (b.get("failures") or 0) + 1
-            await self.db.run(lambda c: c.execute(update(batches).where(
-                batches.c.batch_no == batch_no).values(failures=failures, next_check_at=backoff.next_at(
-                    self.now(), self.bank.status_poll_s, failures))))
+            await self.db.run(lambda c: store.batches.set_(c, batch_no, failures=failures, next_check_at=backoff.next_at(
+                self.now(), self.bank.status_poll_s, failures)))
             log.warn("{bank}: results of {batch} not fetched: {error}; will try again",
                      bank=self.bank_id, batch=batch_no, error=e)
             return
@@ -1088,8 +1036,7 @@ class BankFlow:
                         f"results {b['result_ref']} of {b['batch_no']} rejected, nothing applied: {why}",
                         order_no=b["order_no"], batch_no=b["batch_no"], journal_id=jid)
             # Ask again later, not every tick: bad results are a bank-side fault for operators.
-            conn.execute(update(batches).where(batches.c.batch_no == b["batch_no"]).values(
-                next_check_at=int(self.now() + 60 * self.bank.status_poll_s)))
+            store.batches.set_(conn, b["batch_no"], next_check_at=int(self.now() + 60 * self.bank.status_poll_s))
         await self.db.run(rec)
 
     def _apply_results(self, conn: Connection, b: dict, rs: ResultSet) -> dict:

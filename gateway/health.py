@@ -74,29 +74,21 @@ def link_view(state: dict | None) -> dict:
 
 def database_facts(conn: Connection) -> dict:
     """Open alarms and waiting batches, per bank (key None: alarms of no bank)."""
-    from sqlalchemy import func, select
-    from gateway.models import BatchState, alarms, batches
+    from gateway.store import alarms, batches
     out: dict[Any, dict] = {}
 
     def bank(b):
         return out.setdefault(b, {"open_alarms": [], "batches_waiting": 0, "oldest_waiting": None})
-    for r in conn.execute(select(alarms.c.id, alarms.c.bank_id, alarms.c.severity, alarms.c.kind, alarms.c.at,
-                                 alarms.c.last_at, alarms.c.count, alarms.c.message, alarms.c.order_no,
-                                 alarms.c.batch_no)
-                          .where(alarms.c.cleared_at.is_(None)).order_by(alarms.c.id)).mappings():
+    for r in alarms.open_brief(conn):
         bank(r["bank_id"])["open_alarms"].append(
             {"id": r["id"], "severity": r["severity"], "kind": r["kind"], "since": r["at"],
              "last_at": r["last_at"], "count": r["count"], "message": (r["message"] or "")[:300],
              "order_no": r["order_no"], "batch_no": r["batch_no"]})
-    rows = conn.execute(select(batches.c.bank_id, func.count(), func.min(batches.c.created_at))
-                        .where(batches.c.state.in_(BatchState.LIVE)).group_by(batches.c.bank_id)).all()
+    rows = batches.waiting_per_bank(conn)
     for b, n, oldest in rows:
         entry = bank(b)
         entry["batches_waiting"] = n
-        first = conn.execute(select(batches.c.batch_no, batches.c.state, batches.c.created_at)
-                             .where(batches.c.bank_id == b, batches.c.state.in_(BatchState.LIVE))
-                             .order_by(batches.c.created_at, batches.c.batch_no).limit(1)).mappings().first()
-        entry["oldest_waiting"] = dict(first) if first else None
+        entry["oldest_waiting"] = batches.oldest_live(conn, b)
     return out
 
 

@@ -7,11 +7,11 @@ batch is alarmed, not applied.
 
 from __future__ import annotations
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection
 from twisted.logger import Logger
 
 from gateway.flowctx import FlowContext
-from gateway.models import BatchState, ItemStatus, OrderState, batches, items, late_returns, orders
+from gateway.store import batches, items, late_returns, orders
 from gateway.rules import check_conservation, post_date
 
 log = Logger()
@@ -27,10 +27,7 @@ class LateReturnSteps:
         """DONE batches still inside the late-return window whose next BQ01 is due."""
         now = self.ctx.now()
         window = self.ctx.bank.late_return_window_days * 86400
-        return [dict(r) for r in conn.execute(select(batches).where(
-            batches.c.bank_id == self.ctx.bank_id, batches.c.state == BatchState.DONE,
-            batches.c.done_at >= int(now - window), batches.c.next_check_at <= int(now))
-            .order_by(batches.c.batch_no)).mappings()]
+        return batches.late_return_watch(conn, self.ctx.bank_id, int(now - window), int(now))
 
     def apply(self, conn: Connection, b: dict, returns: list, jid: int | None) -> None:
         """Late returns (退票): a PAID item of this batch goes back to FAILED, once per ReturnSerial.
@@ -41,37 +38,28 @@ class LateReturnSteps:
         changed = False
         for r in returns:
             serial = r.serial
-            seen = conn.execute(select(late_returns.c.return_serial).where(
-                late_returns.c.bank_id == self.ctx.bank_id, late_returns.c.return_serial == serial)).first()
-            if seen is not None:
+            if late_returns.seen(conn, self.ctx.bank_id, serial):
                 continue
-            n = conn.execute(update(items).where(
-                items.c.order_no == b["order_no"], items.c.seq == r.seq,
-                # by the primary key, not the counts index (see flow.py _apply_results)
-                items.c.batch_no == b["batch_no"], (items.c.status + "") == ItemStatus.PAID,
-                items.c.amount == r.amount).values(
-                status=ItemStatus.FAILED, reason_code=r.reason_code,
-                reason_text=f"late return {serial} on {r.return_date}"[:200],
-                bank_serial=serial, result_at=post_date(r.return_date))).rowcount
+            n = items.returned_late(conn, b["order_no"], r.seq, b["batch_no"], r.amount,
+                                    reason_code=r.reason_code,
+                                    reason_text=f"late return {serial} on {r.return_date}"[:200],
+                                    serial=serial, result_at=post_date(r.return_date))
             if n != 1:
                 self.ctx.alarm(conn, "critical", "late-return-unmatched",
                                f"bank returned seq {r.seq} of {b['batch_no']} ({serial}, "
                                f"{r.amount} fen), which is not a PAID item of that batch: not applied",
                                order_no=b["order_no"], batch_no=b["batch_no"], journal_id=jid)
                 continue
-            conn.execute(insert(late_returns).values(
-                return_serial=serial, bank_id=self.ctx.bank_id, batch_no=b["batch_no"],
+            late_returns.record(
+                conn, return_serial=serial, bank_id=self.ctx.bank_id, batch_no=b["batch_no"],
                 order_no=b["order_no"], seq=r.seq, amount=r.amount,
                 reason_code=r.reason_code, return_date=r.return_date,
-                applied_at=self.ctx.at(), journal_id=r.journal_id or jid))
+                applied_at=self.ctx.at(), journal_id=r.journal_id or jid)
             log.info("{bank}: late return {serial}: seq {seq} of {batch} is FAILED again ({code})",
                      bank=self.ctx.bank_id, serial=serial, seq=r.seq, batch=b["batch_no"],
                      code=r.reason_code)
             changed = True
         if changed:
             check_conservation(conn, b["order_no"])
-            conn.execute(update(orders).where(orders.c.order_no == b["order_no"]).values(
-                results_pending=1, updated_at=self.ctx.at()))
-            conn.execute(update(orders).where(orders.c.order_no == b["order_no"],
-                                              orders.c.state == OrderState.SETTLED)
-                         .values(state=OrderState.DISPATCHED))
+            orders.results_changed(conn, b["order_no"], self.ctx.at())
+            orders.reopen_settled(conn, b["order_no"])

@@ -13,14 +13,14 @@ bank's serial, and the order SETTLED once every fen is paid or returned.
 
 from __future__ import annotations
 
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection
 from twisted.logger import Logger
 
 from adapters.interface import IBankAdapter, IBankRecorder, RefundStatus
 from gateway import backoff
 from gateway.flowctx import FlowContext
-from gateway.models import (ItemStatus, OrderState, RefundState, items, orders, refund_items,
-                            refunds)
+from gateway.models import ItemStatus, OrderState, RefundState
+from gateway.store import items, orders, refunds
 from gateway.rules import ConservationError, check_conservation
 from gateway.transitions import Next, Phase, after_status, after_submit
 
@@ -36,9 +36,7 @@ class RefundSteps:
         self.recorder = recorder
 
     def live(self, conn: Connection) -> list[dict]:
-        return [dict(r) for r in conn.execute(select(refunds).where(
-            refunds.c.bank_id == self.ctx.bank_id, refunds.c.state.in_(RefundState.LIVE))
-            .order_by(refunds.c.created_at, refunds.c.refund_no)).mappings()]
+        return refunds.live(conn, self.ctx.bank_id)
 
     async def advance(self, r: dict) -> None:
         if (r["next_check_at"] or 0) > self.ctx.now():
@@ -50,19 +48,16 @@ class RefundSteps:
 
     def _again_later(self, conn: Connection, r: dict, **values) -> None:
         failures = (r.get("failures") or 0) + 1
-        conn.execute(update(refunds).where(refunds.c.refund_no == r["refund_no"]).values(
-            failures=failures, next_check_at=backoff.next_at(self.ctx.now(), self.ctx.bank.status_poll_s,
-                                                             failures), **values))
+        refunds.set_(conn, r["refund_no"], failures=failures,
+                     next_check_at=backoff.next_at(self.ctx.now(), self.ctx.bank.status_poll_s, failures),
+                     **values)
 
     async def submit(self, r: dict) -> None:
         ctx = self.ctx
-        lines = await ctx.db.run(lambda c: [dict(x) for x in c.execute(select(
-            refund_items.c.seq, refund_items.c.batch_no, refund_items.c.amount).where(
-            refund_items.c.refund_no == r["refund_no"]).order_by(refund_items.c.seq)).mappings()])
+        lines = await ctx.db.run(refunds.lines, r["refund_no"])
 
         def mark(conn: Connection) -> None:
-            conn.execute(update(refunds).where(refunds.c.refund_no == r["refund_no"]).values(
-                state=RefundState.SUBMITTING, attempts=refunds.c.attempts + 1, updated_at=ctx.at()))
+            refunds.mark_submitting(conn, r["refund_no"], ctx.at())
         ctx.stage_began("refund", r["refund_no"])
         reply = await self.adapter.send_refund(r, lines, self.recorder, mark)
         if reply is None:
@@ -75,11 +70,8 @@ class RefundSteps:
             elif step.then is Next.SEND_LATER:
                 # Sent again (a new MsgId) after a backoff; E008/E009 are the adapter's alarm.
                 failures = (r.get("failures") or 0) + 1
-                conn.execute(update(refunds).where(refunds.c.refund_no == r["refund_no"],
-                                                   refunds.c.state == RefundState.SUBMITTING)
-                             .values(state=RefundState.NEW, updated_at=ctx.at(), failures=failures,
-                                     next_check_at=backoff.next_at(ctx.now(), ctx.bank.status_poll_s,
-                                                                   failures)))
+                refunds.send_later(conn, r["refund_no"], ctx.at(), failures,
+                                   backoff.next_at(ctx.now(), ctx.bank.status_poll_s, failures))
             else:
                 self._failed(conn, r, RefundState.REFUSED, reply.code, reply.message, reply.journal_id)
         await ctx.db.run(record)
@@ -87,20 +79,16 @@ class RefundSteps:
             ctx.stage_ended("refund", r["refund_no"], well=step.then is Next.ACCEPT)
 
     def _accepted(self, conn: Connection, r: dict) -> None:
-        conn.execute(update(refunds).where(refunds.c.refund_no == r["refund_no"]).values(
-            state=RefundState.ACCEPTED, updated_at=self.ctx.at(), failures=0,
-            next_check_at=int(self.ctx.now() + self.ctx.bank.status_poll_s)))
+        refunds.set_(conn, r["refund_no"], state=RefundState.ACCEPTED, updated_at=self.ctx.at(), failures=0,
+                     next_check_at=int(self.ctx.now() + self.ctx.bank.status_poll_s))
         r["state"] = RefundState.ACCEPTED
 
     def _failed(self, conn: Connection, r: dict, state: str, code: str, msg: str,
                 jid: int | None) -> None:
         """The bank will not refund: the items go back to FAILED for the department to act on."""
-        conn.execute(update(items).where(
-            items.c.order_no == r["order_no"], items.c.status == ItemStatus.REFUND_PENDING,
-            items.c.seq.in_(select(refund_items.c.seq).where(refund_items.c.refund_no == r["refund_no"])))
-            .values(status=ItemStatus.FAILED))
-        conn.execute(update(refunds).where(refunds.c.refund_no == r["refund_no"]).values(
-            state=state, reject_code=code, reject_msg=(msg or "")[:500], updated_at=self.ctx.at()))
+        items.refund_refused(conn, r["order_no"], r["refund_no"])
+        refunds.set_(conn, r["refund_no"], state=state, reject_code=code, reject_msg=(msg or "")[:500],
+                     updated_at=self.ctx.at())
         check_conservation(conn, r["order_no"])
         self.ctx.alarm(conn, "critical", "refund-refused",
                        f"bank refused refund {r['refund_no']} ({state}): {code} {msg}; its items are FAILED again",
@@ -127,11 +115,10 @@ class RefundSteps:
                 return
             if r.get("failures"):
                 ctx.clear(conn, "refund-status-refused", order_no=r["order_no"], batch_no=r["refund_no"])
-                conn.execute(update(refunds).where(refunds.c.refund_no == r["refund_no"])
-                             .values(failures=0))
+                refunds.set_(conn, r["refund_no"], failures=0)
             if step.then is Next.SEND_AGAIN:
-                conn.execute(update(refunds).where(refunds.c.refund_no == r["refund_no"])
-                             .values(state=RefundState.NEW, updated_at=ctx.at(), next_check_at=None))
+                refunds.set_(conn, r["refund_no"], state=RefundState.NEW, updated_at=ctx.at(),
+                             next_check_at=None)
                 return
             if step.then is Next.FORGOTTEN:
                 self._again_later(conn, r)
@@ -146,8 +133,7 @@ class RefundSteps:
             elif step.then is Next.REJECT:
                 self._failed(conn, r, RefundState.RJCT, st.code, st.message, jid)
             else:
-                conn.execute(update(refunds).where(refunds.c.refund_no == r["refund_no"]).values(
-                    next_check_at=int(ctx.now() + ctx.bank.status_poll_s)))
+                refunds.set_(conn, r["refund_no"], next_check_at=int(ctx.now() + ctx.bank.status_poll_s))
         await ctx.db.run(record)
         if step.accepted_first:
             ctx.stage_ended("refund", r["refund_no"])
@@ -162,19 +148,14 @@ class RefundSteps:
                       batch_no=r["refund_no"], journal_id=jid)
             return
         serial = st.serial
-        n = conn.execute(update(items).where(
-            items.c.order_no == r["order_no"], items.c.status == ItemStatus.REFUND_PENDING,
-            items.c.seq.in_(select(refund_items.c.seq).where(refund_items.c.refund_no == r["refund_no"])))
-            .values(status=ItemStatus.REFUNDED, bank_serial=serial, result_at=ctx.at())).rowcount
+        n = items.refunded(conn, r["order_no"], r["refund_no"], serial, ctx.at())
         if n != r["total_count"]:
             raise ConservationError(f"refund {r['refund_no']} holds {r['total_count']} items but {n} "
                                     f"were waiting for it")
-        conn.execute(update(refunds).where(refunds.c.refund_no == r["refund_no"]).values(
-            state=RefundState.DONE, refund_serial=serial, returned_to=st.returned_to,
-            refund_amount=amount, updated_at=ctx.at()))
+        refunds.set_(conn, r["refund_no"], state=RefundState.DONE, refund_serial=serial,
+                     returned_to=st.returned_to, refund_amount=amount, updated_at=ctx.at())
         per_order = check_conservation(conn, r["order_no"])
         settled = set(per_order) <= {ItemStatus.PAID, ItemStatus.REFUNDED}
-        conn.execute(update(orders).where(orders.c.order_no == r["order_no"]).values(
-            results_pending=1, updated_at=ctx.at(), **({"state": OrderState.SETTLED} if settled else {})))
+        orders.results_changed(conn, r["order_no"], ctx.at(), state=OrderState.SETTLED if settled else None)
         log.info("{bank}: refund {refund} done: {n} items, {amount} fen back to the original account",
                  bank=ctx.bank_id, refund=r["refund_no"], n=n, amount=amount)

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import datetime
 
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection
 from twisted.logger import Logger
 
-from gateway.alarms import clear_alarm, raise_alarm  # noqa: F401  (re-exported for the steps)
-from gateway.models import ItemStatus, items, orders
+from gateway.models import ItemStatus
+from gateway.store import items, orders
+from gateway.store.alarms import clear_alarm, raise_alarm  # noqa: F401  (re-exported for the steps)
 from protocols.chinatime import CST, iso  # noqa: F401  (imported from here by the gateway)
 
 log = Logger()
@@ -29,11 +30,8 @@ class ResultRejected(Exception):
 
 def check_conservation(conn: Connection, order_no: str) -> dict[str, tuple[int, int]]:
     """Rule 1 for one order, from the items themselves; returns count and amount per status."""
-    o = conn.execute(select(orders.c.total_amount, orders.c.total_count)
-                     .where(orders.c.order_no == order_no)).one()
-    per = {r.status: (r.n, int(r.amt or 0)) for r in conn.execute(
-        select(items.c.status, func.count().label("n"), func.sum(items.c.amount).label("amt"))
-        .where(items.c.order_no == order_no).group_by(items.c.status))}
+    o = orders.funded(conn, order_no)
+    per = {r.status: (r.n, int(r.amt or 0)) for r in items.per_status(conn, order_no)}
     unknown = set(per) - set(ItemStatus.ALL)
     n = sum(v[0] for v in per.values())
     amt = sum(v[1] for v in per.values())

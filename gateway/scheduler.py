@@ -23,11 +23,11 @@ from zoneinfo import ZoneInfo
 from apscheduler.events import EVENT_JOB_ERROR
 from apscheduler.schedulers.twisted import TwistedScheduler
 from apscheduler.triggers.cron import CronTrigger
-from sqlalchemy import Connection, func, select, update
+from sqlalchemy import Connection
 from twisted.logger import Logger
 
 from gateway.journal import Entry, Journal
-from gateway.models import BatchState, ItemStatus, OrderState, batches, items, orders
+from gateway.store import orders
 from gateway.rules import CST, iso, raise_alarm
 
 log = Logger()
@@ -129,18 +129,10 @@ class RetryScheduler:
         if not working:
             log.info("scheduler: {day} is not a working day; no scheduled retry", day=day.isoformat())
             return {}
-        live = select(batches.c.batch_no).where(batches.c.batch_no == items.c.batch_no,
-                                                batches.c.state.in_(BatchState.LIVE))
-        rows = conn.execute(
-            select(orders.c.order_no, orders.c.bank_id, func.count().label("n"),
-                   func.sum(items.c.amount).label("amount"))
-            .join(items, items.c.order_no == orders.c.order_no)
-            .where(orders.c.state == OrderState.DISPATCHED, orders.c.bank_id.in_(self.bank_ids),
-                   items.c.status == ItemStatus.CORRECTED, ~live.exists())
-            .group_by(orders.c.order_no, orders.c.bank_id).order_by(orders.c.order_no)).all()
+        rows = orders.with_corrected_waiting(conn, self.bank_ids)
         marked: dict[str, list[str]] = {}
         for r in rows:
-            conn.execute(update(orders).where(orders.c.order_no == r.order_no).values(retry_requested=1))
+            orders.request_retry(conn, r.order_no)
             payload = json.dumps({"order_no": r.order_no, "bank_id": r.bank_id, "items": r.n,
                                   "amount": int(r.amount or 0), "at": at}, ensure_ascii=False).encode()
             # One entry per order, so `journal show --order` finds why its RETRY batch went out.

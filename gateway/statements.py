@@ -7,16 +7,17 @@ and each refund DONE; ISO camt.053 lists booked entries on the holding account
 (a debit per payment or refund, a credit per return) named by their EndToEndId.
 A statement is identified by (bank, period, source): storing it again replaces
 its lines in the caller's transaction, so a re-fetched file never doubles a line.
-Nothing here judges the figures; `gateway.reports` compares them.
+Nothing here judges the figures; `gateway.reports` compares them. The tables are written
+by gateway/store/statements.py.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Connection, delete, insert, select, update
+from sqlalchemy import Connection
 
-from gateway.models import statement_lines, statements
+from gateway.store import statements as statement_store
 from protocols.cnbank_envelope import valid_period
 from protocols.cnbank_files import Statement as CnbankStatement
 
@@ -33,33 +34,6 @@ def _check_common(bank_id: str, period: str, source: str, at: str) -> None:
         raise ValueError("at must be an ISO 8601 time")
 
 
-def _replace(conn: Connection, bank_id: str, period: str, source: str, header: dict[str, Any],
-             lines: list[dict[str, Any]]) -> int:
-    """Insert the statement or, if it is known, rewrite its header and replace its lines."""
-    sid = conn.execute(select(statements.c.id).where(
-        statements.c.bank_id == bank_id, statements.c.period == period,
-        statements.c.source == source)).scalar_one_or_none()
-    values = {**header, "line_count": len(lines)}
-    if sid is None:
-        sid = conn.execute(insert(statements).values(
-            bank_id=bank_id, period=period, source=source, **values)
-            .returning(statements.c.id)).scalar_one()
-    else:
-        conn.execute(update(statements).where(statements.c.id == sid).values(**values))
-        conn.execute(delete(statement_lines).where(statement_lines.c.statement_id == sid))
-    rows = [{"statement_id": sid, "line_no": no, **_LINE_DEFAULTS, **line}
-            for no, line in enumerate(lines, 1)]
-    for i in range(0, len(rows), 5000):
-        conn.execute(insert(statement_lines), rows[i:i + 5000])
-    return sid
-
-
-# Every line row names every column, so one executemany insert fits them all.
-_LINE_DEFAULTS = {k: None for k in (
-    "order_no", "count", "paid_count", "paid_amount", "failed_count", "failed_amount",
-    "returned_count", "returned_amount", "credit", "entry_kind", "bank_ref", "booked")}
-
-
 def store_lines(conn: Connection, bank_id: str, period: str, source: str, header: dict[str, Any],
                 lines: list[dict[str, Any]], at: str, journal_id: int | None = None) -> int:
     """Store a statement a dialect turned into rows (IBankRecorder.statement_in); its id.
@@ -69,7 +43,8 @@ def store_lines(conn: Connection, bank_id: str, period: str, source: str, header
     the lines stored before.
     """
     _check_common(bank_id, period, source, at)
-    return _replace(conn, bank_id, period, source, {**header, "fetched_at": at, "journal_id": journal_id}, lines)
+    return statement_store.replace(conn, bank_id, period, source,
+                                   {**header, "fetched_at": at, "journal_id": journal_id}, lines)
 
 
 def store_cnbank_statement(conn: Connection, bank_id: str, period: str, statement: CnbankStatement,

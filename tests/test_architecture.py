@@ -2,7 +2,8 @@
 
 `lint-imports` checks the contracts in .importlinter (protocols imports neither adapters,
 gateway nor simulators; adapters does not import gateway, but for the edges listed there
-as still to remove; nothing of the daemon imports a simulator). The key modules at start
+as still to remove; nothing of the daemon imports a simulator; gateway.store, the table
+access, imports none of the steps, the RPC, the journal or a dialect). The key modules at start
 (bankplugins, config, keystore, workdays) import each other in one direction only.
 """
 

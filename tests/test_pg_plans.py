@@ -58,3 +58,59 @@ def test_the_apply_goes_by_the_primary_key_while_statistics_are_stale(pg_url):
         assert "ix_items_order_counts" in naive, naive
     finally:
         engine.dispose()
+
+
+def _captured_plan(engine, status: str, run) -> str:
+    """EXPLAIN of the statement `run(conn)` sends (captured as the driver gets it, then rolled
+    back), while the items' statistics still say PENDING and every item is now *status*."""
+    sent: list[tuple[str, object]] = []
+
+    def capture(conn, cursor, statement, parameters, context, executemany):  # noqa: ANN001
+        if statement.lstrip().upper().startswith("UPDATE ITEMS"):
+            sent.append((statement, parameters))
+    with engine.begin() as c:
+        c.execute(sa.text("UPDATE items SET status = :st WHERE order_no = :o"), {"st": status, "o": ORDER})
+    with engine.connect() as c:
+        sa.event.listen(c, "before_cursor_execute", capture)
+        with c.begin() as t:
+            run(c)
+            t.rollback()
+        sa.event.remove(c, "before_cursor_execute", capture)
+        assert len(sent) == 1, sent
+        statement, parameters = sent[0]
+        return "\n".join(r[0] for r in c.exec_driver_sql("EXPLAIN " + statement, parameters))
+
+
+@pytest.mark.postgres
+def test_the_stores_per_item_updates_go_by_the_primary_key_while_statistics_are_stale(pg_url):
+    """gateway/store/items.py's one-item updates (item.correct's `correct`, a late return's
+    `returned_late`) compare `status || ''` and so take items_pkey, not the counts index,
+    when the statistics have not seen the items' new status. Fails if `+ ""` is dropped from
+    either (checked by hand: with plain `items.c.status ==` in `correct`, or in `returned_late`,
+    the plan is an index scan of ix_items_order_counts and this test fails)."""
+    from gateway.store import items as item_store
+    dbmod.upgrade(pg_url)
+    engine = sa.create_engine(pg_url)
+    try:
+        with engine.begin() as c:
+            c.execute(sa.text(
+                "INSERT INTO orders (order_no, bank_id, budget_unit, project_code, project_name, "
+                "project_short, region, total_amount, total_count, funded_at, state, created_at, "
+                "updated_at, results_pending) VALUES (:o, 'b', 'u', 'p', 'n', 's', 'r', 2000000, 20000, "
+                "'2026-11-02T09:30:00+08:00', 'DISPATCHED', 'x', 'x', 0)"), {"o": ORDER})
+            c.execute(sa.text(
+                "INSERT INTO items (order_no, seq, name, id_number, account_no, account_bank, amount, remark, "
+                "status, batch_no) SELECT :o, g, 'n', 'i', 'a', '', 100, '', 'PENDING', :b "
+                "FROM generate_series(1, 20000) g"), {"o": ORDER, "b": ORDER + "-P01"})
+        with engine.connect() as c:
+            c.execute(sa.text("ANALYZE items"))
+            c.commit()
+        correct = _captured_plan(engine, "FAILED", lambda c: item_store.correct(
+            c, ORDER, 5, {"account_no": "6222000000000005"}))
+        late = _captured_plan(engine, "PAID", lambda c: item_store.returned_late(
+            c, ORDER, 5, ORDER + "-P01", 100, reason_code="R001", reason_text="late", serial="S1",
+            result_at="2026-11-03T00:00:00+08:00"))
+        assert "items_pkey" in correct, correct
+        assert "items_pkey" in late, late
+    finally:
+        engine.dispose()

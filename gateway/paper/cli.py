@@ -107,16 +107,12 @@ def _bank_of(conn, batch_no: str) -> str:  # noqa: ANN001
 
 def cmd_sheet_file(cfg, args) -> int:  # noqa: ANN001
     """Record that the department filed a batch's sheet with finance (报送财政部门备案)."""
-    from sqlalchemy import update
-
     from gateway.journal import Entry
-    from gateway.models import result_sheets
+    from gateway.store import result_sheets
     jr = open_journal(cfg)
     with _engine(cfg).begin() as conn:
         at = _at()
-        n = conn.execute(update(result_sheets).where(result_sheets.c.batch_no == args.batch,
-                                                     result_sheets.c.filed_at.is_(None))
-                         .values(filed_at=at, filed_by=args.by)).rowcount
+        n = result_sheets.filed(conn, args.batch, at, args.by)
         if n != 1:
             print(f"ERROR batch {args.batch} has no sheet, or it was filed already", file=sys.stderr)
             return 1

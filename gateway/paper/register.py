@@ -17,7 +17,8 @@ from typing import Any
 
 from sqlalchemy import Connection, and_, or_, select
 
-from gateway.models import BatchState, batches, disputes, orders, result_sheets
+from gateway.models import BatchState, batches, disputes, orders
+from gateway.store import result_sheets
 from gateway.rules import CST
 
 ANSWER = {"ACCEPTED": "accepted by the bank 银行已受理", "REFUSED": "refused by the bank 银行拒绝",
@@ -53,8 +54,7 @@ def register(conn: Connection, year: int, month: int, bank_id: str | None = None
     for b in conn.execute(q).mappings():
         received = (datetime.datetime.fromtimestamp(b["done_at"], CST).isoformat(timespec="seconds")
                     if b["done_at"] is not None else b["updated_at"])
-        sheet = conn.execute(select(result_sheets).where(result_sheets.c.batch_no == b["batch_no"])
-                             ).mappings().one_or_none()
+        sheet = result_sheets.get(conn, b["batch_no"])
         due = b["confirm_due"]
         confirmed = _date(b["confirmed_at"])
         if confirmed is not None:

@@ -23,13 +23,13 @@ import json
 import re
 from typing import Any
 
-from sqlalchemy import Connection, insert, select
+from sqlalchemy import Connection, select
 
 from gateway.journal import Entry, Journal
 from gateway.masking import mask
-from gateway.models import (BatchState, ItemStatus, batches, corrections, items, journal, late_returns, orders,
-                            result_sheets)
+from gateway.models import BatchState, ItemStatus, batches, corrections, items, journal, late_returns, orders
 from gateway.paper import pdf
+from gateway.store import result_sheets as sheet_store
 from gateway.paper.seal import Seal, openssl_command
 from gateway.rules import CST
 from protocols.sm import sm3_hex
@@ -195,8 +195,7 @@ def render_sheet(d: dict, *, fingerprint: str, signer_id: str, produced_at: str,
 
 
 def existing(conn: Connection, batch_no: str) -> dict | None:
-    r = conn.execute(select(result_sheets).where(result_sheets.c.batch_no == batch_no)).mappings().one_or_none()
-    return dict(r) if r else None
+    return sheet_store.get(conn, batch_no)
 
 
 def ensure_sheet(conn: Connection, jr: Journal, seal: Seal, batch_no: str, at: str, *,
@@ -223,7 +222,7 @@ def ensure_sheet(conn: Connection, jr: Journal, seal: Seal, batch_no: str, at: s
     row = {"batch_no": batch_no, "order_no": b["order_no"], "bank_id": b["bank_id"], "produced_at": at,
            "pdf_sm3": sm3_hex(data), "pdf_sha256": sha, "pdf_size": len(data), "signer": seal.fingerprint,
            "journal_id": jid, "sig_journal_id": sid, "filed_at": None, "filed_by": None}
-    conn.execute(insert(result_sheets).values(**row))
+    sheet_store.add(conn, row)
     return row
 
 
@@ -241,11 +240,4 @@ def sheet_files(conn: Connection, jr: Journal, batch_no: str) -> tuple[bytes, by
 
 def done_batches_without_sheet(conn: Connection, *, bank_id: str | None = None,
                                order_no: str | None = None) -> list[str]:
-    q = (select(batches.c.batch_no).where(batches.c.state == BatchState.DONE,
-                                          batches.c.batch_no.not_in(select(result_sheets.c.batch_no)))
-         .order_by(batches.c.batch_no))
-    if bank_id:
-        q = q.where(batches.c.bank_id == bank_id)
-    if order_no:
-        q = q.where(batches.c.order_no == order_no)
-    return list(conn.execute(q).scalars())
+    return sheet_store.done_batches_without(conn, bank_id=bank_id, order_no=order_no)
