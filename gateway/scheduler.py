@@ -131,8 +131,12 @@ class RetryScheduler:
             return {}
         rows = orders.with_corrected_waiting(conn, self.bank_ids)
         marked: dict[str, list[str]] = {}
+        # Every order row first, then the journal (docs/lock-order.md: rows, then the journal
+        # head): journaling between two orders would hold the head while taking the next row,
+        # a cycle with order.retry on that order.
         for r in rows:
             orders.request_retry(conn, r.order_no)
+        for r in rows:
             payload = json.dumps({"order_no": r.order_no, "bank_id": r.bank_id, "items": r.n,
                                   "amount": int(r.amount or 0), "at": at}, ensure_ascii=False).encode()
             # One entry per order, so `journal show --order` finds why its RETRY batch went out.

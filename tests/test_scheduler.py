@@ -261,3 +261,31 @@ def test_config_schedule_and_ha(tmp_path):
     assert len(errs) == 1 and "schedule.retry_times: needs [calendar] dir" in errs[0], errs
     _, errs = load('[schedule]\nretry_time = ["10:00"]\n[ha]\nretry = 1\n')
     assert len(errs) == 2 and "schedule.retry_time: unknown key" in errs[0] and "ha.retry: unknown key" in errs[1]
+
+
+@pytest_twisted.ensureDeferred
+async def test_job_marks_every_order_before_it_takes_the_journal_head(reactor, tmp_path, migrated):
+    """docs/lock-order.md: rows, then the journal head. With two eligible orders, no order row is
+    updated after the first journal append (marking the second order while holding the head is a
+    lock cycle with order.retry on that order)."""
+    _seed(migrated)
+    with migrated.begin() as c:
+        _order(c, "FS-ELIGIBLE2", "DISPATCHED")
+        _batch(c, "FS-ELIGIBLE2-P01", "FS-ELIGIBLE2", "DONE")
+        _item(c, "FS-ELIGIBLE2", 1, "CORRECTED", "FS-ELIGIBLE2-P01")
+    seen: list[str] = []
+
+    def statement(conn, cursor, sql, params, context, executemany):
+        low = " ".join(sql.split()).lower()
+        if low.startswith("update orders"):
+            seen.append("order")
+        elif low.startswith("insert into journal ") or low.startswith("insert into journal("):
+            seen.append("journal")
+    sa.event.listen(migrated, "before_cursor_execute", statement)
+    try:
+        marked = await deferToThread(_scheduler(reactor, migrated, tmp_path, []).run_job, cst(2026, 9, 28))
+    finally:
+        sa.event.remove(migrated, "before_cursor_execute", statement)
+    assert sorted(marked[BANK]) == ["FS-ELIGIBLE", "FS-ELIGIBLE2"]
+    assert seen.count("order") == 2 and seen.count("journal") == 2, seen
+    assert seen.index("journal") > max(i for i, s in enumerate(seen) if s == "order"), seen
