@@ -14,6 +14,7 @@ import pytest
 import pytest_twisted
 
 from protocols import iso20022 as I
+from protocols import iso_feed
 
 
 @pytest.mark.loopback
@@ -25,7 +26,9 @@ async def test_a_pain002_is_read_off_the_reactor_thread_and_not_again_on_each_st
     on a worker thread, never on the reactor thread; and the pain.002 is read twice in all
     (judged once as it arrives, its lines once for the apply), not once more per status tick:
     the status is decided from what judging it found, kept by its journal id. Fails (a read on
-    the reactor thread, three reads) when batch_status parses the document itself again."""
+    the reactor thread, three reads) when batch_status parses the document itself again.
+    The feed page's document strings are decoded from JSON on a thread too, not on the
+    reactor thread that takes the page as it arrives."""
     from simulators import datagen, harness
     from simulators.isobank import install as isoinstall
     from tests.support import InProcess
@@ -37,6 +40,14 @@ async def test_a_pain002_is_read_off_the_reactor_thread_and_not_again_on_each_st
         reads.append(threading.current_thread().name)
         return real(source)
     monkeypatch.setattr(I, "read_pain002", counted)
+    decoded: list[tuple[str, int]] = []     # documents' JSON strings decoded: (thread, bytes)
+    real_decode = iso_feed.decode_document
+
+    def decode(raw):
+        if len(raw) > 4096:       # a document (cursors and types are short fields)
+            decoded.append((threading.current_thread().name, len(raw)))
+        return real_decode(raw)
+    monkeypatch.setattr(iso_feed, "decode_document", decode)
 
     order = datagen.OrderSpec(
         order_no="ISOR0001", bank_id=isoinstall.ISO_BANK_ID, count=200, seed=12,
@@ -69,3 +80,4 @@ async def test_a_pain002_is_read_off_the_reactor_thread_and_not_again_on_each_st
     reactor_thread = threading.main_thread().name
     assert reactor_thread not in reads, reads
     assert len(reads) == 2, reads
+    assert decoded and all(t != reactor_thread for t, _ in decoded), decoded
