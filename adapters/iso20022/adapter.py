@@ -47,7 +47,7 @@ PAGES_PER_SYNC = 20
 PAGE_LIMIT = 100          # reports asked per page; fewer after a page too large
 MAX_ASK_AGAIN = 3         # status questions per MsgId after refused reports, per run
 FINAL = ("ACSC", "RJCT")
-KNOWN_REPORTS = 64        # pain.002 summaries kept in memory (by journal id), most recent first
+KNOWN_REPORTS = 64        # pain.002 summaries kept in memory by journal id (the most recently used)
 
 
 def _type_label(kind: str) -> str:
