@@ -49,6 +49,17 @@ class FeedReport:
     raw: bytes = b""
     size: int = 0
     refused: str | None = None
+    undecoded: bool = False      # `raw` holds the document string, not decoded yet (decode())
+
+    def decode(self) -> "FeedReport":
+        """Decode a document left undecoded by FeedPage(decode=False): work that grows with
+        the document, for a worker thread, not the reactor that fed the page."""
+        if self.undecoded:
+            self.document, self.refused = decode_document(self.raw)
+            if self.document is not None:
+                self.raw = b""      # the document itself is the evidence
+            self.undecoded = False
+        return self
 
 
 def decode_document(raw: bytes) -> tuple[bytes | None, str | None]:
@@ -72,8 +83,9 @@ class FeedPage:
     """Feed the page's bytes with `feed()`, then `close()`; `reports` fills as they complete."""
 
     def __init__(self, max_document_bytes: int, *, hold_bytes: int | None = None,
-                 max_field_bytes: int = 4096) -> None:
+                 max_field_bytes: int = 4096, decode: bool = True) -> None:
         self.max_document = max_document_bytes
+        self.decode = decode         # False: documents stay undecoded (FeedReport.decode())
         self.hold = hold_bytes if hold_bytes is not None else max_document_bytes
         self.max_field = max_field_bytes
         self.reports: list[FeedReport] = []
@@ -223,11 +235,14 @@ class FeedPage:
         if kind == "{" and len(p) == 2 and p[0] == "reports" and self._report is not None:
             r = self._report
             self._report = None
-            if r.cursor is None or r.type is None or (r.document is None and r.refused is None):
+            if r.cursor is None or r.type is None or (r.document is None and r.refused is None
+                                                      and not r.undecoded):
                 raise FeedError(f"reports[{p[1]}] lacks cursor, type or document")
             self.reports.append(r)
             if r.document is not None:
                 self.held += len(r.document)
+            elif r.undecoded:
+                self.held += len(r.raw)
             if self.held >= self.hold:
                 self.full = True
         self._after_value()
@@ -325,10 +340,12 @@ class FeedPage:
             if skipped:
                 r.refused = (f"the document is {size} bytes as it arrived, over max_document_bytes "
                              f"{self.max_document}: not read further, not parsed")
-            else:
+            elif self.decode:
                 r.document, r.refused = decode_document(raw)
                 if r.document is not None:
                     r.raw = b""      # the document itself is the evidence
+            else:
+                r.undecoded = True
         elif role in ("cursor", "type", "next"):
             value, why = decode_document(raw)
             if value is None:

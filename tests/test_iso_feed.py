@@ -18,17 +18,22 @@ def _feed(raw: bytes, chunk: int, cap: int = 1000, **kw) -> FeedPage:
     return page
 
 
+@pytest.mark.parametrize("decode", [True, False])
 @pytest.mark.parametrize("ensure_ascii", [True, False])
 @pytest.mark.parametrize("chunk", [1, 2, 3, 5, 7, 64, 1 << 20])
-def test_documents_come_out_whole_however_the_page_is_cut(ensure_ascii, chunk):
+def test_documents_come_out_whole_however_the_page_is_cut(ensure_ascii, chunk, decode):
     """Cut at every byte (inside escapes, surrogate pairs and UTF-8 characters), a page gives
     each document exactly as json.loads would, and the next cursor; one over the cap is
-    refused with its cursor, its size as it arrived and only its head kept."""
+    refused with its cursor, its size as it arrived and only its head kept. The same when the
+    page leaves its documents undecoded (decode=False, as the HTTPS client takes it on the
+    reactor thread) and each is decoded after (FeedReport.decode(), on a thread)."""
     page = {"reports": [{"cursor": "1", "type": "pain.002.001.11", "document": DOC, "extra": [1, {"x": "y"}]},
                         {"type": "camt.054.001.08", "document": "x" * 5000, "cursor": "2"}],
             "next": "2", "pad": "z" * 10_000}
     raw = json.dumps(page, ensure_ascii=ensure_ascii).encode()
-    reports, nxt = _feed(raw, chunk).close()
+    reports, nxt = _feed(raw, chunk, decode=decode).close()
+    assert [r.undecoded for r in reports] == [not decode, False]
+    reports = [r.decode() for r in reports]
     assert nxt == "2"
     assert reports[0].document == DOC.encode() and reports[0].refused is None
     big = reports[1]
@@ -55,12 +60,14 @@ def test_a_document_over_the_cap_is_not_held():
     (b"ab\xffcd", "not UTF-8"),
     (b"ab\\xcd", "not valid JSON"),
 ])
-def test_a_document_that_does_not_decode_is_refused_alone(escaped, why):
+@pytest.mark.parametrize("decode", [True, False])
+def test_a_document_that_does_not_decode_is_refused_alone(escaped, why, decode):
     """A lone surrogate, bytes that are not UTF-8, a bad escape: that document is refused
     with its raw string kept as evidence; the page and its other documents stand."""
     raw = (b'{"reports": [{"cursor": "1", "type": "t", "document": "' + escaped + b'"}, '
            b'{"cursor": "2", "type": "t", "document": "<ok/>"}], "next": "2"}')
-    reports, nxt = _feed(raw, 3).close()
+    reports, nxt = _feed(raw, 3, decode=decode).close()
+    reports = [r.decode() for r in reports]
     assert nxt == "2" and reports[0].document is None and why in reports[0].refused
     assert reports[0].raw == escaped and reports[1].document == b"<ok/>"
 

@@ -18,7 +18,7 @@ import threading
 import pytest
 import pytest_twisted
 import sqlalchemy as sa
-from twisted.internet import defer, task
+from twisted.internet import defer, task, threads
 
 from gateway import db as dbmod
 from gateway.leadership import (ACTIVE, CORE, SINGLE, STANDBY, Deposed, Fence, FileLock, Leadership,
@@ -338,6 +338,35 @@ async def test_sqlite_flock_one_active_and_the_other_takes_over_when_the_leader_
         assert [e[1] for e in events] == [ACTIVE, STANDBY, ACTIVE]
     finally:
         await _stop(a, b)
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_lease_renews_while_the_reactors_thread_pool_is_full(reactor, tmp_path):
+    """Bulk work saturating the reactor's shared thread pool (deferToThread: an adapter judging
+    or parsing a 100,000-transfer report, every worker busy) never delays a renewal: each lease
+    call runs on a thread of its own, so the leader renews on every period and stays active,
+    one term, while every worker of the pool is held. Fails (the renewal waits for a worker,
+    times out, the lease runs out: standby) if the lease's calls go through deferToThread."""
+    url = _migrated(f"sqlite:///{tmp_path}/gateway.db")
+    clock = task.Clock()
+    lead = _leader(reactor, clock, _flock_lease(url, str(tmp_path / "gateway.db.lock"), "a"))
+    pool = reactor.getThreadPool()
+    release = threading.Event()
+    held = [threads.deferToThread(release.wait, 30) for _ in range(pool.max + 2)]
+    try:
+        lead.startService()
+        await _turn(clock, lead)
+        assert lead.role == ACTIVE
+        renewals = 0
+        for _ in range(4 * math.ceil(LEASE_S / lead.renew_s)):    # four lease lengths
+            await _turn(clock, lead, by=lead.renew_s * (1 + JITTER) + 0.01)
+            renewals += 1
+            assert lead.role == ACTIVE, f"stood down after {renewals} renewal periods"
+        assert len(lead.terms) == 1 and not release.is_set()
+    finally:
+        release.set()
+        await defer.DeferredList(held)
+        await _stop(lead)
 
 
 @pytest_twisted.ensureDeferred

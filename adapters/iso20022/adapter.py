@@ -22,6 +22,7 @@ import hashlib
 import io
 import json
 import os
+from collections import OrderedDict
 
 from sqlalchemy import Connection
 from twisted.internet.threads import deferToThread
@@ -46,6 +47,7 @@ PAGES_PER_SYNC = 20
 PAGE_LIMIT = 100          # reports asked per page; fewer after a page too large
 MAX_ASK_AGAIN = 3         # status questions per MsgId after refused reports, per run
 FINAL = ("ACSC", "RJCT")
+KNOWN_REPORTS = 64        # pain.002 summaries kept in memory by journal id (the most recently used)
 
 
 def _type_label(kind: str) -> str:
@@ -85,6 +87,37 @@ class _Judged:
         self.ref: str | None = None          # pain.002 OrgnlMsgId
         self.orig_name: str | None = None    # pain.002 OrgnlMsgNmId
         self.entries: list[tuple[str | None, str | None]] = []   # camt.054 (EndToEndId, InstrId)
+        self.summary: _Pain002 | None = None  # pain.002: what batch_status needs of it
+        self.jid: int | None = None          # the journal entry it was kept as
+
+
+class _Pain002:
+    """What a batch's status needs of one pain.002, read once (on a thread) and kept by its
+    journal id: the group part and whether every transfer status is final. A 100,000-transfer
+    pain.002 is some 60 MB; parsing it again on every status tick (on the reactor thread, as
+    it once was) held the reactor for tens of seconds and lost the lease."""
+
+    __slots__ = ("report", "all_final", "count")
+
+    def __init__(self, report, all_final: bool, count: int):
+        self.report = report
+        self.all_final = all_final
+        self.count = count
+
+    @classmethod
+    def read(cls, doc: bytes) -> "_Pain002":
+        report, statuses = iso.read_pain002(io.BytesIO(doc))
+        all_final, n = True, 0
+        for s in statuses:   # to its end: the reader's last step checks the whole
+            n += 1
+            all_final = all_final and s.status in FINAL
+        return cls(report, all_final, n)
+
+    def done(self) -> bool:
+        return self.all_final and self.report.group_status in ("ACSC", "PART", "RJCT")
+
+    def rejected_whole(self) -> bool:
+        return self.report.group_status == "RJCT" and bool(self.report.group_reason)
 
 
 class _Sink:
@@ -193,6 +226,7 @@ class IsoAdapter:
         self._page_limit: dict[str | None, int] = {}   # cursor -> page size that fits, after a page too large
         self._asked_again: dict[str, int] = {}
         self._faulted: set[str] = set()     # cursors whose page could not be taken (alarm open)
+        self._known: OrderedDict[int, _Pain002] = OrderedDict()   # journal id -> pain.002 read once
         os.makedirs(work_dir, exist_ok=True)
 
     @property
@@ -475,9 +509,8 @@ class IsoAdapter:
                                         f"({iso.PAIN002}, {iso.CAMT054} or {iso.CAMT053} expected)")
             iso.validate(io.BytesIO(doc), kind)
             if kind == iso.PAIN002:
-                report, statuses = iso.read_pain002(io.BytesIO(doc))
-                for _ in statuses:   # to its end: the reader's last step checks the whole
-                    pass
+                j.summary = _Pain002.read(doc)
+                report = j.summary.report
                 j.msg_id, j.ref, j.orig_name = report.msg_id, report.orig_msg_id, report.orig_msg_nm_id
             elif kind == iso.CAMT054:
                 n = iso.read_camt054(io.BytesIO(doc))
@@ -566,6 +599,7 @@ class IsoAdapter:
                     "in", self.bank_id, self.channel, label,
                     f"report {r.cursor}: {r.type} {j.msg_id}" + (f" for {j.ref}" if j.ref else ""),
                     payload=r.document, msg_id=j.msg_id[:64], batch_no=j.ref, verified="ok"))
+                j.jid = jid
                 if r.type == iso.CAMT053:
                     try:
                         self._store_statement(conn, recorder, r.document, jid)
@@ -639,6 +673,9 @@ class IsoAdapter:
                 judged.append(await deferToThread(self._judge, r, now))
             new_cursor = nxt if nxt is not None else reports[-1].cursor
             n, bad = await self._keep_page(recorder, judged, since, new_cursor)
+            for j in judged:
+                if j.jid is not None and j.summary is not None:
+                    self._remember(j.jid, j.summary)
             self._faulted.discard(_feed_key(since))
             kept += n
             refused += bad
@@ -703,11 +740,38 @@ class IsoAdapter:
             return [(i, kept[i]) for i in ids]
         return await recorder.read(find)
 
+    async def _latest_id(self, recorder, kind: str, ref: str) -> int | None:
+        """The journal id of the last report of `kind` for `ref` (its document not read)."""
+        def find(conn: Connection):
+            ids = recorder.store.report_journal_ids(conn, kind, ref)
+            return ids[-1] if ids else None
+        return await recorder.read(find)
+
+    def _remember(self, jid: int, summary: _Pain002) -> None:
+        self._known[jid] = summary
+        self._known.move_to_end(jid)
+        while len(self._known) > KNOWN_REPORTS:
+            self._known.popitem(last=False)
+
+    async def _pain002(self, recorder, jid: int) -> _Pain002:
+        """A kept pain.002's summary: from memory when judged (or read) before in this run,
+        else its document read from the journal and parsed once, off the reactor thread."""
+        known = self._known.get(jid)
+        if known is None:
+            kept = await recorder.read(recorder.payloads_in, [jid])
+            known = await deferToThread(_Pain002.read, kept[jid])
+            self._remember(jid, known)
+        return known
+
     async def _notifications(self, recorder) -> list[tuple[int, iso.Entry]]:
-        out = []
-        for jid, doc in await self._documents(recorder, iso.CAMT054):
-            out.extend((jid, e) for e in iso.read_camt054(io.BytesIO(doc)).entries)
-        return out
+        docs = await self._documents(recorder, iso.CAMT054)
+
+        def parse():
+            out = []
+            for jid, doc in docs:
+                out.extend((jid, e) for e in iso.read_camt054(io.BytesIO(doc)).entries)
+            return out
+        return await deferToThread(parse)
 
     # --- batches ------------------------------------------------------------------------
 
@@ -737,17 +801,17 @@ class IsoAdapter:
         parts = self._parts(batch)
         if len(parts) > 1:
             return await self._parts_status(batch, parts, recorder)
-        docs = await self._documents(recorder, iso.PAIN002, batch["batch_no"])
-        if not docs:
+        jid = await self._latest_id(recorder, iso.PAIN002, batch["batch_no"])
+        if jid is None:
             return BatchStatus("pending")
-        jid, doc = docs[-1]
-        report, statuses = iso.read_pain002(io.BytesIO(doc))
-        if report.group_status == "RJCT" and report.group_reason:
+        known = await self._pain002(recorder, jid)
+        report = known.report
+        if known.rejected_whole():
             outcome = iso.reason_outcome(report.group_reason)
             return BatchStatus("rejected", report.group_reason,
                                f"{iso.REASONS.get(report.group_reason, ('', report.group_info or ''))[1]} "
                                f"({outcome})", journal_id=jid)
-        if all(s.status in FINAL for s in statuses) and report.group_status in ("ACSC", "PART", "RJCT"):
+        if known.done():
             return BatchStatus("done", results={"ref": str(jid), "digest": "", "key": ""}, journal_id=jid)
         return BatchStatus("pending", journal_id=jid)
 
@@ -769,36 +833,25 @@ class IsoAdapter:
         return out
 
     async def _latest_reports(self, parts: list[dict], recorder) -> list[tuple[int, bytes] | None]:
-        out = []
-        for p in parts:
-            docs = await self._documents(recorder, iso.PAIN002, p["msg_id"])
-            out.append(docs[-1] if docs else None)
-        return out
+        ids = [await self._latest_id(recorder, iso.PAIN002, p["msg_id"]) for p in parts]
+        kept = await recorder.read(recorder.payloads_in, [i for i in ids if i is not None])
+        return [None if i is None else (i, kept[i]) for i in ids]
 
     async def _parts_status(self, batch: dict, parts: list[dict], recorder) -> BatchStatus:
         """A split batch is done when every part's pain.002 is final; rejected whole only when
         every part is rejected whole (a part rejected beside paid ones fails its own items)."""
-        latest = await self._latest_reports(parts, recorder)
+        latest = [await self._latest_id(recorder, iso.PAIN002, p["msg_id"]) for p in parts]
         if any(x is None for x in latest):
             return BatchStatus("pending")
-
-        def judge():
-            out = []
-            for jid, doc in latest:
-                report, statuses = iso.read_pain002(io.BytesIO(doc))
-                out.append((jid, report, [s.status for s in statuses]))
-            return out
-        judged = await deferToThread(judge)
-        whole = [(jid, r) for jid, r, _ in judged if r.group_status == "RJCT" and r.group_reason]
+        judged = [(jid, await self._pain002(recorder, jid)) for jid in latest]
+        whole = [(jid, k.report) for jid, k in judged if k.rejected_whole()]
         if len(whole) == len(judged):
             jid, report = whole[0]
             outcome = iso.reason_outcome(report.group_reason)
             return BatchStatus("rejected", report.group_reason,
                                f"{iso.REASONS.get(report.group_reason, ('', report.group_info or ''))[1]} "
                                f"({outcome}; every part of {batch['batch_no']})", journal_id=jid)
-        if all((r.group_status == "RJCT" and r.group_reason) or (
-                all(s in FINAL for s in sts) and r.group_status in ("ACSC", "PART", "RJCT"))
-               for _jid, r, sts in judged):
+        if all(k.rejected_whole() or k.done() for _jid, k in judged):
             last = judged[-1][0]
             return BatchStatus("done", results={"ref": f"parts:{last}", "digest": "", "key": ""}, journal_id=last)
         return BatchStatus("pending", journal_id=judged[-1][0])
@@ -914,12 +967,15 @@ class IsoAdapter:
                 return RefundStatus("unknown_to_bank", reply.code, reply.message, journal_id=reply.journal_id)
             return RefundStatus("pending", journal_id=reply.journal_id)
         await self.sync(recorder)
-        docs = await self._documents(recorder, iso.PAIN002, refund["refund_no"])
-        if not docs:
+        jid = await self._latest_id(recorder, iso.PAIN002, refund["refund_no"])
+        if jid is None:
             return RefundStatus("pending")
-        jid, doc = docs[-1]
-        report, statuses = iso.read_pain002(io.BytesIO(doc))
-        statuses = list(statuses)
+        kept = await recorder.read(recorder.payloads_in, [jid])
+
+        def read():
+            report, statuses = iso.read_pain002(io.BytesIO(kept[jid]))
+            return report, list(statuses)
+        report, statuses = await deferToThread(read)
         if report.group_status == "RJCT" or any(s.status == "RJCT" for s in statuses):
             code = report.group_reason or next((s.reason_code for s in statuses if s.reason_code), "") or ""
             return RefundStatus("rejected", code, report.group_info or "", journal_id=jid)
@@ -954,8 +1010,8 @@ class IsoAdapter:
 
     async def fetch_statement(self, period: str, recorder):
         await self.sync(recorder)
-        return [iso.read_camt053(io.BytesIO(doc))
-                for _jid, doc in await self._documents(recorder, iso.CAMT053)]
+        docs = await self._documents(recorder, iso.CAMT053)
+        return await deferToThread(lambda: [iso.read_camt053(io.BytesIO(doc)) for _jid, doc in docs])
 
     def close(self):
         return self.client.close() if hasattr(self.client, "close") else None
