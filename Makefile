@@ -45,8 +45,9 @@ services:
 	sh tests/services.sh
 
 ## One order of ITEMS items end to end; the last line printed is a JSON object of timings.
+## DB=sqlite (the default) or a PostgreSQL server URL (a fresh database is made on it, dropped after).
 bench: $(STAMP)
-	$(BIN)/python bench/spine.py --items $(ITEMS)
+	$(BIN)/python bench/spine.py --items $(ITEMS) --db '$(DB)'
 
 ## Mutation check of the rule-enforcing modules (not part of `make test`; about an hour on 2 cores).
 ## MODULES="--module gateway/rules.py" narrows it; the table of killed/survived is printed last.
