@@ -1177,20 +1177,33 @@ def _apply_staged(conn: Connection, order_no: str, batch_no: str, lines) -> tupl
                 executemany(conn, insert_sql, chunk)
                 chunk = []
         executemany(conn, insert_sql, chunk)
-    sql = STAGED_APPLY_SQL
-    if conn.dialect.paramstyle in ("format", "pyformat"):
-        sql = sql.replace("?", "%s")
-    if conn.dialect.name == "postgresql":
-        # Joined in seq order (a merge join), not by hash: the new row versions and index
-        # entries are then written in the order of the table and its indexes. A hash join's
-        # order is random: on a million lines it wrote twice the WAL and took a third longer.
-        conn.exec_driver_sql("SET LOCAL enable_hashjoin = off")
-        matched = conn.exec_driver_sql(sql, (order_no, batch_no)).rowcount
-        conn.exec_driver_sql("RESET enable_hashjoin")
-    else:
-        matched = conn.exec_driver_sql(sql, (order_no, batch_no)).rowcount
+    matched = staged_update(conn, order_no, batch_no).rowcount
+    if conn.dialect.name != "postgresql":
         conn.exec_driver_sql("DROP TABLE temp.apply_lines")
     return count[0], matched
+
+
+def staged_update(conn: Connection, order_no: str, batch_no: str, explain: str = ""):
+    """Run STAGED_APPLY_SQL (prefixed by `explain`, for tests/test_pg_plans.py); its result.
+
+    On PostgreSQL only a merge join is allowed, for the statement alone: whatever the
+    statistics say, the lines and the items are each sorted once by seq and joined in that
+    order. A nested loop chosen on stale statistics (a fresh items table, "1 row") scans the
+    staged lines once per item: 100,000 lines ran into the statement timeout. A hash join
+    writes the new row versions and index entries in random order: on a million lines twice
+    the WAL and a third longer than in seq order.
+    """
+    sql = explain + STAGED_APPLY_SQL
+    if conn.dialect.paramstyle in ("format", "pyformat"):
+        sql = sql.replace("?", "%s")
+    if conn.dialect.name != "postgresql":
+        return conn.exec_driver_sql(sql, (order_no, batch_no))
+    conn.exec_driver_sql("SET LOCAL enable_hashjoin = off")
+    conn.exec_driver_sql("SET LOCAL enable_nestloop = off")
+    out = conn.exec_driver_sql(sql, (order_no, batch_no))
+    conn.exec_driver_sql("RESET enable_hashjoin")   # the rest of the transaction as planned by default
+    conn.exec_driver_sql("RESET enable_nestloop")
+    return out
 
 
 def _apply_per_line(conn: Connection, order_no: str, batch_no: str, lines) -> int:
