@@ -92,7 +92,9 @@ STAGED_APPLY_SQL = (
     "AND items.status || '' = 'SENT' "
     "AND (s.amount IS NULL OR items.amount = s.amount) "
     "AND (s.account_no IS NULL OR items.account_no = s.account_no)")
-# Which way each database applies a result file (bench/spine.py measured both; see README).
+# Which way each database applies a result file. Measured on a million SENT items, the apply
+# transaction alone, on a loaded 2-core machine: PostgreSQL per line 101.6 s, staged 52.4 s by
+# hash join, about 37 s by merge join; SQLite per line 20.7 s, staged 15.2 s. Staged on both.
 STAGED_APPLY = {"postgresql": True, "sqlite": True}
 
 
