@@ -92,10 +92,13 @@ STAGED_APPLY_SQL = (
     "AND items.status || '' = 'SENT' "
     "AND (s.amount IS NULL OR items.amount = s.amount) "
     "AND (s.account_no IS NULL OR items.account_no = s.account_no)")
-# Which way each database applies a result file. Measured on a million SENT items, the apply
-# transaction alone, on a loaded 2-core machine: PostgreSQL per line 101.6 s, staged 52.4 s by
-# hash join, about 37 s by merge join; SQLite per line 20.7 s, staged 15.2 s. Staged on both.
-STAGED_APPLY = {"postgresql": True, "sqlite": True}
+# Which way each database applies a result file. Measured on a loaded 2-core machine (load 5-8),
+# the apply transaction alone on a million SENT items: PostgreSQL per line 101.6 s, staged 52.4 s
+# by hash join, about 37 s by merge join. SQLite, no clear winner: a million 20.7 s per line,
+# 15.2 s staged; 200,000 per line 7.0 / 5.8 s, staged 8.7 / 6.1 s; in `make bench` the
+# fetch+verify+apply stage per line 3.0 s (100k) / 29.3 s (1M), staged 4.4 / 33.1 s. SQLite
+# keeps the per-line UPDATE by primary key (_apply_per_line), the path already proven.
+STAGED_APPLY = {"postgresql": True, "sqlite": False}
 
 
 def _s(v: Any, n: int = 200) -> str:

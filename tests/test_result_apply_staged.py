@@ -1,7 +1,8 @@
-"""A result file is applied whole or not at all by the staged, set-based apply (domain.md rule 4).
+"""A result file is applied whole or not at all, by the set-based apply too (domain.md rule 4).
 
-The lines are staged in a temporary table (COPY on PostgreSQL) and applied by one UPDATE
-joined to the batch's SENT items (gateway/flow.py STAGED_APPLY_SQL). The cnbank parser
+On PostgreSQL the lines are COPYed into a temporary table and applied by one UPDATE joined to
+the batch's SENT items (gateway/flow.py STAGED_APPLY_SQL); SQLite applies them line by line
+(flow.STAGED_APPLY): the same refusals hold on both. The cnbank parser
 already refuses some of these files (a duplicate Seq); here the lines are handed to the
 apply directly, so that the apply's own checks are what refuses them: a line that matches
 no item, a second line for the same item, a line whose amount or account is not its
