@@ -45,8 +45,9 @@ services:
 	sh tests/services.sh
 
 ## One order of ITEMS items end to end; the last line printed is a JSON object of timings.
+## DB=sqlite (the default) or a PostgreSQL server URL (a fresh database is made on it, dropped after).
 bench: $(STAMP)
-	$(BIN)/python bench/spine.py --items $(ITEMS)
+	$(BIN)/python bench/spine.py --items $(ITEMS) --db '$(DB)'
 
 ## Two banks at once (issue 13): a CN-item cnbank order and an ISO-transfer iso20022 order through
 ## the real daemon, each alone and then together (target: together <= 1.3x the slower alone).

@@ -1,4 +1,7 @@
-"""`make bench ITEMS=N`: one order of N items through every stage of the spine, on SQLite.
+"""`make bench ITEMS=N [DB=postgresql://...]`: one order of N items through every stage of the spine.
+
+On SQLite by default; with `--db URL` (a PostgreSQL server) on a fresh database made on that
+server for the run and dropped after it.
 
 The core and bank simulators run in this process on loopback; the daemon's
 flow runs in its own process (bench/stage_runner.py), so its peak RSS is the
@@ -179,7 +182,30 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-async def run(reactor, n: int, root: Path, *, baselines: bool = True) -> dict:
+def make_pg_database(url: str, name: str) -> str:
+    """A fresh database `name` on the server of `url` (as chaos/run.py makes its own); its URL."""
+    import sqlalchemy as sa
+    base = sa.engine.make_url(url)
+    if base.drivername == "postgresql":
+        base = base.set(drivername="postgresql+psycopg")
+    admin = sa.create_engine(base.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        c.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return base.set(database=name).render_as_string(hide_password=False)
+
+
+def drop_pg_database(url: str) -> None:
+    import sqlalchemy as sa
+    u = sa.engine.make_url(url)
+    admin = sa.create_engine(u.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(sa.text(f'DROP DATABASE IF EXISTS "{u.database}" WITH (FORCE)'))
+    admin.dispose()
+
+
+async def run(reactor, n: int, root: Path, *, baselines: bool = True, db: str | None = None) -> dict:
     if root.exists():
         shutil.rmtree(root)
     p = harness.Paths(root)
@@ -193,11 +219,13 @@ async def run(reactor, n: int, root: Path, *, baselines: bool = True) -> dict:
     meter.wrap(sims.bank, "_handle", "bank_tcp_request")
     meter.wrap(sims.bank, "_process_batch", "bank_process_batch")
     sink = await start_sink(reactor) if baselines else None
+    db_url = None
     try:
+        db_url = make_pg_database(db, f"bench_{n}_{os.getpid()}") if db else None
         t = time.perf_counter()
         await sims.core.header(spec.order_no)     # the simulator renders and totals the order
         prep = time.perf_counter() - t
-        cfg = harness.write_config(p, keys, sims.ports, token="bench", poll_s=0.2,
+        cfg = harness.write_config(p, keys, sims.ports, db_url=db_url, token="bench", poll_s=0.2,
                                    status_poll_s=0.2, results_chunk=10000)
         harness.migrate(cfg)
         cmd = [sys.executable, str(Path(__file__).with_name("stage_runner.py")), str(cfg)]
@@ -240,6 +268,8 @@ async def run(reactor, n: int, root: Path, *, baselines: bool = True) -> dict:
             await sink.stopListening()
         meter.stop() if not meter._stop.is_set() else None
         await sims.stop()
+        if db_url:
+            drop_pg_database(db_url)
 
 
 def closing_table(results: list[dict]) -> str:
@@ -260,6 +290,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--items", type=int, default=100_000)
     ap.add_argument("--dir", default="var/bench")
+    ap.add_argument("--db", default="sqlite", help="sqlite, or a PostgreSQL server URL: the run makes "
+                                                    "a fresh database on it (dropped after)")
     ap.add_argument("--no-baselines", action="store_true", help="the stages alone, no raw baselines")
     ap.add_argument("--table", nargs="+", metavar="OUTPUT",
                     help="print one compact table of earlier runs (files holding their output) and exit")
@@ -273,7 +305,9 @@ def main() -> None:
         return
 
     async def go(reactor):
-        result = await run(reactor, args.items, Path(args.dir).resolve(), baselines=not args.no_baselines)
+        db = None if args.db in ("", "sqlite") else args.db
+        result = await run(reactor, args.items, Path(args.dir).resolve(), baselines=not args.no_baselines,
+                           db=db)
         print(markdown(result), flush=True)
         print(json.dumps(result, ensure_ascii=False), flush=True)
     task.react(lambda r: defer.ensureDeferred(go(r)))

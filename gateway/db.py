@@ -290,3 +290,27 @@ def executemany(conn: Connection, sql: str, rows: list[tuple]) -> None:
     if conn.dialect.paramstyle in ("format", "pyformat"):
         sql = sql.replace("?", "%s")
     conn.exec_driver_sql(sql, rows)
+
+
+def copy_rows(conn: Connection, table: str, columns: tuple[str, ...], rows) -> int:
+    """PostgreSQL: rows into `table` with COPY ... FROM STDIN, in conn's transaction.
+
+    Through psycopg's own connection (SQLAlchemy's Connection has no COPY), so it commits or
+    rolls back with everything else the transaction did; a row the database refuses fails
+    the whole COPY. Its errors come out as SQLAlchemy's (a value too long is
+    sqlalchemy.exc.DataError, as from executemany), so callers catch one kind. The count of
+    rows written.
+    """
+    from sqlalchemy import exc as sa_exc
+    raw = conn.connection.dbapi_connection
+    sql = f"COPY {table} ({', '.join(columns)}) FROM STDIN"
+    n = 0
+    try:
+        with raw.cursor() as cur, cur.copy(sql) as copy:
+            write = copy.write_row
+            for row in rows:
+                write(row)
+                n += 1
+    except conn.dialect.loaded_dbapi.Error as e:
+        raise sa_exc.DBAPIError.instance(sql, None, e, conn.dialect.loaded_dbapi.Error) from e
+    return n

@@ -114,3 +114,38 @@ def test_the_stores_per_item_updates_go_by_the_primary_key_while_statistics_are_
         assert "items_pkey" in late, late
     finally:
         engine.dispose()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("analyzed", [False, True], ids=["never-analyzed", "analyzed-before-sent"])
+def test_the_staged_apply_is_one_merge_join_in_seq_order_whatever_the_statistics(pg_url, analyzed):
+    """The set-based apply (gateway/flow.py staged_update) joins the staged lines to the items by a
+    merge join, on a fresh items table that was never analyzed (the planner's "1 row": a nested
+    loop over the staged lines per item ran 100,000 lines into the statement timeout) and on one
+    analyzed while its items were PENDING. Not by hash either: a hash join writes the million
+    new row versions in random order (twice the WAL)."""
+    from gateway.flow import STAGE_SQL, staged_update
+    dbmod.upgrade(pg_url)
+    engine = sa.create_engine(pg_url)
+    try:
+        with engine.begin() as c:
+            c.execute(sa.text(
+                "INSERT INTO items (order_no, seq, name, id_number, account_no, account_bank, amount, remark, "
+                "status, batch_no) SELECT :o, g, 'n', 'i', 'a', '', 100, '', 'PENDING', :b "
+                "FROM generate_series(1, 20000) g"), {"o": ORDER, "b": ORDER + "-P01"})
+        if analyzed:
+            with engine.connect() as c:
+                c.execute(sa.text("ANALYZE items"))
+                c.commit()
+        with engine.begin() as c:
+            c.execute(sa.text("UPDATE items SET status = 'SENT' WHERE order_no = :o"), {"o": ORDER})
+            c.exec_driver_sql(STAGE_SQL + " ON COMMIT DROP")
+            c.exec_driver_sql("INSERT INTO apply_lines (seq, status) SELECT g, 'PAID' "
+                              "FROM generate_series(1, 20000) g")
+            c.exec_driver_sql("ANALYZE apply_lines")
+            plan = "\n".join(r[0] for r in staged_update(c, ORDER, ORDER + "-P01", explain="EXPLAIN "))
+            # The settings were for that statement alone.
+            assert c.exec_driver_sql("SHOW enable_nestloop").scalar() == "on"
+        assert "Merge Join" in plan and "Nested Loop" not in plan and "Hash Join" not in plan, plan
+    finally:
+        engine.dispose()
