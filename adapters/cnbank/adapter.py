@@ -224,7 +224,7 @@ class CnBankAdapter:
                   for seq, name, idn, acct, bank, _code, amount, remark, orig in block]
                  for block in blocks)
         b = self.link.write_batch_file(header, (), kind=spec.kind, blocks=lines)
-        return Built(b.name, b.sm3, b.enc_key, b.count, b.amount)
+        return Built(b.name, b.sm3, b.enc_key, b.count, b.amount, digest_alg="SM3")
 
     def audit_read(self, kind: str, ciphertext: bytes, key_b64: bytes | str):
         """A journaled batch or result file's (header, lines), for the console's masked view
