@@ -109,6 +109,18 @@ TARGETS: dict[str, Target] = {
         "tests/test_rules_flow.py::test_a_refund_returns_only_the_failed_items_and_a_rejected_one_gives_them_back",
         "tests/test_rules_flow.py::test_a_retry_takes_only_its_own_orders_corrected_items",
         "tests/test_rpc_races.py"]),
+    # The WHERE clauses the steps and the RPC use to pick items (moved out of commands.py,
+    # flow.py, refund_flow.py and late_returns.py into the store): their tests together.
+    "gateway/store/items.py": Target(
+        {"lock", "correct", "corrected_waiting", "mark_refund_pending", "seqs_of_batch", "_of_refund",
+         "refund_refused", "refunded", "returned_late", "pending_for_pay", "corrected_for_retry",
+         "put_in_batch", "sent", "release", "sent_by"}, [
+            "tests/test_rules_commands.py", "tests/test_rules_refunds.py", "tests/test_rpc_races.py",
+            "tests/test_rules_flow.py", "tests/test_rules_conservation.py", "tests/test_result_file_rejection.py",
+            "tests/test_flow_cnbank.py::test_late_return_turns_paid_back_to_failed_once_then_correction_pays_again",
+            "tests/test_pg_plans.py"]),
+    "gateway/store/orders.py": Target({"needing_batch", "to_retry", "with_corrected_waiting"}, [
+        "tests/test_rules_flow.py", "tests/test_scheduler.py", "tests/test_rules_commands.py"]),
     "gateway/validation.py": Target(None, ["tests/test_validation.py", "tests/test_validation_fastpath.py",
                                            "tests/test_rules_validation.py"]),
 }
