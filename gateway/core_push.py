@@ -46,9 +46,14 @@ def _sig_sql(result_at=None):
 
 
 def _unpushed(order_no: str):
-    """Items of the order whose current result the core has not acknowledged."""
+    """Items of the order whose current result the core has not acknowledged.
+
+    `(status + "")`, not `status`: a chunk is a range of seq read by the primary key (order_no,
+    seq). On PostgreSQL, with statistics taken while the items were still SENT, `status IN
+    (...)` chose the console's counts index and sorted every remaining result for each chunk
+    (a million-item push: 87 s, quadratic in the order's size; tests/test_pg_plans.py)."""
     c = items.c
-    return and_(c.order_no == order_no, c.status.in_(ItemStatus.REPORTED),
+    return and_(c.order_no == order_no, (c.status + "").in_(ItemStatus.REPORTED),
                 or_(c.version_sig.is_(None), c.result_version.is_(None), c.pushed_version.is_(None),
                     c.pushed_version != c.result_version, c.version_sig != _sig_sql(),
                     # `pushed` cleared (by an operator, or a tool) asks for the push again,
@@ -73,19 +78,23 @@ _RESULT_FIELDS = ("seq", "version", "status", "reason_code", "reason_text", "ban
 
 
 def _take_chunk(conn: Connection, order_no: str, after: int, size: int, now: str) -> _Chunk | None:
-    """The next `size` unpushed results after seq `after`, each with its version (given now and
-    committed with the caller's transaction, before the POST, if its result has none yet)."""
+    """The unpushed results of the first range of `size` items after seq `after` that holds any,
+    each with its version (given now and committed with the caller's transaction, before the
+    POST, if its result has none yet)."""
     while True:
         last, chunk = _take_range(conn, order_no, after, size, now)
         if chunk is not None or last is None:
             return chunk
-        after = last    # every result in the range changed under us: the next push takes them
+        after = last    # nothing to push in the range (or all of it changed under us): the next
 
 
 def _take_range(conn: Connection, order_no: str, after: int, size: int, now: str):
     """(last seq of the range, its chunk or None); (None, None) when nothing is left."""
     c = items.c
-    first = select(c.seq).where(_unpushed(order_no), c.seq > after).order_by(c.seq).limit(size).subquery()
+    # The range is the next `size` items by seq, pushed or not: a range of the primary key, read
+    # in its order whatever the statistics say; its unpushed results are the chunk (none: the
+    # caller goes on to the next range).
+    first = select(c.seq).where(c.order_no == order_no, c.seq > after).order_by(c.seq).limit(size).subquery()
     last = conn.execute(select(func.max(first.c.seq))).scalar()
     if last is None:
         return None, None

@@ -75,7 +75,7 @@ def test_a_chunk_carries_each_unpushed_result_with_its_version_and_a_resend_the_
          "bank_serial": "S4", "at": AT},
     ]
     assert json.loads(chunk.results_json) == want and chunk.count == 3
-    assert (chunk.after, chunk.last) == (0, 4)
+    assert (chunk.after, chunk.last) == (0, 5)     # the range: the next 10 items by seq (5 here)
     held = rows(engine)
     assert [(held[s].result_version, held[s].version_sig) for s in (1, 3, 4)] == [
         (1, "PAID|||S1|" + AT), (1, "PAID|||S3|" + NOW), (2, "PAID|||S4|" + AT)]
@@ -86,13 +86,15 @@ def test_a_chunk_carries_each_unpushed_result_with_its_version_and_a_resend_the_
 
 
 def test_chunks_page_by_seq(engine):
-    """With a chunk size of 2 the first chunk ends at the second unpushed seq and the next starts
-    after it; nothing is left after the last."""
+    """With a chunk size of 2 a range is the next two items by seq (a range of the primary key,
+    pushed or not): seqs 1-2 give seq 1 (2 is pushed), 3-4 give 3 and 4; a range with nothing to
+    push is passed over (5 has no result); nothing is left after the last."""
     first = take(engine, size=2)
-    assert [r["seq"] for r in json.loads(first.results_json)] == [1, 3] and first.last == 3
+    assert [r["seq"] for r in json.loads(first.results_json)] == [1] and first.last == 2
     second = take(engine, after=first.last, size=2)
-    assert [r["seq"] for r in json.loads(second.results_json)] == [4]
+    assert [r["seq"] for r in json.loads(second.results_json)] == [3, 4] and second.last == 4
     assert take(engine, after=second.last, size=2) is None
+    assert take(engine, after=0, size=1).last == 1 and take(engine, after=1, size=1).last == 3
 
 
 def test_the_mark_sets_only_the_versions_that_were_sent(engine):

@@ -149,3 +149,50 @@ def test_the_staged_apply_is_one_merge_join_in_seq_order_whatever_the_statistics
         assert "Merge Join" in plan and "Nested Loop" not in plan and "Hash Join" not in plan, plan
     finally:
         engine.dispose()
+
+
+@pytest.mark.postgres
+def test_the_result_push_reads_each_chunk_by_the_primary_key_while_statistics_are_stale(pg_url):
+    """gateway/core_push.py takes a chunk as a range of the primary key: with statistics taken
+    while the items were SENT and every item now PAID, none of the chunk's statements scans the
+    console's counts index or the whole table (each did, per chunk: a million-item push on
+    PostgreSQL took 87 s, quadratic in the order's size). Fails with `status` compared bare in
+    `_unpushed`, or with the range taken over unpushed results only (checked by hand)."""
+    from gateway.core_push import _take_chunk
+    dbmod.upgrade(pg_url)
+    engine = sa.create_engine(pg_url)
+    try:
+        with engine.begin() as c:
+            c.execute(sa.text(
+                "INSERT INTO orders (order_no, bank_id, budget_unit, project_code, project_name, "
+                "project_short, region, total_amount, total_count, funded_at, state, created_at, "
+                "updated_at, results_pending) VALUES (:o, 'b', 'u', 'p', 'n', 's', 'r', 2000000, 20000, "
+                "'2026-11-02T09:30:00+08:00', 'DISPATCHED', 'x', 'x', 1)"), {"o": ORDER})
+            c.execute(sa.text(
+                "INSERT INTO items (order_no, seq, name, id_number, account_no, account_bank, amount, remark, "
+                "status, batch_no) SELECT :o, g, 'n', 'i', 'a', '', 100, '', 'SENT', :b "
+                "FROM generate_series(1, 20000) g"), {"o": ORDER, "b": ORDER + "-P01"})
+        with engine.connect() as c:
+            c.execute(sa.text("ANALYZE items"))
+            c.commit()
+        with engine.begin() as c:
+            c.execute(sa.text("UPDATE items SET status = 'PAID', result_at = '2026-11-03T00:00:00+08:00' "
+                              "WHERE order_no = :o"), {"o": ORDER})
+        sent: list[tuple[str, object]] = []
+
+        def capture(conn, cursor, statement, parameters, context, executemany):  # noqa: ANN001
+            if "items" in statement and statement.lstrip().upper().startswith(("SELECT", "UPDATE")):
+                sent.append((statement, parameters))
+        with engine.connect() as c:
+            sa.event.listen(c, "before_cursor_execute", capture)
+            with c.begin() as t:
+                chunk = _take_chunk(c, ORDER, 5000, 1000, "2026-11-03T00:00:00+08:00")
+                t.rollback()
+            sa.event.remove(c, "before_cursor_execute", capture)
+            assert chunk is not None and chunk.count == 1000 and (chunk.after, chunk.last) == (5000, 6000)
+            assert len(sent) >= 3, sent
+            for statement, parameters in sent:
+                plan = "\n".join(r[0] for r in c.exec_driver_sql("EXPLAIN " + statement, parameters))
+                assert "ix_items_order_counts" not in plan and "Seq Scan on items" not in plan, plan
+    finally:
+        engine.dispose()
