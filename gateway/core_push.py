@@ -85,7 +85,7 @@ def _take_chunk(conn: Connection, order_no: str, after: int, size: int, now: str
         last, chunk = _take_range(conn, order_no, after, size, now)
         if chunk is not None or last is None:
             return chunk
-        after = last    # nothing to push in the range (or all of it changed under us): the next
+        after = last    # nothing to push in this range (or all of it changed under us): on to the next
 
 
 def _take_range(conn: Connection, order_no: str, after: int, size: int, now: str):
