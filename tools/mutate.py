@@ -120,6 +120,7 @@ TARGETS: dict[str, Target] = {
             "tests/test_flow_cnbank.py::test_late_return_turns_paid_back_to_failed_once_then_correction_pays_again",
             "tests/test_pg_plans.py"]),
     "gateway/store/orders.py": Target({"needing_batch", "to_retry", "with_corrected_waiting"}, [
+        "tests/test_store_orders.py",
         "tests/test_rules_flow.py", "tests/test_scheduler.py", "tests/test_rules_commands.py"]),
     "gateway/validation.py": Target(None, ["tests/test_validation.py", "tests/test_validation_fastpath.py",
                                            "tests/test_rules_validation.py"]),
