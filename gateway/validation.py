@@ -147,6 +147,17 @@ def header_problems(h: dict, bank_id: str) -> list[str]:
     return out
 
 
+def _gb18030(text: str) -> bool:
+    """Whether GB18030 (the bank files' charset) encodes *text* (ASCII: always)."""
+    if text.isascii():
+        return True
+    try:
+        text.encode("gb18030")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 @dataclass
 class OrderValidator:
     """Checks one order's items as they stream in, and the totals at the end."""
@@ -201,11 +212,8 @@ class OrderValidator:
         if (_FAST_BAD.search(text) or not ACCOUNT.fullmatch(acct) or not ID17.fullmatch(idn)
                 or ric.calc_check_digit(idn) != idn[-1] or not _valid_birth_date(idn[6:14])):
             return None
-        if not text.isascii():
-            try:
-                text.encode("gb18030")
-            except UnicodeEncodeError:
-                return None
+        if not _gb18030(text):
+            return None
         self.count += 1
         self.last_seq = seq
         self.amount += amount
@@ -230,11 +238,8 @@ class OrderValidator:
         found = _LINE.findall(text)
         if len(found) != len(lines):
             return None
-        if not text.isascii():
-            try:
-                text.encode("gb18030")
-            except UnicodeEncodeError:
-                return None
+        if not _gb18030(text):
+            return None
         order_no = self.header["order_no"]
         last = self.last_seq
         total = 0
