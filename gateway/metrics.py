@@ -90,6 +90,10 @@ class Metrics:
             "gateway_core_request_errors",
             "requests to the core not answered well, by code: the HTTP status or the failure's class",
             ["endpoint", "code"], registry=r)
+        self.read_calls_unjournaled = Counter(
+            "gateway_read_calls_unjournaled",
+            "read-only RPC calls answered whose journal entry could not be committed (the database "
+            "refused the write behind the answer; see the log)", registry=r)
         self.db_wait = Histogram(
             "gateway_db_wait_seconds",
             "how long a database job waited for a pool thread before it ran",

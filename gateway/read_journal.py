@@ -43,14 +43,14 @@ class ReadCallJournal(service.Service):
     name = "read-journal"
 
     def __init__(self, run: Callable[..., defer.Deferred], write: Writer, *, max_pending: int = 10_000,
-                 chunk: int = 500) -> None:
-        self._run, self._write = run, write
+                 chunk: int = 500, lost: Callable[[int], None] | None = None) -> None:
+        self._run, self._write, self._lost = run, write, lost
         self.max_pending, self.chunk = max_pending, chunk
         self._pending: list[Any] = []
         self._flushing: defer.Deferred | None = None
         self._in_flight = 0      # entries of the transaction being committed
         self._waiters: list[defer.Deferred] = []
-        self.failed = 0          # entries whose commit failed (logged; also in health via the log)
+        self.failed = 0          # entries whose commit failed: logged, and counted by *lost(n)*
 
     def add(self, item: Any) -> defer.Deferred:
         """Queue *item*; the Deferred fires at once, or once committed when the queue is full
@@ -86,7 +86,9 @@ class ReadCallJournal(service.Service):
 
     def _failed(self, failure, n: int) -> None:
         self.failed += n
-        log.failure("{n} read-only RPC call(s) could not be journaled", failure, n=n)
+        log.failure("{n} read-only RPC call(s) answered but not journaled", failure, n=n)
+        if self._lost is not None:
+            self._lost(n)
 
     def _flushed(self, _: Any) -> None:
         self._flushing, self._in_flight = None, 0

@@ -525,7 +525,8 @@ def make_service(cfg: GatewayConfig, reactor=None, core=None) -> Gateway:
     # Before the RPC: stopped after it, so the last answers' entries are committed before the
     # database stops.
     from gateway.read_journal import ReadCallJournal
-    gw.commands.read_journal = ReadCallJournal(database.run, gw.commands.write_read_entry)
+    gw.commands.read_journal = ReadCallJournal(database.run, gw.commands.write_read_entry,
+                                               lost=METRICS.read_calls_unjournaled.inc)
     gw.commands.read_journal.setServiceParent(gw)
     if cfg.rpc is not None:
         _RpcService(reactor, cfg, gw.commands, _refusal_journal(reactor, database, journal)

@@ -126,3 +126,28 @@ async def test_stopping_commits_every_queued_entry_in_call_order(env):
     rows = status_entries(env)
     assert len(rows) == 5
     assert [r.at for r in rows] == sorted(r.at for r in rows)
+
+
+@pytest_twisted.ensureDeferred
+async def test_entries_the_database_refuses_are_counted_as_lost_and_the_queue_goes_on(env):
+    """A commit that fails (the write behind the answers raises) is logged and counted through
+    `lost(n)` (gateway_read_calls_unjournaled in /metrics); the queue is not stuck: the next
+    read's entry is committed."""
+    await env.db.run(seed, 1)
+    lost: list[int] = []
+    fail = {"on": True}
+
+    def write(conn, item):
+        if fail["on"]:
+            raise RuntimeError("disk full")
+        return env.commands.write_read_entry(conn, item)
+    rj = ReadCallJournal(env.db.run, write, lost=lost.append)
+    env.commands.read_journal = rj
+    rj.startService()
+    await answered(env, env.commands.call("order.status", {"order_no": ORDER}, CALLER))
+    await rj.drained()
+    assert lost == [1] and rj.failed == 1 and status_entries(env) == []
+    fail["on"] = False
+    await answered(env, env.commands.call("order.status", {"order_no": ORDER}, CALLER))
+    await rj.drained()
+    assert len(status_entries(env)) == 1 and lost == [1]
